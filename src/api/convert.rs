@@ -1,0 +1,269 @@
+//! Proto ⇄ domain. Requests are parsed into domain values here, collecting
+//! every field violation (with its path, e.g. `signals[3].type`), so a bad
+//! request is refused whole before anything is written.
+
+use std::collections::BTreeMap;
+
+use super::error::{ApiError, Violations};
+use super::pb;
+use crate::domain::{
+    AccountId, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, Score, ScoredSignal, Stage,
+    Timestamp,
+};
+use crate::rules::RuleSet;
+
+pub const MAX_ATTRIBUTES: usize = 100;
+pub const MAX_ATTRIBUTE_NAME_BYTES: usize = 64;
+pub const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+pub const MAX_PROPERTIES: usize = 64;
+pub const MAX_PROPERTY_KEY_BYTES: usize = 128;
+pub const MAX_PROPERTY_VALUE_BYTES: usize = 2048;
+/// 9999-12-31T23:59:59Z, the end of the protobuf Timestamp range.
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+pub fn timestamp_from_proto(ts: &prost_types::Timestamp) -> Result<Timestamp, String> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return Err("nanos must be within 0..999999999".into());
+    }
+    if !(0..=MAX_SECONDS).contains(&ts.seconds) {
+        return Err("must be between 1970-01-01 and 9999-12-31".into());
+    }
+    Ok(Timestamp::from_millis(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
+}
+
+pub fn timestamp_to_proto(t: Timestamp) -> prost_types::Timestamp {
+    let ms = t.millis();
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn id<T>(parse: fn(String) -> Result<T, IdError>, raw: String, field: &str, v: &mut Violations) -> Option<T> {
+    parse(raw).map_err(|e| v.add(field, format!("{field} {e}"))).ok()
+}
+
+pub fn lead_id(raw: String, field: &str, v: &mut Violations) -> Option<LeadId> {
+    id(LeadId::parse, raw, field, v)
+}
+
+fn is_attribute_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_ATTRIBUTE_NAME_BYTES
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+pub fn lead_profile(lead: Option<pb::Lead>) -> Result<LeadProfile, ApiError> {
+    let mut v = Violations::default();
+    let Some(lead) = lead else {
+        v.add("lead", "lead is required");
+        return Err(v.into_result(()).unwrap_err());
+    };
+    let lead_id = lead_id(lead.lead_id, "lead.lead_id", &mut v);
+    let account_id = if lead.account_id.is_empty() {
+        None
+    } else {
+        id(AccountId::parse, lead.account_id, "lead.account_id", &mut v)
+    };
+    if lead.attributes.len() > MAX_ATTRIBUTES {
+        v.add("lead.attributes", format!("at most {MAX_ATTRIBUTES} attributes (got {})", lead.attributes.len()));
+    }
+    for (name, value) in &lead.attributes {
+        if !is_attribute_name(name) {
+            v.add(
+                format!("lead.attributes[{name:?}]"),
+                format!("attribute names use letters, digits, '_', '.', '-' (1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes)"),
+            );
+        } else if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            v.add(format!("lead.attributes[{name:?}]"), format!("value over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"));
+        }
+    }
+    let created_at =
+        lead.created_at.as_ref().and_then(|ts| timestamp_from_proto(ts).map_err(|e| v.add("lead.created_at", e)).ok());
+    let attributes = lead.attributes.into_iter().collect::<BTreeMap<_, _>>();
+    match lead_id {
+        Some(lead_id) if v.is_empty() => Ok(LeadProfile { lead_id, account_id, attributes, created_at }),
+        _ => Err(v.into_result(()).unwrap_err()),
+    }
+}
+
+/// A `RecordSignals` batch, parsed and weighed under `rules`, in request order.
+pub fn signals(
+    signals: Vec<pb::Signal>,
+    rules: &RuleSet,
+    now: Timestamp,
+    max_batch_size: usize,
+    max_future_skew_ms: i64,
+    retention_ms: i64,
+) -> Result<Vec<(LeadId, ScoredSignal)>, ApiError> {
+    let mut v = Violations::default();
+    if signals.is_empty() {
+        v.add("signals", "send at least one signal");
+    }
+    if signals.len() > max_batch_size {
+        v.add("signals", format!("at most {max_batch_size} signals per call (got {})", signals.len()));
+        return v.into_result(Vec::new());
+    }
+    let latest = now.plus_millis(max_future_skew_ms);
+    let oldest = now.plus_millis(-retention_ms);
+    let mut parsed = Vec::with_capacity(signals.len());
+    for (i, s) in signals.into_iter().enumerate() {
+        let field = |name: &str| format!("signals[{i}].{name}");
+        let event_id = id(EventId::parse, s.event_id, &field("event_id"), &mut v);
+        let lead_id = lead_id(s.lead_id, &field("lead_id"), &mut v);
+        let daily_cap = match rules.signal_type(&s.r#type) {
+            Some(def) => def.daily_cap,
+            None => {
+                let known: Vec<_> = rules.signal_types.keys().map(String::as_str).collect();
+                v.add(
+                    field("type"),
+                    format!("unknown signal type '{}'; the rule set declares: {}", s.r#type, known.join(", ")),
+                );
+                None
+            }
+        };
+        let occurred_at = match s.occurred_at.as_ref().map(timestamp_from_proto) {
+            None => {
+                v.add(field("occurred_at"), "occurred_at is required");
+                None
+            }
+            Some(Err(e)) => {
+                v.add(field("occurred_at"), e);
+                None
+            }
+            Some(Ok(t)) if t > latest => {
+                v.add(field("occurred_at"), format!("more than {} s in the future", max_future_skew_ms / 1000));
+                None
+            }
+            Some(Ok(t)) if t < oldest => {
+                v.add(
+                    field("occurred_at"),
+                    format!("older than the signal retention window ({})", crate::rules::format_duration(retention_ms)),
+                );
+                None
+            }
+            Some(Ok(t)) => Some(t),
+        };
+        if s.properties.len() > MAX_PROPERTIES {
+            v.add(field("properties"), format!("at most {MAX_PROPERTIES} properties (got {})", s.properties.len()));
+        }
+        for (key, value) in &s.properties {
+            if key.is_empty() || key.len() > MAX_PROPERTY_KEY_BYTES || key.chars().any(char::is_control) {
+                v.add(
+                    format!("signals[{i}].properties[{key:?}]"),
+                    format!("property keys are 1 to {MAX_PROPERTY_KEY_BYTES} bytes without control characters"),
+                );
+            } else if value.len() > MAX_PROPERTY_VALUE_BYTES {
+                v.add(
+                    format!("signals[{i}].properties[{key:?}]"),
+                    format!("value over {MAX_PROPERTY_VALUE_BYTES} bytes"),
+                );
+            }
+        }
+        if let (Some(event_id), Some(lead_id), Some(occurred_at)) = (event_id, lead_id, occurred_at)
+            && v.is_empty()
+        {
+            let properties: BTreeMap<_, _> = s.properties.into_iter().collect();
+            let weights = rules.weigh(&s.r#type, &properties);
+            parsed.push((
+                lead_id,
+                ScoredSignal { event_id, signal_type: s.r#type, occurred_at, daily_cap, weights, properties },
+            ));
+        }
+    }
+    v.into_result(parsed)
+}
+
+pub fn stage_to_proto(stage: Stage) -> pb::Stage {
+    match stage {
+        Stage::Anonymous => pb::Stage::Anonymous,
+        Stage::Lead => pb::Stage::Lead,
+        Stage::Mql => pb::Stage::Mql,
+        Stage::Sal => pb::Stage::Sal,
+        Stage::Sql => pb::Stage::Sql,
+        Stage::Opportunity => pb::Stage::Opportunity,
+        Stage::Customer => pb::Stage::Customer,
+        Stage::Advocate => pb::Stage::Advocate,
+        Stage::Recycled => pb::Stage::Recycled,
+        Stage::Disqualified => pb::Stage::Disqualified,
+    }
+}
+
+fn grade_to_proto(grade: Grade) -> pb::Grade {
+    match grade {
+        Grade::A => pb::Grade::A,
+        Grade::B => pb::Grade::B,
+        Grade::C => pb::Grade::C,
+        Grade::D => pb::Grade::D,
+    }
+}
+
+/// Points as the API reports them: two decimals, never `-0`.
+pub fn round_points(x: f64) -> f64 {
+    let r = (x * 100.0).round() / 100.0;
+    if r == 0.0 { 0.0 } else { r }
+}
+
+pub fn lead_to_proto(lead: &LeadSnapshot) -> pb::Lead {
+    pb::Lead {
+        lead_id: lead.lead_id.to_string(),
+        account_id: lead.account_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+        attributes: lead.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        created_at: Some(timestamp_to_proto(lead.created_at)),
+        stage: stage_to_proto(lead.stage).into(),
+    }
+}
+
+pub fn score_to_proto(lead: &LeadSnapshot, score: &Score, rule_set_version: &str) -> pb::LeadScore {
+    let contributions = score
+        .contributions
+        .iter()
+        .map(|c| match c {
+            Contribution::Signal { signal_type, counted, last_at, points } => pb::Contribution {
+                points: round_points(*points),
+                source: Some(pb::contribution::Source::Signal(pb::SignalTypeContribution {
+                    r#type: signal_type.clone(),
+                    counted: *counted,
+                    last_at: last_at.map(timestamp_to_proto),
+                })),
+            },
+            Contribution::FitRule { rule_id, attribute, points } => pb::Contribution {
+                points: round_points(*points),
+                source: Some(pb::contribution::Source::FitRule(pb::FitRuleContribution {
+                    rule_id: rule_id.clone(),
+                    attribute: attribute.clone(),
+                })),
+            },
+        })
+        .collect();
+    pb::LeadScore {
+        lead_id: lead.lead_id.to_string(),
+        model: score.model.clone(),
+        total: round_points(score.total),
+        behavior: round_points(score.behavior),
+        fit: round_points(score.fit),
+        grade: grade_to_proto(score.grade).into(),
+        stage: stage_to_proto(lead.stage).into(),
+        rule_set_version: rule_set_version.to_owned(),
+        contributions,
+        as_of: Some(timestamp_to_proto(score.as_of)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_and_reject_out_of_range() {
+        let t = Timestamp::from_millis(1_763_812_345_678);
+        assert_eq!(timestamp_from_proto(&timestamp_to_proto(t)), Ok(t));
+        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: -1, nanos: 0 }).is_err());
+        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: 0, nanos: -1 }).is_err());
+        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(round_points(12.345_678), 12.35);
+        assert_eq!(round_points(-0.001), 0.0);
+        assert!(round_points(-0.001).is_sign_positive());
+    }
+}

@@ -1,0 +1,19 @@
+//! The gRPC edge: proto ⇄ domain conversion, errors → `Status`, and the
+//! tonic services. Nothing below this layer sees a proto type.
+
+pub mod convert;
+pub mod error;
+mod scoring;
+mod state;
+
+pub use scoring::ScoringService;
+pub use state::{AppState, Limits};
+
+/// Generated protobuf and gRPC code for `leadscore.v1`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("leadscore.v1");
+
+    /// Encoded descriptors of `leadscore.v1`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("leadscore_descriptor");
+}

@@ -1,0 +1,163 @@
+//! `leadscore.v1.LeadScoring`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, lead_to_proto, score_to_proto};
+use super::error::{ApiError, Violations};
+use super::pb::{self, lead_scoring_server::LeadScoring};
+use super::state::AppState;
+use crate::domain::{LeadId, LeadSnapshot, Timestamp};
+use crate::rules::RuleSet;
+use crate::store::LeadBatch;
+
+pub struct ScoringService {
+    state: Arc<AppState>,
+}
+
+impl ScoringService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn score(rules: &RuleSet, model: &str, lead: &LeadSnapshot, now: Timestamp) -> Result<pb::LeadScore, ApiError> {
+    let mut v = Violations::default();
+    check_model(rules, model, &mut v);
+    v.into_result(())?;
+    let m = rules.model(model).unwrap_or_else(|| rules.primary());
+    Ok(score_to_proto(lead, &m.score(lead, now), &rules.version))
+}
+
+fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) {
+    if rules.model(model).is_none() {
+        let known: Vec<_> = rules.models.keys().map(String::as_str).collect();
+        v.add("model", format!("unknown model '{model}'; the rule set defines: {}", known.join(", ")));
+    }
+}
+
+#[tonic::async_trait]
+impl LeadScoring for ScoringService {
+    #[tracing::instrument(name = "UpsertLead", skip_all)]
+    async fn upsert_lead(
+        &self,
+        request: Request<pb::UpsertLeadRequest>,
+    ) -> Result<Response<pb::UpsertLeadResponse>, Status> {
+        let profile = convert::lead_profile(request.into_inner().lead)?;
+        tracing::Span::current().record("lead_id", profile.lead_id.as_str());
+        let lead = self.state.store.upsert_lead(profile, self.state.clock.now()).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
+    }
+
+    #[tracing::instrument(name = "RecordSignals", skip_all, fields(signals))]
+    async fn record_signals(
+        &self,
+        request: Request<pb::RecordSignalsRequest>,
+    ) -> Result<Response<pb::RecordSignalsResponse>, Status> {
+        let state = &self.state;
+        let rules = state.rules();
+        let now = state.clock.now();
+        let signals = request.into_inner().signals;
+        tracing::Span::current().record("signals", signals.len());
+        let parsed = convert::signals(
+            signals,
+            &rules,
+            now,
+            state.limits.max_batch_size,
+            state.limits.max_future_skew_ms,
+            state.policy.retention_ms,
+        )?;
+
+        // One batch per lead, leads in order of first appearance; remember
+        // where each signal went to answer in request order.
+        let mut batches: Vec<LeadBatch> = Vec::new();
+        let mut batch_of: HashMap<LeadId, usize> = HashMap::new();
+        let mut placement = Vec::with_capacity(parsed.len());
+        for (lead_id, signal) in parsed {
+            let b = *batch_of.entry(lead_id.clone()).or_insert_with(|| {
+                batches.push(LeadBatch { lead_id, signals: Vec::new() });
+                batches.len() - 1
+            });
+            placement.push((b, batches[b].signals.len(), signal.event_id.to_string()));
+            batches[b].signals.push(signal);
+        }
+
+        let outcomes = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+        let results = placement
+            .into_iter()
+            .map(|(b, i, event_id)| {
+                let status = match outcomes[b].statuses[i] {
+                    crate::domain::SignalStatus::Accepted => pb::SignalStatus::Accepted,
+                    crate::domain::SignalStatus::Duplicate => pb::SignalStatus::Duplicate,
+                    crate::domain::SignalStatus::Capped => pb::SignalStatus::Capped,
+                };
+                pb::SignalResult { event_id, lead_id: outcomes[b].lead.lead_id.to_string(), status: status.into() }
+            })
+            .collect();
+        let scores = outcomes.iter().map(|o| score(&rules, "", &o.lead, now)).collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::RecordSignalsResponse { results, scores }))
+    }
+
+    #[tracing::instrument(name = "ScoreLead", skip_all, fields(lead_id))]
+    async fn score_lead(
+        &self,
+        request: Request<pb::ScoreLeadRequest>,
+    ) -> Result<Response<pb::ScoreLeadResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = convert::lead_id(req.lead_id, "lead_id", &mut v);
+        let rules = self.state.rules();
+        check_model(&rules, &req.model, &mut v);
+        let Some(lead_id) = v.into_result(lead_id)? else {
+            return Err(Status::internal("lead id parsed without violation but is missing"));
+        };
+        tracing::Span::current().record("lead_id", lead_id.as_str());
+        let lead = self
+            .state
+            .store
+            .load_leads(std::slice::from_ref(&lead_id))
+            .await
+            .map_err(ApiError::from)?
+            .pop()
+            .flatten()
+            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
+        let score = score(&rules, &req.model, &lead, self.state.clock.now())?;
+        Ok(Response::new(pb::ScoreLeadResponse { score: Some(score) }))
+    }
+
+    #[tracing::instrument(name = "ScoreLeads", skip_all, fields(leads))]
+    async fn score_leads(
+        &self,
+        request: Request<pb::ScoreLeadsRequest>,
+    ) -> Result<Response<pb::ScoreLeadsResponse>, Status> {
+        let req = request.into_inner();
+        tracing::Span::current().record("leads", req.lead_ids.len());
+        let mut v = Violations::default();
+        let max = self.state.limits.max_batch_size;
+        if req.lead_ids.is_empty() || req.lead_ids.len() > max {
+            v.add("lead_ids", format!("send 1 to {max} lead ids (got {})", req.lead_ids.len()));
+        }
+        let rules = self.state.rules();
+        check_model(&rules, &req.model, &mut v);
+        let ids: Vec<_> = req
+            .lead_ids
+            .into_iter()
+            .enumerate()
+            .take(max)
+            .filter_map(|(i, raw)| convert::lead_id(raw, &format!("lead_ids[{i}]"), &mut v))
+            .collect();
+        let ids = v.into_result(ids)?;
+        let leads = self.state.store.load_leads(&ids).await.map_err(ApiError::from)?;
+        let now = self.state.clock.now();
+        let mut response = pb::ScoreLeadsResponse::default();
+        for (id, lead) in ids.into_iter().zip(leads) {
+            match lead {
+                Some(lead) => response.scores.push(score(&rules, &req.model, &lead, now)?),
+                None => response.not_found_lead_ids.push(id.into_inner()),
+            }
+        }
+        Ok(Response::new(response))
+    }
+}

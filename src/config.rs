@@ -1,0 +1,226 @@
+//! Settings, merged in this order (later wins): built-in defaults < config
+//! file (`--config FILE` or `LEADSCORE_CONFIG`) < `LEADSCORE_<KEY>`
+//! environment variables < command-line flags. Keys are the field names
+//! below; durations are written like `30s`, `14d`, `1d12h`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::rules::{format_duration, parse_duration};
+
+/// A duration written as text (`"7d"`), kept in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Millis(pub i64);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format_duration(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_duration(&text).map(Millis).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Millis {
+    pub fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    pub grpc_addr: SocketAddr,
+    /// Redis URL (`redis://[user:password@]host:port[/db]`); unset for the
+    /// embedded in-memory store.
+    pub redis_url: Option<String>,
+    /// Rule-set file; unset for the built-in `rules/default.toml`.
+    pub rules: Option<PathBuf>,
+    /// Prefix of every Redis key.
+    pub redis_key_prefix: String,
+    /// Number of key partitions (hash tags). Fixed for the life of a
+    /// deployment's data.
+    pub redis_partitions: u32,
+    /// Bound on each Redis call, connecting included.
+    pub redis_timeout: Millis,
+    /// Most signals per RecordSignals, most ids per ScoreLeads.
+    pub max_batch_size: usize,
+    /// How long a seen event_id is remembered for de-duplication.
+    pub dedupe_window: Millis,
+    /// Oldest occurred_at accepted.
+    pub signal_retention: Millis,
+    /// Raw signals kept per lead (for rescoring); 0 keeps none.
+    pub history_limit: usize,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Millis,
+    /// How often the health check pings the store.
+    pub health_interval: Millis,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        const DAY: i64 = 86_400_000;
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            redis_url: None,
+            rules: None,
+            redis_key_prefix: "ls".into(),
+            redis_partitions: 256,
+            redis_timeout: Millis(2_000),
+            max_batch_size: 1000,
+            dedupe_window: Millis(7 * DAY),
+            signal_retention: Millis(90 * DAY),
+            history_limit: 100,
+            shutdown_grace: Millis(10_000),
+            health_interval: Millis(1_000),
+        }
+    }
+}
+
+/// Every settings key, as used in files and after `LEADSCORE_` in the environment.
+pub const KEYS: [&str; 12] = [
+    "grpc_addr",
+    "redis_url",
+    "rules",
+    "redis_key_prefix",
+    "redis_partitions",
+    "redis_timeout",
+    "max_batch_size",
+    "dedupe_window",
+    "signal_retention",
+    "history_limit",
+    "shutdown_grace",
+    "health_interval",
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+/// Flags given on the command line; they win over everything else.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rules: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed("LEADSCORE_").only(&KEYS), overrides)
+    }
+
+    fn load_from(file: Option<&Path>, env: Env, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!("config file {} not found", path.display())));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let settings: Settings = figment
+            .merge(env)
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("redis_timeout", self.redis_timeout),
+            ("dedupe_window", self.dedupe_window),
+            ("signal_retention", self.signal_retention),
+            ("health_interval", self.health_interval),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
+            return Err(ConfigError(format!("{key} must be longer than 0s")));
+        }
+        if self.max_batch_size == 0 || self.max_batch_size > 10_000 {
+            return Err(ConfigError("max_batch_size must be 1 to 10000".into()));
+        }
+        if self.redis_partitions == 0 || self.redis_partitions > 16_384 {
+            return Err(ConfigError("redis_partitions must be 1 to 16384".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A Redis URL fit for logs: scheme, host and port, never credentials.
+pub fn redacted_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{host}")
+        }
+        None => "<redis url>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn keys_list_every_setting() {
+        let value = serde_json::to_value(Settings {
+            redis_url: Some(String::new()),
+            rules: Some(PathBuf::new()),
+            ..Default::default()
+        })
+        .unwrap();
+        let mut keys: Vec<_> = value.as_object().unwrap().keys().cloned().collect();
+        let mut expected: Vec<_> = KEYS.iter().map(|k| k.to_string()).collect();
+        keys.sort();
+        expected.sort();
+        assert_eq!(keys, expected);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
+    fn precedence_file_env_flags() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "max_batch_size = 50\ndedupe_window = \"1d\"\nredis_url = \"redis://file\"").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LEADSCORE_DEDUPE_WINDOW", "2d");
+            jail.set_env("LEADSCORE_REDIS_URL", "redis://env");
+            let flags = Overrides { redis_url: Some("redis://flag".into()), ..Default::default() };
+            let s = Settings::load(Some(file.path()), &flags).unwrap();
+            assert_eq!(s.max_batch_size, 50);
+            assert_eq!(s.dedupe_window, Millis(2 * 86_400_000));
+            assert_eq!(s.redis_url.as_deref(), Some("redis://flag"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "max_batch_sise = 50").unwrap();
+        assert!(Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).is_err());
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "dedupe_window = \"soon\"").unwrap();
+        let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+
+    #[test]
+    fn redaction_hides_credentials() {
+        assert_eq!(redacted_url("redis://user:secret@db:6379/0"), "redis://db:6379/0");
+        assert_eq!(redacted_url("redis://db:6379"), "redis://db:6379");
+    }
+}

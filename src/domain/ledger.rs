@@ -1,0 +1,183 @@
+//! Recording signals on one lead: de-duplication by `event_id`, per-UTC-day
+//! caps, and the bounded raw history. The embedded store uses this directly;
+//! `store/redis/ingest.lua` is its Redis twin.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use super::{EventId, ModelWeight, Timestamp, TypeTally};
+
+/// A validated signal with the points every model gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoredSignal {
+    pub event_id: EventId,
+    pub signal_type: String,
+    pub occurred_at: Timestamp,
+    /// At most this many signals of the type count per lead per UTC day.
+    pub daily_cap: Option<u32>,
+    /// One entry per model of the rule set.
+    pub weights: Vec<ModelWeight>,
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalStatus {
+    Accepted,
+    Duplicate,
+    /// Recorded, but over the type's daily cap: counts zero.
+    Capped,
+}
+
+/// How long and how much a lead remembers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestPolicy {
+    /// How long a seen `event_id` is remembered for de-duplication.
+    pub dedupe_window_ms: i64,
+    /// Oldest `occurred_at` accepted; also how long cap counters live.
+    pub retention_ms: i64,
+    /// Raw signals kept per lead (newest first), for rescoring.
+    pub history_limit: usize,
+}
+
+/// One raw signal as kept in a lead's history.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    #[serde(rename = "e")]
+    pub event_id: String,
+    #[serde(rename = "y")]
+    pub signal_type: String,
+    #[serde(rename = "t")]
+    pub occurred_at_ms: i64,
+    #[serde(rename = "p", default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl HistoryEntry {
+    pub fn of(signal: &ScoredSignal) -> Self {
+        Self {
+            event_id: signal.event_id.as_str().to_owned(),
+            signal_type: signal.signal_type.clone(),
+            occurred_at_ms: signal.occurred_at.millis(),
+            properties: signal.properties.clone(),
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).expect("a map of strings always serializes")
+    }
+}
+
+/// De-duplication, cap and history state of one lead.
+#[derive(Debug, Clone, Default)]
+pub struct LeadLedger {
+    /// event id → when it was recorded.
+    seen: HashMap<String, Timestamp>,
+    /// (type, UTC day) → signals of that type recorded that day.
+    day_counts: HashMap<(String, i64), u32>,
+    /// Newest first.
+    history: VecDeque<HistoryEntry>,
+}
+
+impl LeadLedger {
+    /// Records `signal` on the lead whose tallies are `tallies`.
+    pub fn record(
+        &mut self,
+        tallies: &mut BTreeMap<String, TypeTally>,
+        signal: &ScoredSignal,
+        now: Timestamp,
+        policy: &IngestPolicy,
+    ) -> SignalStatus {
+        let window_start = now.millis() - policy.dedupe_window_ms;
+        self.seen.retain(|_, at| at.millis() > window_start);
+        if self.seen.contains_key(signal.event_id.as_str()) {
+            return SignalStatus::Duplicate;
+        }
+        self.seen.insert(signal.event_id.as_str().to_owned(), now);
+
+        let counted = match signal.daily_cap {
+            None => true,
+            Some(cap) => {
+                let oldest_day = now.plus_millis(-policy.retention_ms).utc_day();
+                self.day_counts.retain(|(_, day), _| *day >= oldest_day);
+                let day = signal.occurred_at.utc_day();
+                let n = self.day_counts.entry((signal.signal_type.clone(), day)).or_insert(0);
+                *n += 1;
+                *n <= cap
+            }
+        };
+
+        if policy.history_limit > 0 {
+            self.history.push_front(HistoryEntry::of(signal));
+            self.history.truncate(policy.history_limit);
+        }
+
+        if counted {
+            tallies.entry(signal.signal_type.clone()).or_default().add(signal.occurred_at, &signal.weights);
+            SignalStatus::Accepted
+        } else {
+            SignalStatus::Capped
+        }
+    }
+
+    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
+        self.history.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Decay;
+
+    const DAY: i64 = 86_400_000;
+    const POLICY: IngestPolicy = IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 3 };
+
+    fn signal(id: &str, at: i64, cap: Option<u32>) -> ScoredSignal {
+        ScoredSignal {
+            event_id: EventId::parse(id).unwrap(),
+            signal_type: "page_view".into(),
+            occurred_at: Timestamp::from_millis(at),
+            daily_cap: cap,
+            weights: vec![ModelWeight { model: "m".into(), points: 1.0, decay: Decay::None }],
+            properties: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn duplicates_change_nothing_within_the_window() {
+        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let now = Timestamp::from_millis(100 * DAY);
+        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Accepted);
+        let before = tallies.clone();
+        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Duplicate);
+        assert_eq!(tallies, before);
+        // After the window the id is forgotten.
+        let later = now.plus_millis(8 * DAY);
+        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), later, &POLICY), SignalStatus::Accepted);
+    }
+
+    #[test]
+    fn cap_counts_first_arrivals_per_utc_day() {
+        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let now = Timestamp::from_millis(100 * DAY);
+        let day = 99 * DAY;
+        let statuses: Vec<_> = ["a", "b", "c"]
+            .iter()
+            .map(|id| ledger.record(&mut tallies, &signal(id, day + 10, Some(2)), now, &POLICY))
+            .collect();
+        assert_eq!(statuses, [SignalStatus::Accepted, SignalStatus::Accepted, SignalStatus::Capped]);
+        // Another day has its own allowance.
+        assert_eq!(ledger.record(&mut tallies, &signal("d", day - 10, Some(2)), now, &POLICY), SignalStatus::Accepted);
+        assert_eq!(tallies["page_view"].counted, 3);
+    }
+
+    #[test]
+    fn history_is_bounded_newest_first() {
+        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let now = Timestamp::from_millis(100 * DAY);
+        for id in ["a", "b", "c", "d"] {
+            ledger.record(&mut tallies, &signal(id, 99 * DAY, None), now, &POLICY);
+        }
+        let ids: Vec<_> = ledger.history().map(|h| h.event_id.as_str()).collect();
+        assert_eq!(ids, ["d", "c", "b"]);
+    }
+}

@@ -1,0 +1,20 @@
+//! Pure domain: ids, time, lifecycle stages, decay, scoring models and the
+//! per-lead ledger. No I/O, no tokio, no Redis, no protobuf.
+
+pub mod decay;
+pub mod ids;
+pub mod lead;
+pub mod ledger;
+pub mod model;
+#[cfg(test)]
+mod properties;
+pub mod stage;
+pub mod time;
+
+pub use decay::{Decay, ModelWeight, TypeTally};
+pub use ids::{AccountId, EventId, IdError, LeadId};
+pub use lead::{LeadProfile, LeadSnapshot};
+pub use ledger::{IngestPolicy, LeadLedger, ScoredSignal, SignalStatus};
+pub use model::{Condition, Contribution, FitRule, Grade, GradeThresholds, Score, ScoringModel};
+pub use stage::Stage;
+pub use time::{Clock, SystemClock, Timestamp};

@@ -1,0 +1,24 @@
+//! leadscore: real-time lead scoring over gRPC, on Redis.
+//!
+//! # Layout
+//! - `domain`    — pure: ids, time, stages, decay, scoring models, the ledger
+//! - `rules`     — the rule-set file: parse, validate, compile (pure)
+//! - `store`     — `LeadStore` trait; Redis (Lua scripts) and in-memory stores
+//! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
+//! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
+//! - `startup`   — `Application`: bind, serve, health, graceful shutdown
+//! - `telemetry` — tracing subscriber
+//! - `cli`       — the `leadscore` command line
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod rules;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+/// The rule set shipped with leadscore (`rules/default.toml`), used when no
+/// rule file is configured.
+pub const DEFAULT_RULES: &str = include_str!("../rules/default.toml");

@@ -1,0 +1,77 @@
+//! The rule file as written (TOML), before validation. Spans locate errors.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRuleSet {
+    pub version: Spanned<String>,
+    #[serde(default)]
+    pub agreed_by: Vec<String>,
+    pub primary_model: Spanned<String>,
+    pub signal_types: Spanned<BTreeMap<String, Spanned<RawSignalType>>>,
+    pub models: Spanned<BTreeMap<String, Spanned<RawModel>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignalType {
+    #[serde(default)]
+    pub description: String,
+    pub daily_cap: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawModel {
+    pub half_life: Spanned<String>,
+    #[serde(default)]
+    pub signals: BTreeMap<String, Spanned<RawSignalPoints>>,
+    #[serde(default)]
+    pub fit: Vec<Spanned<RawMatcher>>,
+    pub grades: Spanned<RawGrades>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignalPoints {
+    pub points: Spanned<f64>,
+    pub half_life: Option<Spanned<String>>,
+    pub decay: Option<Spanned<bool>>,
+    #[serde(default, rename = "match")]
+    pub refinements: Vec<Spanned<RawMatcher>>,
+}
+
+/// A condition on one value with its points: a property refinement
+/// (`property = …`) or a fit rule (`id = …, attribute = …`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMatcher {
+    pub id: Option<String>,
+    pub property: Option<String>,
+    pub attribute: Option<String>,
+    pub points: Spanned<f64>,
+    pub equals: Option<String>,
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub suffix: Option<String>,
+    pub contains: Option<String>,
+    pub exists: Option<bool>,
+    pub at_least: Option<f64>,
+    pub at_most: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrades {
+    #[serde(rename = "A")]
+    pub a: f64,
+    #[serde(rename = "B")]
+    pub b: f64,
+    #[serde(rename = "C")]
+    pub c: f64,
+}

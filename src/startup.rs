@@ -1,0 +1,213 @@
+//! `Application`: builds the service from settings, binds the listener
+//! (port 0 in tests), serves until told to stop, then drains.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::pb::lead_scoring_server::LeadScoringServer;
+use crate::api::{AppState, Limits, ScoringService, pb};
+use crate::config::{Settings, redacted_url};
+use crate::domain::{Clock, IngestPolicy, SystemClock};
+use crate::rules::{RuleError, RuleSet};
+use crate::store::redis::{RedisSettings, RedisStore};
+use crate::store::{LeadStore, MemoryStore, StoreError};
+
+/// gRPC service names whose health is reported (plus "" for the server).
+const SERVICE_NAMES: [&str; 1] = ["leadscore.v1.LeadScoring"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot read rule file {path}: {source}")]
+    RulesUnreadable { path: String, source: std::io::Error },
+    #[error("rule file {path} is invalid:\n{}", errors.iter().map(|e| format!("  {path}: {e}")).collect::<Vec<_>>().join("\n"))]
+    RulesInvalid { path: String, errors: Vec<RuleError> },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Loads the configured rule file, or the built-in default.
+pub fn load_rules(path: Option<&std::path::Path>) -> Result<(RuleSet, String), StartupError> {
+    let (name, source) = match path {
+        Some(p) => {
+            let source = std::fs::read_to_string(p)
+                .map_err(|source| StartupError::RulesUnreadable { path: p.display().to_string(), source })?;
+            (p.display().to_string(), source)
+        }
+        None => ("<built-in rules/default.toml>".to_owned(), crate::DEFAULT_RULES.to_owned()),
+    };
+    let rules = RuleSet::parse(&source).map_err(|errors| StartupError::RulesInvalid { path: name.clone(), errors })?;
+    Ok((rules, name))
+}
+
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    state: Arc<AppState>,
+    settings: Settings,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let (rules, rules_name) = load_rules(settings.rules.as_deref())?;
+        tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
+        let store: Arc<dyn LeadStore> = match &settings.redis_url {
+            Some(url) => {
+                tracing::info!(redis = %redacted_url(url), "using the Redis store");
+                Arc::new(RedisStore::connect(&RedisSettings {
+                    url: url.clone(),
+                    key_prefix: settings.redis_key_prefix.clone(),
+                    partitions: settings.redis_partitions,
+                    command_timeout: settings.redis_timeout.duration(),
+                })?)
+            }
+            None => {
+                tracing::warn!(
+                    "no Redis URL configured: using the embedded in-memory store; DATA IS LOST ON EXIT \
+                     (set --redis-url or LEADSCORE_REDIS_URL for the store of record)"
+                );
+                Arc::new(MemoryStore::new())
+            }
+        };
+        let policy = IngestPolicy {
+            dedupe_window_ms: settings.dedupe_window.0,
+            retention_ms: settings.signal_retention.0,
+            history_limit: settings.history_limit,
+        };
+        let limits = Limits { max_batch_size: settings.max_batch_size, max_future_skew_ms: 5 * 60_000 };
+        let state = Arc::new(AppState::new(store, clock, rules, policy, limits));
+        let listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?;
+        let port =
+            listener.local_addr().map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?.port();
+        Ok(Self { listener, port, state, settings })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then: health turns NOT_SERVING,
+    /// new connections are refused, and in-flight calls get
+    /// `shutdown_grace` to finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StoreError::Internal(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| StoreError::Internal(format!("reflection: {e}")))?;
+
+        // NOT_SERVING until the store has answered once.
+        set_status(&reporter, ServingStatus::NotServing).await;
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let health_task = tokio::spawn(watch_store_health(
+            self.state.store.clone(),
+            reporter.clone(),
+            self.settings.health_interval.duration(),
+            stopping_rx,
+        ));
+
+        let router = Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())));
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = TcpListenerStream::new(self.listener);
+        let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        }));
+        tracing::info!(addr = %self.settings.grpc_addr, port = self.port, store = self.state.store.kind(), "serving gRPC");
+
+        tokio::select! {
+            result = &mut server => {
+                let _ = stopping_tx.send(true);
+                return result.map_err(|e| StoreError::Internal(format!("server task: {e}")))?.map_err(Into::into);
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(grace = ?self.settings.shutdown_grace.duration(), "shutting down: draining in-flight calls");
+        let _ = stopping_tx.send(true);
+        let _ = health_task.await;
+        set_status(&reporter, ServingStatus::NotServing).await;
+        let _ = stop_tx.send(());
+        match tokio::time::timeout(self.settings.shutdown_grace.duration(), &mut server).await {
+            Ok(result) => {
+                result.map_err(|e| StoreError::Internal(format!("server task: {e}")))??;
+                tracing::info!("stopped");
+            }
+            Err(_) => {
+                server.abort();
+                tracing::warn!("drain deadline passed; remaining calls were cut off");
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    for name in SERVICE_NAMES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// SERVING only while the store answers.
+async fn watch_store_health(
+    store: Arc<dyn LeadStore>,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let status = match store.ping().await {
+            Ok(()) => ServingStatus::Serving,
+            Err(e) => {
+                if last != Some(ServingStatus::NotServing) {
+                    tracing::warn!(error = %e, "store not answering: health is NOT_SERVING");
+                }
+                ServingStatus::NotServing
+            }
+        };
+        if last != Some(status) {
+            if status == ServingStatus::Serving {
+                tracing::info!(store = store.kind(), "store answers: health is SERVING");
+            }
+            set_status(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The fields of a lead's hash, and how they decode into a `LeadSnapshot`.
+//!
+//! | field           | value                                             |
+//! |-----------------|---------------------------------------------------|
+//! | `c`             | created_at, ms since the epoch                    |
+//! | `st`            | stage name (`LEAD`, `MQL`, …)                     |
+//! | `acc`           | account id                                        |
+//! | `a:<name>`      | profile attribute                                 |
+//! | `n:<type>`      | counted signals of the type                       |
+//! | `t:<type>`      | anchor: newest counted `occurred_at`, ms          |
+//! | `s:<model>:<t>` | model's points decayed to the anchor (`%.17g`)    |
+
+use std::collections::HashMap;
+
+use crate::domain::{AccountId, LeadId, LeadSnapshot, Stage, Timestamp};
+use crate::store::StoreError;
+
+pub fn decode_lead(lead_id: &LeadId, fields: HashMap<String, String>) -> Result<LeadSnapshot, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt { lead_id: lead_id.to_string(), detail };
+    let mut lead = LeadSnapshot::new(lead_id.clone(), Timestamp::from_millis(0));
+    for (field, value) in fields {
+        let int = || value.parse::<i64>().map_err(|_| corrupt(format!("field '{field}' is not an integer")));
+        if let Some(name) = field.strip_prefix("a:") {
+            lead.attributes.insert(name.to_owned(), value);
+        } else if let Some(t) = field.strip_prefix("n:") {
+            let n = u64::try_from(int()?).map_err(|_| corrupt(format!("field '{field}' is negative")))?;
+            lead.tallies.entry(t.to_owned()).or_default().counted = n;
+        } else if let Some(t) = field.strip_prefix("t:") {
+            lead.tallies.entry(t.to_owned()).or_default().last_at = Some(Timestamp::from_millis(int()?));
+        } else if let Some(rest) = field.strip_prefix("s:") {
+            let (model, t) = rest.split_once(':').ok_or_else(|| corrupt(format!("field '{field}' is malformed")))?;
+            let sum = value
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| corrupt(format!("field '{field}' is not a finite number")))?;
+            lead.tallies.entry(t.to_owned()).or_default().sums.insert(model.to_owned(), sum);
+        } else {
+            match field.as_str() {
+                "c" => lead.created_at = Timestamp::from_millis(int()?),
+                "st" => lead.stage = value.parse::<Stage>().map_err(|e| corrupt(e.to_string()))?,
+                "acc" => {
+                    lead.account_id = Some(AccountId::parse(value).map_err(|e| corrupt(format!("account id {e}")))?)
+                }
+                // Fields of later versions are ignored, not fatal.
+                _ => {}
+            }
+        }
+    }
+    if let Some((t, _)) = lead.tallies.iter().find(|(_, tally)| tally.counted > 0 && tally.last_at.is_none()) {
+        return Err(corrupt(format!("type '{t}' has counted signals but no anchor time")));
+    }
+    Ok(lead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn decodes_all_fields() {
+        let id = LeadId::parse("l1").unwrap();
+        let lead = decode_lead(
+            &id,
+            fields(&[
+                ("c", "1000"),
+                ("st", "MQL"),
+                ("acc", "acme"),
+                ("a:title", "VP"),
+                ("n:demo_requested", "2"),
+                ("t:demo_requested", "5000"),
+                ("s:b2b:demo_requested", "12.5"),
+                ("future", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(lead.created_at, Timestamp::from_millis(1000));
+        assert_eq!(lead.stage, Stage::Mql);
+        assert_eq!(lead.attributes["title"], "VP");
+        let tally = &lead.tallies["demo_requested"];
+        assert_eq!((tally.counted, tally.last_at, tally.sums["b2b"]), (2, Some(Timestamp::from_millis(5000)), 12.5));
+    }
+
+    #[test]
+    fn junk_is_reported_not_panicked() {
+        let id = LeadId::parse("l1").unwrap();
+        for junk in [
+            fields(&[("c", "soon")]),
+            fields(&[("n:x", "-1"), ("t:x", "1")]),
+            fields(&[("s:m:x", "NaN")]),
+            fields(&[("s:mx", "1")]),
+            fields(&[("st", "NOPE")]),
+            fields(&[("n:x", "3")]),
+        ] {
+            assert!(matches!(decode_lead(&id, junk), Err(StoreError::Corrupt { .. })));
+        }
+    }
+}

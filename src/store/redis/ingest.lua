@@ -1,0 +1,103 @@
+-- Records a batch of signals on one lead, atomically: de-duplicates by
+-- event id, applies per-UTC-day caps, updates the decayed per-type sums and
+-- keeps the bounded raw history. Twin of src/domain/ledger.rs and
+-- src/domain/decay.rs: keep them in step.
+--
+-- KEYS: 1 lead hash, 2 seen event ids (zset), 3 cap counters (hash),
+--       4 raw history (list)
+-- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, n_models,
+--       the n_models model names, then per signal:
+--       event_id, type, occurred_at_ms, daily_cap (0 = none), history record,
+--       and per model (in the order named): half_life_ms (0 = none), points
+-- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead }
+local lead, seen, caps, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local retention = tonumber(ARGV[3])
+local hist_limit = tonumber(ARGV[4])
+local n_models = tonumber(ARGV[5])
+local models = {}
+for m = 1, n_models do
+  models[m] = ARGV[5 + m]
+end
+local DAY = 86400000
+local oldest_day = math.floor((now - retention) / DAY)
+
+redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
+if redis.call('EXISTS', lead) == 0 then
+  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD')
+end
+
+local statuses = {}
+local used_caps, used_history = false, false
+local i = 6 + n_models
+while i <= #ARGV do
+  local event_id, typ, at_text = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local at, cap, record = tonumber(at_text), tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local w = i + 5
+  i = w + 2 * n_models
+  if redis.call('ZSCORE', seen, event_id) then
+    statuses[#statuses + 1] = 2
+  else
+    redis.call('ZADD', seen, now, event_id)
+    local counted = true
+    if cap > 0 then
+      used_caps = true
+      local n = redis.call('HINCRBY', caps, typ .. ':' .. math.floor(at / DAY), 1)
+      if n == 1 then
+        -- A new day counter: forget the days past retention.
+        for _, field in ipairs(redis.call('HKEYS', caps)) do
+          local day = tonumber(string.match(field, ':(%-?%d+)$'))
+          if day and day < oldest_day then
+            redis.call('HDEL', caps, field)
+          end
+        end
+      end
+      counted = n <= cap
+    end
+    if hist_limit > 0 then
+      redis.call('LPUSH', hist, record)
+      used_history = true
+    end
+    if counted then
+      local last = tonumber(redis.call('HGET', lead, 't:' .. typ))
+      for m = 1, n_models do
+        local h = tonumber(ARGV[w + 2 * (m - 1)])
+        local p = tonumber(ARGV[w + 2 * (m - 1) + 1])
+        local field = 's:' .. models[m] .. ':' .. typ
+        local sum
+        if last == nil then
+          sum = p
+        else
+          local cur = tonumber(redis.call('HGET', lead, field)) or 0
+          if at > last then
+            if h > 0 then cur = cur * 2 ^ ((last - at) / h) end
+            sum = cur + p
+          elseif h > 0 then
+            sum = cur + p * 2 ^ ((at - last) / h)
+          else
+            sum = cur + p
+          end
+        end
+        redis.call('HSET', lead, field, string.format('%.17g', sum))
+      end
+      redis.call('HINCRBY', lead, 'n:' .. typ, 1)
+      if last == nil or at > last then
+        redis.call('HSET', lead, 't:' .. typ, at_text)
+      end
+      statuses[#statuses + 1] = 1
+    else
+      statuses[#statuses + 1] = 3
+    end
+  end
+end
+
+redis.call('PEXPIRE', seen, window)
+if used_caps then
+  redis.call('PEXPIRE', caps, retention + DAY)
+end
+if used_history then
+  redis.call('LTRIM', hist, 0, hist_limit - 1)
+  redis.call('PEXPIRE', hist, retention)
+end
+return { statuses, redis.call('HGETALL', lead) }

@@ -1,0 +1,110 @@
+//! Every Redis key name leadscore uses is built here.
+//!
+//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` plus `:seen`, `:caps` and
+//! `:hist` beside it, where `N` is the lead's partition. The `{p<N>}` hash
+//! tag puts all of a lead's keys (and, later, its partition's feeds) in one
+//! Redis Cluster slot, so one Lua script can update them atomically. Ids are
+//! percent-encoded, so `{`, `}`, `:`, spaces and non-ASCII in an id can
+//! neither move the hash tag nor collide with a suffix.
+
+use std::fmt::Write as _;
+
+use crate::domain::LeadId;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    prefix: String,
+    partitions: u32,
+}
+
+/// The keys of one lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeadKeys {
+    /// Hash: profile, stage and per-type tallies.
+    pub lead: String,
+    /// Sorted set: event ids seen, scored by when they were recorded.
+    pub seen: String,
+    /// Hash: `<type>:<utc day>` → signals recorded that day, for caps.
+    pub caps: String,
+    /// List: raw signals, newest first, bounded.
+    pub history: String,
+}
+
+impl KeySpace {
+    /// `partitions` must never change for a deployment: it decides where
+    /// every lead lives.
+    pub fn new(prefix: impl Into<String>, partitions: u32) -> Self {
+        Self { prefix: prefix.into(), partitions: partitions.max(1) }
+    }
+
+    /// Stable across versions and machines: FNV-1a of the id's bytes.
+    pub fn partition(&self, lead: &LeadId) -> u32 {
+        let hash = lead
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        (hash % u64::from(self.partitions)) as u32
+    }
+
+    pub fn lead(&self, lead: &LeadId) -> LeadKeys {
+        let base = format!("{}:{{p{}}}:lead:{}", self.prefix, self.partition(lead), encode(lead.as_str()));
+        LeadKeys {
+            seen: format!("{base}:seen"),
+            caps: format!("{base}:caps"),
+            history: format!("{base}:hist"),
+            lead: base,
+        }
+    }
+}
+
+/// Percent-encodes every byte outside `[A-Za-z0-9._~-]`.
+fn encode(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for b in id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> LeadId {
+        LeadId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn layout_and_hash_tag() {
+        let ks = KeySpace::new("ls", 256);
+        let keys = ks.lead(&id("lead-42"));
+        let tag = format!("{{p{}}}", ks.partition(&id("lead-42")));
+        assert_eq!(keys.lead, format!("ls:{tag}:lead:lead-42"));
+        assert_eq!(keys.seen, format!("{}:seen", keys.lead));
+    }
+
+    #[test]
+    fn hostile_ids_cannot_move_the_tag_or_collide() {
+        let ks = KeySpace::new("ls", 256);
+        for raw in ["{p1}", "a:seen", "a b", "é}{", "50%"] {
+            let keys = ks.lead(&id(raw));
+            // The first '{' … '}' pair is still the partition tag.
+            let tag_end = keys.lead.find('}').unwrap();
+            assert!(keys.lead[..tag_end].ends_with(&ks.partition(&id(raw)).to_string()));
+            assert_eq!(keys.lead.matches(['{', '}']).count(), 2, "{}", keys.lead);
+            assert_eq!(keys.lead.matches(':').count(), 3, "{}", keys.lead);
+        }
+        assert_ne!(ks.lead(&id("a:seen")).lead, ks.lead(&id("a")).seen);
+        assert_ne!(ks.lead(&id("%41")).lead, ks.lead(&id("A")).lead);
+    }
+
+    #[test]
+    fn partition_is_stable() {
+        // Pinned: changing the hash would strand every stored lead.
+        assert_eq!(KeySpace::new("ls", 256).partition(&id("lead-1")), 21);
+    }
+}

@@ -1,0 +1,204 @@
+//! Redis store: the store of record. One Lua script call per lead per
+//! request (`ingest.lua`, `upsert.lua`), pipelined when a request touches
+//! several leads.
+
+mod codec;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script};
+
+pub use keys::KeySpace;
+
+use super::{LeadBatch, LeadOutcome, LeadStore, StoreError};
+use crate::domain::ledger::HistoryEntry;
+use crate::domain::{IngestPolicy, LeadId, LeadProfile, LeadSnapshot, SignalStatus, Timestamp};
+
+/// How to reach Redis and lay out keys.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub partitions: u32,
+    /// Bound on every Redis call, connection included.
+    pub command_timeout: Duration,
+}
+
+pub struct RedisStore {
+    conn: ConnectionManager,
+    keys: KeySpace,
+    ingest: Script,
+    upsert: Script,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Prepares a connection without waiting for Redis: a store that is
+    /// down at start-up reports `Unavailable` until it answers, then works.
+    pub fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
+        let client = redis::Client::open(settings.url.as_str())
+            .map_err(|e| StoreError::Internal(format!("invalid Redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.command_timeout))
+            .set_response_timeout(Some(settings.command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        Ok(Self {
+            conn,
+            keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
+            ingest: Script::new(include_str!("ingest.lua")),
+            upsert: Script::new(include_str!("upsert.lua")),
+            timeout: settings.command_timeout,
+        })
+    }
+
+    /// Runs `f` on a connection, bounded by the command timeout.
+    async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, RedisError>>,
+    {
+        match tokio::time::timeout(self.timeout, f(self.conn.clone())).await {
+            Ok(result) => result.map_err(classify),
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        }
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn classify(e: RedisError) -> StoreError {
+    if e.is_timeout() {
+        StoreError::Unavailable(format!("Redis timed out: {e}"))
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+        unavailable(e)
+    } else {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+fn is_noscript(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+}
+
+type IngestReply = (Vec<i64>, HashMap<String, String>);
+
+#[async_trait]
+impl LeadStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await?;
+        Ok(())
+    }
+
+    async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
+        let keys = self.keys.lead(&profile.lead_id);
+        let mut inv = self.upsert.prepare_invoke();
+        inv.key(&keys.lead)
+            .arg(now.millis())
+            .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
+            .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default());
+        for (name, value) in &profile.attributes {
+            inv.arg(name).arg(value);
+        }
+        let fields: HashMap<String, String> = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        codec::decode_lead(&profile.lead_id, fields)
+    }
+
+    async fn record_signals(
+        &self,
+        batches: Vec<LeadBatch>,
+        now: Timestamp,
+        policy: &IngestPolicy,
+    ) -> Result<Vec<LeadOutcome>, StoreError> {
+        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy)).collect();
+        let mut pipe = redis::pipe();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        let replies: Vec<IngestReply> = self
+            .call(|mut c| async move {
+                match pipe.query_async(&mut c).await {
+                    // The script cache was flushed (e.g. Redis restarted):
+                    // load it and replay; replays are de-duplicated.
+                    Err(e) if is_noscript(&e) => {
+                        self.ingest.prepare_invoke().load_async(&mut c).await?;
+                        pipe.query_async(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        batches
+            .into_iter()
+            .zip(replies)
+            .map(|(batch, (codes, fields))| {
+                let statuses = codes
+                    .into_iter()
+                    .map(|code| match code {
+                        1 => Ok(SignalStatus::Accepted),
+                        2 => Ok(SignalStatus::Duplicate),
+                        3 => Ok(SignalStatus::Capped),
+                        other => Err(StoreError::Internal(format!("ingest script returned status {other}"))),
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields)? })
+            })
+            .collect()
+    }
+
+    async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hgetall(self.keys.lead(id).lead);
+        }
+        let replies: Vec<HashMap<String, String>> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        ids.iter()
+            .zip(replies)
+            .map(|(id, fields)| if fields.is_empty() { Ok(None) } else { codec::decode_lead(id, fields).map(Some) })
+            .collect()
+    }
+}
+
+impl RedisStore {
+    fn ingest_invocation<'a>(
+        &'a self,
+        batch: &LeadBatch,
+        now: Timestamp,
+        policy: &IngestPolicy,
+    ) -> redis::ScriptInvocation<'a> {
+        let keys = self.keys.lead(&batch.lead_id);
+        let mut inv = self.ingest.prepare_invoke();
+        inv.key(&keys.lead).key(&keys.seen).key(&keys.caps).key(&keys.history);
+        inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
+        // Every signal carries one weight per model, in the same order.
+        let models: Vec<&str> =
+            batch.signals.first().map(|s| s.weights.iter().map(|w| w.model.as_str()).collect()).unwrap_or_default();
+        inv.arg(models.len());
+        for model in &models {
+            inv.arg(*model);
+        }
+        for s in &batch.signals {
+            debug_assert!(s.weights.iter().map(|w| w.model.as_str()).eq(models.iter().copied()));
+            inv.arg(s.event_id.as_str())
+                .arg(&s.signal_type)
+                .arg(s.occurred_at.millis())
+                .arg(s.daily_cap.unwrap_or(0))
+                .arg(HistoryEntry::of(s).encode());
+            for w in &s.weights {
+                inv.arg(format!("{:?}", w.decay.half_life_millis())).arg(format!("{:?}", w.points));
+            }
+        }
+        inv
+    }
+}

@@ -1,0 +1,26 @@
+-- Creates a lead or replaces its profile, atomically; signals are kept.
+-- KEYS: 1 lead hash
+-- ARGV: now_ms, created_at_ms ('' = keep, or now for a new lead),
+--       account_id ('' = none), then attribute name, value pairs
+-- Returns: HGETALL lead
+local lead = KEYS[1]
+for _, field in ipairs(redis.call('HKEYS', lead)) do
+  if string.sub(field, 1, 2) == 'a:' then
+    redis.call('HDEL', lead, field)
+  end
+end
+if redis.call('HEXISTS', lead, 'c') == 0 then
+  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD')
+end
+if ARGV[2] ~= '' then
+  redis.call('HSET', lead, 'c', ARGV[2])
+end
+if ARGV[3] ~= '' then
+  redis.call('HSET', lead, 'acc', ARGV[3])
+else
+  redis.call('HDEL', lead, 'acc')
+end
+for i = 4, #ARGV, 2 do
+  redis.call('HSET', lead, 'a:' .. ARGV[i], ARGV[i + 1])
+end
+return redis.call('HGETALL', lead)

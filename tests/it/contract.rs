@@ -1,0 +1,287 @@
+//! The store contract: every `LeadStore` behaves the same. Each test runs
+//! against the embedded store and against Redis, and the numbers are held to
+//! the pure domain's reference computation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leadscore::domain::{
+    AccountId, EventId, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoredSignal, SignalStatus,
+    Timestamp,
+};
+use leadscore::rules::RuleSet;
+use leadscore::store::redis::{RedisSettings, RedisStore};
+use leadscore::store::{LeadBatch, LeadStore, MemoryStore};
+
+use crate::helpers::{DAY, RedisServer};
+
+const POLICY: IngestPolicy = IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 100 };
+const NOW: Timestamp = Timestamp::from_millis(20_000 * DAY + 12 * 3_600_000);
+
+fn rules() -> RuleSet {
+    RuleSet::parse(leadscore::DEFAULT_RULES).unwrap()
+}
+
+fn id(s: &str) -> LeadId {
+    LeadId::parse(s).unwrap()
+}
+
+fn scored(rules: &RuleSet, event: &str, signal_type: &str, at: Timestamp, props: &[(&str, &str)]) -> ScoredSignal {
+    let properties: BTreeMap<_, _> = props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    ScoredSignal {
+        event_id: EventId::parse(event).unwrap(),
+        signal_type: signal_type.into(),
+        occurred_at: at,
+        daily_cap: rules.signal_type(signal_type).unwrap().daily_cap,
+        weights: rules.weigh(signal_type, &properties),
+        properties,
+    }
+}
+
+/// What the pure domain says a lead looks like after these signals.
+fn reference(lead: &LeadId, signals: &[ScoredSignal]) -> (Vec<SignalStatus>, LeadSnapshot) {
+    let mut snapshot = LeadSnapshot::new(lead.clone(), NOW);
+    let mut ledger = LeadLedger::default();
+    let statuses = signals.iter().map(|s| ledger.record(&mut snapshot.tallies, s, NOW, &POLICY)).collect();
+    (statuses, snapshot)
+}
+
+fn assert_same_score(rules: &RuleSet, a: &LeadSnapshot, b: &LeadSnapshot) {
+    let (sa, sb) = (rules.primary().score(a, NOW), rules.primary().score(b, NOW));
+    assert!((sa.total - sb.total).abs() < 1e-9, "{} vs {}", sa.total, sb.total);
+    assert_eq!(sa.contributions.len(), sb.contributions.len());
+    for (ta, tb) in a.tallies.iter().zip(&b.tallies) {
+        assert_eq!((ta.0, ta.1.counted, ta.1.last_at), (tb.0, tb.1.counted, tb.1.last_at));
+    }
+}
+
+async fn record(store: &dyn LeadStore, lead: &LeadId, signals: Vec<ScoredSignal>) -> (Vec<SignalStatus>, LeadSnapshot) {
+    let mut out = store.record_signals(vec![LeadBatch { lead_id: lead.clone(), signals }], NOW, &POLICY).await.unwrap();
+    let o = out.pop().unwrap();
+    (o.statuses, o.lead)
+}
+
+async fn upsert_replaces_the_profile(store: &dyn LeadStore) {
+    let lead = id("crm-1");
+    let attrs = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let first = store
+        .upsert_lead(
+            LeadProfile {
+                lead_id: lead.clone(),
+                account_id: Some(AccountId::parse("acme").unwrap()),
+                attributes: attrs(&[("seniority", "vp"), ("country", "de")]),
+                created_at: Some(Timestamp::from_millis(19_000 * DAY)),
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.created_at, Timestamp::from_millis(19_000 * DAY));
+    assert_eq!(first.account_id.as_ref().unwrap().as_str(), "acme");
+    let second = store
+        .upsert_lead(
+            LeadProfile {
+                lead_id: lead.clone(),
+                account_id: None,
+                attributes: attrs(&[("seniority", "director")]),
+                created_at: None,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.attributes, attrs(&[("seniority", "director")]), "attributes are replaced as a whole");
+    assert_eq!(second.created_at, first.created_at, "created_at is kept when not sent");
+    assert_eq!(second.account_id, None);
+    assert_eq!(store.load_leads(std::slice::from_ref(&lead)).await.unwrap()[0].as_ref(), Some(&second));
+}
+
+async fn signals_match_the_domain_reference(store: &dyn LeadStore) {
+    let rules = rules();
+    let lead = id("lead-ref");
+    let at = |d: i64| NOW.plus_millis(-d * DAY);
+    let signals = vec![
+        scored(&rules, "e1", "page_view", at(3), &[("url", "/pricing/teams")]),
+        scored(&rules, "e2", "demo_requested", at(1), &[]),
+        scored(&rules, "e3", "email_open", at(10), &[]),
+        scored(&rules, "e4", "page_view", at(30), &[]), // late: older than e1
+        scored(&rules, "e5", "unsubscribe", at(60), &[]),
+        scored(&rules, "e1", "page_view", at(3), &[]), // duplicate
+    ];
+    let (want_statuses, want) = reference(&lead, &signals);
+    let (statuses, got) = record(store, &lead, signals).await;
+    assert_eq!(statuses, want_statuses);
+    assert_eq!(statuses[5], SignalStatus::Duplicate);
+    assert_same_score(&rules, &got, &want);
+    let loaded = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!(loaded, got);
+}
+
+async fn duplicates_change_nothing(store: &dyn LeadStore) {
+    let rules = rules();
+    let lead = id("lead-dup");
+    let s = scored(&rules, "evt-1", "demo_requested", NOW.plus_millis(-DAY), &[]);
+    let (first, before) = record(store, &lead, vec![s.clone()]).await;
+    assert_eq!(first, [SignalStatus::Accepted]);
+    let (again, after) = record(store, &lead, vec![s.clone(), s]).await;
+    assert_eq!(again, [SignalStatus::Duplicate, SignalStatus::Duplicate]);
+    assert_eq!(before, after);
+    // The same event id on another lead is another event.
+    let (other, _) = record(store, &id("lead-dup-2"), vec![scored(&rules, "evt-1", "page_view", NOW, &[])]).await;
+    assert_eq!(other, [SignalStatus::Accepted]);
+}
+
+async fn daily_caps_count_first_arrivals(store: &dyn LeadStore) {
+    let rules = rules();
+    let cap = rules.signal_type("pricing_page_view").unwrap().daily_cap.unwrap() as usize;
+    let lead = id("lead-cap");
+    let day = NOW.plus_millis(-2 * DAY);
+    let signals: Vec<_> = (0..cap + 2)
+        .map(|i| scored(&rules, &format!("p{i}"), "pricing_page_view", day.plus_millis(i as i64 * 60_000), &[]))
+        .collect();
+    let (statuses, lead_after) = record(store, &lead, signals.clone()).await;
+    let (want, reference_lead) = reference(&lead, &signals);
+    assert_eq!(statuses, want);
+    assert_eq!(statuses.iter().filter(|s| **s == SignalStatus::Capped).count(), 2);
+    assert_eq!(lead_after.tallies["pricing_page_view"].counted, cap as u64);
+    assert_same_score(&rules, &lead_after, &reference_lead);
+    // The next UTC day has its own allowance.
+    let (next, _) =
+        record(store, &lead, vec![scored(&rules, "next-day", "pricing_page_view", day.plus_millis(DAY), &[])]).await;
+    assert_eq!(next, [SignalStatus::Accepted]);
+}
+
+async fn batching_does_not_change_the_score(store: &dyn LeadStore) {
+    let rules = rules();
+    let types = ["page_view", "email_click", "demo_requested", "content_download", "email_bounce", "webinar_attended"];
+    let signals: Vec<_> = (0..24)
+        .map(|i| {
+            scored(
+                &rules,
+                &format!("b{i}"),
+                types[i % types.len()],
+                NOW.plus_millis(-((i as i64 * 7919) % 40) * DAY - i as i64),
+                &[],
+            )
+        })
+        .collect();
+    let (one, many, reversed) = (id("batch-one"), id("batch-many"), id("batch-rev"));
+    let (_, in_one) = record(store, &one, signals.clone()).await;
+    let mut in_many = None;
+    for chunk in signals.chunks(5) {
+        in_many = Some(record(store, &many, chunk.to_vec()).await.1);
+    }
+    let mut in_reverse = None;
+    for s in signals.iter().rev() {
+        in_reverse = Some(record(store, &reversed, vec![s.clone()]).await.1);
+    }
+    assert_same_score(&rules, &in_one, &in_many.unwrap());
+    assert_same_score(&rules, &in_one, &in_reverse.unwrap());
+}
+
+async fn several_leads_in_one_call(store: &dyn LeadStore) {
+    let rules = rules();
+    let batches = vec![
+        LeadBatch { lead_id: id("multi-a"), signals: vec![scored(&rules, "x", "form_fill", NOW, &[])] },
+        LeadBatch {
+            lead_id: id("multi-b"),
+            signals: vec![scored(&rules, "x", "form_fill", NOW, &[]), scored(&rules, "x", "form_fill", NOW, &[])],
+        },
+    ];
+    let out = store.record_signals(batches, NOW, &POLICY).await.unwrap();
+    assert_eq!(out[0].statuses, [SignalStatus::Accepted]);
+    assert_eq!(out[1].statuses, [SignalStatus::Accepted, SignalStatus::Duplicate]);
+    assert_eq!(out[1].lead.lead_id.as_str(), "multi-b");
+}
+
+async fn unknown_leads_are_none(store: &dyn LeadStore) {
+    assert_eq!(store.load_leads(&[id("never-seen")]).await.unwrap(), vec![None]);
+}
+
+async fn hostile_ids_are_kept_apart(store: &dyn LeadStore) {
+    let rules = rules();
+    let ids = ["{p1}", "a:seen", "a", "a b", "é}{:", "*", "%41", "A"];
+    for (n, raw) in ids.iter().enumerate() {
+        let signals = (0..=n)
+            .map(|i| scored(&rules, &format!("h{i}"), "form_fill", NOW.plus_millis(-(i as i64) * DAY), &[]))
+            .collect();
+        record(store, &id(raw), signals).await;
+    }
+    let loaded = store.load_leads(&ids.iter().map(|r| id(r)).collect::<Vec<_>>()).await.unwrap();
+    for (n, lead) in loaded.into_iter().enumerate() {
+        let lead = lead.unwrap_or_else(|| panic!("{} is missing", ids[n]));
+        assert_eq!(lead.lead_id.as_str(), ids[n]);
+        assert_eq!(lead.tallies["form_fill"].counted, n as u64 + 1, "{}", ids[n]);
+    }
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(&leadscore::store::MemoryStore::new()).await;
+            })*
+        }
+        mod redis {
+            $(#[tokio::test]
+            async fn $name() {
+                let (_server, store) = super::redis_store();
+                super::$name(&store).await;
+            })*
+        }
+    };
+}
+
+contract!(
+    upsert_replaces_the_profile,
+    signals_match_the_domain_reference,
+    duplicates_change_nothing,
+    daily_caps_count_first_arrivals,
+    batching_does_not_change_the_score,
+    several_leads_in_one_call,
+    unknown_leads_are_none,
+    hostile_ids_are_kept_apart,
+);
+
+fn redis_store() -> (RedisServer, RedisStore) {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&RedisSettings {
+        url: server.url(),
+        key_prefix: "ls".into(),
+        partitions: 256,
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    (server, store)
+}
+
+/// All of a lead's keys share one hash tag (one Redis Cluster slot).
+#[tokio::test]
+async fn redis_keys_of_a_lead_share_a_slot() {
+    let (server, store) = redis_store();
+    let rules = rules();
+    let lead = id("slot {x}:y");
+    let signals =
+        vec![scored(&rules, "s1", "page_view", NOW, &[]), scored(&rules, "s2", "pricing_page_view", NOW, &[])];
+    record(&store, &lead, signals).await;
+    let mut conn = server.connection();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+    // Redis Cluster hashes only the text between the first '{' and the next '}'.
+    let tags: std::collections::BTreeSet<&str> = keys
+        .iter()
+        .map(|k| {
+            let open = k.find('{').unwrap();
+            &k[open..=open + k[open..].find('}').unwrap()]
+        })
+        .collect();
+    assert_eq!(tags.len(), 1, "{keys:?}");
+}
+
+/// The embedded store is usable behind the trait object too.
+#[test]
+fn stores_are_object_safe() {
+    let _: Arc<dyn LeadStore> = Arc::new(MemoryStore::new());
+}

@@ -1,0 +1,225 @@
+//! Test helpers: spawn `redis-server` on a free port, start the service on
+//! port 0, build clients and signals.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use leadscore::api::pb;
+use leadscore::api::pb::lead_scoring_client::LeadScoringClient;
+use leadscore::config::Settings;
+use leadscore::startup::Application;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` of our own, killed on drop. Keeps nothing on disk.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = Self { child: None, port };
+            server.spawn();
+            if server.wait_ready() {
+                return server;
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-server ({e}); install it (scripts/test.sh does) or put it on PATH")
+            });
+        self.child = Some(child);
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut()
+                && child.try_wait().ok().flatten().is_some()
+            {
+                return false;
+            }
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut conn) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port (empty: nothing is persisted).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        assert!(self.wait_ready(), "redis-server did not come back on port {}", self.port);
+    }
+
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Settings for a test: port 0, fast health checks, short Redis timeout.
+pub fn settings(redis_url: Option<String>) -> Settings {
+    Settings {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        redis_url,
+        redis_timeout: leadscore::config::Millis(500),
+        health_interval: leadscore::config::Millis(100),
+        shutdown_grace: leadscore::config::Millis(2_000),
+        ..Settings::default()
+    }
+}
+
+/// The service running in this process.
+pub struct TestApp {
+    pub port: u16,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    pub async fn spawn(settings: Settings) -> Self {
+        let app = Application::build(settings).await.expect("application builds");
+        let port = app.port();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until_stopped(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        Self { port, stop: Some(tx), task: Some(task) }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let endpoint = format!("http://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Channel::from_shared(endpoint.clone()).unwrap().connect().await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("cannot connect to the service: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    pub async fn client(&self) -> LeadScoringClient<Channel> {
+        LeadScoringClient::new(self.channel().await)
+    }
+
+    pub async fn health(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel().await)
+    }
+
+    /// Waits until health reports `want` (or fails after 10 s).
+    pub async fn wait_health(&self, want: tonic_health::pb::health_check_response::ServingStatus) {
+        let mut health = self.health().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .await
+                .map(|r| r.into_inner().status());
+            if status.as_ref().ok() == Some(&want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health stayed {status:?}, wanted {want:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task ends cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn now_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+pub fn ts(millis: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+pub const DAY: i64 = 86_400_000;
+
+pub fn signal(event_id: &str, lead_id: &str, signal_type: &str, at_millis: i64) -> pb::Signal {
+    pb::Signal {
+        event_id: event_id.into(),
+        lead_id: lead_id.into(),
+        r#type: signal_type.into(),
+        occurred_at: Some(ts(at_millis)),
+        properties: Default::default(),
+    }
+}
+
+pub fn record(signals: Vec<pb::Signal>) -> pb::RecordSignalsRequest {
+    pb::RecordSignalsRequest { signals }
+}
+
+/// The field paths of an INVALID_ARGUMENT's BadRequest details.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("INVALID_ARGUMENT carries BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}

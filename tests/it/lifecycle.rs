@@ -1,0 +1,77 @@
+//! Restarts, Redis outages, health and shutdown.
+
+use std::time::{Duration, Instant};
+
+use leadscore::api::pb;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{RedisServer, TestApp, now_millis, record, settings, signal};
+
+async fn total(app: &TestApp, lead: &str) -> Result<f64, tonic::Status> {
+    let mut client = app.client().await;
+    let r = client.score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new() }).await?;
+    Ok(r.into_inner().score.unwrap().total)
+}
+
+#[tokio::test]
+async fn the_score_survives_a_service_restart() {
+    let redis = RedisServer::start();
+    let first = TestApp::spawn(settings(Some(redis.url()))).await;
+    let mut client = first.client().await;
+    client.record_signals(record(vec![signal("e1", "lead-1", "webinar_attended", now_millis())])).await.unwrap();
+    let before = total(&first, "lead-1").await.unwrap();
+    first.stop().await;
+
+    let second = TestApp::spawn(settings(Some(redis.url()))).await;
+    let after = total(&second, "lead-1").await.unwrap();
+    assert!(before > 14.0);
+    assert!((before - after).abs() < 0.011, "{before} vs {after}");
+}
+
+#[tokio::test]
+async fn redis_outage_is_unavailable_and_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    app.wait_health(ServingStatus::Serving).await;
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("e1", "lead-1", "form_fill", now_millis())])).await.unwrap();
+
+    redis.stop();
+    let started = Instant::now();
+    let status =
+        client.record_signals(record(vec![signal("e2", "lead-1", "form_fill", now_millis())])).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "failed slowly: {:?}", started.elapsed());
+    assert_eq!(total(&app, "lead-1").await.unwrap_err().code(), Code::Unavailable);
+    app.wait_health(ServingStatus::NotServing).await;
+
+    redis.restart();
+    app.wait_health(ServingStatus::Serving).await;
+    let response = client
+        .record_signals(record(vec![signal("e3", "lead-1", "form_fill", now_millis())]))
+        .await
+        .expect("recovers without a service restart")
+        .into_inner();
+    assert_eq!(response.results[0].status(), pb::SignalStatus::Accepted);
+}
+
+#[tokio::test]
+async fn health_waits_for_the_store() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    app.wait_health(ServingStatus::NotServing).await;
+    redis.restart();
+    app.wait_health(ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_promptly() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    app.wait_health(ServingStatus::Serving).await;
+    let started = Instant::now();
+    app.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

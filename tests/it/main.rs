@@ -1,0 +1,8 @@
+//! Integration tests: a real `redis-server` per test (spawned on a free
+//! port) and the real gRPC server on port 0, called through the generated
+//! client.
+
+mod contract;
+mod grpc;
+mod helpers;
+mod lifecycle;
