@@ -23,8 +23,15 @@ pub struct LeadSnapshot {
     pub attributes: BTreeMap<String, String>,
     pub created_at: Timestamp,
     pub stage: Stage,
+    /// When the lead entered its stage.
+    pub stage_since: Timestamp,
+    /// When the last counted signal was recorded (arrival, not occurrence).
+    pub last_engaged_at: Option<Timestamp>,
     /// Keyed by signal type.
     pub tallies: BTreeMap<String, TypeTally>,
+    /// Signals recorded per type per UTC day of `occurred_at` (capped ones
+    /// included), within the retention window: caps and windowed counts.
+    pub daily: BTreeMap<String, BTreeMap<i64, u32>>,
 }
 
 impl LeadSnapshot {
@@ -36,8 +43,25 @@ impl LeadSnapshot {
             attributes: BTreeMap::new(),
             created_at: now,
             stage: Stage::Lead,
+            stage_since: now,
+            last_engaged_at: None,
             tallies: BTreeMap::new(),
+            daily: BTreeMap::new(),
         }
+    }
+
+    /// Signals of a type that counted during the last `days` UTC days
+    /// (today included): per day, what arrived up to the type's daily cap.
+    pub fn count_within(&self, signal_type: &str, days: u32, daily_cap: Option<u32>, now: Timestamp) -> u64 {
+        let Some(per_day) = self.daily.get(signal_type) else { return 0 };
+        let first = now.utc_day() - i64::from(days) + 1;
+        per_day.range(first..).map(|(_, n)| u64::from(daily_cap.map_or(*n, |cap| (*n).min(cap)))).sum()
+    }
+
+    /// Whether the lead showed engagement (a counted signal arrived) since it
+    /// entered its stage: what reopens a recycled lead.
+    pub fn engaged_since_stage_change(&self) -> bool {
+        self.last_engaged_at.is_some_and(|at| at > self.stage_since)
     }
 
     /// Replaces the profile; attributes are replaced as a whole and

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use super::{EventId, ModelWeight, Timestamp, TypeTally};
+use super::{EventId, LeadSnapshot, ModelWeight, Timestamp};
 
 /// A validated signal with the points every model gives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,22 +66,20 @@ impl HistoryEntry {
     }
 }
 
-/// De-duplication, cap and history state of one lead.
+/// De-duplication and history state of one lead.
 #[derive(Debug, Clone, Default)]
 pub struct LeadLedger {
     /// event id → when it was recorded.
     seen: HashMap<String, Timestamp>,
-    /// (type, UTC day) → signals of that type recorded that day.
-    day_counts: HashMap<(String, i64), u32>,
     /// Newest first.
     history: VecDeque<HistoryEntry>,
 }
 
 impl LeadLedger {
-    /// Records `signal` on the lead whose tallies are `tallies`.
+    /// Records `signal` on `lead`.
     pub fn record(
         &mut self,
-        tallies: &mut BTreeMap<String, TypeTally>,
+        lead: &mut LeadSnapshot,
         signal: &ScoredSignal,
         now: Timestamp,
         policy: &IngestPolicy,
@@ -93,17 +91,17 @@ impl LeadLedger {
         }
         self.seen.insert(signal.event_id.as_str().to_owned(), now);
 
-        let counted = match signal.daily_cap {
-            None => true,
-            Some(cap) => {
-                let oldest_day = now.plus_millis(-policy.retention_ms).utc_day();
-                self.day_counts.retain(|(_, day), _| *day >= oldest_day);
-                let day = signal.occurred_at.utc_day();
-                let n = self.day_counts.entry((signal.signal_type.clone(), day)).or_insert(0);
-                *n += 1;
-                *n <= cap
+        let per_day = lead.daily.entry(signal.signal_type.clone()).or_default();
+        let n = per_day.entry(signal.occurred_at.utc_day()).or_insert(0);
+        *n += 1;
+        let counted = signal.daily_cap.is_none_or(|cap| *n <= cap);
+        if *n == 1 {
+            // A new day: forget the days past retention.
+            let oldest_day = now.plus_millis(-policy.retention_ms).utc_day();
+            for days in lead.daily.values_mut() {
+                days.retain(|day, _| *day >= oldest_day);
             }
-        };
+        }
 
         if policy.history_limit > 0 {
             self.history.push_front(HistoryEntry::of(signal));
@@ -111,7 +109,8 @@ impl LeadLedger {
         }
 
         if counted {
-            tallies.entry(signal.signal_type.clone()).or_default().add(signal.occurred_at, &signal.weights);
+            lead.tallies.entry(signal.signal_type.clone()).or_default().add(signal.occurred_at, &signal.weights);
+            lead.last_engaged_at = Some(now);
             SignalStatus::Accepted
         } else {
             SignalStatus::Capped
@@ -131,6 +130,10 @@ mod tests {
     const DAY: i64 = 86_400_000;
     const POLICY: IngestPolicy = IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 3 };
 
+    fn lead() -> LeadSnapshot {
+        LeadSnapshot::new(crate::domain::LeadId::parse("l").unwrap(), Timestamp::from_millis(0))
+    }
+
     fn signal(id: &str, at: i64, cap: Option<u32>) -> ScoredSignal {
         ScoredSignal {
             event_id: EventId::parse(id).unwrap(),
@@ -144,38 +147,43 @@ mod tests {
 
     #[test]
     fn duplicates_change_nothing_within_the_window() {
-        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let (mut ledger, mut lead) = (LeadLedger::default(), lead());
         let now = Timestamp::from_millis(100 * DAY);
-        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Accepted);
-        let before = tallies.clone();
-        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Duplicate);
-        assert_eq!(tallies, before);
+        assert_eq!(ledger.record(&mut lead, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Accepted);
+        let before = lead.clone();
+        assert_eq!(ledger.record(&mut lead, &signal("e1", 99 * DAY, None), now, &POLICY), SignalStatus::Duplicate);
+        assert_eq!(lead, before);
         // After the window the id is forgotten.
         let later = now.plus_millis(8 * DAY);
-        assert_eq!(ledger.record(&mut tallies, &signal("e1", 99 * DAY, None), later, &POLICY), SignalStatus::Accepted);
+        assert_eq!(ledger.record(&mut lead, &signal("e1", 99 * DAY, None), later, &POLICY), SignalStatus::Accepted);
     }
 
     #[test]
     fn cap_counts_first_arrivals_per_utc_day() {
-        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let (mut ledger, mut lead) = (LeadLedger::default(), lead());
         let now = Timestamp::from_millis(100 * DAY);
         let day = 99 * DAY;
         let statuses: Vec<_> = ["a", "b", "c"]
             .iter()
-            .map(|id| ledger.record(&mut tallies, &signal(id, day + 10, Some(2)), now, &POLICY))
+            .map(|id| ledger.record(&mut lead, &signal(id, day + 10, Some(2)), now, &POLICY))
             .collect();
         assert_eq!(statuses, [SignalStatus::Accepted, SignalStatus::Accepted, SignalStatus::Capped]);
         // Another day has its own allowance.
-        assert_eq!(ledger.record(&mut tallies, &signal("d", day - 10, Some(2)), now, &POLICY), SignalStatus::Accepted);
-        assert_eq!(tallies["page_view"].counted, 3);
+        assert_eq!(ledger.record(&mut lead, &signal("d", day - 10, Some(2)), now, &POLICY), SignalStatus::Accepted);
+        assert_eq!(lead.tallies["page_view"].counted, 3);
+        // Windows are whole UTC days up to today (day 100).
+        assert_eq!(lead.count_within("page_view", 1, Some(2), now), 0);
+        assert_eq!(lead.count_within("page_view", 2, Some(2), now), 2);
+        assert_eq!(lead.count_within("page_view", 3, Some(2), now), 3);
+        assert_eq!(lead.count_within("page_view", 3, None, now), 4);
     }
 
     #[test]
     fn history_is_bounded_newest_first() {
-        let (mut ledger, mut tallies) = (LeadLedger::default(), BTreeMap::new());
+        let (mut ledger, mut lead) = (LeadLedger::default(), lead());
         let now = Timestamp::from_millis(100 * DAY);
         for id in ["a", "b", "c", "d"] {
-            ledger.record(&mut tallies, &signal(id, 99 * DAY, None), now, &POLICY);
+            ledger.record(&mut lead, &signal(id, 99 * DAY, None), now, &POLICY);
         }
         let ids: Vec<_> = ledger.history().map(|h| h.event_id.as_str()).collect();
         assert_eq!(ids, ["d", "c", "b"]);

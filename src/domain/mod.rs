@@ -8,6 +8,7 @@ pub mod ledger;
 pub mod model;
 #[cfg(test)]
 mod properties;
+pub mod qualification;
 pub mod stage;
 pub mod time;
 
@@ -16,5 +17,6 @@ pub use ids::{AccountId, EventId, IdError, LeadId};
 pub use lead::{LeadProfile, LeadSnapshot};
 pub use ledger::{IngestPolicy, LeadLedger, ScoredSignal, SignalStatus};
 pub use model::{Condition, Contribution, FitRule, Grade, GradeThresholds, Score, ScoringModel};
+pub use qualification::{Cause, QualificationChange, ScoreSnapshot, StageChange};
 pub use stage::Stage;
 pub use time::{Clock, SystemClock, Timestamp};

@@ -48,7 +48,7 @@ fn record_all(signals: &[ScoredSignal], now: Timestamp) -> LeadSnapshot {
     let mut lead = LeadSnapshot::new(LeadId::parse("l").unwrap(), now);
     let mut ledger = LeadLedger::default();
     for s in signals {
-        ledger.record(&mut lead.tallies, s, now, &POLICY);
+        ledger.record(&mut lead, s, now, &POLICY);
     }
     lead
 }

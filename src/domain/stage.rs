@@ -2,7 +2,8 @@
 
 use std::{fmt, str::FromStr};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Stage {
     Anonymous,
     Lead,
@@ -29,6 +30,28 @@ impl Stage {
         Stage::Recycled,
         Stage::Disqualified,
     ];
+
+    /// Position in the funnel. Rules only move a lead to a higher rank:
+    /// `RECYCLED` sits with `LEAD` (back in nurture) and `DISQUALIFIED` above
+    /// everything (an exit; rules reach it only where their `from` allows).
+    pub const fn rank(self) -> u8 {
+        match self {
+            Stage::Anonymous => 0,
+            Stage::Lead | Stage::Recycled => 1,
+            Stage::Mql => 2,
+            Stage::Sal => 3,
+            Stage::Sql => 4,
+            Stage::Opportunity => 5,
+            Stage::Customer => 6,
+            Stage::Advocate => 7,
+            Stage::Disqualified => 8,
+        }
+    }
+
+    /// Whether a rule may move a lead from `self` to `to`.
+    pub const fn is_forward(self, to: Stage) -> bool {
+        to.rank() > self.rank()
+    }
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -67,6 +90,17 @@ impl FromStr for Stage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_only() {
+        assert!(Stage::Lead.is_forward(Stage::Mql));
+        assert!(Stage::Recycled.is_forward(Stage::Mql));
+        assert!(!Stage::Mql.is_forward(Stage::Recycled));
+        assert!(!Stage::Lead.is_forward(Stage::Recycled));
+        assert!(!Stage::Sql.is_forward(Stage::Mql));
+        assert!(Stage::Customer.is_forward(Stage::Disqualified));
+        assert!(!Stage::Disqualified.is_forward(Stage::Advocate));
+    }
 
     #[test]
     fn names_round_trip() {

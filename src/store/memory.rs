@@ -65,11 +65,8 @@ impl LeadStore for MemoryStore {
             .into_iter()
             .map(|batch| {
                 let lead = entry(&mut leads, &batch.lead_id, now);
-                let statuses = batch
-                    .signals
-                    .iter()
-                    .map(|s| lead.ledger.record(&mut lead.snapshot.tallies, s, now, policy))
-                    .collect();
+                let statuses =
+                    batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
                 LeadOutcome { statuses, lead: lead.snapshot.clone() }
             })
             .collect())

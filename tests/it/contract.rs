@@ -43,7 +43,7 @@ fn scored(rules: &RuleSet, event: &str, signal_type: &str, at: Timestamp, props:
 fn reference(lead: &LeadId, signals: &[ScoredSignal]) -> (Vec<SignalStatus>, LeadSnapshot) {
     let mut snapshot = LeadSnapshot::new(lead.clone(), NOW);
     let mut ledger = LeadLedger::default();
-    let statuses = signals.iter().map(|s| ledger.record(&mut snapshot.tallies, s, NOW, &POLICY)).collect();
+    let statuses = signals.iter().map(|s| ledger.record(&mut snapshot, s, NOW, &POLICY)).collect();
     (statuses, snapshot)
 }
 

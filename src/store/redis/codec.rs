@@ -4,6 +4,8 @@
 //! |-----------------|---------------------------------------------------|
 //! | `c`             | created_at, ms since the epoch                    |
 //! | `st`            | stage name (`LEAD`, `MQL`, …)                     |
+//! | `ss`            | when the lead entered its stage, ms               |
+//! | `le`            | when the last counted signal arrived, ms          |
 //! | `acc`           | account id                                        |
 //! | `a:<name>`      | profile attribute                                 |
 //! | `n:<type>`      | counted signals of the type                       |
@@ -15,7 +17,12 @@ use std::collections::HashMap;
 use crate::domain::{AccountId, LeadId, LeadSnapshot, Stage, Timestamp};
 use crate::store::StoreError;
 
-pub fn decode_lead(lead_id: &LeadId, fields: HashMap<String, String>) -> Result<LeadSnapshot, StoreError> {
+/// Decodes a lead's hash and its per-day counters (`<type>:<day>` → n).
+pub fn decode_lead(
+    lead_id: &LeadId,
+    fields: HashMap<String, String>,
+    days: HashMap<String, String>,
+) -> Result<LeadSnapshot, StoreError> {
     let corrupt = |detail: String| StoreError::Corrupt { lead_id: lead_id.to_string(), detail };
     let mut lead = LeadSnapshot::new(lead_id.clone(), Timestamp::from_millis(0));
     for (field, value) in fields {
@@ -38,6 +45,8 @@ pub fn decode_lead(lead_id: &LeadId, fields: HashMap<String, String>) -> Result<
         } else {
             match field.as_str() {
                 "c" => lead.created_at = Timestamp::from_millis(int()?),
+                "ss" => lead.stage_since = Timestamp::from_millis(int()?),
+                "le" => lead.last_engaged_at = Some(Timestamp::from_millis(int()?)),
                 "st" => lead.stage = value.parse::<Stage>().map_err(|e| corrupt(e.to_string()))?,
                 "acc" => {
                     lead.account_id = Some(AccountId::parse(value).map_err(|e| corrupt(format!("account id {e}")))?)
@@ -46,6 +55,12 @@ pub fn decode_lead(lead_id: &LeadId, fields: HashMap<String, String>) -> Result<
                 _ => {}
             }
         }
+    }
+    for (field, value) in days {
+        let parsed =
+            field.rsplit_once(':').and_then(|(t, day)| Some((t, day.parse::<i64>().ok()?, value.parse::<u32>().ok()?)));
+        let (t, day, n) = parsed.ok_or_else(|| corrupt(format!("day counter '{field}' = '{value}' is malformed")))?;
+        lead.daily.entry(t.to_owned()).or_default().insert(day, n);
     }
     if let Some((t, _)) = lead.tallies.iter().find(|(_, tally)| tally.counted > 0 && tally.last_at.is_none()) {
         return Err(corrupt(format!("type '{t}' has counted signals but no anchor time")));
@@ -76,6 +91,7 @@ mod tests {
                 ("s:b2b:demo_requested", "12.5"),
                 ("future", "x"),
             ]),
+            fields(&[("demo_requested:20000", "2")]),
         )
         .unwrap();
         assert_eq!(lead.created_at, Timestamp::from_millis(1000));
@@ -83,6 +99,7 @@ mod tests {
         assert_eq!(lead.attributes["title"], "VP");
         let tally = &lead.tallies["demo_requested"];
         assert_eq!((tally.counted, tally.last_at, tally.sums["b2b"]), (2, Some(Timestamp::from_millis(5000)), 12.5));
+        assert_eq!(lead.daily["demo_requested"][&20000], 2);
     }
 
     #[test]
@@ -96,7 +113,9 @@ mod tests {
             fields(&[("st", "NOPE")]),
             fields(&[("n:x", "3")]),
         ] {
-            assert!(matches!(decode_lead(&id, junk), Err(StoreError::Corrupt { .. })));
+            assert!(matches!(decode_lead(&id, junk, HashMap::new()), Err(StoreError::Corrupt { .. })));
         }
+        let bad_day = fields(&[("page_view:soon", "1")]);
+        assert!(matches!(decode_lead(&id, HashMap::new(), bad_day), Err(StoreError::Corrupt { .. })));
     }
 }

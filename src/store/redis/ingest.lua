@@ -3,14 +3,15 @@
 -- keeps the bounded raw history. Twin of src/domain/ledger.rs and
 -- src/domain/decay.rs: keep them in step.
 --
--- KEYS: 1 lead hash, 2 seen event ids (zset), 3 cap counters (hash),
---       4 raw history (list)
+-- KEYS: 1 lead hash, 2 seen event ids (zset), 3 signals per type per UTC
+--       day (hash, `<type>:<day>`), 4 raw history (list)
 -- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, n_models,
 --       the n_models model names, then per signal:
 --       event_id, type, occurred_at_ms, daily_cap (0 = none), history record,
 --       and per model (in the order named): half_life_ms (0 = none), points
--- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead }
-local lead, seen, caps, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead,
+--            HGETALL days }
+local lead, seen, days, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
@@ -25,11 +26,11 @@ local oldest_day = math.floor((now - retention) / DAY)
 
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
 if redis.call('EXISTS', lead) == 0 then
-  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD')
+  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD', 'ss', ARGV[1])
 end
 
 local statuses = {}
-local used_caps, used_history = false, false
+local used_history, engaged = false, false
 local i = 6 + n_models
 while i <= #ARGV do
   local event_id, typ, at_text = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -40,21 +41,17 @@ while i <= #ARGV do
     statuses[#statuses + 1] = 2
   else
     redis.call('ZADD', seen, now, event_id)
-    local counted = true
-    if cap > 0 then
-      used_caps = true
-      local n = redis.call('HINCRBY', caps, typ .. ':' .. math.floor(at / DAY), 1)
-      if n == 1 then
-        -- A new day counter: forget the days past retention.
-        for _, field in ipairs(redis.call('HKEYS', caps)) do
-          local day = tonumber(string.match(field, ':(%-?%d+)$'))
-          if day and day < oldest_day then
-            redis.call('HDEL', caps, field)
-          end
+    local n = redis.call('HINCRBY', days, typ .. ':' .. math.floor(at / DAY), 1)
+    if n == 1 then
+      -- A new day counter: forget the days past retention.
+      for _, field in ipairs(redis.call('HKEYS', days)) do
+        local day = tonumber(string.match(field, ':(%-?%d+)$'))
+        if day and day < oldest_day then
+          redis.call('HDEL', days, field)
         end
       end
-      counted = n <= cap
     end
+    local counted = cap == 0 or n <= cap
     if hist_limit > 0 then
       redis.call('LPUSH', hist, record)
       used_history = true
@@ -85,6 +82,7 @@ while i <= #ARGV do
       if last == nil or at > last then
         redis.call('HSET', lead, 't:' .. typ, at_text)
       end
+      engaged = true
       statuses[#statuses + 1] = 1
     else
       statuses[#statuses + 1] = 3
@@ -93,11 +91,12 @@ while i <= #ARGV do
 end
 
 redis.call('PEXPIRE', seen, window)
-if used_caps then
-  redis.call('PEXPIRE', caps, retention + DAY)
+redis.call('PEXPIRE', days, retention + DAY)
+if engaged then
+  redis.call('HSET', lead, 'le', ARGV[1])
 end
 if used_history then
   redis.call('LTRIM', hist, 0, hist_limit - 1)
   redis.call('PEXPIRE', hist, retention)
 end
-return { statuses, redis.call('HGETALL', lead) }
+return { statuses, redis.call('HGETALL', lead), redis.call('HGETALL', days) }

@@ -1,6 +1,6 @@
 //! Every Redis key name leadscore uses is built here.
 //!
-//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` plus `:seen`, `:caps` and
+//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` plus `:seen`, `:days` and
 //! `:hist` beside it, where `N` is the lead's partition. The `{p<N>}` hash
 //! tag puts all of a lead's keys (and, later, its partition's feeds) in one
 //! Redis Cluster slot, so one Lua script can update them atomically. Ids are
@@ -24,8 +24,9 @@ pub struct LeadKeys {
     pub lead: String,
     /// Sorted set: event ids seen, scored by when they were recorded.
     pub seen: String,
-    /// Hash: `<type>:<utc day>` → signals recorded that day, for caps.
-    pub caps: String,
+    /// Hash: `<type>:<utc day>` → signals recorded that day (caps and
+    /// windowed counts).
+    pub days: String,
     /// List: raw signals, newest first, bounded.
     pub history: String,
 }
@@ -50,7 +51,7 @@ impl KeySpace {
         let base = format!("{}:{{p{}}}:lead:{}", self.prefix, self.partition(lead), encode(lead.as_str()));
         LeadKeys {
             seen: format!("{base}:seen"),
-            caps: format!("{base}:caps"),
+            days: format!("{base}:days"),
             history: format!("{base}:hist"),
             lead: base,
         }

@@ -87,7 +87,7 @@ fn is_noscript(e: &RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-type IngestReply = (Vec<i64>, HashMap<String, String>);
+type IngestReply = (Vec<i64>, HashMap<String, String>, HashMap<String, String>);
 
 #[async_trait]
 impl LeadStore for RedisStore {
@@ -104,14 +104,16 @@ impl LeadStore for RedisStore {
         let keys = self.keys.lead(&profile.lead_id);
         let mut inv = self.upsert.prepare_invoke();
         inv.key(&keys.lead)
+            .key(&keys.days)
             .arg(now.millis())
             .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
             .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default());
         for (name, value) in &profile.attributes {
             inv.arg(name).arg(value);
         }
-        let fields: HashMap<String, String> = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        codec::decode_lead(&profile.lead_id, fields)
+        let (fields, days): (HashMap<String, String>, HashMap<String, String>) =
+            self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        codec::decode_lead(&profile.lead_id, fields, days)
     }
 
     async fn record_signals(
@@ -141,7 +143,7 @@ impl LeadStore for RedisStore {
         batches
             .into_iter()
             .zip(replies)
-            .map(|(batch, (codes, fields))| {
+            .map(|(batch, (codes, fields, days))| {
                 let statuses = codes
                     .into_iter()
                     .map(|code| match code {
@@ -151,7 +153,7 @@ impl LeadStore for RedisStore {
                         other => Err(StoreError::Internal(format!("ingest script returned status {other}"))),
                     })
                     .collect::<Result<_, _>>()?;
-                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields)? })
+                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields, days)? })
             })
             .collect()
     }
@@ -159,13 +161,17 @@ impl LeadStore for RedisStore {
     async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hgetall(self.keys.lead(id).lead);
+            let keys = self.keys.lead(id);
+            pipe.hgetall(keys.lead).hgetall(keys.days);
         }
         let replies: Vec<HashMap<String, String>> =
             self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut replies = replies.into_iter();
         ids.iter()
-            .zip(replies)
-            .map(|(id, fields)| if fields.is_empty() { Ok(None) } else { codec::decode_lead(id, fields).map(Some) })
+            .map(|id| {
+                let (fields, days) = (replies.next().unwrap_or_default(), replies.next().unwrap_or_default());
+                if fields.is_empty() { Ok(None) } else { codec::decode_lead(id, fields, days).map(Some) }
+            })
             .collect()
     }
 }
@@ -179,7 +185,7 @@ impl RedisStore {
     ) -> redis::ScriptInvocation<'a> {
         let keys = self.keys.lead(&batch.lead_id);
         let mut inv = self.ingest.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.seen).key(&keys.caps).key(&keys.history);
+        inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history);
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
         // Every signal carries one weight per model, in the same order.
         let models: Vec<&str> =

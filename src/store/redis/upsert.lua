@@ -1,8 +1,8 @@
 -- Creates a lead or replaces its profile, atomically; signals are kept.
--- KEYS: 1 lead hash
+-- KEYS: 1 lead hash, 2 its per-day signal counters (read only)
 -- ARGV: now_ms, created_at_ms ('' = keep, or now for a new lead),
 --       account_id ('' = none), then attribute name, value pairs
--- Returns: HGETALL lead
+-- Returns: { HGETALL lead, HGETALL days }
 local lead = KEYS[1]
 for _, field in ipairs(redis.call('HKEYS', lead)) do
   if string.sub(field, 1, 2) == 'a:' then
@@ -10,7 +10,7 @@ for _, field in ipairs(redis.call('HKEYS', lead)) do
   end
 end
 if redis.call('HEXISTS', lead, 'c') == 0 then
-  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD')
+  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD', 'ss', ARGV[1])
 end
 if ARGV[2] ~= '' then
   redis.call('HSET', lead, 'c', ARGV[2])
@@ -23,4 +23,4 @@ end
 for i = 4, #ARGV, 2 do
   redis.call('HSET', lead, 'a:' .. ARGV[i], ARGV[i + 1])
 end
-return redis.call('HGETALL', lead)
+return { redis.call('HGETALL', lead), redis.call('HGETALL', KEYS[2]) }
