@@ -3,10 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use super::file::{RawMatcher, RawModel, RawRuleSet, RawSignalPoints};
+use std::sync::Arc;
+
+use super::file::{RawMatcher, RawModel, RawQualificationRule, RawRuleSet, RawSignalPoints};
+use super::qualify::{self, Facts, Needs, QualificationRule};
 use super::{RuleError, RuleSet, SignalTypeDef, parse_duration};
 use crate::domain::model::{PropertyRefinement, SignalPoints};
 use crate::domain::{Condition, Decay, FitRule, GradeThresholds, ScoringModel};
+use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
 
 /// Largest absolute number of points any rule may give.
 const MAX_POINTS: f64 = 1_000_000.0;
@@ -24,13 +28,23 @@ impl Errors<'_> {
     }
 }
 
-pub(super) fn compile(source: &str) -> Result<RuleSet, Vec<RuleError>> {
+pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<RuleSet, Vec<RuleError>> {
     let raw: RawRuleSet =
         toml::from_str(source).map_err(|e| vec![RuleError::at(source, e.span(), e.message().trim_end())])?;
     let mut errors = Errors { source, list: Vec::new() };
 
     if raw.version.get_ref().trim().is_empty() {
         errors.push(raw.version.span(), "version must not be empty");
+    }
+    let agreed_by: Vec<String> = raw.agreed_by.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
+    let missing: Vec<&str> = required_approvers
+        .iter()
+        .filter(|r| !agreed_by.iter().any(|a| a.trim().eq_ignore_ascii_case(r)))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        let span = raw.agreed_by.as_ref().map_or(0..0, |a| a.span());
+        errors.push(span, format!("agreed_by must name every required approver; missing: {}", missing.join(", ")));
     }
 
     let mut signal_types = BTreeMap::new();
@@ -72,18 +86,159 @@ pub(super) fn compile(source: &str) -> Result<RuleSet, Vec<RuleError>> {
         errors.push(raw.primary_model.span(), format!("primary_model '{primary_model}' is not defined under [models]"));
     }
 
+    let manual_transitions = match &raw.manual_transitions {
+        None => default_manual_transitions(),
+        Some(table) => manual_transitions(table, &mut errors),
+    };
+    let daily_caps: BTreeMap<String, Option<u32>> =
+        signal_types.iter().map(|(name, def)| (name.clone(), def.daily_cap)).collect();
+    let env = Arc::new(cel::Env::stdlib());
+    let mut needs = Needs::default();
+    let type_names: BTreeSet<String> = signal_types.keys().cloned().collect();
+    let model_names: BTreeSet<String> = models.keys().cloned().collect();
+    let mut qualification = Vec::new();
+    let mut rule_ids = BTreeSet::new();
+    for rule in &raw.qualification {
+        let span = rule.span();
+        if let Some(compiled) =
+            qualification_rule(rule.get_ref(), span.clone(), &type_names, &model_names, &mut needs, &mut errors)
+        {
+            if !rule_ids.insert(compiled.id.clone()) {
+                errors.push(span.clone(), format!("qualification rule id '{}' is used twice", compiled.id));
+            }
+            qualification.push((compiled, rule.get_ref().when.span()));
+        }
+    }
+    // Type errors show only when a condition runs: run each once against a
+    // made-up lead whose referenced attributes are all "0".
+    if errors.list.is_empty() {
+        let now = Timestamp::from_millis(1_700_000_000_000);
+        let mut lead = LeadSnapshot::new(LeadId::parse("dry-run").expect("a valid id"), now);
+        for (rule, _) in &qualification {
+            for name in qualify::referenced_attributes(&rule.when) {
+                lead.attributes.insert(name, "0".to_owned());
+            }
+        }
+        let scores: Vec<_> = models.values().map(|m| m.score(&lead, now)).collect();
+        let primary = &scores[models.keys().position(|m| *m == primary_model).unwrap_or(0)];
+        let facts = Facts { lead: &lead, stage: Stage::Lead, primary, scores: &scores, daily_caps: &daily_caps, now };
+        let ctx = qualify::context(&env, &needs, &facts);
+        for (rule, span) in &qualification {
+            if let Err(e) = rule.dry_run(&ctx) {
+                errors.push(span.clone(), format!("rule '{}': {e}", rule.id));
+            }
+        }
+    }
+
     if errors.list.is_empty() {
         Ok(RuleSet {
             version: raw.version.into_inner().trim().to_owned(),
-            agreed_by: raw.agreed_by,
+            agreed_by,
             primary_model,
             signal_types,
             models,
             half_lives,
+            manual_transitions,
+            qualification: qualification.into_iter().map(|(r, _)| r).collect(),
+            needs,
+            daily_caps,
+            cel_env: env,
+            source: source.to_owned(),
         })
     } else {
         errors.list.sort_by_key(|e| (e.line, e.column));
         Err(errors.list)
+    }
+}
+
+fn stage(name: &str, span: &Range<usize>, errors: &mut Errors<'_>) -> Option<Stage> {
+    match name.parse::<Stage>() {
+        Ok(stage) => Some(stage),
+        Err(_) => {
+            let names: Vec<_> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+            errors.push(span.clone(), format!("unknown stage '{name}'; stages are {}", names.join(", ")));
+            None
+        }
+    }
+}
+
+/// Manual moves (`SetStage`) allowed when the rule file lists none: the
+/// CRM's usual hand-offs, recycling and disqualification.
+pub(super) fn default_manual_transitions() -> BTreeMap<Stage, Vec<Stage>> {
+    use Stage::*;
+    BTreeMap::from([
+        (Anonymous, vec![Lead, Disqualified]),
+        (Lead, vec![Mql, Sal, Recycled, Disqualified]),
+        (Mql, vec![Sal, Sql, Recycled, Disqualified]),
+        (Sal, vec![Sql, Recycled, Disqualified]),
+        (Sql, vec![Opportunity, Recycled, Disqualified]),
+        (Opportunity, vec![Customer, Recycled, Disqualified]),
+        (Customer, vec![Advocate]),
+        (Advocate, vec![]),
+        (Recycled, vec![Mql, Sal, Disqualified]),
+        (Disqualified, vec![Lead]),
+    ])
+}
+
+fn manual_transitions(
+    table: &toml::Spanned<BTreeMap<String, Vec<String>>>,
+    errors: &mut Errors<'_>,
+) -> BTreeMap<Stage, Vec<Stage>> {
+    let span = table.span();
+    let mut out: BTreeMap<Stage, Vec<Stage>> = Stage::ALL.iter().map(|s| (*s, Vec::new())).collect();
+    for (from, targets) in table.get_ref() {
+        let Some(from) = stage(from, &span, errors) else { continue };
+        for to in targets {
+            let Some(to) = stage(to, &span, errors) else { continue };
+            if to == from {
+                errors.push(span.clone(), format!("manual_transitions: {from} to itself is not a move"));
+            } else if to == Stage::Anonymous {
+                errors.push(span.clone(), "manual_transitions: no lead can be moved back to ANONYMOUS");
+            } else {
+                out.entry(from).or_default().push(to);
+            }
+        }
+    }
+    out
+}
+
+fn qualification_rule(
+    raw: &RawQualificationRule,
+    span: Range<usize>,
+    signal_types: &BTreeSet<String>,
+    models: &BTreeSet<String>,
+    needs: &mut Needs,
+    errors: &mut Errors<'_>,
+) -> Option<QualificationRule> {
+    if !is_identifier(&raw.id) {
+        errors.push(span.clone(), format!("qualification rule id '{}': {IDENTIFIER_RULE}", raw.id));
+    }
+    let to = stage(&raw.to, &span, errors)?;
+    let from = match &raw.from {
+        None => None,
+        Some(names) => Some(names.iter().map(|n| stage(n, &span, errors)).collect::<Option<Vec<_>>>()?),
+    };
+    let reachable = match &from {
+        None => Stage::ALL.iter().any(|s| s.is_forward(to)),
+        Some(from) => from.iter().any(|s| s.is_forward(to)),
+    };
+    if !reachable {
+        errors.push(
+            span,
+            format!(
+                "rule '{}' can never fire: rules only move leads forward, and {to} is not ahead of its 'from' stages",
+                raw.id
+            ),
+        );
+        return None;
+    }
+    let when = raw.when.get_ref();
+    match qualify::compile_condition(&raw.id, when, signal_types, models, needs) {
+        Ok(program) => Some(qualify::build(raw.id.clone(), to, from, when.clone(), program)),
+        Err(e) => {
+            errors.push(raw.when.span(), e);
+            None
+        }
     }
 }
 

@@ -9,11 +9,22 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRuleSet {
     pub version: Spanned<String>,
-    #[serde(default)]
-    pub agreed_by: Vec<String>,
+    pub agreed_by: Option<Spanned<Vec<String>>>,
     pub primary_model: Spanned<String>,
     pub signal_types: Spanned<BTreeMap<String, Spanned<RawSignalType>>>,
     pub models: Spanned<BTreeMap<String, Spanned<RawModel>>>,
+    pub manual_transitions: Option<Spanned<BTreeMap<String, Vec<String>>>>,
+    #[serde(default)]
+    pub qualification: Vec<Spanned<RawQualificationRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQualificationRule {
+    pub id: String,
+    pub to: String,
+    pub from: Option<Vec<String>>,
+    pub when: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,14 +6,20 @@ mod compile;
 mod duration;
 mod error;
 mod file;
+pub mod qualify;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 pub use duration::{format_duration, parse_duration};
 pub use error::RuleError;
 
-use crate::domain::{Decay, ModelWeight, ScoringModel};
+use crate::domain::{Decay, LeadSnapshot, ModelWeight, Score, ScoringModel, Stage, Timestamp};
+use qualify::{Facts, Needs, QualificationRule, Verdict};
+
+/// Teams that must sign every rule set unless configured otherwise.
+pub const DEFAULT_APPROVERS: [&str; 2] = ["marketing", "sales"];
 
 /// A declared signal type.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,22 +30,97 @@ pub struct SignalTypeDef {
 }
 
 /// A validated, compiled rule set.
-#[derive(Debug, Clone, PartialEq)]
 pub struct RuleSet {
     pub version: String,
     pub agreed_by: Vec<String>,
     pub primary_model: String,
     pub signal_types: BTreeMap<String, SignalTypeDef>,
     pub models: BTreeMap<String, ScoringModel>,
+    /// Manual moves `SetStage` may make: from → allowed targets.
+    pub manual_transitions: BTreeMap<Stage, Vec<Stage>>,
+    /// In file order: the first that applies wins.
+    pub qualification: Vec<QualificationRule>,
+    /// The file as written.
+    pub source: String,
     /// Default half-life per model, for the summary.
     half_lives: BTreeMap<String, Decay>,
+    needs: Needs,
+    daily_caps: BTreeMap<String, Option<u32>>,
+    cel_env: Arc<cel::Env>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet").field("version", &self.version).field("models", &self.models.keys()).finish()
+    }
+}
+
+/// A stage change a qualification rule makes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMove {
+    pub to: Stage,
+    pub rule_id: String,
 }
 
 impl RuleSet {
-    /// Parses and validates a rule file. Every error found is returned, each
-    /// with its line and column.
+    /// Parses and validates a rule file signed by the default approvers
+    /// (marketing and sales). Every error found is returned, each with its
+    /// line and column.
     pub fn parse(source: &str) -> Result<RuleSet, Vec<RuleError>> {
-        compile::compile(source)
+        let approvers: Vec<String> = DEFAULT_APPROVERS.iter().map(|a| a.to_string()).collect();
+        compile::compile(source, &approvers)
+    }
+
+    /// As `parse`, with the teams that must appear in `agreed_by`.
+    pub fn parse_with_approvers(source: &str, required_approvers: &[String]) -> Result<RuleSet, Vec<RuleError>> {
+        compile::compile(source, required_approvers)
+    }
+
+    /// Every model's score of `lead` at `now`, primary first.
+    pub fn scores(&self, lead: &LeadSnapshot, now: Timestamp) -> Vec<Score> {
+        let mut scores = vec![self.primary().score(lead, now)];
+        scores.extend(self.models.values().filter(|m| m.name != self.primary_model).map(|m| m.score(lead, now)));
+        scores
+    }
+
+    /// The stage changes the qualification rules make to `lead` now, in
+    /// order: each move is forward, from a stage its rule admits, by the
+    /// first rule (file order) whose condition holds; then again from the
+    /// new stage. A recycled lead moves only after new engagement.
+    pub fn qualify(&self, lead: &LeadSnapshot, now: Timestamp) -> Vec<RuleMove> {
+        let mut moves = Vec::new();
+        if self.qualification.is_empty() || (lead.stage == Stage::Recycled && !lead.engaged_since_stage_change()) {
+            return moves;
+        }
+        let scores = self.scores(lead, now);
+        let mut stage = lead.stage;
+        loop {
+            let facts = Facts { lead, stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
+            let ctx = qualify::context(&self.cel_env, &self.needs, &facts);
+            let next = self.qualification.iter().filter(|r| r.admits(stage) && stage.is_forward(r.to)).find(|r| {
+                match qualify::evaluate(r, &ctx) {
+                    Verdict::Holds => true,
+                    Verdict::DoesNotHold => false,
+                    Verdict::Failed(e) => {
+                        tracing::debug!(rule = %r.id, lead_id = %lead.lead_id, error = %e, "condition failed; not applied");
+                        false
+                    }
+                }
+            });
+            // Each move raises the stage's rank, so this ends within 8 moves.
+            match next {
+                Some(rule) => {
+                    moves.push(RuleMove { to: rule.to, rule_id: rule.id.clone() });
+                    stage = rule.to;
+                }
+                None => return moves,
+            }
+        }
+    }
+
+    /// Stages `SetStage` may move a lead to from `from`.
+    pub fn manual_targets(&self, from: Stage) -> &[Stage] {
+        self.manual_transitions.get(&from).map_or(&[], Vec::as_slice)
     }
 
     pub fn signal_type(&self, name: &str) -> Option<&SignalTypeDef> {
@@ -72,6 +153,14 @@ impl RuleSet {
             capped,
             self.signal_types.keys().cloned().collect::<Vec<_>>().join(", ")
         );
+        let _ = writeln!(out, "{} qualification rules", self.qualification.len());
+        for rule in &self.qualification {
+            let from = rule
+                .from
+                .as_ref()
+                .map_or("any stage".to_owned(), |f| f.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("|"));
+            let _ = writeln!(out, "  {}: {from} -> {} when {}", rule.id, rule.to, rule.when);
+        }
         for (name, model) in &self.models {
             let half_life = match self.half_lives.get(name) {
                 Some(Decay::HalfLife { millis }) => format_duration(*millis as i64),
@@ -129,5 +218,181 @@ mod tests {
         assert!(points(&rules, "pricing_page_view") >= 5.0 * points(&rules, "page_view"));
         assert!(points(&rules, "unsubscribe") < 0.0);
         assert_eq!(rules.primary().signals["unsubscribe"].decay, Decay::None);
+    }
+}
+
+#[cfg(test)]
+mod qualification_tests {
+    use super::*;
+    use crate::domain::{EventId, IngestPolicy, LeadId, LeadLedger, ScoredSignal};
+
+    const DAY: i64 = 86_400_000;
+    const NOW: Timestamp = Timestamp::from_millis(20_000 * DAY);
+
+    fn rules_with(qualification: &str) -> RuleSet {
+        let base = crate::DEFAULT_RULES;
+        let cut = base.find("[[qualification]]").unwrap();
+        let end = base.find("[manual_transitions]").unwrap();
+        let source = format!("{}{qualification}\n{}", &base[..cut], &base[end..]);
+        RuleSet::parse(&source).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    fn lead_with(rules: &RuleSet, signals: &[(&str, i64)]) -> LeadSnapshot {
+        let mut lead = LeadSnapshot::new(LeadId::parse("l").unwrap(), NOW.plus_millis(-100 * DAY));
+        let mut ledger = LeadLedger::default();
+        let policy = IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 0 };
+        for (i, (t, days_ago)) in signals.iter().enumerate() {
+            let signal = ScoredSignal {
+                event_id: EventId::parse(format!("e{i}")).unwrap(),
+                signal_type: t.to_string(),
+                occurred_at: NOW.plus_millis(-days_ago * DAY),
+                daily_cap: rules.signal_type(t).unwrap().daily_cap,
+                weights: rules.weigh(t, &Default::default()),
+                properties: Default::default(),
+            };
+            ledger.record(&mut lead, &signal, NOW, &policy);
+        }
+        lead
+    }
+
+    fn targets(moves: Vec<RuleMove>) -> Vec<(Stage, String)> {
+        moves.into_iter().map(|m| (m.to, m.rule_id)).collect()
+    }
+
+    #[test]
+    fn the_default_rules_climb_lead_to_mql_to_sql() {
+        let rules = RuleSet::parse(crate::DEFAULT_RULES).unwrap();
+        let mut lead = lead_with(&rules, &[("demo_requested", 1)]);
+        lead.attributes.insert("seniority".into(), "director".into());
+        assert_eq!(
+            targets(rules.qualify(&lead, NOW)),
+            [(Stage::Mql, "mql_engaged_and_fit".into()), (Stage::Sql, "sql_hand_raiser".into())]
+        );
+        // A poor fit is not an MQL however engaged.
+        lead.attributes.clear();
+        assert!(rules.qualify(&lead, NOW).is_empty());
+        // Competitors are disqualified first.
+        lead.attributes.insert("email_domain".into(), "rivalsoft.com".into());
+        assert_eq!(targets(rules.qualify(&lead, NOW)), [(Stage::Disqualified, "disqualified_competitor".into())]);
+    }
+
+    #[test]
+    fn forward_only_from_guards_and_first_match() {
+        let rules = rules_with(
+            r#"
+[[qualification]]
+id = "first"
+to = "SAL"
+from = ["MQL"]
+when = "signals.form_fill.count >= 1"
+[[qualification]]
+id = "second"
+to = "SQL"
+from = ["MQL"]
+when = "signals.form_fill.count >= 1"
+[[qualification]]
+id = "never_back"
+to = "MQL"
+when = "true"
+"#,
+        );
+        let mut lead = lead_with(&rules, &[("form_fill", 1)]);
+        lead.stage = Stage::Mql;
+        // "first" wins over "second"; from SAL nothing applies ("never_back" is backward).
+        assert_eq!(targets(rules.qualify(&lead, NOW)), [(Stage::Sal, "first".into())]);
+        lead.stage = Stage::Lead;
+        // From LEAD only "never_back" admits the stage (it has no `from`), then "first".
+        assert_eq!(
+            targets(rules.qualify(&lead, NOW)),
+            [(Stage::Mql, "never_back".into()), (Stage::Sal, "first".into())]
+        );
+        lead.stage = Stage::Sql;
+        assert!(rules.qualify(&lead, NOW).is_empty());
+    }
+
+    #[test]
+    fn windowed_counts() {
+        let rules = rules_with(
+            r#"
+[[qualification]]
+id = "recent_clicks"
+to = "MQL"
+when = "signals.email_click.count_7d >= 2"
+"#,
+        );
+        assert!(rules.qualify(&lead_with(&rules, &[("email_click", 1), ("email_click", 10)]), NOW).is_empty());
+        let moves = rules.qualify(&lead_with(&rules, &[("email_click", 1), ("email_click", 6)]), NOW);
+        assert_eq!(targets(moves), [(Stage::Mql, "recent_clicks".into())]);
+    }
+
+    #[test]
+    fn recycled_leads_wait_for_new_engagement() {
+        let rules = RuleSet::parse(crate::DEFAULT_RULES).unwrap();
+        let mut lead = lead_with(&rules, &[("form_fill", 1), ("form_fill", 2), ("form_fill", 3)]);
+        lead.attributes.insert("seniority".into(), "vp".into());
+        lead.stage = Stage::Recycled;
+        lead.stage_since = NOW.plus_millis(DAY);
+        assert!(rules.qualify(&lead, NOW).is_empty(), "no engagement since recycling");
+        lead.last_engaged_at = Some(NOW.plus_millis(2 * DAY));
+        assert_eq!(targets(rules.qualify(&lead, NOW)), [(Stage::Mql, "mql_engaged_and_fit".into())]);
+    }
+
+    fn errors(source: &str) -> Vec<String> {
+        match RuleSet::parse(source) {
+            Ok(_) => vec![],
+            Err(e) => e.into_iter().map(|e| format!("{}: {}", e.line, e.message)).collect(),
+        }
+    }
+
+    fn with_rule(when: &str) -> String {
+        let base = crate::DEFAULT_RULES;
+        let end = base.find("[manual_transitions]").unwrap();
+        format!("{}[[qualification]]\nid = \"x\"\nto = \"MQL\"\nwhen = {when:?}\n\n{}", &base[..end], &base[end..])
+    }
+
+    #[test]
+    fn condition_errors_name_the_rule_and_line() {
+        let line_of_when = |src: &str| src[..src.find("id = \"x\"").unwrap()].matches('\n').count() + 3;
+        for (when, expected) in [
+            ("score.total >", "CEL syntax error"),
+            ("signals.tiktok_like.count > 0", "'tiktok_like' is not a declared signal type"),
+            ("signals.form_fill.sum > 0", "use .count, .last_at or .count_<N>d"),
+            ("signals.form_fill.count_400d > 0", "windows are 1 to 365 days"),
+            ("score.totl > 1", "score.totl"),
+            ("budget > 1", "unknown name 'budget'"),
+            ("lead.attributes.company_size > 200", "type error"),
+            ("score.total", "must be true or false"),
+            ("scores.b2c.total > 1", "no such model"),
+        ] {
+            let src = with_rule(when);
+            let errs = errors(&src);
+            assert_eq!(errs.len(), 1, "{when}: {errs:?}");
+            assert!(errs[0].contains(expected) && errs[0].contains("rule 'x'"), "{when}: {errs:?}");
+            assert!(errs[0].starts_with(&format!("{}:", line_of_when(&src))), "{when}: {errs:?}");
+        }
+        // These are fine: conversions, has(), comprehensions, days().
+        for when in [
+            "int(lead.attributes.company_size) > 200",
+            "has(lead.attributes.title) && lead.attributes.title.contains('VP')",
+            "['A', 'B'].exists(g, g == grade)",
+            "now - signals.form_fill.last_at < days(14)",
+            "scores.b2b.total > 10.0 && stage == 'LEAD'",
+        ] {
+            assert_eq!(errors(&with_rule(when)), Vec::<String>::new(), "{when}");
+        }
+    }
+
+    #[test]
+    fn approvers_stage_names_and_unreachable_rules() {
+        let unsigned =
+            crate::DEFAULT_RULES.replace("agreed_by = [\"marketing\", \"sales\"]", "agreed_by = [\"marketing\"]");
+        let errs = errors(&unsigned);
+        assert!(errs.len() == 1 && errs[0].contains("missing: sales"), "{errs:?}");
+        let custom = RuleSet::parse_with_approvers(&unsigned, &["marketing".to_string()]);
+        assert!(custom.is_ok());
+        let bad_stage = with_rule("true").replace("to = \"MQL\"\nwhen = \"true\"", "to = \"WON\"\nwhen = \"true\"");
+        assert!(errors(&bad_stage)[0].contains("unknown stage 'WON'"));
+        let backward = with_rule("true").replace("to = \"MQL\"\nwhen", "to = \"LEAD\"\nfrom = [\"SQL\"]\nwhen");
+        assert!(errors(&backward)[0].contains("can never fire"));
     }
 }

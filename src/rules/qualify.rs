@@ -1,0 +1,314 @@
+//! Qualification rules: CEL conditions that move leads forward through the
+//! lifecycle (SPEC §4). Compiled and checked once when the rule set loads;
+//! evaluated against a lead after every score or profile change.
+//!
+//! A condition sees these names:
+//!
+//! | name | type | meaning |
+//! |---|---|---|
+//! | `score.total`, `score.behavior`, `score.fit` | double | primary model's score now |
+//! | `scores.<model>.total` (`.behavior`, `.fit`, `.grade`) | double / string | any model's score |
+//! | `grade` | string | `"A"` … `"D"` (primary model) |
+//! | `stage` | string | current stage, e.g. `"LEAD"` |
+//! | `signals.<type>.count` | int | counted signals of the type, ever |
+//! | `signals.<type>.last_at` | timestamp | newest counted `occurred_at` (epoch if none) |
+//! | `signals.<type>.count_<N>d` | int | counted in the last N UTC days, today included |
+//! | `lead.attributes.<name>` | string | profile attribute (missing: use `has(...)`) |
+//! | `lead.created_at` | timestamp | |
+//! | `lead.account_id` | string | empty if none |
+//! | `now` | timestamp | evaluation time |
+//! | `days(n)` | function → duration | `n` × 24 h (CEL's `duration()` has no days) |
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use cel::{Context, ExecutionError, Program, Value};
+
+use crate::domain::{Grade, LeadSnapshot, Score, Stage, Timestamp};
+
+/// Longest condition accepted, in bytes.
+const MAX_CONDITION_BYTES: usize = 4096;
+/// Longest window a `count_<N>d` may ask for.
+pub const MAX_WINDOW_DAYS: u32 = 365;
+
+const NAMES: [&str; 7] = ["score", "scores", "grade", "stage", "signals", "lead", "now"];
+const SCORE_FIELDS: [&str; 3] = ["total", "behavior", "fit"];
+const LEAD_FIELDS: [&str; 3] = ["attributes", "created_at", "account_id"];
+
+/// One compiled qualification rule.
+#[derive(Debug)]
+pub struct QualificationRule {
+    pub id: String,
+    pub to: Stage,
+    /// Stages the rule applies from; `None` for any.
+    pub from: Option<Vec<Stage>>,
+    /// The CEL source, as written.
+    pub when: String,
+    program: Program,
+}
+
+impl QualificationRule {
+    pub fn dry_run(&self, ctx: &Context<'_, '_>) -> Result<(), String> {
+        dry_run_program(&self.program, ctx)
+    }
+
+    pub fn admits(&self, stage: Stage) -> bool {
+        self.from.as_ref().is_none_or(|from| from.contains(&stage))
+    }
+}
+
+/// What conditions read, gathered at compile time so evaluation builds
+/// only that.
+#[derive(Debug, Default, Clone)]
+pub struct Needs {
+    /// Signal types referenced as `signals.<type>`.
+    pub signal_types: BTreeSet<String>,
+    /// Windows referenced as `count_<N>d`.
+    pub windows: BTreeSet<u32>,
+    pub scores: bool,
+}
+
+/// Checks one condition and compiles it. `Err` holds a message for the user.
+pub fn compile_condition(
+    id: &str,
+    when: &str,
+    signal_types: &BTreeSet<String>,
+    models: &BTreeSet<String>,
+    needs: &mut Needs,
+) -> Result<Program, String> {
+    if when.trim().is_empty() {
+        return Err(format!("rule '{id}': 'when' must not be empty"));
+    }
+    if when.len() > MAX_CONDITION_BYTES {
+        return Err(format!("rule '{id}': 'when' is longer than {MAX_CONDITION_BYTES} bytes"));
+    }
+    let program = Program::compile(when).map_err(|e| {
+        let first = e.to_string().lines().next().unwrap_or_default().replace("ERROR: <input>:", "at ");
+        format!("rule '{id}': CEL syntax error {first}")
+    })?;
+    let references = program.references();
+    for name in references.variables() {
+        let bound_by_macro = when.contains(&format!("({name},")) || when.contains(&format!("({name} ,"));
+        if !NAMES.contains(&name) && !bound_by_macro {
+            return Err(format!("rule '{id}': unknown name '{name}'; conditions can use {}", NAMES.join(", ")));
+        }
+    }
+    check_fields(id, when, "score", &SCORE_FIELDS)?;
+    check_fields(id, when, "lead", &LEAD_FIELDS)?;
+    for (model, _) in member_paths(when, "scores") {
+        if !models.contains(&model) {
+            return Err(format!("rule '{id}': scores.{model}: no such model"));
+        }
+        needs.scores = true;
+    }
+    for (signal_type, field) in member_paths(when, "signals") {
+        if !signal_types.contains(&signal_type) {
+            return Err(format!("rule '{id}': signals.{signal_type}: '{signal_type}' is not a declared signal type"));
+        }
+        match field.as_deref() {
+            Some("count" | "last_at") => {}
+            Some(f) if window_days(f).is_some() => {
+                let days = window_days(f).unwrap_or_default();
+                if days == 0 || days > MAX_WINDOW_DAYS {
+                    return Err(format!(
+                        "rule '{id}': signals.{signal_type}.{f}: windows are 1 to {MAX_WINDOW_DAYS} days"
+                    ));
+                }
+                needs.windows.insert(days);
+            }
+            other => {
+                return Err(format!(
+                    "rule '{id}': signals.{signal_type}.{}: use .count, .last_at or .count_<N>d",
+                    other.unwrap_or("")
+                ));
+            }
+        }
+        needs.signal_types.insert(signal_type);
+    }
+    Ok(program)
+}
+
+/// `count_30d` → 30.
+fn window_days(field: &str) -> Option<u32> {
+    field.strip_prefix("count_")?.strip_suffix('d')?.parse().ok()
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// Every `root.a` or `root.a.b` in the source: (a, b).
+fn member_paths(source: &str, root: &str) -> Vec<(String, Option<String>)> {
+    let pattern = format!("{root}.");
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(found) = source[from..].find(&pattern) {
+        let start = from + found;
+        from = start + pattern.len();
+        if source[..start].chars().next_back().is_some_and(|c| is_ident_char(c) || c == '.') {
+            continue;
+        }
+        let rest = &source[from..];
+        let first: String = rest.chars().take_while(|c| is_ident_char(*c)).collect();
+        if first.is_empty() {
+            continue;
+        }
+        let after = &rest[first.len()..];
+        let second = after
+            .strip_prefix('.')
+            .map(|r| r.chars().take_while(|c| is_ident_char(*c)).collect::<String>())
+            .filter(|s| !s.is_empty());
+        out.push((first, second));
+    }
+    out
+}
+
+fn check_fields(id: &str, source: &str, root: &str, allowed: &[&str]) -> Result<(), String> {
+    for (field, _) in member_paths(source, root) {
+        if !allowed.contains(&field.as_str()) {
+            return Err(format!(
+                "rule '{id}': {root}.{field}: use {}",
+                allowed.iter().map(|f| format!("{root}.{f}")).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn timestamp(t: Timestamp) -> Value {
+    let at = chrono::DateTime::from_timestamp_millis(t.millis()).unwrap_or_default();
+    Value::Timestamp(at.fixed_offset())
+}
+
+fn grade_str(grade: Grade) -> &'static str {
+    match grade {
+        Grade::A => "A",
+        Grade::B => "B",
+        Grade::C => "C",
+        Grade::D => "D",
+    }
+}
+
+fn score_value(score: &Score) -> Value {
+    let map: HashMap<String, Value> = [
+        ("total".to_owned(), score.total.into()),
+        ("behavior".to_owned(), score.behavior.into()),
+        ("fit".to_owned(), score.fit.into()),
+        ("grade".to_owned(), grade_str(score.grade).to_owned().into()),
+    ]
+    .into_iter()
+    .collect();
+    map.into()
+}
+
+/// What a condition is evaluated against.
+pub struct Facts<'a> {
+    pub lead: &'a LeadSnapshot,
+    pub stage: Stage,
+    pub primary: &'a Score,
+    pub scores: &'a [Score],
+    pub daily_caps: &'a BTreeMap<String, Option<u32>>,
+    pub now: Timestamp,
+}
+
+/// Builds the CEL context for `facts`, with only what `needs` says is read.
+pub fn context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -> Context<'c, 'c> {
+    let mut ctx = Context::with_env(env.clone());
+    ctx.add_variable_from_value("score", score_value(facts.primary));
+    ctx.add_variable_from_value("grade", grade_str(facts.primary.grade).to_owned());
+    ctx.add_variable_from_value("stage", facts.stage.as_str().to_owned());
+    ctx.add_variable_from_value("now", timestamp(facts.now));
+    if needs.scores {
+        let scores: HashMap<String, Value> = facts.scores.iter().map(|s| (s.model.clone(), score_value(s))).collect();
+        ctx.add_variable_from_value("scores", scores);
+    }
+    let signals: HashMap<String, Value> = needs
+        .signal_types
+        .iter()
+        .map(|t| {
+            let tally = facts.lead.tallies.get(t);
+            let mut fields: HashMap<String, Value> = HashMap::new();
+            fields.insert("count".into(), (tally.map_or(0, |t| t.counted) as i64).into());
+            fields.insert(
+                "last_at".into(),
+                timestamp(tally.and_then(|t| t.last_at).unwrap_or(Timestamp::from_millis(0))),
+            );
+            let cap = facts.daily_caps.get(t).copied().flatten();
+            for days in &needs.windows {
+                let n = facts.lead.count_within(t, *days, cap, facts.now);
+                fields.insert(format!("count_{days}d"), (n as i64).into());
+            }
+            (t.clone(), fields.into())
+        })
+        .collect();
+    ctx.add_variable_from_value("signals", signals);
+    let attributes: HashMap<String, Value> =
+        facts.lead.attributes.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+    let lead: HashMap<String, Value> = [
+        ("attributes".to_owned(), attributes.into()),
+        ("created_at".to_owned(), timestamp(facts.lead.created_at)),
+        ("account_id".to_owned(), facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default().into()),
+    ]
+    .into_iter()
+    .collect();
+    ctx.add_variable_from_value("lead", lead);
+    // Fails only if `days` were declared already; the standard library has none.
+    let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
+    ctx
+}
+
+/// Outcome of one condition.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Holds,
+    DoesNotHold,
+    /// Evaluation failed (e.g. a missing attribute): treated as not holding.
+    Failed(String),
+}
+
+pub fn evaluate(rule: &QualificationRule, ctx: &Context<'_, '_>) -> Verdict {
+    match rule.program.execute(ctx) {
+        Ok(Value::Bool(true)) => Verdict::Holds,
+        Ok(Value::Bool(false)) => Verdict::DoesNotHold,
+        Ok(other) => Verdict::Failed(format!("result is {:?}, not a boolean", other.type_of())),
+        Err(e) => Verdict::Failed(e.to_string()),
+    }
+}
+
+/// Runs a compiled condition once against a made-up lead to find type
+/// errors: every referenced attribute is set to "0" so comparisons of a
+/// string with a number show up. Missing keys are not errors.
+pub fn dry_run_program(program: &Program, ctx: &Context<'_, '_>) -> Result<(), String> {
+    match program.execute(ctx) {
+        Ok(Value::Bool(_)) | Err(ExecutionError::NoSuchKey(_)) => Ok(()),
+        Ok(other) => Err(format!("the condition must be true or false, not {:?}", other.type_of())),
+        Err(e) => Err(format!("type error: {e}")),
+    }
+}
+
+pub fn build(id: String, to: Stage, from: Option<Vec<Stage>>, when: String, program: Program) -> QualificationRule {
+    QualificationRule { id, to, from, when, program }
+}
+
+/// Attribute names a condition reads as `lead.attributes.<name>`.
+pub fn referenced_attributes(when: &str) -> Vec<String> {
+    member_paths(when, "lead")
+        .into_iter()
+        .filter(|(root, _)| root == "attributes")
+        .filter_map(|(_, name)| name)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_member_paths() {
+        let paths = member_paths("signals.demo_requested.count_30d > 0 || xsignals.a.b || signals.x", "signals");
+        assert_eq!(paths, [("demo_requested".to_string(), Some("count_30d".to_string())), ("x".to_string(), None)]);
+        assert_eq!(window_days("count_30d"), Some(30));
+        assert_eq!(window_days("count_d"), None);
+        assert_eq!(referenced_attributes("has(lead.attributes.title) && lead.created_at < now"), ["title"]);
+    }
+}
