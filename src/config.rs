@@ -64,6 +64,14 @@ pub struct Settings {
     pub shutdown_grace: Millis,
     /// How often the health check pings the store.
     pub health_interval: Millis,
+    /// Teams every rule set's `agreed_by` must name.
+    pub required_approvers: Vec<String>,
+    /// Stage changes kept per lead.
+    pub stage_history_limit: usize,
+    /// How long the qualification change feed keeps changes.
+    pub feed_retention: Millis,
+    /// How often a WatchQualificationChanges stream looks for new changes.
+    pub feed_poll_interval: Millis,
 }
 
 impl Default for Settings {
@@ -82,12 +90,16 @@ impl Default for Settings {
             history_limit: 100,
             shutdown_grace: Millis(10_000),
             health_interval: Millis(1_000),
+            required_approvers: crate::rules::DEFAULT_APPROVERS.iter().map(|a| a.to_string()).collect(),
+            stage_history_limit: 50,
+            feed_retention: Millis(30 * DAY),
+            feed_poll_interval: Millis(250),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 12] = [
+pub const KEYS: [&str; 16] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -100,6 +112,10 @@ pub const KEYS: [&str; 12] = [
     "history_limit",
     "shutdown_grace",
     "health_interval",
+    "required_approvers",
+    "stage_history_limit",
+    "feed_retention",
+    "feed_poll_interval",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -145,12 +161,17 @@ impl Settings {
             ("dedupe_window", self.dedupe_window),
             ("signal_retention", self.signal_retention),
             ("health_interval", self.health_interval),
+            ("feed_retention", self.feed_retention),
+            ("feed_poll_interval", self.feed_poll_interval),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
         }
         if self.max_batch_size == 0 || self.max_batch_size > 10_000 {
             return Err(ConfigError("max_batch_size must be 1 to 10000".into()));
+        }
+        if self.stage_history_limit == 0 {
+            return Err(ConfigError("stage_history_limit must be at least 1".into()));
         }
         if self.redis_partitions == 0 || self.redis_partitions > 16_384 {
             return Err(ConfigError("redis_partitions must be 1 to 16384".into()));

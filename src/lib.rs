@@ -4,6 +4,7 @@
 //! - `domain`    — pure: ids, time, stages, decay, scoring models, the ledger
 //! - `rules`     — the rule-set file: parse, validate, compile (pure)
 //! - `store`     — `LeadStore` trait; Redis (Lua scripts) and in-memory stores
+//! - `engine`    — applying qualification rules to stored leads
 //! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
 //! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
@@ -14,6 +15,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod rules;
 pub mod startup;
 pub mod store;

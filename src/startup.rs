@@ -14,15 +14,16 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::lead_scoring_server::LeadScoringServer;
-use crate::api::{AppState, Limits, ScoringService, pb};
+use crate::api::pb::qualification_server::QualificationServer;
+use crate::api::{AppState, Limits, QualificationService, ScoringService, pb};
 use crate::config::{Settings, redacted_url};
 use crate::domain::{Clock, IngestPolicy, SystemClock};
 use crate::rules::{RuleError, RuleSet};
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{LeadStore, MemoryStore, StoreError};
+use crate::store::{FeedPolicy, LeadStore, MemoryStore, StoreError};
 
 /// gRPC service names whose health is reported (plus "" for the server).
-const SERVICE_NAMES: [&str; 1] = ["leadscore.v1.LeadScoring"];
+const SERVICE_NAMES: [&str; 2] = ["leadscore.v1.LeadScoring", "leadscore.v1.Qualification"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -39,7 +40,10 @@ pub enum StartupError {
 }
 
 /// Loads the configured rule file, or the built-in default.
-pub fn load_rules(path: Option<&std::path::Path>) -> Result<(RuleSet, String), StartupError> {
+pub fn load_rules(
+    path: Option<&std::path::Path>,
+    required_approvers: &[String],
+) -> Result<(RuleSet, String), StartupError> {
     let (name, source) = match path {
         Some(p) => {
             let source = std::fs::read_to_string(p)
@@ -48,7 +52,8 @@ pub fn load_rules(path: Option<&std::path::Path>) -> Result<(RuleSet, String), S
         }
         None => ("<built-in rules/default.toml>".to_owned(), crate::DEFAULT_RULES.to_owned()),
     };
-    let rules = RuleSet::parse(&source).map_err(|errors| StartupError::RulesInvalid { path: name.clone(), errors })?;
+    let rules = RuleSet::parse_with_approvers(&source, required_approvers)
+        .map_err(|errors| StartupError::RulesInvalid { path: name.clone(), errors })?;
     Ok((rules, name))
 }
 
@@ -65,7 +70,7 @@ impl Application {
     }
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
-        let (rules, rules_name) = load_rules(settings.rules.as_deref())?;
+        let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
         tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
         let store: Arc<dyn LeadStore> = match &settings.redis_url {
             Some(url) => {
@@ -90,8 +95,22 @@ impl Application {
             retention_ms: settings.signal_retention.0,
             history_limit: settings.history_limit,
         };
-        let limits = Limits { max_batch_size: settings.max_batch_size, max_future_skew_ms: 5 * 60_000 };
-        let state = Arc::new(AppState::new(store, clock, rules, policy, limits));
+        let limits = Limits {
+            max_batch_size: settings.max_batch_size,
+            max_future_skew_ms: 5 * 60_000,
+            feed_poll_interval: settings.feed_poll_interval.duration(),
+        };
+        let feed = FeedPolicy { history_limit: settings.stage_history_limit, retention_ms: settings.feed_retention.0 };
+        let state = Arc::new(AppState::new(
+            store,
+            clock,
+            rules,
+            rules_name,
+            policy,
+            feed,
+            limits,
+            settings.required_approvers.clone(),
+        ));
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?;
@@ -139,7 +158,8 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())));
+            .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())))
+            .add_service(QualificationServer::new(QualificationService::new(self.state.clone())));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = TcpListenerStream::new(self.listener);
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use super::error::{ApiError, Violations};
 use super::pb;
 use crate::domain::{
-    AccountId, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, Score, ScoredSignal, Stage,
-    Timestamp,
+    AccountId, Cause, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, QualificationChange,
+    Score, ScoredSignal, Stage, StageChange, Timestamp,
 };
 use crate::rules::RuleSet;
 
@@ -54,7 +54,7 @@ pub fn lead_profile(lead: Option<pb::Lead>) -> Result<LeadProfile, ApiError> {
     let mut v = Violations::default();
     let Some(lead) = lead else {
         v.add("lead", "lead is required");
-        return Err(v.into_result(()).unwrap_err());
+        return Err(v.into_error());
     };
     let lead_id = lead_id(lead.lead_id, "lead.lead_id", &mut v);
     let account_id = if lead.account_id.is_empty() {
@@ -80,7 +80,7 @@ pub fn lead_profile(lead: Option<pb::Lead>) -> Result<LeadProfile, ApiError> {
     let attributes = lead.attributes.into_iter().collect::<BTreeMap<_, _>>();
     match lead_id {
         Some(lead_id) if v.is_empty() => Ok(LeadProfile { lead_id, account_id, attributes, created_at }),
-        _ => Err(v.into_result(()).unwrap_err()),
+        _ => Err(v.into_error()),
     }
 }
 
@@ -244,6 +244,84 @@ pub fn score_to_proto(lead: &LeadSnapshot, score: &Score, rule_set_version: &str
         rule_set_version: rule_set_version.to_owned(),
         contributions,
         as_of: Some(timestamp_to_proto(score.as_of)),
+    }
+}
+
+/// A stage sent by a client; `None` for `STAGE_UNSPECIFIED`.
+pub fn stage_from_proto(value: i32, field: &str, v: &mut Violations) -> Option<Stage> {
+    match pb::Stage::try_from(value) {
+        Ok(pb::Stage::Unspecified) => None,
+        Ok(stage) => Some(match stage {
+            pb::Stage::Anonymous => Stage::Anonymous,
+            pb::Stage::Lead => Stage::Lead,
+            pb::Stage::Mql => Stage::Mql,
+            pb::Stage::Sal => Stage::Sal,
+            pb::Stage::Sql => Stage::Sql,
+            pb::Stage::Opportunity => Stage::Opportunity,
+            pb::Stage::Customer => Stage::Customer,
+            pb::Stage::Advocate => Stage::Advocate,
+            pb::Stage::Recycled => Stage::Recycled,
+            pb::Stage::Disqualified | pb::Stage::Unspecified => Stage::Disqualified,
+        }),
+        Err(_) => {
+            v.add(field, format!("unknown stage value {value}"));
+            None
+        }
+    }
+}
+
+fn grade_from_char(grade: char) -> pb::Grade {
+    match grade {
+        'A' => pb::Grade::A,
+        'B' => pb::Grade::B,
+        'C' => pb::Grade::C,
+        'D' => pb::Grade::D,
+        _ => pb::Grade::Unspecified,
+    }
+}
+
+pub fn stage_change_to_proto(change: &StageChange) -> pb::StageChange {
+    let (rule_id, actor) = match &change.cause {
+        Cause::Rule { rule_id } => (rule_id.clone(), String::new()),
+        Cause::Manual { actor } => (String::new(), actor.clone()),
+    };
+    pb::StageChange {
+        from: stage_to_proto(change.from).into(),
+        to: stage_to_proto(change.to).into(),
+        rule_id,
+        actor,
+        reason: change.reason.clone(),
+        rule_set_version: change.rule_set_version.clone(),
+        score: Some(pb::ScoreSnapshot {
+            total: round_points(change.score.total),
+            behavior: round_points(change.score.behavior),
+            fit: round_points(change.score.fit),
+            grade: grade_from_char(change.score.grade).into(),
+        }),
+        at: Some(timestamp_to_proto(change.at)),
+    }
+}
+
+pub fn qualification_to_proto(lead: &LeadSnapshot, history: &[StageChange]) -> pb::LeadQualification {
+    // The newest change explains the current stage, if it led to it.
+    let last = history.first().filter(|c| c.to == lead.stage).map(stage_change_to_proto).unwrap_or_default();
+    pb::LeadQualification {
+        lead_id: lead.lead_id.to_string(),
+        stage: stage_to_proto(lead.stage).into(),
+        since: Some(timestamp_to_proto(lead.stage_since)),
+        rule_id: last.rule_id,
+        actor: last.actor,
+        reason: last.reason,
+        rule_set_version: last.rule_set_version,
+        history: history.iter().map(stage_change_to_proto).collect(),
+    }
+}
+
+pub fn feed_change_to_proto(change: &QualificationChange) -> pb::QualificationChange {
+    pb::QualificationChange {
+        change_id: change.id.clone(),
+        lead_id: change.lead_id.to_string(),
+        change: Some(stage_change_to_proto(&change.change)),
     }
 }
 

@@ -12,6 +12,10 @@ pub enum ApiError {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0}")]
     NotFound(String),
+    /// The operation does not apply to the current state; `reason` and
+    /// `metadata` go into a `google.rpc.ErrorInfo`.
+    #[error("{message}")]
+    FailedPrecondition { message: String, reason: &'static str, metadata: Vec<(String, String)> },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -32,6 +36,11 @@ impl Violations {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The violations as an error (call when some were added).
+    pub fn into_error(self) -> ApiError {
+        ApiError::InvalidArgument(self.0)
     }
 
     /// `Ok(value)` when nothing was violated.
@@ -57,9 +66,23 @@ impl From<ApiError> for Status {
                 )
             }
             ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::FailedPrecondition { message, reason, metadata } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    reason,
+                    "leadscore",
+                    metadata.into_iter().collect::<std::collections::HashMap<_, _>>(),
+                ),
+            ),
             ApiError::Store(e @ (StoreError::Unavailable(_) | StoreError::Timeout(_))) => {
                 tracing::warn!(error = %e, "store unavailable");
                 Status::unavailable("the lead store is unavailable; retry later")
+            }
+            ApiError::Store(StoreError::BadCursor(why)) => {
+                let mut v = Violations::default();
+                v.add("after_cursor", why);
+                Status::from(v.into_error())
             }
             ApiError::Store(e @ StoreError::Corrupt { .. }) => {
                 tracing::error!(error = %e, "corrupt lead data");

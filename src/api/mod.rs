@@ -3,11 +3,13 @@
 
 pub mod convert;
 pub mod error;
+mod qualification;
 mod scoring;
 mod state;
 
+pub use qualification::QualificationService;
 pub use scoring::ScoringService;
-pub use state::{AppState, Limits};
+pub use state::{ActiveRules, AppState, Limits};
 
 /// Generated protobuf and gRPC code for `leadscore.v1`.
 pub mod pb {

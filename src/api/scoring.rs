@@ -47,7 +47,9 @@ impl LeadScoring for ScoringService {
     ) -> Result<Response<pb::UpsertLeadResponse>, Status> {
         let profile = convert::lead_profile(request.into_inner().lead)?;
         tracing::Span::current().record("lead_id", profile.lead_id.as_str());
+        let rules = self.state.rules();
         let lead = self.state.store.upsert_lead(profile, self.state.clock.now()).await.map_err(ApiError::from)?;
+        let lead = crate::engine::requalify(&self.state, &rules, lead).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
     }
 
@@ -96,7 +98,13 @@ impl LeadScoring for ScoringService {
                 pb::SignalResult { event_id, lead_id: outcomes[b].lead.lead_id.to_string(), status: status.into() }
             })
             .collect();
-        let scores = outcomes.iter().map(|o| score(&rules, "", &o.lead, now)).collect::<Result<_, _>>()?;
+        // Qualification runs on every lead the batch touched, concurrently.
+        let leads = futures::future::try_join_all(
+            outcomes.iter().map(|o| crate::engine::requalify(state, &rules, o.lead.clone())),
+        )
+        .await
+        .map_err(ApiError::from)?;
+        let scores = leads.iter().map(|lead| score(&rules, "", lead, now)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::RecordSignalsResponse { results, scores }))
     }
 

@@ -1,10 +1,12 @@
 //! What every RPC handler shares.
 
+use std::ops::Deref;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use crate::domain::{Clock, IngestPolicy};
+use crate::domain::{Clock, IngestPolicy, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::LeadStore;
+use crate::store::{FeedPolicy, LeadStore};
 
 /// Request-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -13,35 +15,63 @@ pub struct Limits {
     pub max_batch_size: usize,
     /// How far in the future `occurred_at` may be (clock skew), in ms.
     pub max_future_skew_ms: i64,
+    /// How often a feed watcher looks for new changes.
+    pub feed_poll_interval: Duration,
+}
+
+/// The rule set in force, and where it came from.
+#[derive(Debug)]
+pub struct ActiveRules {
+    pub set: RuleSet,
+    pub loaded_at: Timestamp,
+    /// A path, or the built-in default.
+    pub origin: String,
+}
+
+impl Deref for ActiveRules {
+    type Target = RuleSet;
+
+    fn deref(&self) -> &RuleSet {
+        &self.set
+    }
 }
 
 pub struct AppState {
     pub store: Arc<dyn LeadStore>,
     pub clock: Arc<dyn Clock>,
     pub policy: IngestPolicy,
+    pub feed: FeedPolicy,
     pub limits: Limits,
-    rules: RwLock<Arc<RuleSet>>,
+    /// Teams every rule set must be agreed by.
+    pub required_approvers: Vec<String>,
+    rules: RwLock<Arc<ActiveRules>>,
 }
 
 impl AppState {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn LeadStore>,
         clock: Arc<dyn Clock>,
         rules: RuleSet,
+        origin: String,
         policy: IngestPolicy,
+        feed: FeedPolicy,
         limits: Limits,
+        required_approvers: Vec<String>,
     ) -> Self {
-        Self { store, clock, policy, limits, rules: RwLock::new(Arc::new(rules)) }
+        let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
+        Self { store, clock, policy, feed, limits, required_approvers, rules: RwLock::new(Arc::new(active)) }
     }
 
     /// The active rule set. A request takes it once and uses that one
     /// throughout, so it never sees half of two rule sets.
-    pub fn rules(&self) -> Arc<RuleSet> {
+    pub fn rules(&self) -> Arc<ActiveRules> {
         self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Activates a new rule set atomically.
-    pub fn replace_rules(&self, rules: RuleSet) {
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(rules);
+    pub fn replace_rules(&self, rules: RuleSet, origin: String) {
+        let active = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
+        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = active;
     }
 }

@@ -50,6 +50,8 @@ pub struct StageChange {
 pub struct QualificationChange {
     pub lead_id: LeadId,
     pub change: StageChange,
-    /// Position in the feed just after this change.
+    /// Unique, stable id of this change in the feed (for de-duplication).
+    pub id: String,
+    /// Feed position just after this change: resume from here.
     pub cursor: String,
 }

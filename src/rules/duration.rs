@@ -6,21 +6,24 @@ const UNITS: [(char, i64); 5] =
 
 /// Parses a duration into milliseconds.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
-    let invalid = || format!("invalid duration '{text}': expected e.g. 30s, 90m, 36h, 14d, 2w or 1d12h");
-    let mut total: i64 = 0;
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = UNITS.iter().find(|(u, _)| *u == c).ok_or_else(invalid)?.1;
-        let n: i64 = digits.parse().map_err(|_| invalid())?;
-        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(invalid)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || total == 0 && !text.trim().starts_with('0') {
+    let invalid = || format!("invalid duration '{text}': expected e.g. 500ms, 30s, 90m, 36h, 14d, 2w or 1d12h");
+    let mut rest = text.trim();
+    if rest.is_empty() {
         return Err(invalid());
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest[digits..].find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len() - digits);
+        let (number, unit) = (&rest[..digits], &rest[digits..digits + unit_len]);
+        let size = match unit {
+            "ms" => 1,
+            u if u.len() == 1 => UNITS.iter().find(|(c, _)| u.starts_with(*c)).ok_or_else(invalid)?.1,
+            _ => return Err(invalid()),
+        };
+        let n: i64 = number.parse().map_err(|_| invalid())?;
+        total = n.checked_mul(size).and_then(|v| total.checked_add(v)).ok_or_else(invalid)?;
+        rest = &rest[digits + unit_len..];
     }
     Ok(total)
 }
@@ -55,7 +58,9 @@ mod tests {
         assert_eq!(parse_duration("1d12h"), Ok(36 * 3_600_000));
         assert_eq!(parse_duration("2w"), Ok(14 * 86_400_000));
         assert_eq!(parse_duration("0s"), Ok(0));
-        for bad in ["", "14", "d", "14x", "-1d", "1.5d", "99999999999999999w"] {
+        assert_eq!(parse_duration("250ms"), Ok(250));
+        assert_eq!(parse_duration("1s500ms"), Ok(1500));
+        for bad in ["", "14", "d", "14x", "-1d", "1.5d", "99999999999999999w", "5mss", "1 d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

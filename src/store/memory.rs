@@ -1,22 +1,33 @@
 //! Embedded store: everything in process memory, lost on exit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{LeadBatch, LeadOutcome, LeadStore, StoreError};
-use crate::domain::{IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, Timestamp};
+use super::{FeedPage, FeedPolicy, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use crate::domain::{
+    IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange, Timestamp,
+};
 
 #[derive(Debug)]
 struct StoredLead {
     snapshot: LeadSnapshot,
     ledger: LeadLedger,
+    /// Newest first.
+    stages: VecDeque<StageChange>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    leads: HashMap<LeadId, StoredLead>,
+    /// The change feed; a cursor is `m<number of changes consumed>`.
+    feed: Vec<(LeadId, StageChange)>,
 }
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    leads: Mutex<HashMap<LeadId, StoredLead>>,
+    data: Mutex<Data>,
 }
 
 impl MemoryStore {
@@ -24,17 +35,23 @@ impl MemoryStore {
         Self::default()
     }
 
-    fn leads(&self) -> std::sync::MutexGuard<'_, HashMap<LeadId, StoredLead>> {
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
         // A panic while holding the lock cannot leave a lead half-updated in
         // a way later calls could not read, so a poisoned lock is still used.
-        self.leads.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.data.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 fn entry<'a>(leads: &'a mut HashMap<LeadId, StoredLead>, id: &LeadId, now: Timestamp) -> &'a mut StoredLead {
-    leads
-        .entry(id.clone())
-        .or_insert_with(|| StoredLead { snapshot: LeadSnapshot::new(id.clone(), now), ledger: LeadLedger::default() })
+    leads.entry(id.clone()).or_insert_with(|| StoredLead {
+        snapshot: LeadSnapshot::new(id.clone(), now),
+        ledger: LeadLedger::default(),
+        stages: VecDeque::new(),
+    })
+}
+
+fn cursor(position: usize) -> String {
+    format!("m{position}")
 }
 
 #[async_trait]
@@ -48,8 +65,8 @@ impl LeadStore for MemoryStore {
     }
 
     async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
-        let mut leads = self.leads();
-        let lead = entry(&mut leads, &profile.lead_id.clone(), now);
+        let mut data = self.data();
+        let lead = entry(&mut data.leads, &profile.lead_id.clone(), now);
         lead.snapshot.apply_profile(profile);
         Ok(lead.snapshot.clone())
     }
@@ -60,11 +77,11 @@ impl LeadStore for MemoryStore {
         now: Timestamp,
         policy: &IngestPolicy,
     ) -> Result<Vec<LeadOutcome>, StoreError> {
-        let mut leads = self.leads();
+        let mut data = self.data();
         Ok(batches
             .into_iter()
             .map(|batch| {
-                let lead = entry(&mut leads, &batch.lead_id, now);
+                let lead = entry(&mut data.leads, &batch.lead_id, now);
                 let statuses =
                     batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
                 LeadOutcome { statuses, lead: lead.snapshot.clone() }
@@ -73,7 +90,66 @@ impl LeadStore for MemoryStore {
     }
 
     async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
-        let leads = self.leads();
-        Ok(ids.iter().map(|id| leads.get(id).map(|l| l.snapshot.clone())).collect())
+        let data = self.data();
+        Ok(ids.iter().map(|id| data.leads.get(id).map(|l| l.snapshot.clone())).collect())
+    }
+
+    async fn change_stage(
+        &self,
+        lead_id: &LeadId,
+        expected: Stage,
+        changes: &[StageChange],
+        policy: &FeedPolicy,
+    ) -> Result<StageUpdate, StoreError> {
+        let mut data = self.data();
+        let Data { leads, feed } = &mut *data;
+        let Some(lead) = leads.get_mut(lead_id) else { return Ok(StageUpdate::NotFound) };
+        if lead.snapshot.stage != expected {
+            return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
+        }
+        let mut applied = Vec::with_capacity(changes.len());
+        for change in changes {
+            lead.snapshot.stage = change.to;
+            lead.snapshot.stage_since = change.at;
+            lead.stages.push_front(change.clone());
+            feed.push((lead_id.clone(), change.clone()));
+            applied.push(QualificationChange {
+                lead_id: lead_id.clone(),
+                change: change.clone(),
+                id: cursor(feed.len()),
+                cursor: cursor(feed.len()),
+            });
+        }
+        lead.stages.truncate(policy.history_limit);
+        Ok(StageUpdate::Applied(applied))
+    }
+
+    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {
+        let data = self.data();
+        Ok(data.leads.get(lead_id).map(|l| l.stages.iter().take(limit).cloned().collect()).unwrap_or_default())
+    }
+
+    async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
+        let start = match after {
+            "" => 0,
+            c => c
+                .strip_prefix('m')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| StoreError::BadCursor("not a cursor of the embedded store".into()))?,
+        };
+        let data = self.data();
+        let start = start.min(data.feed.len());
+        let changes: Vec<_> = data.feed[start..]
+            .iter()
+            .take(limit)
+            .enumerate()
+            .map(|(i, (lead_id, change))| QualificationChange {
+                lead_id: lead_id.clone(),
+                change: change.clone(),
+                id: cursor(start + i + 1),
+                cursor: cursor(start + i + 1),
+            })
+            .collect();
+        Ok(FeedPage { next_cursor: cursor(start + changes.len()), changes })
     }
 }

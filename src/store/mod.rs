@@ -11,7 +11,10 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 
-use crate::domain::{IngestPolicy, LeadId, LeadProfile, LeadSnapshot, ScoredSignal, SignalStatus, Timestamp};
+use crate::domain::{
+    IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
+    StageChange, Timestamp,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,8 +26,41 @@ pub enum StoreError {
     /// A lead's stored data cannot be decoded (e.g. edited by hand).
     #[error("stored data of lead '{lead_id}' is unreadable: {detail}")]
     Corrupt { lead_id: String, detail: String },
+    /// A feed cursor this store did not issue.
+    #[error("invalid cursor: {0}")]
+    BadCursor(String),
     #[error("store error: {0}")]
     Internal(String),
+}
+
+/// What an attempt to change a lead's stage did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageUpdate {
+    /// Applied; the changes as the feed holds them, in order.
+    Applied(Vec<QualificationChange>),
+    /// The lead was no longer in the expected stage; nothing was written.
+    Conflict {
+        current: Stage,
+    },
+    NotFound,
+}
+
+/// How long stage history and the change feed are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedPolicy {
+    /// Stage changes kept per lead (newest first).
+    pub history_limit: usize,
+    /// Changes older than this may be trimmed from the feed.
+    pub retention_ms: i64,
+}
+
+/// A page of the qualification change feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedPage {
+    /// Oldest first; a lead's changes always in the order they happened.
+    pub changes: Vec<QualificationChange>,
+    /// Where the next page starts; equals the request's cursor when empty.
+    pub next_cursor: String,
 }
 
 /// Signals for one lead, in arrival order.
@@ -66,4 +102,21 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// The leads, in the order asked; `None` for a lead never seen.
     async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError>;
+
+    /// Moves the lead through `changes` (in order) if its stage is still
+    /// `expected`, recording each in its stage history and in the change
+    /// feed, all atomically. Otherwise writes nothing.
+    async fn change_stage(
+        &self,
+        lead_id: &LeadId,
+        expected: Stage,
+        changes: &[StageChange],
+        policy: &FeedPolicy,
+    ) -> Result<StageUpdate, StoreError>;
+
+    /// The lead's stage changes, newest first.
+    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError>;
+
+    /// Changes after `cursor` (empty: from the oldest kept), at most `limit`.
+    async fn list_changes(&self, cursor: &str, limit: usize) -> Result<FeedPage, StoreError>;
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leadscore::domain::{
-    AccountId, EventId, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoredSignal, SignalStatus,
-    Timestamp,
+    AccountId, Cause, EventId, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
+    ScoredSignal, SignalStatus, Stage, StageChange, Timestamp,
 };
 use leadscore::rules::RuleSet;
 use leadscore::store::redis::{RedisSettings, RedisStore};
-use leadscore::store::{LeadBatch, LeadStore, MemoryStore};
+use leadscore::store::{FeedPolicy, LeadBatch, LeadStore, MemoryStore, StageUpdate};
 
 use crate::helpers::{DAY, RedisServer};
 
@@ -216,6 +216,87 @@ async fn hostile_ids_are_kept_apart(store: &dyn LeadStore) {
     }
 }
 
+const FEED: FeedPolicy = FeedPolicy { history_limit: 3, retention_ms: 30 * DAY };
+
+fn change(from: Stage, to: Stage, rule: &str, minute: i64) -> StageChange {
+    StageChange {
+        from,
+        to,
+        cause: Cause::Rule { rule_id: rule.into() },
+        reason: "because".into(),
+        rule_set_version: "v1".into(),
+        score: ScoreSnapshot { total: 42.5, behavior: 30.0, fit: 12.5, grade: 'C' },
+        at: NOW.plus_millis(minute * 60_000),
+    }
+}
+
+async fn stage_changes_compare_and_set(store: &dyn LeadStore) {
+    let rules = rules();
+    let lead = id("stage-lead");
+    assert_eq!(
+        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "r", 0)], &FEED).await.unwrap(),
+        StageUpdate::NotFound
+    );
+    record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+    let two = [change(Stage::Lead, Stage::Mql, "to_mql", 1), change(Stage::Mql, Stage::Sql, "to_sql", 1)];
+    let StageUpdate::Applied(applied) = store.change_stage(&lead, Stage::Lead, &two, &FEED).await.unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(applied.len(), 2);
+    assert_ne!(applied[0].id, applied[1].id);
+    let now = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!((now.stage, now.stage_since), (Stage::Sql, NOW.plus_millis(60_000)));
+    // A stale expectation writes nothing.
+    let stale =
+        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "again", 2)], &FEED).await.unwrap();
+    assert_eq!(stale, StageUpdate::Conflict { current: Stage::Sql });
+    let history = store.stage_history(&lead, 10).await.unwrap();
+    assert_eq!(history.iter().map(|c| c.to).collect::<Vec<_>>(), [Stage::Sql, Stage::Mql]);
+    assert_eq!(history[1], two[0]);
+    // History is bounded.
+    for (i, (from, to)) in [(Stage::Sql, Stage::Recycled), (Stage::Recycled, Stage::Mql)].into_iter().enumerate() {
+        store.change_stage(&lead, from, &[change(from, to, "more", 3 + i as i64)], &FEED).await.unwrap();
+    }
+    assert_eq!(store.stage_history(&lead, 10).await.unwrap().len(), 3);
+}
+
+async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
+    let rules = rules();
+    let leads: Vec<_> = (0..5).map(|i| id(&format!("feed-{i}"))).collect();
+    for (i, lead) in leads.iter().enumerate() {
+        record(store, lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+        let changes = [change(Stage::Lead, Stage::Mql, "a", i as i64), change(Stage::Mql, Stage::Sql, "b", i as i64)];
+        store.change_stage(lead, Stage::Lead, &changes, &FEED).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = store.list_changes(&cursor, 3).await.unwrap();
+        if page.changes.is_empty() {
+            assert_eq!(page.next_cursor, cursor);
+            break;
+        }
+        assert!(page.changes.len() <= 3);
+        assert_eq!(page.changes.last().unwrap().cursor, page.next_cursor);
+        seen.extend(page.changes.into_iter().map(|c| (c.lead_id.to_string(), c.change.to, c.id)));
+        cursor = page.next_cursor;
+    }
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    let ids: std::collections::BTreeSet<_> = seen.iter().map(|s| s.2.clone()).collect();
+    assert_eq!(ids.len(), 10, "change ids are unique");
+    for lead in &leads {
+        let order: Vec<_> = seen.iter().filter(|s| s.0 == lead.as_str()).map(|s| s.1).collect();
+        assert_eq!(order, [Stage::Mql, Stage::Sql], "{lead}");
+    }
+    // New changes after the last cursor, and only those.
+    record(store, &id("late"), vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+    store.change_stage(&id("late"), Stage::Lead, &[change(Stage::Lead, Stage::Mql, "a", 9)], &FEED).await.unwrap();
+    let page = store.list_changes(&cursor, 100).await.unwrap();
+    assert_eq!(page.changes.len(), 1);
+    assert_eq!(page.changes[0].lead_id.as_str(), "late");
+    assert!(matches!(store.list_changes("garbage", 10).await, Err(leadscore::store::StoreError::BadCursor(_))));
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -243,6 +324,8 @@ contract!(
     several_leads_in_one_call,
     unknown_leads_are_none,
     hostile_ids_are_kept_apart,
+    stage_changes_compare_and_set,
+    the_feed_pages_in_order_and_resumes,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {
@@ -269,6 +352,11 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert_eq!(keys.len(), 4, "{keys:?}");
+    // The stage history and the partition's feed share the lead's slot too.
+    let change = change(Stage::Lead, Stage::Mql, "r", 0);
+    store.change_stage(&lead, Stage::Lead, &[change], &FEED).await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 6, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()

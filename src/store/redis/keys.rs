@@ -29,6 +29,10 @@ pub struct LeadKeys {
     pub days: String,
     /// List: raw signals, newest first, bounded.
     pub history: String,
+    /// List: stage changes (JSON), newest first, bounded.
+    pub stages: String,
+    /// Stream: the qualification change feed of the lead's partition.
+    pub feed: String,
 }
 
 impl KeySpace {
@@ -47,12 +51,24 @@ impl KeySpace {
         (hash % u64::from(self.partitions)) as u32
     }
 
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The qualification change feed of a partition.
+    pub fn feed(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:feed:stages", self.prefix)
+    }
+
     pub fn lead(&self, lead: &LeadId) -> LeadKeys {
-        let base = format!("{}:{{p{}}}:lead:{}", self.prefix, self.partition(lead), encode(lead.as_str()));
+        let partition = self.partition(lead);
+        let base = format!("{}:{{p{partition}}}:lead:{}", self.prefix, encode(lead.as_str()));
         LeadKeys {
             seen: format!("{base}:seen"),
             days: format!("{base}:days"),
             history: format!("{base}:hist"),
+            stages: format!("{base}:stages"),
+            feed: self.feed(partition),
             lead: base,
         }
     }

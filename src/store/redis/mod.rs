@@ -3,6 +3,7 @@
 //! several leads.
 
 mod codec;
+pub mod feed;
 pub mod keys;
 
 use std::collections::HashMap;
@@ -14,9 +15,12 @@ use redis::{RedisError, Script};
 
 pub use keys::KeySpace;
 
-use super::{LeadBatch, LeadOutcome, LeadStore, StoreError};
+use super::{FeedPage, FeedPolicy, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 use crate::domain::ledger::HistoryEntry;
-use crate::domain::{IngestPolicy, LeadId, LeadProfile, LeadSnapshot, SignalStatus, Timestamp};
+use crate::domain::{
+    IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange, Timestamp,
+};
+use feed::{EntryId, FeedCursor};
 
 /// How to reach Redis and lay out keys.
 #[derive(Debug, Clone)]
@@ -33,6 +37,7 @@ pub struct RedisStore {
     keys: KeySpace,
     ingest: Script,
     upsert: Script,
+    stage: Script,
     timeout: Duration,
 }
 
@@ -53,6 +58,7 @@ impl RedisStore {
             keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
             ingest: Script::new(include_str!("ingest.lua")),
             upsert: Script::new(include_str!("upsert.lua")),
+            stage: Script::new(include_str!("stage.lua")),
             timeout: settings.command_timeout,
         })
     }
@@ -173,6 +179,129 @@ impl LeadStore for RedisStore {
                 if fields.is_empty() { Ok(None) } else { codec::decode_lead(id, fields, days).map(Some) }
             })
             .collect()
+    }
+    async fn change_stage(
+        &self,
+        lead_id: &LeadId,
+        expected: Stage,
+        changes: &[StageChange],
+        policy: &FeedPolicy,
+    ) -> Result<StageUpdate, StoreError> {
+        let keys = self.keys.lead(lead_id);
+        let records: Vec<String> = changes
+            .iter()
+            .map(|c| {
+                serde_json::to_string(c).map_err(|e| StoreError::Internal(format!("encoding a stage change: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let oldest_kept = changes.first().map_or(0, |c| (c.at.millis() - policy.retention_ms).max(0));
+        let mut inv = self.stage.prepare_invoke();
+        inv.key(&keys.lead).key(&keys.stages).key(&keys.feed);
+        inv.arg(expected.as_str()).arg(policy.history_limit.max(1)).arg(oldest_kept).arg(lead_id.as_str());
+        for (change, record) in changes.iter().zip(&records) {
+            inv.arg(change.to.as_str()).arg(change.at.millis()).arg(record);
+        }
+        let (status, current, ids): (i64, String, Vec<String>) =
+            self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        let partition = self.keys.partition(lead_id) as usize;
+        match status {
+            1 => {
+                let applied = changes
+                    .iter()
+                    .zip(ids)
+                    .map(|(change, id)| QualificationChange {
+                        lead_id: lead_id.clone(),
+                        change: change.clone(),
+                        id: format!("{partition}/{id}"),
+                        // A cursor needs every partition's position: only
+                        // the feed readers know them.
+                        cursor: String::new(),
+                    })
+                    .collect();
+                Ok(StageUpdate::Applied(applied))
+            }
+            -1 => {
+                let current = current
+                    .parse::<Stage>()
+                    .map_err(|e| StoreError::Corrupt { lead_id: lead_id.to_string(), detail: e.to_string() })?;
+                Ok(StageUpdate::Conflict { current })
+            }
+            _ => Ok(StageUpdate::NotFound),
+        }
+    }
+
+    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.lead(lead_id).stages;
+        let records: Vec<String> = self
+            .call(|mut c| async move { redis::cmd("LRANGE").arg(key).arg(0).arg(limit - 1).query_async(&mut c).await })
+            .await?;
+        records
+            .iter()
+            .map(|r| {
+                serde_json::from_str(r).map_err(|e| StoreError::Corrupt {
+                    lead_id: lead_id.to_string(),
+                    detail: format!("stage history entry: {e}"),
+                })
+            })
+            .collect()
+    }
+
+    async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
+        let cursor = FeedCursor::decode(after, self.keys.partitions())?;
+        let mut pipe = redis::pipe();
+        for (partition, position) in cursor.0.iter().enumerate() {
+            pipe.cmd("XRANGE")
+                .arg(self.keys.feed(partition as u32))
+                .arg(position.range_after())
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        let replies: Vec<redis::streams::StreamRangeReply> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let per_partition = replies
+            .into_iter()
+            .enumerate()
+            .map(|(partition, reply)| {
+                reply
+                    .ids
+                    .into_iter()
+                    .map(|entry| {
+                        let field = |name: &str| entry.get::<String>(name);
+                        match (EntryId::parse(&entry.id), field("l"), field("c")) {
+                            (Some(id), Some(lead_id), Some(record)) => {
+                                Ok(feed::Entry { partition, id, lead_id, record })
+                            }
+                            _ => Err(StoreError::Internal(format!(
+                                "malformed feed entry {} in partition {partition}",
+                                entry.id
+                            ))),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut changes = Vec::new();
+        let mut next_cursor = cursor.encode();
+        for (entry, after) in feed::merge(cursor, per_partition, limit) {
+            let lead_id = LeadId::parse(entry.lead_id.clone())
+                .map_err(|e| StoreError::Internal(format!("feed entry {} has a bad lead id: {e}", entry.id)))?;
+            let change: StageChange = serde_json::from_str(&entry.record).map_err(|e| StoreError::Corrupt {
+                lead_id: entry.lead_id.clone(),
+                detail: format!("feed entry {}: {e}", entry.id),
+            })?;
+            changes.push(QualificationChange {
+                lead_id,
+                change,
+                id: format!("{}/{}", entry.partition, entry.id),
+                cursor: after.clone(),
+            });
+            next_cursor = after;
+        }
+        Ok(FeedPage { changes, next_cursor })
     }
 }
 

@@ -1,0 +1,261 @@
+//! `leadscore.v1.Qualification`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, feed_change_to_proto, qualification_to_proto, timestamp_to_proto};
+use super::error::{ApiError, Violations};
+use super::pb::{self, qualification_server::Qualification};
+use super::state::AppState;
+use crate::domain::{Cause, LeadId, LeadSnapshot, ScoreSnapshot, StageChange};
+use crate::rules::RuleSet;
+use crate::store::StageUpdate;
+
+const DEFAULT_HISTORY: u32 = 20;
+const MAX_HISTORY: u32 = 100;
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+const MAX_ACTOR_BYTES: usize = 256;
+const MAX_REASON_BYTES: usize = 1024;
+
+pub struct QualificationService {
+    state: Arc<AppState>,
+}
+
+impl QualificationService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    async fn load(&self, lead_id: &LeadId) -> Result<LeadSnapshot, ApiError> {
+        self.state
+            .store
+            .load_leads(std::slice::from_ref(lead_id))
+            .await?
+            .pop()
+            .flatten()
+            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))
+    }
+
+    async fn qualification(&self, lead: &LeadSnapshot, history_limit: u32) -> Result<pb::LeadQualification, ApiError> {
+        let history = self.state.store.stage_history(&lead.lead_id, history_limit as usize).await?;
+        Ok(qualification_to_proto(lead, &history))
+    }
+}
+
+fn stage_changed(lead_id: &LeadId, expected: &str, current: &str) -> ApiError {
+    ApiError::FailedPrecondition {
+        message: format!("lead '{lead_id}' is in stage {current}, not {expected}"),
+        reason: "STAGE_CHANGED",
+        metadata: vec![("expected_stage".into(), expected.into()), ("current_stage".into(), current.into())],
+    }
+}
+
+fn required_lead_id(raw: String, v: &mut Violations) -> Option<LeadId> {
+    convert::lead_id(raw, "lead_id", v)
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchQualificationChangesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Qualification for QualificationService {
+    #[tracing::instrument(name = "GetQualification", skip_all, fields(lead_id))]
+    async fn get_qualification(
+        &self,
+        request: Request<pb::GetQualificationRequest>,
+    ) -> Result<Response<pb::GetQualificationResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = required_lead_id(req.lead_id, &mut v);
+        if req.history_limit > MAX_HISTORY {
+            v.add("history_limit", format!("at most {MAX_HISTORY}"));
+        }
+        let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
+        tracing::Span::current().record("lead_id", lead_id.as_str());
+        let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit };
+        let lead = self.load(&lead_id).await?;
+        let qualification = self.qualification(&lead, limit).await?;
+        Ok(Response::new(pb::GetQualificationResponse { qualification: Some(qualification) }))
+    }
+
+    #[tracing::instrument(name = "SetStage", skip_all, fields(lead_id))]
+    async fn set_stage(&self, request: Request<pb::SetStageRequest>) -> Result<Response<pb::SetStageResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = required_lead_id(req.lead_id, &mut v);
+        let to = convert::stage_from_proto(req.to, "to", &mut v);
+        if to.is_none() && v.is_empty() {
+            v.add("to", "the target stage is required");
+        }
+        let expected = convert::stage_from_proto(req.expected_stage, "expected_stage", &mut v);
+        if req.actor.trim().is_empty() || req.actor.len() > MAX_ACTOR_BYTES || req.actor.chars().any(char::is_control) {
+            v.add("actor", format!("who made the decision: 1 to {MAX_ACTOR_BYTES} bytes without control characters"));
+        }
+        if req.reason.len() > MAX_REASON_BYTES {
+            v.add("reason", format!("at most {MAX_REASON_BYTES} bytes"));
+        }
+        let (Some(lead_id), Some(to)) = v.into_result((lead_id, to))? else {
+            return Err(Status::internal("missing lead id or stage"));
+        };
+        tracing::Span::current().record("lead_id", lead_id.as_str());
+
+        let rules = self.state.rules();
+        let lead = self.load(&lead_id).await?;
+        if let Some(expected) = expected
+            && expected != lead.stage
+        {
+            return Err(stage_changed(&lead_id, expected.as_str(), lead.stage.as_str()).into());
+        }
+        let allowed = rules.manual_targets(lead.stage);
+        if !allowed.contains(&to) {
+            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+            return Err(ApiError::FailedPrecondition {
+                message: format!(
+                    "the rule set does not allow moving a lead from {} to {to}; allowed: {}",
+                    lead.stage,
+                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                ),
+                reason: "TRANSITION_NOT_ALLOWED",
+                metadata: vec![
+                    ("from".into(), lead.stage.as_str().into()),
+                    ("to".into(), to.as_str().into()),
+                    ("allowed_targets".into(), names.join(",")),
+                ],
+            }
+            .into());
+        }
+        let now = self.state.clock.now();
+        let change = StageChange {
+            from: lead.stage,
+            to,
+            cause: Cause::Manual { actor: req.actor.trim().to_owned() },
+            reason: req.reason,
+            rule_set_version: rules.version.clone(),
+            score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
+            at: now,
+        };
+        match self
+            .state
+            .store
+            .change_stage(&lead_id, lead.stage, &[change], &self.state.feed)
+            .await
+            .map_err(ApiError::from)?
+        {
+            StageUpdate::Applied(_) => {}
+            StageUpdate::Conflict { current } => {
+                return Err(stage_changed(&lead_id, lead.stage.as_str(), current.as_str()).into());
+            }
+            StageUpdate::NotFound => return Err(ApiError::NotFound(format!("lead '{lead_id}' was never seen")).into()),
+        }
+        tracing::info!(lead_id = %lead_id, from = %lead.stage, to = %to, "stage set");
+        let lead = self.load(&lead_id).await?;
+        let qualification = self.qualification(&lead, DEFAULT_HISTORY).await?;
+        Ok(Response::new(pb::SetStageResponse { qualification: Some(qualification) }))
+    }
+
+    #[tracing::instrument(name = "ListQualificationChanges", skip_all)]
+    async fn list_qualification_changes(
+        &self,
+        request: Request<pb::ListQualificationChangesRequest>,
+    ) -> Result<Response<pb::ListQualificationChangesResponse>, Status> {
+        let req = request.into_inner();
+        if req.limit > MAX_PAGE {
+            let mut v = Violations::default();
+            v.add("limit", format!("at most {MAX_PAGE}"));
+            return Err(v.into_error().into());
+        }
+        let limit = if req.limit == 0 { DEFAULT_PAGE } else { req.limit };
+        let page = self.state.store.list_changes(&req.after_cursor, limit as usize).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListQualificationChangesResponse {
+            changes: page.changes.iter().map(feed_change_to_proto).collect(),
+            next_cursor: page.next_cursor,
+        }))
+    }
+
+    type WatchQualificationChangesStream = WatchStream;
+
+    #[tracing::instrument(name = "WatchQualificationChanges", skip_all)]
+    async fn watch_qualification_changes(
+        &self,
+        request: Request<pb::WatchQualificationChangesRequest>,
+    ) -> Result<Response<Self::WatchQualificationChangesStream>, Status> {
+        let after = request.into_inner().after_cursor;
+        // Reject a bad cursor now rather than in the stream.
+        let first = self.state.store.list_changes(&after, DEFAULT_PAGE as usize).await.map_err(ApiError::from)?;
+        let (tx, rx) = mpsc::channel(DEFAULT_PAGE as usize);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut page = Ok(first);
+            let mut cursor;
+            loop {
+                match page {
+                    Ok(p) => {
+                        let idle = p.changes.is_empty();
+                        for change in &p.changes {
+                            let item = pb::WatchQualificationChangesResponse {
+                                change: Some(feed_change_to_proto(change)),
+                                cursor: change.cursor.clone(),
+                            };
+                            if tx.send(Ok(item)).await.is_err() {
+                                return; // the client went away
+                            }
+                        }
+                        cursor = p.next_cursor;
+                        if idle {
+                            tokio::select! {
+                                _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
+                                _ = tx.closed() => return,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                        return;
+                    }
+                }
+                page = state.store.list_changes(&cursor, DEFAULT_PAGE as usize).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+    }
+
+    #[tracing::instrument(name = "GetRuleSet", skip_all)]
+    async fn get_rule_set(
+        &self,
+        _: Request<pb::GetRuleSetRequest>,
+    ) -> Result<Response<pb::GetRuleSetResponse>, Status> {
+        let rules = self.state.rules();
+        Ok(Response::new(pb::GetRuleSetResponse {
+            version: rules.version.clone(),
+            agreed_by: rules.agreed_by.clone(),
+            source: rules.source.clone(),
+            loaded_at: Some(timestamp_to_proto(rules.loaded_at)),
+            origin: rules.origin.clone(),
+        }))
+    }
+
+    #[tracing::instrument(name = "ValidateRuleSet", skip_all)]
+    async fn validate_rule_set(
+        &self,
+        request: Request<pb::ValidateRuleSetRequest>,
+    ) -> Result<Response<pb::ValidateRuleSetResponse>, Status> {
+        let source = request.into_inner().source;
+        let response = match RuleSet::parse_with_approvers(&source, &self.state.required_approvers) {
+            Ok(rules) => pb::ValidateRuleSetResponse { valid: true, errors: Vec::new(), summary: rules.summary() },
+            Err(errors) => pb::ValidateRuleSetResponse {
+                valid: false,
+                errors: errors
+                    .into_iter()
+                    .map(|e| pb::RuleSetError { line: e.line as u32, column: e.column as u32, message: e.message })
+                    .collect(),
+                summary: String::new(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
