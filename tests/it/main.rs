@@ -6,3 +6,4 @@ mod contract;
 mod grpc;
 mod helpers;
 mod lifecycle;
+mod qualification;

@@ -1,0 +1,328 @@
+//! Qualification end to end: rules move leads, the CRM moves them, the
+//! change feed tells the CRM, exactly once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use leadscore::api::pb;
+use leadscore::api::pb::qualification_client::QualificationClient;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+use crate::helpers::{DAY, RedisServer, TestApp, now_millis, record, settings, signal};
+
+async fn app() -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    (redis, app)
+}
+
+async fn qualification(app: &TestApp) -> QualificationClient<Channel> {
+    QualificationClient::new(app.channel().await)
+}
+
+async fn upsert(app: &TestApp, lead: &str, attributes: &[(&str, &str)]) {
+    let attributes: HashMap<String, String> = attributes.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    app.client()
+        .await
+        .upsert_lead(pb::UpsertLeadRequest {
+            lead: Some(pb::Lead { lead_id: lead.into(), attributes, ..Default::default() }),
+        })
+        .await
+        .unwrap();
+}
+
+async fn stage_of(app: &TestApp, lead: &str) -> pb::Stage {
+    qualification(app)
+        .await
+        .get_qualification(pb::GetQualificationRequest { lead_id: lead.into(), history_limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .qualification
+        .unwrap()
+        .stage()
+}
+
+/// Every change in the feed from the start.
+async fn feed(app: &TestApp) -> Vec<pb::QualificationChange> {
+    let mut client = qualification(app).await;
+    let (mut all, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_qualification_changes(pb::ListQualificationChangesRequest { after_cursor: cursor.clone(), limit: 2 })
+            .await
+            .unwrap()
+            .into_inner();
+        if page.changes.is_empty() {
+            return all;
+        }
+        all.extend(page.changes);
+        cursor = page.next_cursor;
+    }
+}
+
+fn moves(changes: &[pb::QualificationChange], lead: &str) -> Vec<(pb::Stage, pb::Stage, String)> {
+    changes
+        .iter()
+        .filter(|c| c.lead_id == lead)
+        .map(|c| {
+            let ch = c.change.as_ref().unwrap();
+            (ch.from(), ch.to(), if ch.rule_id.is_empty() { ch.actor.clone() } else { ch.rule_id.clone() })
+        })
+        .collect()
+}
+
+/// Four content downloads on different days: about 30 behaviour points.
+fn downloads(lead: &str, prefix: &str) -> Vec<pb::Signal> {
+    let now = now_millis();
+    (0..4).map(|i| signal(&format!("{prefix}{i}"), lead, "content_download", now - i * 60_000)).collect()
+}
+
+#[tokio::test]
+async fn a_lead_climbs_lead_mql_sql_from_signals_alone() {
+    let (_redis, app) = app().await;
+    upsert(&app, "ada", &[("seniority", "director"), ("company_size", "500")]).await;
+    let mut scoring = app.client().await;
+    let response = scoring.record_signals(record(downloads("ada", "d"))).await.unwrap().into_inner();
+    assert_eq!(response.scores[0].stage(), pb::Stage::Mql, "the score in the response reflects the new stage");
+    scoring.record_signals(record(vec![signal("demo", "ada", "demo_requested", now_millis())])).await.unwrap();
+    assert_eq!(stage_of(&app, "ada").await, pb::Stage::Sql);
+
+    let changes = feed(&app).await;
+    assert_eq!(
+        moves(&changes, "ada"),
+        [
+            (pb::Stage::Lead, pb::Stage::Mql, "mql_engaged_and_fit".to_string()),
+            (pb::Stage::Mql, pb::Stage::Sql, "sql_hand_raiser".to_string()),
+        ]
+    );
+    for c in &changes {
+        let ch = c.change.as_ref().unwrap();
+        assert_eq!(ch.rule_set_version, "2026.11.1");
+        assert!(ch.score.as_ref().unwrap().total > 0.0);
+    }
+    let q = qualification(&app)
+        .await
+        .get_qualification(pb::GetQualificationRequest { lead_id: "ada".into(), history_limit: 10 })
+        .await
+        .unwrap()
+        .into_inner()
+        .qualification
+        .unwrap();
+    assert_eq!((q.stage(), q.rule_id.as_str()), (pb::Stage::Sql, "sql_hand_raiser"));
+    assert_eq!(q.history.len(), 2);
+}
+
+#[tokio::test]
+async fn the_crm_moves_leads_within_the_rules() {
+    let (_redis, app) = app().await;
+    upsert(&app, "bo", &[("seniority", "vp")]).await;
+    app.client().await.record_signals(record(downloads("bo", "d"))).await.unwrap();
+    assert_eq!(stage_of(&app, "bo").await, pb::Stage::Mql);
+    let mut crm = qualification(&app).await;
+
+    // Stale expectation: the CRM thought the lead was still a LEAD.
+    let stale = crm
+        .set_stage(pb::SetStageRequest {
+            lead_id: "bo".into(),
+            to: pb::Stage::Sal.into(),
+            actor: "rep@crm".into(),
+            reason: "accepted".into(),
+            expected_stage: pb::Stage::Lead.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    let info = stale.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "STAGE_CHANGED");
+    assert_eq!(info.metadata["current_stage"], "MQL");
+
+    // Not allowed by the rule set: MQL straight to CUSTOMER.
+    let refused = crm
+        .set_stage(pb::SetStageRequest {
+            lead_id: "bo".into(),
+            to: pb::Stage::Customer.into(),
+            actor: "rep@crm".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let info = refused.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "TRANSITION_NOT_ALLOWED");
+    assert_eq!(info.metadata["allowed_targets"], "SAL,SQL,RECYCLED,DISQUALIFIED");
+
+    // Missing actor and target are field violations.
+    let invalid = crm.set_stage(pb::SetStageRequest { lead_id: "bo".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(crate::helpers::violated_fields(&invalid), ["to", "actor"]);
+
+    // Accepted with the right expectation.
+    let accepted = crm
+        .set_stage(pb::SetStageRequest {
+            lead_id: "bo".into(),
+            to: pb::Stage::Sal.into(),
+            actor: "rep@crm".into(),
+            reason: "accepted".into(),
+            expected_stage: pb::Stage::Mql.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .qualification
+        .unwrap();
+    assert_eq!(
+        (accepted.stage(), accepted.actor.as_str(), accepted.reason.as_str()),
+        (pb::Stage::Sal, "rep@crm", "accepted")
+    );
+    let ghost = crm
+        .set_stage(pb::SetStageRequest {
+            lead_id: "ghost".into(),
+            to: pb::Stage::Sal.into(),
+            actor: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ghost.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn a_recycled_lead_waits_for_new_engagement() {
+    let (_redis, app) = app().await;
+    upsert(&app, "cy", &[("seniority", "vp")]).await;
+    let mut scoring = app.client().await;
+    scoring.record_signals(record(downloads("cy", "d"))).await.unwrap();
+    qualification(&app)
+        .await
+        .set_stage(pb::SetStageRequest {
+            lead_id: "cy".into(),
+            to: pb::Stage::Recycled.into(),
+            actor: "rep@crm".into(),
+            reason: "not ready".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // A profile change is no engagement: the score is still high, the lead stays put.
+    upsert(&app, "cy", &[("seniority", "vp"), ("country", "de")]).await;
+    assert_eq!(stage_of(&app, "cy").await, pb::Stage::Recycled);
+    // A duplicate is no engagement either.
+    scoring.record_signals(record(downloads("cy", "d"))).await.unwrap();
+    assert_eq!(stage_of(&app, "cy").await, pb::Stage::Recycled);
+    // New engagement reopens it.
+    scoring.record_signals(record(vec![signal("new", "cy", "page_view", now_millis())])).await.unwrap();
+    assert_eq!(stage_of(&app, "cy").await, pb::Stage::Mql);
+    assert_eq!(
+        moves(&feed(&app).await, "cy"),
+        [
+            (pb::Stage::Lead, pb::Stage::Mql, "mql_engaged_and_fit".to_string()),
+            (pb::Stage::Mql, pb::Stage::Recycled, "rep@crm".to_string()),
+            (pb::Stage::Recycled, pb::Stage::Mql, "mql_engaged_and_fit".to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn concurrent_signals_make_exactly_one_mql_change() {
+    let (_redis, app) = app().await;
+    upsert(&app, "hot", &[("seniority", "vp")]).await;
+    let now = now_millis();
+    let calls = (0..100).map(|i| {
+        let app = &app;
+        async move {
+            let mut client = app.client().await;
+            // One per day, so no daily cap interferes.
+            let s = signal(&format!("c{i}"), "hot", "content_download", now - i * DAY / 2);
+            client.record_signals(record(vec![s])).await.unwrap();
+        }
+    });
+    futures::future::join_all(calls).await;
+    assert_eq!(stage_of(&app, "hot").await, pb::Stage::Mql);
+    assert_eq!(moves(&feed(&app).await, "hot"), [(pb::Stage::Lead, pb::Stage::Mql, "mql_engaged_and_fit".to_string())]);
+}
+
+#[tokio::test]
+async fn the_feed_resumes_from_a_cursor_after_a_restart() {
+    let redis = RedisServer::start();
+    let first = TestApp::spawn(settings(Some(redis.url()))).await;
+    for lead in ["r1", "r2", "r3"] {
+        upsert(&first, lead, &[("seniority", "vp")]).await;
+        first.client().await.record_signals(record(downloads(lead, lead))).await.unwrap();
+    }
+    let page = qualification(&first)
+        .await
+        .list_qualification_changes(pb::ListQualificationChangesRequest { after_cursor: String::new(), limit: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.changes.len(), 1);
+    first.stop().await;
+
+    let second = TestApp::spawn(settings(Some(redis.url()))).await;
+    let rest = qualification(&second)
+        .await
+        .list_qualification_changes(pb::ListQualificationChangesRequest { after_cursor: page.next_cursor, limit: 100 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut leads: Vec<_> = page.changes.iter().chain(&rest.changes).map(|c| c.lead_id.clone()).collect();
+    leads.sort();
+    assert_eq!(leads, ["r1", "r2", "r3"], "each change exactly once across the restart");
+    let bad = qualification(&second)
+        .await
+        .list_qualification_changes(pb::ListQualificationChangesRequest { after_cursor: "nope".into(), limit: 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(crate::helpers::violated_fields(&bad), ["after_cursor"]);
+}
+
+#[tokio::test]
+async fn watchers_receive_each_change_once_and_can_resume() {
+    let (_redis, app) = app().await;
+    let mut crm = qualification(&app).await;
+    let mut stream = crm
+        .watch_qualification_changes(pb::WatchQualificationChangesRequest { after_cursor: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    upsert(&app, "w1", &[("seniority", "vp")]).await;
+    app.client().await.record_signals(record(downloads("w1", "a"))).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(first.change.as_ref().unwrap().lead_id, "w1");
+    drop(stream);
+
+    // A change while the watcher is away arrives when it resumes, alone.
+    upsert(&app, "w2", &[("seniority", "vp")]).await;
+    app.client().await.record_signals(record(downloads("w2", "b"))).await.unwrap();
+    let mut resumed = crm
+        .watch_qualification_changes(pb::WatchQualificationChangesRequest { after_cursor: first.cursor })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = tokio::time::timeout(Duration::from_secs(5), resumed.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.change.as_ref().unwrap().lead_id, "w2");
+    let nothing_more = tokio::time::timeout(Duration::from_millis(600), resumed.message()).await;
+    assert!(nothing_more.is_err(), "no duplicate: {nothing_more:?}");
+}
+
+#[tokio::test]
+async fn rule_sets_can_be_read_and_validated() {
+    let (_redis, app) = app().await;
+    let mut client = qualification(&app).await;
+    let active = client.get_rule_set(pb::GetRuleSetRequest {}).await.unwrap().into_inner();
+    assert_eq!(active.version, "2026.11.1");
+    assert_eq!(active.agreed_by, ["marketing", "sales"]);
+    assert_eq!(active.source, leadscore::DEFAULT_RULES);
+    let broken = leadscore::DEFAULT_RULES.replace("score.behavior >= 30.0", "score.behaviour >= 30.0");
+    let checked =
+        client.validate_rule_set(pb::ValidateRuleSetRequest { source: broken.clone() }).await.unwrap().into_inner();
+    assert!(!checked.valid);
+    let line = broken[..broken.find("score.behaviour").unwrap()].matches('\n').count() as u32 + 1;
+    assert_eq!(checked.errors.len(), 1);
+    assert_eq!(checked.errors[0].line, line);
+    assert!(checked.errors[0].message.contains("mql_engaged_and_fit"));
+    let ok = client.validate_rule_set(pb::ValidateRuleSetRequest { source: active.source }).await.unwrap().into_inner();
+    assert!(ok.valid && ok.summary.contains("4 qualification rules"));
+}
