@@ -72,6 +72,8 @@ pub struct Settings {
     pub feed_retention: Millis,
     /// How often a WatchQualificationChanges stream looks for new changes.
     pub feed_poll_interval: Millis,
+    /// How often the rule file is checked for changes (SIGHUP also reloads).
+    pub rules_reload_interval: Millis,
 }
 
 impl Default for Settings {
@@ -94,12 +96,13 @@ impl Default for Settings {
             stage_history_limit: 50,
             feed_retention: Millis(30 * DAY),
             feed_poll_interval: Millis(250),
+            rules_reload_interval: Millis(2_000),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -116,6 +119,7 @@ pub const KEYS: [&str; 16] = [
     "stage_history_limit",
     "feed_retention",
     "feed_poll_interval",
+    "rules_reload_interval",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +167,7 @@ impl Settings {
             ("health_interval", self.health_interval),
             ("feed_retention", self.feed_retention),
             ("feed_poll_interval", self.feed_poll_interval),
+            ("rules_reload_interval", self.rules_reload_interval),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));

@@ -5,6 +5,7 @@
 //! - `rules`     — the rule-set file: parse, validate, compile (pure)
 //! - `store`     — `LeadStore` trait; Redis (Lua scripts) and in-memory stores
 //! - `engine`    — applying qualification rules to stored leads
+//! - `reload`    — hot reload of the rule file (SIGHUP, file change)
 //! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
 //! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod reload;
 pub mod rules;
 pub mod startup;
 pub mod store;

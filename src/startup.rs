@@ -154,6 +154,15 @@ impl Application {
             stopping_rx,
         ));
 
+        let reload_task = self.settings.rules.clone().map(|path| {
+            tokio::spawn(crate::reload::watch_rule_file(
+                self.state.clone(),
+                path,
+                self.settings.rules_reload_interval.duration(),
+                stopping_tx.subscribe(),
+            ))
+        });
+
         let router = Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -177,6 +186,9 @@ impl Application {
         tracing::info!(grace = ?self.settings.shutdown_grace.duration(), "shutting down: draining in-flight calls");
         let _ = stopping_tx.send(true);
         let _ = health_task.await;
+        if let Some(task) = reload_task {
+            let _ = task.await;
+        }
         set_status(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace.duration(), &mut server).await {

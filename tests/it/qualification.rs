@@ -326,3 +326,47 @@ async fn rule_sets_can_be_read_and_validated() {
     let ok = client.validate_rule_set(pb::ValidateRuleSetRequest { source: active.source }).await.unwrap().into_inner();
     assert!(ok.valid && ok.summary.contains("4 qualification rules"));
 }
+
+async fn active_version(app: &TestApp) -> String {
+    qualification(app).await.get_rule_set(pb::GetRuleSetRequest {}).await.unwrap().into_inner().version
+}
+
+async fn wait_for_version(app: &TestApp, want: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while active_version(app).await != want {
+        assert!(std::time::Instant::now() < deadline, "rule set {want} was not activated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    let app = TestApp::spawn(s).await;
+    assert_eq!(active_version(&app).await, "2026.11.1");
+
+    // A stricter MQL threshold, activated by the file change.
+    let stricter = leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", "version = \"2026.11.2\"")
+        .replace("score.behavior >= 30.0", "score.behavior >= 300.0");
+    std::fs::write(&path, &stricter).unwrap();
+    wait_for_version(&app, "2026.11.2").await;
+    upsert(&app, "strict", &[("seniority", "vp")]).await;
+    app.client().await.record_signals(record(downloads("strict", "d"))).await.unwrap();
+    assert_eq!(stage_of(&app, "strict").await, pb::Stage::Lead, "the new threshold applies");
+
+    // A broken file is refused; the last good set keeps serving.
+    let broken = stricter
+        .replace("version = \"2026.11.2\"", "version = \"2026.11.3\"")
+        .replace("score.behavior", "score.behaviour");
+    std::fs::write(&path, broken).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(active_version(&app).await, "2026.11.2");
+    app.client().await.record_signals(record(vec![signal("x", "strict", "page_view", now_millis())])).await.unwrap();
+}

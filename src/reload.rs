@@ -1,0 +1,102 @@
+//! Hot reload of the rule file: on SIGHUP, and when the file's content
+//! changes (checked every `rules_reload_interval`; polling also sees a
+//! Kubernetes ConfigMap swap its symlinks). A valid new file replaces the
+//! active rule set atomically; an invalid one is logged with every error and
+//! refused, and the old set keeps serving.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::AppState;
+use crate::rules::RuleSet;
+
+/// What a reload attempt did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    Unchanged,
+    Activated { version: String },
+    Refused { errors: usize },
+    Unreadable,
+}
+
+fn fingerprint(source: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    source.hash(&mut h);
+    h.finish()
+}
+
+/// Reads the file and activates it if it changed and is valid.
+pub fn reload_once(state: &AppState, path: &PathBuf, last: &mut u64) -> Reload {
+    let source = match std::fs::read_to_string(path) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot read the rule file; keeping the active rule set");
+            return Reload::Unreadable;
+        }
+    };
+    let print = fingerprint(&source);
+    if print == *last {
+        return Reload::Unchanged;
+    }
+    *last = print;
+    match RuleSet::parse_with_approvers(&source, &state.required_approvers) {
+        Ok(rules) => {
+            let version = rules.version.clone();
+            let previous = state.rules().version.clone();
+            state.replace_rules(rules, path.display().to_string());
+            tracing::info!(path = %path.display(), %version, %previous, "rule set reloaded");
+            Reload::Activated { version }
+        }
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!(path = %path.display(), line = e.line, column = e.column, "{}", e.message);
+            }
+            tracing::error!(
+                path = %path.display(),
+                errors = errors.len(),
+                active = %state.rules().version,
+                "new rule file refused; the active rule set keeps serving"
+            );
+            Reload::Refused { errors: errors.len() }
+        }
+    }
+}
+
+/// Watches `path` until `stopping` turns true.
+pub async fn watch_rule_file(
+    state: Arc<AppState>,
+    path: PathBuf,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut last = std::fs::read_to_string(&path).map(|s| fingerprint(&s)).unwrap_or_default();
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let sighup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let sighup = std::future::pending::<()>();
+        tokio::select! {
+            () = sighup => {
+                tracing::info!("SIGHUP: re-reading the rule file");
+                // A signal re-checks even unchanged content (and says so).
+                last = 0;
+            }
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.changed() => return,
+        }
+        reload_once(&state, &path, &mut last);
+    }
+}
