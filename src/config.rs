@@ -84,7 +84,7 @@ impl Default for Settings {
             redis_url: None,
             rules: None,
             redis_key_prefix: "ls".into(),
-            redis_partitions: 256,
+            redis_partitions: 64,
             redis_timeout: Millis(2_000),
             max_batch_size: 1000,
             dedupe_window: Millis(7 * DAY),
