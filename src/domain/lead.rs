@@ -27,6 +27,9 @@ pub struct LeadSnapshot {
     pub stage_since: Timestamp,
     /// When the last counted signal was recorded (arrival, not occurrence).
     pub last_engaged_at: Option<Timestamp>,
+    /// Signals ever recorded (duplicates excluded, capped ones included):
+    /// when the raw history holds this many, it holds them all.
+    pub recorded: u64,
     /// Keyed by signal type.
     pub tallies: BTreeMap<String, TypeTally>,
     /// Signals recorded per type per UTC day of `occurred_at` (capped ones
@@ -45,6 +48,7 @@ impl LeadSnapshot {
             stage: Stage::Lead,
             stage_since: now,
             last_engaged_at: None,
+            recorded: 0,
             tallies: BTreeMap::new(),
             daily: BTreeMap::new(),
         }

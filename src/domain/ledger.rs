@@ -49,15 +49,20 @@ pub struct HistoryEntry {
     pub occurred_at_ms: i64,
     #[serde(rename = "p", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// When it was recorded: replaying the history in arrival order
+    /// reproduces caps and de-duplication exactly.
+    #[serde(rename = "a")]
+    pub arrived_at_ms: i64,
 }
 
 impl HistoryEntry {
-    pub fn of(signal: &ScoredSignal) -> Self {
+    pub fn of(signal: &ScoredSignal, arrived_at: Timestamp) -> Self {
         Self {
             event_id: signal.event_id.as_str().to_owned(),
             signal_type: signal.signal_type.clone(),
             occurred_at_ms: signal.occurred_at.millis(),
             properties: signal.properties.clone(),
+            arrived_at_ms: arrived_at.millis(),
         }
     }
 
@@ -90,6 +95,7 @@ impl LeadLedger {
             return SignalStatus::Duplicate;
         }
         self.seen.insert(signal.event_id.as_str().to_owned(), now);
+        lead.recorded += 1;
 
         let per_day = lead.daily.entry(signal.signal_type.clone()).or_default();
         let n = per_day.entry(signal.occurred_at.utc_day()).or_insert(0);
@@ -104,7 +110,7 @@ impl LeadLedger {
         }
 
         if policy.history_limit > 0 {
-            self.history.push_front(HistoryEntry::of(signal));
+            self.history.push_front(HistoryEntry::of(signal, now));
             self.history.truncate(policy.history_limit);
         }
 

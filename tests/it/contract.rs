@@ -351,12 +351,12 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     record(&store, &lead, signals).await;
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 4, "{keys:?}");
+    assert_eq!(keys.len(), 5, "{keys:?}");
     // The stage history and the partition's feed share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
     store.change_stage(&lead, Stage::Lead, &[change], &FEED).await.unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    assert_eq!(keys.len(), 7, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()

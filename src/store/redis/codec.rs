@@ -6,6 +6,7 @@
 //! | `st`            | stage name (`LEAD`, `MQL`, …)                     |
 //! | `ss`            | when the lead entered its stage, ms               |
 //! | `le`            | when the last counted signal arrived, ms          |
+//! | `nr`            | signals recorded (not duplicates), ever           |
 //! | `acc`           | account id                                        |
 //! | `a:<name>`      | profile attribute                                 |
 //! | `n:<type>`      | counted signals of the type                       |
@@ -47,6 +48,7 @@ pub fn decode_lead(
                 "c" => lead.created_at = Timestamp::from_millis(int()?),
                 "ss" => lead.stage_since = Timestamp::from_millis(int()?),
                 "le" => lead.last_engaged_at = Some(Timestamp::from_millis(int()?)),
+                "nr" => lead.recorded = u64::try_from(int()?).map_err(|_| corrupt("field 'nr' is negative".into()))?,
                 "st" => lead.stage = value.parse::<Stage>().map_err(|e| corrupt(e.to_string()))?,
                 "acc" => {
                     lead.account_id = Some(AccountId::parse(value).map_err(|e| corrupt(format!("account id {e}")))?)

@@ -4,22 +4,24 @@
 -- src/domain/decay.rs: keep them in step.
 --
 -- KEYS: 1 lead hash, 2 seen event ids (zset), 3 signals per type per UTC
---       day (hash, `<type>:<day>`), 4 raw history (list)
--- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, n_models,
---       the n_models model names, then per signal:
+--       day (hash, `<type>:<day>`), 4 raw history (list), 5 the partition's
+--       lead index (zset: lead id by created_at)
+-- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, lead id,
+--       n_models, the n_models model names, then per signal:
 --       event_id, type, occurred_at_ms, daily_cap (0 = none), history record,
 --       and per model (in the order named): half_life_ms (0 = none), points
 -- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead,
 --            HGETALL days }
-local lead, seen, days, hist = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lead, seen, days, hist, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
 local hist_limit = tonumber(ARGV[4])
-local n_models = tonumber(ARGV[5])
+local lead_id = ARGV[5]
+local n_models = tonumber(ARGV[6])
 local models = {}
 for m = 1, n_models do
-  models[m] = ARGV[5 + m]
+  models[m] = ARGV[6 + m]
 end
 local DAY = 86400000
 local oldest_day = math.floor((now - retention) / DAY)
@@ -27,11 +29,12 @@ local oldest_day = math.floor((now - retention) / DAY)
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
 if redis.call('EXISTS', lead) == 0 then
   redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD', 'ss', ARGV[1])
+  redis.call('ZADD', index, ARGV[1], lead_id)
 end
 
 local statuses = {}
 local used_history, engaged = false, false
-local i = 6 + n_models
+local i = 7 + n_models
 while i <= #ARGV do
   local event_id, typ, at_text = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local at, cap, record = tonumber(at_text), tonumber(ARGV[i + 3]), ARGV[i + 4]
@@ -41,6 +44,7 @@ while i <= #ARGV do
     statuses[#statuses + 1] = 2
   else
     redis.call('ZADD', seen, now, event_id)
+    redis.call('HINCRBY', lead, 'nr', 1)
     local n = redis.call('HINCRBY', days, typ .. ':' .. math.floor(at / DAY), 1)
     if n == 1 then
       -- A new day counter: forget the days past retention.

@@ -33,6 +33,8 @@ pub struct LeadKeys {
     pub stages: String,
     /// Stream: the qualification change feed of the lead's partition.
     pub feed: String,
+    /// Sorted set: the partition's lead ids by created_at.
+    pub index: String,
 }
 
 impl KeySpace {
@@ -60,6 +62,11 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:feed:stages", self.prefix)
     }
 
+    /// The ids of a partition's leads, by created_at.
+    pub fn index(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:leads", self.prefix)
+    }
+
     pub fn lead(&self, lead: &LeadId) -> LeadKeys {
         let partition = self.partition(lead);
         let base = format!("{}:{{p{partition}}}:lead:{}", self.prefix, encode(lead.as_str()));
@@ -69,6 +76,7 @@ impl KeySpace {
             history: format!("{base}:hist"),
             stages: format!("{base}:stages"),
             feed: self.feed(partition),
+            index: self.index(partition),
             lead: base,
         }
     }

@@ -111,9 +111,11 @@ impl LeadStore for RedisStore {
         let mut inv = self.upsert.prepare_invoke();
         inv.key(&keys.lead)
             .key(&keys.days)
+            .key(&keys.index)
             .arg(now.millis())
             .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
-            .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default());
+            .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default())
+            .arg(profile.lead_id.as_str());
         for (name, value) in &profile.attributes {
             inv.arg(name).arg(value);
         }
@@ -314,8 +316,9 @@ impl RedisStore {
     ) -> redis::ScriptInvocation<'a> {
         let keys = self.keys.lead(&batch.lead_id);
         let mut inv = self.ingest.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history);
+        inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
+        inv.arg(batch.lead_id.as_str());
         // Every signal carries one weight per model, in the same order.
         let models: Vec<&str> =
             batch.signals.first().map(|s| s.weights.iter().map(|w| w.model.as_str()).collect()).unwrap_or_default();
@@ -329,7 +332,7 @@ impl RedisStore {
                 .arg(&s.signal_type)
                 .arg(s.occurred_at.millis())
                 .arg(s.daily_cap.unwrap_or(0))
-                .arg(HistoryEntry::of(s).encode());
+                .arg(HistoryEntry::of(s, now).encode());
             for w in &s.weights {
                 inv.arg(format!("{:?}", w.decay.half_life_millis())).arg(format!("{:?}", w.points));
             }

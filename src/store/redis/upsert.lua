@@ -1,7 +1,8 @@
 -- Creates a lead or replaces its profile, atomically; signals are kept.
--- KEYS: 1 lead hash, 2 its per-day signal counters (read only)
+-- KEYS: 1 lead hash, 2 its per-day signal counters (read only), 3 the
+--       partition's lead index (zset: lead id by created_at)
 -- ARGV: now_ms, created_at_ms ('' = keep, or now for a new lead),
---       account_id ('' = none), then attribute name, value pairs
+--       account_id ('' = none), lead id, then attribute name, value pairs
 -- Returns: { HGETALL lead, HGETALL days }
 local lead = KEYS[1]
 for _, field in ipairs(redis.call('HKEYS', lead)) do
@@ -20,7 +21,8 @@ if ARGV[3] ~= '' then
 else
   redis.call('HDEL', lead, 'acc')
 end
-for i = 4, #ARGV, 2 do
+redis.call('ZADD', KEYS[3], redis.call('HGET', lead, 'c'), ARGV[4])
+for i = 5, #ARGV, 2 do
   redis.call('HSET', lead, 'a:' .. ARGV[i], ARGV[i + 1])
 end
 return { redis.call('HGETALL', lead), redis.call('HGETALL', KEYS[2]) }
