@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod jobs;
 mod qualification;
 mod scoring;
 mod state;

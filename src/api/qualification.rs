@@ -10,11 +10,13 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, feed_change_to_proto, qualification_to_proto, timestamp_to_proto};
 use super::error::{ApiError, Violations};
+use super::jobs::JobState;
 use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
 use crate::domain::{Cause, LeadId, LeadSnapshot, ScoreSnapshot, StageChange};
 use crate::rules::RuleSet;
 use crate::store::StageUpdate;
+use std::sync::atomic::Ordering::Relaxed;
 
 const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 100;
@@ -257,5 +259,110 @@ impl Qualification for QualificationService {
             },
         };
         Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(name = "SimulateRuleSet", skip_all)]
+    async fn simulate_rule_set(
+        &self,
+        request: Request<pb::SimulateRuleSetRequest>,
+    ) -> Result<Response<pb::SimulateRuleSetResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        if req.sample_limit > 100 {
+            v.add("sample_limit", "at most 100");
+        }
+        let candidate = match RuleSet::parse_with_approvers(&req.source, &self.state.required_approvers) {
+            Ok(rules) => Some(rules),
+            Err(errors) => {
+                for e in errors.iter().take(20) {
+                    v.add("source", e.to_string());
+                }
+                None
+            }
+        };
+        let Some(candidate) = v.into_result(candidate)? else { return Err(Status::internal("missing rule set")) };
+        let sample = if req.sample_limit == 0 { 5 } else { req.sample_limit as usize };
+        let now = self.state.clock.now();
+        let simulation =
+            crate::engine::simulate(self.state.store.as_ref(), &candidate, &self.state.policy, now, sample)
+                .await
+                .map_err(ApiError::from)?;
+        Ok(Response::new(simulation_to_proto(&candidate.version, &simulation)))
+    }
+
+    #[tracing::instrument(name = "Rescore", skip_all)]
+    async fn rescore(&self, _: Request<pb::RescoreRequest>) -> Result<Response<pb::RescoreResponse>, Status> {
+        let rules = self.state.rules();
+        let (job, started) = self.state.jobs.start(&rules.version, self.state.clock.now());
+        if started {
+            let state = self.state.clone();
+            let job = job.clone();
+            tokio::spawn(async move {
+                tracing::info!(job_id = %job.id, version = %job.rule_set_version, "rescore started");
+                let outcome = crate::engine::rescore(&state, &job.progress).await;
+                let now = state.clock.now();
+                match outcome {
+                    Ok(()) => {
+                        tracing::info!(job_id = %job.id, processed = job.progress.processed.load(Relaxed), "rescore done");
+                        job.finish(JobState::Done, now);
+                    }
+                    Err(e) => {
+                        tracing::error!(job_id = %job.id, error = %e, "rescore failed");
+                        job.finish(JobState::Failed(e.to_string()), now);
+                    }
+                }
+            });
+        }
+        Ok(Response::new(pb::RescoreResponse { job_id: job.id.clone(), started }))
+    }
+
+    #[tracing::instrument(name = "GetRescoreJob", skip_all)]
+    async fn get_rescore_job(
+        &self,
+        request: Request<pb::GetRescoreJobRequest>,
+    ) -> Result<Response<pb::GetRescoreJobResponse>, Status> {
+        let id = request.into_inner().job_id;
+        let job = self
+            .state
+            .jobs
+            .get(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("no rescore job '{id}' on this replica")))?;
+        let (state, finished_at) = job.state();
+        let (state, error) = match state {
+            JobState::Running => (pb::RescoreState::Running, String::new()),
+            JobState::Done => (pb::RescoreState::Done, String::new()),
+            JobState::Failed(e) => (pb::RescoreState::Failed, e),
+        };
+        let p = &job.progress;
+        Ok(Response::new(pb::GetRescoreJobResponse {
+            job_id: job.id.clone(),
+            state: state.into(),
+            processed: p.processed.load(Relaxed),
+            total: p.total.load(Relaxed),
+            rebuilt: p.rebuilt.load(Relaxed),
+            stage_changes: p.stage_changes.load(Relaxed),
+            rule_set_version: job.rule_set_version.clone(),
+            started_at: Some(timestamp_to_proto(job.started_at)),
+            finished_at: finished_at.map(timestamp_to_proto),
+            error,
+        }))
+    }
+}
+
+pub fn simulation_to_proto(version: &str, s: &crate::engine::Simulation) -> pb::SimulateRuleSetResponse {
+    pb::SimulateRuleSetResponse {
+        version: version.to_owned(),
+        leads_evaluated: s.leads_evaluated,
+        leads_rebuilt: s.leads_rebuilt,
+        transitions: s
+            .transitions
+            .iter()
+            .map(|t| pb::StageTransition {
+                from: convert::stage_to_proto(t.from).into(),
+                to: convert::stage_to_proto(t.to).into(),
+                count: t.count,
+                example_lead_ids: t.examples.iter().map(ToString::to_string).collect(),
+            })
+            .collect(),
     }
 }

@@ -44,6 +44,7 @@ pub struct AppState {
     pub limits: Limits,
     /// Teams every rule set must be agreed by.
     pub required_approvers: Vec<String>,
+    pub jobs: super::jobs::Jobs,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -60,7 +61,16 @@ impl AppState {
         required_approvers: Vec<String>,
     ) -> Self {
         let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
-        Self { store, clock, policy, feed, limits, required_approvers, rules: RwLock::new(Arc::new(active)) }
+        Self {
+            store,
+            clock,
+            policy,
+            feed,
+            limits,
+            required_approvers,
+            jobs: Default::default(),
+            rules: RwLock::new(Arc::new(active)),
+        }
     }
 
     /// The active rule set. A request takes it once and uses that one

@@ -123,6 +123,7 @@ impl LeadLedger {
         }
     }
 
+    /// Newest first.
     pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
         self.history.iter()
     }

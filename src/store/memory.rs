@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{FeedPage, FeedPolicy, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange, Timestamp,
 };
@@ -151,5 +152,35 @@ impl LeadStore for MemoryStore {
             })
             .collect();
         Ok(FeedPage { next_cursor: cursor(start + changes.len()), changes })
+    }
+
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    async fn lead_ids(&self, _partition: u32) -> Result<Vec<LeadId>, StoreError> {
+        let mut ids: Vec<LeadId> = self.data().leads.keys().cloned().collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError> {
+        let data = self.data();
+        Ok(ids
+            .iter()
+            .map(|id| data.leads.get(id).map(|l| l.ledger.history().cloned().collect()).unwrap_or_default())
+            .collect())
+    }
+
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        let Some(lead) = data.leads.get_mut(&rebuilt.lead_id) else { return Ok(false) };
+        if lead.snapshot.recorded != rebuilt.recorded {
+            return Ok(false);
+        }
+        lead.snapshot.tallies = rebuilt.tallies.clone();
+        lead.snapshot.daily = rebuilt.daily.clone();
+        lead.snapshot.last_engaged_at = rebuilt.last_engaged_at;
+        Ok(true)
     }
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 pub use memory::MemoryStore;
 
+use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
     StageChange, Timestamp,
@@ -119,4 +120,18 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// Changes after `cursor` (empty: from the oldest kept), at most `limit`.
     async fn list_changes(&self, cursor: &str, limit: usize) -> Result<FeedPage, StoreError>;
+
+    /// How many partitions `lead_ids` walks.
+    fn partitions(&self) -> u32;
+
+    /// Every lead id of one partition (for rule simulation and rescoring).
+    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError>;
+
+    /// Each lead's raw signal history, newest first.
+    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError>;
+
+    /// Replaces the lead's tallies, day counters and last engagement with
+    /// `rebuilt`'s, if it still has `rebuilt.recorded` signals (no signal
+    /// arrived meanwhile). Returns whether it did.
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError>;
 }

@@ -370,3 +370,132 @@ async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
     assert_eq!(active_version(&app).await, "2026.11.2");
     app.client().await.record_signals(record(vec![signal("x", "strict", "page_view", now_millis())])).await.unwrap();
 }
+
+async fn score(app: &TestApp, lead: &str) -> pb::LeadScore {
+    let mut c = app.client().await;
+    c.score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .score
+        .unwrap()
+}
+
+async fn rescore_and_wait(app: &TestApp) -> pb::GetRescoreJobResponse {
+    let mut client = qualification(app).await;
+    let job = client.rescore(pb::RescoreRequest {}).await.unwrap().into_inner();
+    assert!(job.started);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status =
+            client.get_rescore_job(pb::GetRescoreJobRequest { job_id: job.job_id.clone() }).await.unwrap().into_inner();
+        if status.state() != pb::RescoreState::Running {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "rescore did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn simulate_predicts_what_rescore_then_does() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    let app = TestApp::spawn(s).await;
+    // Lead n has n content downloads today: 8 points each.
+    let now = now_millis();
+    for n in 1..=6 {
+        let lead = format!("pop-{n}");
+        upsert(&app, &lead, &[("seniority", "vp")]).await;
+        let signals =
+            (0..n).map(|i| signal(&format!("{lead}-{i}"), &lead, "content_download", now - i * 60_000)).collect();
+        app.client().await.record_signals(record(signals)).await.unwrap();
+    }
+    let before = feed(&app).await;
+    assert_eq!(before.len(), 3, "4, 5 and 6 downloads make an MQL at 30 points");
+
+    // Candidate: MQL at 15 behaviour points.
+    let lower = leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", "version = \"2026.11.2\"")
+        .replace("score.behavior >= 30.0", "score.behavior >= 15.0");
+    let sim = qualification(&app)
+        .await
+        .simulate_rule_set(pb::SimulateRuleSetRequest { source: lower.clone(), sample_limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((sim.version.as_str(), sim.leads_evaluated, sim.leads_rebuilt), ("2026.11.2", 6, 6));
+    assert_eq!(sim.transitions.len(), 1);
+    let t = &sim.transitions[0];
+    assert_eq!((t.from(), t.to(), t.count), (pb::Stage::Lead, pb::Stage::Mql, 2));
+    let mut predicted = t.example_lead_ids.clone();
+    predicted.sort();
+    assert_eq!(predicted, ["pop-2", "pop-3"]);
+    assert_eq!(feed(&app).await.len(), 3, "simulation writes nothing");
+    assert_eq!(stage_of(&app, "pop-2").await, pb::Stage::Lead);
+
+    // The same threshold through the command line.
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+        .args(["rules", "simulate", "--redis-url", &redis.url()])
+        .arg({
+            let candidate = dir.path().join("candidate.toml");
+            std::fs::write(&candidate, &lower).unwrap();
+            candidate
+        })
+        .env_remove("LEADSCORE_CONFIG")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(cli.status.success(), "{out}{}", String::from_utf8_lossy(&cli.stderr));
+    assert!(out.contains("against 6 stored leads"), "{out}");
+    assert!(out.lines().any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["LEAD", "MQL", "2"]), "{out}");
+
+    // Activate it, rescore: exactly the predicted leads move, once.
+    std::fs::write(&path, &lower).unwrap();
+    wait_for_version(&app, "2026.11.2").await;
+    let job = rescore_and_wait(&app).await;
+    assert_eq!(job.state(), pb::RescoreState::Done, "{}", job.error);
+    assert_eq!((job.processed, job.total, job.stage_changes), (6, 6, 2));
+    let after = feed(&app).await;
+    let mut moved: Vec<_> = after[before.len()..].iter().map(|c| c.lead_id.clone()).collect();
+    moved.sort();
+    assert_eq!(moved, predicted);
+    // Safe to run again: nothing left to do.
+    let again = rescore_and_wait(&app).await;
+    assert_eq!((again.processed, again.stage_changes, again.rebuilt), (6, 0, 0));
+    assert_eq!(feed(&app).await.len(), after.len());
+}
+
+#[tokio::test]
+async fn rescore_applies_new_weights_from_the_raw_history() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    let app = TestApp::spawn(s).await;
+    upsert(&app, "w", &[("seniority", "vp")]).await;
+    let now = now_millis();
+    let signals = (0..2).map(|i| signal(&format!("w{i}"), "w", "content_download", now - i * 60_000)).collect();
+    app.client().await.record_signals(record(signals)).await.unwrap();
+    assert!((score(&app, "w").await.behavior - 16.0).abs() < 0.05);
+
+    let doubled = leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", "version = \"2026.11.3\"")
+        .replace("content_download = { points = 8 }", "content_download = { points = 16 }");
+    std::fs::write(&path, &doubled).unwrap();
+    wait_for_version(&app, "2026.11.3").await;
+    assert!((score(&app, "w").await.behavior - 16.0).abs() < 0.05, "a reload alone does not rewrite past points");
+    let job = rescore_and_wait(&app).await;
+    assert_eq!((job.rebuilt, job.stage_changes), (1, 1));
+    let after = score(&app, "w").await;
+    assert!((after.behavior - 32.0).abs() < 0.05, "{}", after.behavior);
+    assert_eq!(after.stage(), pb::Stage::Mql);
+}

@@ -70,6 +70,31 @@ pub fn decode_lead(
     Ok(lead)
 }
 
+/// Field/value pairs of a Redis hash.
+pub type Fields = Vec<(String, String)>;
+
+/// The tally fields (`n:`, `t:`, `s:`) of a lead's hash, and its day
+/// counters, as written by the ingest script.
+pub fn encode_tallies(lead: &LeadSnapshot) -> (Fields, Fields) {
+    let mut fields = Vec::new();
+    for (t, tally) in &lead.tallies {
+        fields.push((format!("n:{t}"), tally.counted.to_string()));
+        if let Some(at) = tally.last_at {
+            fields.push((format!("t:{t}"), at.millis().to_string()));
+        }
+        for (model, sum) in &tally.sums {
+            // Debug is the shortest text that parses back to the same f64.
+            fields.push((format!("s:{model}:{t}"), format!("{sum:?}")));
+        }
+    }
+    let days = lead
+        .daily
+        .iter()
+        .flat_map(|(t, per_day)| per_day.iter().map(move |(day, n)| (format!("{t}:{day}"), n.to_string())))
+        .collect();
+    (fields, days)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +127,23 @@ mod tests {
         let tally = &lead.tallies["demo_requested"];
         assert_eq!((tally.counted, tally.last_at, tally.sums["b2b"]), (2, Some(Timestamp::from_millis(5000)), 12.5));
         assert_eq!(lead.daily["demo_requested"][&20000], 2);
+    }
+
+    #[test]
+    fn tallies_round_trip() {
+        let id = LeadId::parse("l1").unwrap();
+        let source = fields(&[
+            ("c", "1000"),
+            ("n:demo_requested", "2"),
+            ("t:demo_requested", "5000"),
+            ("s:b2b:demo_requested", "12.345678901234567"),
+        ]);
+        let lead = decode_lead(&id, source, fields(&[("demo_requested:20000", "2")])).unwrap();
+        let (tally_fields, days) = encode_tallies(&lead);
+        let mut all: HashMap<String, String> = tally_fields.into_iter().collect();
+        all.insert("c".into(), "1000".into());
+        let again = decode_lead(&id, all, days.into_iter().collect()).unwrap();
+        assert_eq!(again, lead);
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct RedisStore {
     ingest: Script,
     upsert: Script,
     stage: Script,
+    rescore: Script,
     timeout: Duration,
 }
 
@@ -59,6 +60,7 @@ impl RedisStore {
             ingest: Script::new(include_str!("ingest.lua")),
             upsert: Script::new(include_str!("upsert.lua")),
             stage: Script::new(include_str!("stage.lua")),
+            rescore: Script::new(include_str!("rescore.lua")),
             timeout: settings.command_timeout,
         })
     }
@@ -304,6 +306,56 @@ impl LeadStore for RedisStore {
             next_cursor = after;
         }
         Ok(FeedPage { changes, next_cursor })
+    }
+    fn partitions(&self) -> u32 {
+        self.keys.partitions()
+    }
+
+    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
+        let key = self.keys.index(partition);
+        let raw: Vec<String> = self
+            .call(|mut c| async move { redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await })
+            .await?;
+        raw.into_iter()
+            .map(|id| LeadId::parse(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}"))))
+            .collect()
+    }
+
+    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("LRANGE").arg(self.keys.lead(id).history).arg(0).arg(-1);
+        }
+        let replies: Vec<Vec<String>> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        ids.iter()
+            .zip(replies)
+            .map(|(id, records)| {
+                records
+                    .iter()
+                    .map(|r| {
+                        serde_json::from_str(r).map_err(|e| StoreError::Corrupt {
+                            lead_id: id.to_string(),
+                            detail: format!("raw history entry: {e}"),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError> {
+        let keys = self.keys.lead(&rebuilt.lead_id);
+        let (fields, days) = codec::encode_tallies(rebuilt);
+        let mut inv = self.rescore.prepare_invoke();
+        inv.key(&keys.lead).key(&keys.days);
+        inv.arg(rebuilt.recorded)
+            .arg(rebuilt.last_engaged_at.map(|t| t.millis().to_string()).unwrap_or_default())
+            .arg(fields.len());
+        for (field, value) in fields.iter().chain(&days) {
+            inv.arg(field).arg(value);
+        }
+        let replaced: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        Ok(replaced == 1)
     }
 }
 
