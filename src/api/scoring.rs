@@ -79,7 +79,7 @@ impl LeadScoring for ScoringService {
         let mut placement = Vec::with_capacity(parsed.len());
         for (lead_id, signal) in parsed {
             let b = *batch_of.entry(lead_id.clone()).or_insert_with(|| {
-                batches.push(LeadBatch { lead_id, signals: Vec::new() });
+                batches.push(LeadBatch::new(lead_id, Vec::new()));
                 batches.len() - 1
             });
             placement.push((b, batches[b].signals.len(), signal.event_id.to_string()));

@@ -52,12 +52,30 @@ macro_rules! id_type {
             }
         }
 
-        impl fmt::Display for $name {
+    };
+}
+
+macro_rules! plain_display {
+    ($($name:ident),*) => {
+        $(impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)
             }
-        }
+        })*
     };
+}
+
+plain_display!(EventId, AccountId, VisitorId);
+
+impl fmt::Display for LeadId {
+    /// A visitor subject shows as `visitor/<id>`, never with its control
+    /// character.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.visitor() {
+            Some(v) => write!(f, "visitor/{v}"),
+            None => f.write_str(&self.0),
+        }
+    }
 }
 
 id_type!(
@@ -72,6 +90,35 @@ id_type!(
     /// The company a lead belongs to.
     AccountId
 );
+id_type!(
+    /// An anonymous visitor (e.g. a web cookie id), before it is known.
+    VisitorId
+);
+
+/// Where a visitor's signals are kept until it is identified: a lead id no
+/// client can send, because client ids never contain control characters.
+const VISITOR_PREFIX: &str = "\u{1f}visitor:";
+
+impl LeadId {
+    /// The subject that holds an anonymous visitor's signals and score.
+    pub fn for_visitor(visitor: &VisitorId) -> LeadId {
+        LeadId(format!("{VISITOR_PREFIX}{}", visitor.as_str()))
+    }
+
+    /// The visitor id, when this subject is an anonymous visitor.
+    pub fn visitor(&self) -> Option<&str> {
+        self.0.strip_prefix(VISITOR_PREFIX)
+    }
+
+    /// Rebuilds an id read back from storage (where visitor subjects are
+    /// stored too).
+    pub fn from_stored(raw: String) -> Result<LeadId, IdError> {
+        match raw.strip_prefix(VISITOR_PREFIX) {
+            Some(visitor) => Ok(LeadId::for_visitor(&VisitorId::parse(visitor)?)),
+            None => LeadId::parse(raw),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -82,6 +129,16 @@ mod tests {
         for raw in ["a", "lead:{42} é", "*", &"x".repeat(MAX_ID_BYTES)] {
             assert_eq!(LeadId::parse(raw).unwrap().as_str(), raw);
         }
+    }
+
+    #[test]
+    fn visitor_subjects_never_collide_with_lead_ids() {
+        let visitor = VisitorId::parse("cookie-1").unwrap();
+        let subject = LeadId::for_visitor(&visitor);
+        assert_eq!(subject.visitor(), Some("cookie-1"));
+        assert!(LeadId::parse(subject.as_str()).is_err(), "a client cannot name it");
+        assert_eq!(LeadId::from_stored(subject.as_str().to_owned()).unwrap(), subject);
+        assert_eq!(LeadId::parse("visitor:cookie-1").unwrap().visitor(), None);
     }
 
     #[test]

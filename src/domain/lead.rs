@@ -30,6 +30,9 @@ pub struct LeadSnapshot {
     /// Signals ever recorded (duplicates excluded, capped ones included):
     /// when the raw history holds this many, it holds them all.
     pub recorded: u64,
+    /// For an anonymous visitor that was identified: the lead its signals
+    /// now go to.
+    pub merged_into: Option<LeadId>,
     /// Keyed by signal type.
     pub tallies: BTreeMap<String, TypeTally>,
     /// Signals recorded per type per UTC day of `occurred_at` (capped ones
@@ -38,14 +41,17 @@ pub struct LeadSnapshot {
 }
 
 impl LeadSnapshot {
-    /// A lead first seen at `now`, with nothing counted yet.
+    /// A lead first seen at `now`, with nothing counted yet: `ANONYMOUS`
+    /// for a visitor, `LEAD` otherwise.
     pub fn new(lead_id: LeadId, now: Timestamp) -> Self {
+        let stage = if lead_id.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
         Self {
             lead_id,
             account_id: None,
             attributes: BTreeMap::new(),
             created_at: now,
-            stage: Stage::Lead,
+            stage,
+            merged_into: None,
             stage_since: now,
             last_engaged_at: None,
             recorded: 0,

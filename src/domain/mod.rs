@@ -13,7 +13,7 @@ pub mod stage;
 pub mod time;
 
 pub use decay::{Decay, ModelWeight, TypeTally};
-pub use ids::{AccountId, EventId, IdError, LeadId};
+pub use ids::{AccountId, EventId, IdError, LeadId, VisitorId};
 pub use lead::{LeadProfile, LeadSnapshot};
 pub use ledger::{IngestPolicy, LeadLedger, ScoredSignal, SignalStatus};
 pub use model::{Condition, Contribution, FitRule, Grade, GradeThresholds, Score, ScoringModel};

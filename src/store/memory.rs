@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{FeedPage, FeedPolicy, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange, Timestamp,
@@ -43,11 +43,16 @@ impl MemoryStore {
     }
 }
 
-fn entry<'a>(leads: &'a mut HashMap<LeadId, StoredLead>, id: &LeadId, now: Timestamp) -> &'a mut StoredLead {
-    leads.entry(id.clone()).or_insert_with(|| StoredLead {
-        snapshot: LeadSnapshot::new(id.clone(), now),
-        ledger: LeadLedger::default(),
-        stages: VecDeque::new(),
+fn entry<'a>(
+    leads: &'a mut HashMap<LeadId, StoredLead>,
+    id: &LeadId,
+    now: Timestamp,
+    initial_stage: Stage,
+) -> &'a mut StoredLead {
+    leads.entry(id.clone()).or_insert_with(|| {
+        let mut snapshot = LeadSnapshot::new(id.clone(), now);
+        snapshot.stage = initial_stage;
+        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new() }
     })
 }
 
@@ -67,7 +72,7 @@ impl LeadStore for MemoryStore {
 
     async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
         let mut data = self.data();
-        let lead = entry(&mut data.leads, &profile.lead_id.clone(), now);
+        let lead = entry(&mut data.leads, &profile.lead_id.clone(), now, Stage::Lead);
         lead.snapshot.apply_profile(profile);
         Ok(lead.snapshot.clone())
     }
@@ -82,10 +87,13 @@ impl LeadStore for MemoryStore {
         Ok(batches
             .into_iter()
             .map(|batch| {
-                let lead = entry(&mut data.leads, &batch.lead_id, now);
+                let lead = entry(&mut data.leads, &batch.lead_id, now, batch.initial_stage);
+                if let Some(owner) = lead.snapshot.merged_into.clone() {
+                    return LeadOutcome { statuses: Vec::new(), lead: lead.snapshot.clone(), merged_into: Some(owner) };
+                }
                 let statuses =
                     batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
-                LeadOutcome { statuses, lead: lead.snapshot.clone() }
+                LeadOutcome { statuses, lead: lead.snapshot.clone(), merged_into: None }
             })
             .collect())
     }
@@ -123,6 +131,18 @@ impl LeadStore for MemoryStore {
         }
         lead.stages.truncate(policy.history_limit);
         Ok(StageUpdate::Applied(applied))
+    }
+
+    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError> {
+        let mut data = self.data();
+        let Some(subject) = data.leads.get_mut(visitor) else { return Ok(IdentifyMark::NotFound) };
+        match &subject.snapshot.merged_into {
+            Some(owner) if owner != lead => Ok(IdentifyMark::AlreadyIdentified(owner.clone())),
+            _ => {
+                subject.snapshot.merged_into = Some(lead.clone());
+                Ok(IdentifyMark::Marked)
+            }
+        }
     }
 
     async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {

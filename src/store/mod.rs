@@ -69,6 +69,17 @@ pub struct FeedPage {
 pub struct LeadBatch {
     pub lead_id: LeadId,
     pub signals: Vec<ScoredSignal>,
+    /// The stage the lead gets if this batch creates it.
+    pub initial_stage: Stage,
+}
+
+impl LeadBatch {
+    /// A batch for `lead_id`, which starts as `ANONYMOUS` if it is a visitor
+    /// and as `LEAD` otherwise.
+    pub fn new(lead_id: LeadId, signals: Vec<ScoredSignal>) -> Self {
+        let initial_stage = if lead_id.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
+        Self { lead_id, signals, initial_stage }
+    }
 }
 
 /// What recording a `LeadBatch` did, and the lead afterwards.
@@ -77,6 +88,19 @@ pub struct LeadOutcome {
     /// One per signal of the batch, in order.
     pub statuses: Vec<SignalStatus>,
     pub lead: LeadSnapshot,
+    /// The batch was for a visitor already identified as this lead: nothing
+    /// was written, and the signals belong to that lead.
+    pub merged_into: Option<LeadId>,
+}
+
+/// What marking a visitor as identified did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentifyMark {
+    /// Marked (or already marked as this lead): its signals now go there.
+    Marked,
+    /// The visitor was identified as another lead before.
+    AlreadyIdentified(LeadId),
+    NotFound,
 }
 
 #[async_trait]
@@ -114,6 +138,10 @@ pub trait LeadStore: Send + Sync + 'static {
         changes: &[StageChange],
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError>;
+
+    /// Marks the visitor subject as identified as `lead`: from then on its
+    /// signals are refused with `merged_into` (see `LeadOutcome`).
+    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError>;
 
     /// The lead's stage changes, newest first.
     async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError>;

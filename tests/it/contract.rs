@@ -57,7 +57,7 @@ fn assert_same_score(rules: &RuleSet, a: &LeadSnapshot, b: &LeadSnapshot) {
 }
 
 async fn record(store: &dyn LeadStore, lead: &LeadId, signals: Vec<ScoredSignal>) -> (Vec<SignalStatus>, LeadSnapshot) {
-    let mut out = store.record_signals(vec![LeadBatch { lead_id: lead.clone(), signals }], NOW, &POLICY).await.unwrap();
+    let mut out = store.record_signals(vec![LeadBatch::new(lead.clone(), signals)], NOW, &POLICY).await.unwrap();
     let o = out.pop().unwrap();
     (o.statuses, o.lead)
 }
@@ -183,11 +183,11 @@ async fn batching_does_not_change_the_score(store: &dyn LeadStore) {
 async fn several_leads_in_one_call(store: &dyn LeadStore) {
     let rules = rules();
     let batches = vec![
-        LeadBatch { lead_id: id("multi-a"), signals: vec![scored(&rules, "x", "form_fill", NOW, &[])] },
-        LeadBatch {
-            lead_id: id("multi-b"),
-            signals: vec![scored(&rules, "x", "form_fill", NOW, &[]), scored(&rules, "x", "form_fill", NOW, &[])],
-        },
+        LeadBatch::new(id("multi-a"), vec![scored(&rules, "x", "form_fill", NOW, &[])]),
+        LeadBatch::new(
+            id("multi-b"),
+            vec![scored(&rules, "x", "form_fill", NOW, &[]), scored(&rules, "x", "form_fill", NOW, &[])],
+        ),
     ];
     let out = store.record_signals(batches, NOW, &POLICY).await.unwrap();
     assert_eq!(out[0].statuses, [SignalStatus::Accepted]);

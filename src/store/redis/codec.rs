@@ -7,6 +7,7 @@
 //! | `ss`            | when the lead entered its stage, ms               |
 //! | `le`            | when the last counted signal arrived, ms          |
 //! | `nr`            | signals recorded (not duplicates), ever           |
+//! | `mi`            | visitor subjects: the lead it was identified as   |
 //! | `acc`           | account id                                        |
 //! | `a:<name>`      | profile attribute                                 |
 //! | `n:<type>`      | counted signals of the type                       |
@@ -48,6 +49,9 @@ pub fn decode_lead(
                 "c" => lead.created_at = Timestamp::from_millis(int()?),
                 "ss" => lead.stage_since = Timestamp::from_millis(int()?),
                 "le" => lead.last_engaged_at = Some(Timestamp::from_millis(int()?)),
+                "mi" => {
+                    lead.merged_into = Some(LeadId::parse(value).map_err(|e| corrupt(format!("merged-into id {e}")))?)
+                }
                 "nr" => lead.recorded = u64::try_from(int()?).map_err(|_| corrupt("field 'nr' is negative".into()))?,
                 "st" => lead.stage = value.parse::<Stage>().map_err(|e| corrupt(e.to_string()))?,
                 "acc" => {

@@ -7,34 +7,41 @@
 --       day (hash, `<type>:<day>`), 4 raw history (list), 5 the partition's
 --       lead index (zset: lead id by created_at)
 -- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, lead id,
---       n_models, the n_models model names, then per signal:
+--       stage if the lead is new, n_models, the n_models model names, then
+--       per signal:
 --       event_id, type, occurred_at_ms, daily_cap (0 = none), history record,
 --       and per model (in the order named): half_life_ms (0 = none), points
 -- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead,
---            HGETALL days }
+--            HGETALL days, '' }, or for an identified visitor
+--            { {}, {}, {}, the lead id it was identified as } (nothing written)
 local lead, seen, days, hist, index = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
 local hist_limit = tonumber(ARGV[4])
 local lead_id = ARGV[5]
-local n_models = tonumber(ARGV[6])
+local initial_stage = ARGV[6]
+local n_models = tonumber(ARGV[7])
 local models = {}
 for m = 1, n_models do
-  models[m] = ARGV[6 + m]
+  models[m] = ARGV[7 + m]
+end
+local merged_into = redis.call('HGET', lead, 'mi')
+if merged_into then
+  return { {}, {}, {}, merged_into }
 end
 local DAY = 86400000
 local oldest_day = math.floor((now - retention) / DAY)
 
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
 if redis.call('EXISTS', lead) == 0 then
-  redis.call('HSET', lead, 'c', ARGV[1], 'st', 'LEAD', 'ss', ARGV[1])
+  redis.call('HSET', lead, 'c', ARGV[1], 'st', initial_stage, 'ss', ARGV[1])
   redis.call('ZADD', index, ARGV[1], lead_id)
 end
 
 local statuses = {}
 local used_history, engaged = false, false
-local i = 7 + n_models
+local i = 8 + n_models
 while i <= #ARGV do
   local event_id, typ, at_text = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local at, cap, record = tonumber(at_text), tonumber(ARGV[i + 3]), ARGV[i + 4]
@@ -103,4 +110,4 @@ if used_history then
   redis.call('LTRIM', hist, 0, hist_limit - 1)
   redis.call('PEXPIRE', hist, retention)
 end
-return { statuses, redis.call('HGETALL', lead), redis.call('HGETALL', days) }
+return { statuses, redis.call('HGETALL', lead), redis.call('HGETALL', days), '' }

@@ -15,7 +15,7 @@ use redis::{RedisError, Script};
 
 pub use keys::KeySpace;
 
-use super::{FeedPage, FeedPolicy, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange, Timestamp,
@@ -39,6 +39,7 @@ pub struct RedisStore {
     upsert: Script,
     stage: Script,
     rescore: Script,
+    identify: Script,
     timeout: Duration,
 }
 
@@ -61,6 +62,7 @@ impl RedisStore {
             upsert: Script::new(include_str!("upsert.lua")),
             stage: Script::new(include_str!("stage.lua")),
             rescore: Script::new(include_str!("rescore.lua")),
+            identify: Script::new(include_str!("identify.lua")),
             timeout: settings.command_timeout,
         })
     }
@@ -95,7 +97,7 @@ fn is_noscript(e: &RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-type IngestReply = (Vec<i64>, HashMap<String, String>, HashMap<String, String>);
+type IngestReply = (Vec<i64>, HashMap<String, String>, HashMap<String, String>, String);
 
 #[async_trait]
 impl LeadStore for RedisStore {
@@ -153,7 +155,13 @@ impl LeadStore for RedisStore {
         batches
             .into_iter()
             .zip(replies)
-            .map(|(batch, (codes, fields, days))| {
+            .map(|(batch, (codes, fields, days, merged_into))| {
+                if !merged_into.is_empty() {
+                    let owner = LeadId::parse(merged_into)
+                        .map_err(|e| StoreError::Internal(format!("visitor identified as a bad lead id: {e}")))?;
+                    let lead = LeadSnapshot::new(batch.lead_id.clone(), now);
+                    return Ok(LeadOutcome { statuses: Vec::new(), lead, merged_into: Some(owner) });
+                }
                 let statuses = codes
                     .into_iter()
                     .map(|code| match code {
@@ -163,7 +171,7 @@ impl LeadStore for RedisStore {
                         other => Err(StoreError::Internal(format!("ingest script returned status {other}"))),
                     })
                     .collect::<Result<_, _>>()?;
-                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields, days)? })
+                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields, days)?, merged_into: None })
             })
             .collect()
     }
@@ -234,6 +242,21 @@ impl LeadStore for RedisStore {
         }
     }
 
+    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError> {
+        let key = self.keys.lead(visitor).lead;
+        let mut inv = self.identify.prepare_invoke();
+        inv.key(key).arg(lead.as_str());
+        let (status, owner): (i64, String) = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        match status {
+            1 => Ok(IdentifyMark::Marked),
+            -1 => Ok(IdentifyMark::AlreadyIdentified(
+                LeadId::parse(owner)
+                    .map_err(|e| StoreError::Internal(format!("visitor identified as a bad id: {e}")))?,
+            )),
+            _ => Ok(IdentifyMark::NotFound),
+        }
+    }
+
     async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
@@ -291,7 +314,7 @@ impl LeadStore for RedisStore {
         let mut changes = Vec::new();
         let mut next_cursor = cursor.encode();
         for (entry, after) in feed::merge(cursor, per_partition, limit) {
-            let lead_id = LeadId::parse(entry.lead_id.clone())
+            let lead_id = LeadId::from_stored(entry.lead_id.clone())
                 .map_err(|e| StoreError::Internal(format!("feed entry {} has a bad lead id: {e}", entry.id)))?;
             let change: StageChange = serde_json::from_str(&entry.record).map_err(|e| StoreError::Corrupt {
                 lead_id: entry.lead_id.clone(),
@@ -317,7 +340,9 @@ impl LeadStore for RedisStore {
             .call(|mut c| async move { redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await })
             .await?;
         raw.into_iter()
-            .map(|id| LeadId::parse(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}"))))
+            .map(|id| {
+                LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}")))
+            })
             .collect()
     }
 
@@ -370,7 +395,7 @@ impl RedisStore {
         let mut inv = self.ingest.prepare_invoke();
         inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
-        inv.arg(batch.lead_id.as_str());
+        inv.arg(batch.lead_id.as_str()).arg(batch.initial_stage.as_str());
         // Every signal carries one weight per model, in the same order.
         let models: Vec<&str> =
             batch.signals.first().map(|s| s.weights.iter().map(|w| w.model.as_str()).collect()).unwrap_or_default();
