@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             lead_id: format!("rtt-lead-{}", i % 1000),
             r#type: "page_view".into(),
             occurred_at: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: 0 }),
-            properties: Default::default(),
+            ..Default::default()
         };
         let started = Instant::now();
         client.record_signals(pb::RecordSignalsRequest { signals: vec![signal] }).await?;

@@ -16,11 +16,11 @@ use futures::{StreamExt, TryStreamExt};
 use crate::api::{ActiveRules, AppState};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    Cause, EventId, IngestPolicy, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, ScoredSignal, Stage, StageChange,
-    Timestamp,
+    Cause, EventId, IngestPolicy, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, ScoredSignal, SignalStatus, Stage,
+    StageChange, Timestamp, VisitorId,
 };
 use crate::rules::RuleSet;
-use crate::store::{LeadStore, StageUpdate, StoreError};
+use crate::store::{IdentifyMark, LeadBatch, LeadStore, StageUpdate, StoreError};
 
 /// Attempts before giving up on a lead that keeps changing under us.
 const MAX_ATTEMPTS: usize = 5;
@@ -278,4 +278,75 @@ async fn rescore_lead(
         }
     }
     Ok(lead)
+}
+
+/// What identifying a visitor did.
+#[derive(Debug)]
+pub enum Identified {
+    Merged { lead: LeadSnapshot, merged_signals: u32 },
+    UnknownVisitor,
+    AlreadyIdentified(LeadId),
+}
+
+/// Links an anonymous visitor to a lead. The visitor is marked first (its
+/// later signals then go to the lead), then its raw history is recorded on
+/// the lead — de-duplicated by event id, so calling this again, or after a
+/// crash half-way, counts nothing twice. A lead this creates starts
+/// `ANONYMOUS` and moves to `LEAD`, recorded in the change feed.
+pub async fn identify(
+    state: &AppState,
+    rules: &ActiveRules,
+    visitor: &VisitorId,
+    lead_id: &LeadId,
+) -> Result<Identified, StoreError> {
+    let subject = LeadId::for_visitor(visitor);
+    match state.store.mark_identified(&subject, lead_id).await? {
+        IdentifyMark::Marked => {}
+        IdentifyMark::NotFound => return Ok(Identified::UnknownVisitor),
+        IdentifyMark::AlreadyIdentified(other) => return Ok(Identified::AlreadyIdentified(other)),
+    }
+    let now = state.clock.now();
+    let oldest = now.plus_millis(-state.policy.retention_ms);
+    let history = state.store.signal_histories(std::slice::from_ref(&subject)).await?.pop().unwrap_or_default();
+    let signals: Vec<ScoredSignal> = history
+        .iter()
+        .rev()
+        .filter(|e| e.occurred_at_ms >= oldest.millis())
+        .filter_map(|e| {
+            let def = rules.signal_type(&e.signal_type)?;
+            Some(ScoredSignal {
+                event_id: EventId::parse(e.event_id.clone()).ok()?,
+                signal_type: e.signal_type.clone(),
+                occurred_at: Timestamp::from_millis(e.occurred_at_ms),
+                daily_cap: def.daily_cap,
+                weights: rules.weigh(&e.signal_type, &e.properties),
+                properties: e.properties.clone(),
+            })
+        })
+        .collect();
+    let batch = LeadBatch { lead_id: lead_id.clone(), signals, initial_stage: Stage::Anonymous };
+    let Some(outcome) = state.store.record_signals(vec![batch], now, &state.policy).await?.pop() else {
+        return Err(StoreError::Internal("recording a visitor's history returned nothing".into()));
+    };
+    let merged_signals = outcome.statuses.iter().filter(|s| **s != SignalStatus::Duplicate).count() as u32;
+    let mut lead = outcome.lead;
+    if lead.stage == Stage::Anonymous {
+        let change = StageChange {
+            from: Stage::Anonymous,
+            to: Stage::Lead,
+            cause: Cause::Manual { actor: "identify_visitor".into() },
+            reason: format!("visitor {visitor} identified"),
+            rule_set_version: rules.version.clone(),
+            score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
+            at: now,
+        };
+        if let StageUpdate::Applied(_) =
+            state.store.change_stage(lead_id, Stage::Anonymous, std::slice::from_ref(&change), &state.feed).await?
+        {
+            lead.stage = Stage::Lead;
+            lead.stage_since = now;
+        }
+    }
+    let lead = requalify(state, rules, lead).await?;
+    Ok(Identified::Merged { lead, merged_signals })
 }

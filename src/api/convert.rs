@@ -8,7 +8,7 @@ use super::error::{ApiError, Violations};
 use super::pb;
 use crate::domain::{
     AccountId, Cause, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, QualificationChange,
-    Score, ScoredSignal, Stage, StageChange, Timestamp,
+    Score, ScoredSignal, Stage, StageChange, Timestamp, VisitorId,
 };
 use crate::rules::RuleSet;
 
@@ -42,6 +42,34 @@ fn id<T>(parse: fn(String) -> Result<T, IdError>, raw: String, field: &str, v: &
 
 pub fn lead_id(raw: String, field: &str, v: &mut Violations) -> Option<LeadId> {
     id(LeadId::parse, raw, field, v)
+}
+
+pub fn visitor_id(raw: String, field: &str, v: &mut Violations) -> Option<VisitorId> {
+    id(VisitorId::parse, raw, field, v)
+}
+
+/// A lead, or a visitor's subject, from a request that names one of the two.
+pub fn subject(lead: String, visitor: String, prefix: &str, v: &mut Violations) -> Option<LeadId> {
+    match (lead.is_empty(), visitor.is_empty()) {
+        (false, true) => lead_id(lead, &format!("{prefix}lead_id"), v),
+        (true, false) => visitor_id(visitor, &format!("{prefix}visitor_id"), v).map(|id| LeadId::for_visitor(&id)),
+        (true, true) => {
+            v.add(format!("{prefix}lead_id"), "set lead_id (or visitor_id for an anonymous visitor)");
+            None
+        }
+        (false, false) => {
+            v.add(format!("{prefix}visitor_id"), "set lead_id or visitor_id, not both");
+            None
+        }
+    }
+}
+
+/// (lead_id, visitor_id) as the API shows a subject: one of them is empty.
+pub fn subject_ids(id: &LeadId) -> (String, String) {
+    match id.visitor() {
+        Some(visitor) => (String::new(), visitor.to_owned()),
+        None => (id.as_str().to_owned(), String::new()),
+    }
 }
 
 fn is_attribute_name(name: &str) -> bool {
@@ -107,7 +135,7 @@ pub fn signals(
     for (i, s) in signals.into_iter().enumerate() {
         let field = |name: &str| format!("signals[{i}].{name}");
         let event_id = id(EventId::parse, s.event_id, &field("event_id"), &mut v);
-        let lead_id = lead_id(s.lead_id, &field("lead_id"), &mut v);
+        let lead_id = subject(s.lead_id, s.visitor_id, &format!("signals[{i}]."), &mut v);
         let daily_cap = match rules.signal_type(&s.r#type) {
             Some(def) => def.daily_cap,
             None => {
@@ -233,8 +261,10 @@ pub fn score_to_proto(lead: &LeadSnapshot, score: &Score, rule_set_version: &str
             },
         })
         .collect();
+    let (lead_id, visitor_id) = subject_ids(&lead.lead_id);
     pb::LeadScore {
-        lead_id: lead.lead_id.to_string(),
+        lead_id,
+        visitor_id,
         model: score.model.clone(),
         total: round_points(score.total),
         behavior: round_points(score.behavior),
@@ -318,9 +348,11 @@ pub fn qualification_to_proto(lead: &LeadSnapshot, history: &[StageChange]) -> p
 }
 
 pub fn feed_change_to_proto(change: &QualificationChange) -> pb::QualificationChange {
+    let (lead_id, visitor_id) = subject_ids(&change.lead_id);
     pb::QualificationChange {
         change_id: change.id.clone(),
-        lead_id: change.lead_id.to_string(),
+        lead_id,
+        visitor_id,
         change: Some(stage_change_to_proto(&change.change)),
     }
 }

@@ -78,7 +78,7 @@ impl Qualification for QualificationService {
             v.add("history_limit", format!("at most {MAX_HISTORY}"));
         }
         let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
-        tracing::Span::current().record("lead_id", lead_id.as_str());
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
         let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit };
         let lead = self.load(&lead_id).await?;
         let qualification = self.qualification(&lead, limit).await?;
@@ -104,7 +104,7 @@ impl Qualification for QualificationService {
         let (Some(lead_id), Some(to)) = v.into_result((lead_id, to))? else {
             return Err(Status::internal("missing lead id or stage"));
         };
-        tracing::Span::current().record("lead_id", lead_id.as_str());
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
 
         let rules = self.state.rules();
         let lead = self.load(&lead_id).await?;
@@ -346,6 +346,38 @@ impl Qualification for QualificationService {
             finished_at: finished_at.map(timestamp_to_proto),
             error,
         }))
+    }
+
+    #[tracing::instrument(name = "IdentifyVisitor", skip_all, fields(lead_id))]
+    async fn identify_visitor(
+        &self,
+        request: Request<pb::IdentifyVisitorRequest>,
+    ) -> Result<Response<pb::IdentifyVisitorResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let visitor = convert::visitor_id(req.visitor_id, "visitor_id", &mut v);
+        let lead_id = required_lead_id(req.lead_id, &mut v);
+        let (Some(visitor), Some(lead_id)) = v.into_result((visitor, lead_id))? else {
+            return Err(Status::internal("missing visitor or lead id"));
+        };
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
+        let rules = self.state.rules();
+        match crate::engine::identify(&self.state, &rules, &visitor, &lead_id).await.map_err(ApiError::from)? {
+            crate::engine::Identified::Merged { lead, merged_signals } => {
+                let now = self.state.clock.now();
+                let score = convert::score_to_proto(&lead, &rules.primary().score(&lead, now), &rules.version);
+                Ok(Response::new(pb::IdentifyVisitorResponse { score: Some(score), merged_signals }))
+            }
+            crate::engine::Identified::UnknownVisitor => {
+                Err(ApiError::NotFound(format!("visitor '{visitor}' sent no signal")).into())
+            }
+            crate::engine::Identified::AlreadyIdentified(other) => Err(ApiError::FailedPrecondition {
+                message: format!("visitor '{visitor}' was already identified as lead '{other}'"),
+                reason: "VISITOR_ALREADY_IDENTIFIED",
+                metadata: vec![("lead_id".into(), other.to_string())],
+            }
+            .into()),
+        }
     }
 }
 

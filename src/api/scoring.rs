@@ -9,6 +9,7 @@ use super::convert::{self, lead_to_proto, score_to_proto};
 use super::error::{ApiError, Violations};
 use super::pb::{self, lead_scoring_server::LeadScoring};
 use super::state::AppState;
+use crate::domain::ScoredSignal;
 use crate::domain::{LeadId, LeadSnapshot, Timestamp};
 use crate::rules::RuleSet;
 use crate::store::LeadBatch;
@@ -82,20 +83,48 @@ impl LeadScoring for ScoringService {
                 batches.push(LeadBatch::new(lead_id, Vec::new()));
                 batches.len() - 1
             });
-            placement.push((b, batches[b].signals.len(), signal.event_id.to_string()));
+            let visitor = batches[b].lead_id.visitor().unwrap_or_default().to_owned();
+            placement.push((b, batches[b].signals.len(), signal.event_id.to_string(), visitor));
             batches[b].signals.push(signal);
         }
 
-        let outcomes = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+        // A visitor already identified as a lead: its signals go to the lead.
+        let visitor_batches: HashMap<LeadId, Vec<ScoredSignal>> = batches
+            .iter()
+            .filter(|b| b.lead_id.visitor().is_some())
+            .map(|b| (b.lead_id.clone(), b.signals.clone()))
+            .collect();
+        let mut outcomes = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+        let redirected: Vec<(usize, LeadBatch)> = outcomes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| {
+                let owner = o.merged_into.clone()?;
+                Some((i, LeadBatch::new(owner, visitor_batches.get(&o.lead.lead_id)?.clone())))
+            })
+            .collect();
+        if !redirected.is_empty() {
+            let (places, batches): (Vec<usize>, Vec<LeadBatch>) = redirected.into_iter().unzip();
+            let again = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+            for (i, outcome) in places.into_iter().zip(again) {
+                outcomes[i] = outcome;
+            }
+        }
         let results = placement
             .into_iter()
-            .map(|(b, i, event_id)| {
-                let status = match outcomes[b].statuses[i] {
-                    crate::domain::SignalStatus::Accepted => pb::SignalStatus::Accepted,
-                    crate::domain::SignalStatus::Duplicate => pb::SignalStatus::Duplicate,
-                    crate::domain::SignalStatus::Capped => pb::SignalStatus::Capped,
+            .map(|(b, i, event_id, visitor_id)| {
+                let status = match outcomes[b].statuses.get(i) {
+                    Some(crate::domain::SignalStatus::Accepted) => pb::SignalStatus::Accepted,
+                    Some(crate::domain::SignalStatus::Duplicate) => pb::SignalStatus::Duplicate,
+                    Some(crate::domain::SignalStatus::Capped) => pb::SignalStatus::Capped,
+                    None => pb::SignalStatus::Unspecified,
                 };
-                pb::SignalResult { event_id, lead_id: outcomes[b].lead.lead_id.to_string(), status: status.into() }
+                let lead_id = outcomes[b]
+                    .lead
+                    .lead_id
+                    .visitor()
+                    .map_or_else(|| outcomes[b].lead.lead_id.to_string(), |_| String::new());
+                pb::SignalResult { event_id, lead_id, status: status.into(), visitor_id }
             })
             .collect();
         // Qualification runs on every lead the batch touched, concurrently.
@@ -115,22 +144,28 @@ impl LeadScoring for ScoringService {
     ) -> Result<Response<pb::ScoreLeadResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::default();
-        let lead_id = convert::lead_id(req.lead_id, "lead_id", &mut v);
+        let lead_id = convert::subject(req.lead_id, req.visitor_id, "", &mut v);
         let rules = self.state.rules();
         check_model(&rules, &req.model, &mut v);
         let Some(lead_id) = v.into_result(lead_id)? else {
             return Err(Status::internal("lead id parsed without violation but is missing"));
         };
-        tracing::Span::current().record("lead_id", lead_id.as_str());
-        let lead = self
-            .state
-            .store
-            .load_leads(std::slice::from_ref(&lead_id))
-            .await
-            .map_err(ApiError::from)?
-            .pop()
-            .flatten()
-            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
+        let load = |id: LeadId| async move {
+            self.state
+                .store
+                .load_leads(std::slice::from_ref(&id))
+                .await
+                .map_err(ApiError::from)?
+                .pop()
+                .flatten()
+                .ok_or_else(|| ApiError::NotFound(format!("{id} was never seen")))
+        };
+        let mut lead = load(lead_id).await?;
+        // An identified visitor's score is its lead's.
+        if let Some(owner) = lead.merged_into.clone() {
+            lead = load(owner).await?;
+        }
         let score = score(&rules, &req.model, &lead, self.state.clock.now())?;
         Ok(Response::new(pb::ScoreLeadResponse { score: Some(score) }))
     }

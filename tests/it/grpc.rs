@@ -23,7 +23,7 @@ async fn score_of(
     lead: &str,
 ) -> pb::LeadScore {
     client
-        .score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new() })
+        .score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -177,8 +177,10 @@ async fn an_unknown_type_rejects_the_whole_batch() {
     assert_eq!(violated_fields(&status), ["signals[1].type"]);
     assert!(status.message().contains("tiktok_like"), "{}", status.message());
     // Nothing was written, not even the valid signal.
-    let missing =
-        client.score_lead(pb::ScoreLeadRequest { lead_id: "lead-x".into(), model: String::new() }).await.unwrap_err();
+    let missing = client
+        .score_lead(pb::ScoreLeadRequest { lead_id: "lead-x".into(), model: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
 }
 
@@ -211,8 +213,10 @@ async fn bad_input_gets_field_violations() {
     let status = client.record_signals(record(too_many)).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["signals"]);
 
-    let status =
-        client.score_lead(pb::ScoreLeadRequest { lead_id: "l".into(), model: "nope".into() }).await.unwrap_err();
+    let status = client
+        .score_lead(pb::ScoreLeadRequest { lead_id: "l".into(), model: "nope".into(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(violated_fields(&status), ["model"]);
     let status = client.upsert_lead(pb::UpsertLeadRequest { lead: None }).await.unwrap_err();
     assert_eq!(violated_fields(&status), ["lead"]);
@@ -228,8 +232,10 @@ async fn bad_input_gets_field_violations() {
         .unwrap_err();
     assert_eq!(violated_fields(&status), ["lead.attributes[\"bad name!\"]"]);
     // None of it wrote anything.
-    let status =
-        client.score_lead(pb::ScoreLeadRequest { lead_id: "l".into(), model: String::new() }).await.unwrap_err();
+    let status = client
+        .score_lead(pb::ScoreLeadRequest { lead_id: "l".into(), model: String::new(), ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 }
 

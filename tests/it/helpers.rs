@@ -203,7 +203,7 @@ pub fn signal(event_id: &str, lead_id: &str, signal_type: &str, at_millis: i64) 
         lead_id: lead_id.into(),
         r#type: signal_type.into(),
         occurred_at: Some(ts(at_millis)),
-        properties: Default::default(),
+        ..Default::default()
     }
 }
 

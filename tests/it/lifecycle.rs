@@ -10,7 +10,9 @@ use crate::helpers::{RedisServer, TestApp, now_millis, record, settings, signal}
 
 async fn total(app: &TestApp, lead: &str) -> Result<f64, tonic::Status> {
     let mut client = app.client().await;
-    let r = client.score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new() }).await?;
+    let r = client
+        .score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new(), ..Default::default() })
+        .await?;
     Ok(r.into_inner().score.unwrap().total)
 }
 

@@ -373,7 +373,7 @@ async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
 
 async fn score(app: &TestApp, lead: &str) -> pb::LeadScore {
     let mut c = app.client().await;
-    c.score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new() })
+    c.score_lead(pb::ScoreLeadRequest { lead_id: lead.into(), model: String::new(), ..Default::default() })
         .await
         .unwrap()
         .into_inner()
@@ -498,4 +498,103 @@ async fn rescore_applies_new_weights_from_the_raw_history() {
     let after = score(&app, "w").await;
     assert!((after.behavior - 32.0).abs() < 0.05, "{}", after.behavior);
     assert_eq!(after.stage(), pb::Stage::Mql);
+}
+
+fn visitor_signal(event: &str, visitor: &str, signal_type: &str, at: i64) -> pb::Signal {
+    pb::Signal { visitor_id: visitor.into(), lead_id: String::new(), ..signal(event, "", signal_type, at) }
+}
+
+async fn identify(app: &TestApp, visitor: &str, lead: &str) -> Result<pb::IdentifyVisitorResponse, tonic::Status> {
+    qualification(app)
+        .await
+        .identify_visitor(pb::IdentifyVisitorRequest { visitor_id: visitor.into(), lead_id: lead.into() })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn anonymous_visitors_are_scored_and_merged_once_identified() {
+    let (_redis, app) = app().await;
+    let mut scoring = app.client().await;
+    let now = now_millis();
+    let visits = vec![
+        visitor_signal("v1", "cookie-9", "pricing_page_view", now - 2 * DAY),
+        visitor_signal("v2", "cookie-9", "content_download", now - DAY),
+    ];
+    let response = scoring.record_signals(record(visits)).await.unwrap().into_inner();
+    assert_eq!((response.results[0].lead_id.as_str(), response.results[0].visitor_id.as_str()), ("", "cookie-9"));
+    let anonymous = &response.scores[0];
+    assert_eq!((anonymous.visitor_id.as_str(), anonymous.stage()), ("cookie-9", pb::Stage::Anonymous));
+    let visitor_score = scoring
+        .score_lead(pb::ScoreLeadRequest { visitor_id: "cookie-9".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .score
+        .unwrap();
+    assert!(visitor_score.behavior > 17.0);
+
+    // The lead already has one of the same events (sent with its lead id too).
+    scoring.record_signals(record(vec![signal("v2", "dana", "content_download", now - DAY)])).await.unwrap();
+    let merged = identify(&app, "cookie-9", "dana").await.unwrap();
+    assert_eq!(merged.merged_signals, 1, "v2 was already on the lead");
+    let lead_score = merged.score.unwrap();
+    assert_eq!((lead_score.lead_id.as_str(), lead_score.stage()), ("dana", pb::Stage::Lead));
+    assert!(
+        (lead_score.behavior - visitor_score.behavior).abs() < 0.05,
+        "{} vs {}",
+        lead_score.behavior,
+        visitor_score.behavior
+    );
+
+    // Again: nothing counted twice.
+    let again = identify(&app, "cookie-9", "dana").await.unwrap();
+    assert_eq!(again.merged_signals, 0);
+    assert!((again.score.unwrap().total - lead_score.total).abs() < 0.011);
+
+    // Later visitor signals go to the lead.
+    let later = scoring
+        .record_signals(record(vec![visitor_signal("v3", "cookie-9", "email_click", now)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((later.results[0].lead_id.as_str(), later.results[0].visitor_id.as_str()), ("dana", "cookie-9"));
+    assert_eq!(later.scores[0].lead_id, "dana");
+    let via_visitor = scoring
+        .score_lead(pb::ScoreLeadRequest { visitor_id: "cookie-9".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .score
+        .unwrap();
+    assert_eq!(via_visitor.lead_id, "dana", "an identified visitor's score is its lead's");
+
+    // One visitor, one lead.
+    let other = identify(&app, "cookie-9", "erin").await.unwrap_err();
+    assert_eq!(other.code(), Code::FailedPrecondition);
+    assert_eq!(other.get_details_error_info().unwrap().reason, "VISITOR_ALREADY_IDENTIFIED");
+    assert_eq!(identify(&app, "nobody", "erin").await.unwrap_err().code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn identifying_a_visitor_creates_the_lead_in_the_feed() {
+    let (_redis, app) = app().await;
+    let mut scoring = app.client().await;
+    scoring.record_signals(record(vec![visitor_signal("v1", "cookie-1", "page_view", now_millis())])).await.unwrap();
+    let merged = identify(&app, "cookie-1", "new-lead").await.unwrap();
+    assert_eq!(merged.merged_signals, 1);
+    assert_eq!(
+        moves(&feed(&app).await, "new-lead"),
+        [(pb::Stage::Anonymous, pb::Stage::Lead, "identify_visitor".to_string())]
+    );
+    let both = scoring
+        .record_signals(record(vec![pb::Signal {
+            visitor_id: "c".into(),
+            ..signal("x", "l", "page_view", now_millis())
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(crate::helpers::violated_fields(&both), ["signals[0].visitor_id"]);
+    let neither = scoring.record_signals(record(vec![signal("x", "", "page_view", now_millis())])).await.unwrap_err();
+    assert_eq!(crate::helpers::violated_fields(&neither), ["signals[0].lead_id"]);
 }
