@@ -74,6 +74,8 @@ pub struct Settings {
     pub feed_poll_interval: Millis,
     /// How often the rule file is checked for changes (SIGHUP also reloads).
     pub rules_reload_interval: Millis,
+    /// Rescore every lead when a reloaded rule set is activated.
+    pub rescore_on_reload: bool,
 }
 
 impl Default for Settings {
@@ -97,12 +99,13 @@ impl Default for Settings {
             feed_retention: Millis(30 * DAY),
             feed_poll_interval: Millis(250),
             rules_reload_interval: Millis(2_000),
+            rescore_on_reload: true,
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -120,6 +123,7 @@ pub const KEYS: [&str; 17] = [
     "feed_retention",
     "feed_poll_interval",
     "rules_reload_interval",
+    "rescore_on_reload",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -9,10 +9,12 @@
 //! re-reads the lead and re-evaluates from the new stage. So each move is
 //! made, and fed to the CRM, exactly once.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 
+use crate::api::jobs::{JobState, RescoreJob};
 use crate::api::{ActiveRules, AppState};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
@@ -349,4 +351,37 @@ pub async fn identify(
     }
     let lead = requalify(state, rules, lead).await?;
     Ok(Identified::Merged { lead, merged_signals })
+}
+
+/// Starts a background rescore under the active rule set, unless one is
+/// running (then returns that one, and `false`).
+pub fn start_rescore(state: Arc<AppState>) -> (Arc<RescoreJob>, bool) {
+    let version = state.rules().version.clone();
+    let (job, started) = state.jobs.start(&version, state.clock.now());
+    if started {
+        let job = job.clone();
+        tokio::spawn(async move {
+            tracing::info!(job_id = %job.id, version = %job.rule_set_version, "rescore started");
+            let outcome = rescore(&state, &job.progress).await;
+            let now = state.clock.now();
+            match outcome {
+                Ok(()) => {
+                    let p = &job.progress;
+                    tracing::info!(
+                        job_id = %job.id,
+                        processed = p.processed.load(Ordering::Relaxed),
+                        rebuilt = p.rebuilt.load(Ordering::Relaxed),
+                        stage_changes = p.stage_changes.load(Ordering::Relaxed),
+                        "rescore done"
+                    );
+                    job.finish(JobState::Done, now);
+                }
+                Err(e) => {
+                    tracing::error!(job_id = %job.id, error = %e, "rescore failed");
+                    job.finish(JobState::Failed(e.to_string()), now);
+                }
+            }
+        });
+    }
+    (job, started)
 }

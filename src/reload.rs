@@ -29,8 +29,9 @@ fn fingerprint(source: &str) -> u64 {
     h.finish()
 }
 
-/// Reads the file and activates it if it changed and is valid.
-pub fn reload_once(state: &AppState, path: &PathBuf, last: &mut u64) -> Reload {
+/// Reads the file and activates it if it changed and is valid (then
+/// rescores every lead under it, when so configured).
+pub fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) -> Reload {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
@@ -49,6 +50,9 @@ pub fn reload_once(state: &AppState, path: &PathBuf, last: &mut u64) -> Reload {
             let previous = state.rules().version.clone();
             state.replace_rules(rules, path.display().to_string());
             tracing::info!(path = %path.display(), %version, %previous, "rule set reloaded");
+            if state.rescore_on_reload {
+                crate::engine::start_rescore(state.clone());
+            }
             Reload::Activated { version }
         }
         Err(errors) => {

@@ -101,16 +101,10 @@ impl Application {
             feed_poll_interval: settings.feed_poll_interval.duration(),
         };
         let feed = FeedPolicy { history_limit: settings.stage_history_limit, retention_ms: settings.feed_retention.0 };
-        let state = Arc::new(AppState::new(
-            store,
-            clock,
-            rules,
-            rules_name,
-            policy,
-            feed,
-            limits,
-            settings.required_approvers.clone(),
-        ));
+        let mut state =
+            AppState::new(store, clock, rules, rules_name, policy, feed, limits, settings.required_approvers.clone());
+        state.rescore_on_reload = settings.rescore_on_reload;
+        let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
             .map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?;

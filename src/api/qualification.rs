@@ -292,27 +292,7 @@ impl Qualification for QualificationService {
 
     #[tracing::instrument(name = "Rescore", skip_all)]
     async fn rescore(&self, _: Request<pb::RescoreRequest>) -> Result<Response<pb::RescoreResponse>, Status> {
-        let rules = self.state.rules();
-        let (job, started) = self.state.jobs.start(&rules.version, self.state.clock.now());
-        if started {
-            let state = self.state.clone();
-            let job = job.clone();
-            tokio::spawn(async move {
-                tracing::info!(job_id = %job.id, version = %job.rule_set_version, "rescore started");
-                let outcome = crate::engine::rescore(&state, &job.progress).await;
-                let now = state.clock.now();
-                match outcome {
-                    Ok(()) => {
-                        tracing::info!(job_id = %job.id, processed = job.progress.processed.load(Relaxed), "rescore done");
-                        job.finish(JobState::Done, now);
-                    }
-                    Err(e) => {
-                        tracing::error!(job_id = %job.id, error = %e, "rescore failed");
-                        job.finish(JobState::Failed(e.to_string()), now);
-                    }
-                }
-            });
-        }
+        let (job, started) = crate::engine::start_rescore(self.state.clone());
         Ok(Response::new(pb::RescoreResponse { job_id: job.id.clone(), started }))
     }
 

@@ -45,6 +45,8 @@ pub struct AppState {
     /// Teams every rule set must be agreed by.
     pub required_approvers: Vec<String>,
     pub jobs: super::jobs::Jobs,
+    /// Start a rescore whenever a reloaded rule set is activated.
+    pub rescore_on_reload: bool,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -69,6 +71,7 @@ impl AppState {
             limits,
             required_approvers,
             jobs: Default::default(),
+            rescore_on_reload: false,
             rules: RwLock::new(Arc::new(active)),
         }
     }

@@ -406,6 +406,7 @@ async fn simulate_predicts_what_rescore_then_does() {
     let mut s = settings(Some(redis.url()));
     s.rules = Some(path.clone());
     s.rules_reload_interval = leadscore::config::Millis(100);
+    s.rescore_on_reload = false;
     let app = TestApp::spawn(s).await;
     // Lead n has n content downloads today: 8 points each.
     let now = now_millis();
@@ -480,6 +481,7 @@ async fn rescore_applies_new_weights_from_the_raw_history() {
     let mut s = settings(Some(redis.url()));
     s.rules = Some(path.clone());
     s.rules_reload_interval = leadscore::config::Millis(100);
+    s.rescore_on_reload = false;
     let app = TestApp::spawn(s).await;
     upsert(&app, "w", &[("seniority", "vp")]).await;
     let now = now_millis();
@@ -597,4 +599,45 @@ async fn identifying_a_visitor_creates_the_lead_in_the_feed() {
     assert_eq!(crate::helpers::violated_fields(&both), ["signals[0].visitor_id"]);
     let neither = scoring.record_signals(record(vec![signal("x", "", "page_view", now_millis())])).await.unwrap_err();
     assert_eq!(crate::helpers::violated_fields(&neither), ["signals[0].lead_id"]);
+}
+
+#[tokio::test]
+async fn activating_a_reloaded_rule_set_rescores_every_lead() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    let app = TestApp::spawn(s).await;
+    let now = now_millis();
+    for n in 1..=3 {
+        let lead = format!("auto-{n}");
+        upsert(&app, &lead, &[("seniority", "vp")]).await;
+        let signals =
+            (0..n).map(|i| signal(&format!("{lead}-{i}"), &lead, "content_download", now - i * 60_000)).collect();
+        app.client().await.record_signals(record(signals)).await.unwrap();
+    }
+    assert!(feed(&app).await.is_empty());
+    let lower = leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", "version = \"2026.11.4\"")
+        .replace("score.behavior >= 30.0", "score.behavior >= 15.0");
+    std::fs::write(&path, &lower).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut changes = feed(&app).await;
+    while changes.len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no rescore after the reload: {changes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        changes = feed(&app).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let changes = feed(&app).await;
+    let mut moved: Vec<_> =
+        changes.iter().map(|c| (c.lead_id.clone(), c.change.as_ref().unwrap().rule_set_version.clone())).collect();
+    moved.sort();
+    assert_eq!(
+        moved,
+        [("auto-2".to_string(), "2026.11.4".to_string()), ("auto-3".to_string(), "2026.11.4".to_string())]
+    );
 }
