@@ -25,6 +25,28 @@ pub enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Demo data.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Load a realistic population of leads and signals into a running
+    /// service through its public RPCs.
+    Seed {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// How many leads.
+        #[arg(long, default_value_t = 300)]
+        leads: usize,
+        /// Same seed, same leads and signals.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -73,6 +95,21 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Rules { command: RulesCommand::Check { file } } => check_rules(&file),
+        Command::Demo { command: DemoCommand::Seed { addr, leads, seed } } => {
+            match crate::demo::seed(addr.clone(), leads, seed).await {
+                Ok(seeded) => {
+                    println!("seeded {} leads and {} signals into {addr}", seeded.leads, seeded.signals);
+                    for (stage, n) in &seeded.stages {
+                        println!("  {stage:<13} {n:>6}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leadscore: demo seed failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
         }

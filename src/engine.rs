@@ -253,6 +253,24 @@ pub async fn rescore(state: &AppState, progress: &RescoreProgress) -> Result<(),
     .await
 }
 
+/// Whether two leads hold the same tallies, sums compared to within floating
+/// point noise (Redis' Lua and Rust may round `2^x` differently in the last
+/// bit).
+fn same_tallies(a: &LeadSnapshot, b: &LeadSnapshot) -> bool {
+    a.daily == b.daily
+        && a.tallies.len() == b.tallies.len()
+        && a.tallies.iter().zip(&b.tallies).all(|((ta, x), (tb, y))| {
+            ta == tb
+                && x.counted == y.counted
+                && x.last_at == y.last_at
+                && x.sums.len() == y.sums.len()
+                && x.sums
+                    .iter()
+                    .zip(&y.sums)
+                    .all(|((ma, sa), (mb, sb))| ma == mb && (sa - sb).abs() <= 1e-9 * (1.0 + sa.abs().max(sb.abs())))
+        })
+}
+
 /// Rewrites one lead's tallies if its history rebuilds them differently.
 async fn rescore_lead(
     state: &AppState,
@@ -263,7 +281,7 @@ async fn rescore_lead(
 ) -> Result<LeadSnapshot, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
         let Some(rebuilt) = rebuild(rules, &lead, &history, &state.policy) else { return Ok(lead) };
-        if rebuilt.tallies == lead.tallies && rebuilt.daily == lead.daily {
+        if same_tallies(&rebuilt, &lead) {
             return Ok(lead);
         }
         if state.store.replace_tallies(&rebuilt).await? {

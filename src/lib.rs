@@ -11,10 +11,12 @@
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
 //! - `telemetry` — tracing subscriber
 //! - `cli`       — the `leadscore` command line
+//! - `demo`      — `leadscore demo seed`: demo data through the public RPCs
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod reload;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -164,7 +164,8 @@ impl Application {
             .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())))
             .add_service(QualificationServer::new(QualificationService::new(self.state.clone())));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = TcpListenerStream::new(self.listener);
+        // Small gRPC frames must not wait for Nagle's algorithm.
+        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));

@@ -18,6 +18,8 @@ use crate::rules::RuleSet;
 use crate::store::StageUpdate;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// The cursor that means "the end of the feed now".
+const LATEST: &str = "latest";
 const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 100;
 const DEFAULT_PAGE: u32 = 100;
@@ -172,7 +174,11 @@ impl Qualification for QualificationService {
             return Err(v.into_error().into());
         }
         let limit = if req.limit == 0 { DEFAULT_PAGE } else { req.limit };
-        let page = self.state.store.list_changes(&req.after_cursor, limit as usize).await.map_err(ApiError::from)?;
+        let after = match req.after_cursor.as_str() {
+            LATEST => self.state.store.feed_end().await.map_err(ApiError::from)?,
+            other => other.to_owned(),
+        };
+        let page = self.state.store.list_changes(&after, limit as usize).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListQualificationChangesResponse {
             changes: page.changes.iter().map(feed_change_to_proto).collect(),
             next_cursor: page.next_cursor,
@@ -186,7 +192,10 @@ impl Qualification for QualificationService {
         &self,
         request: Request<pb::WatchQualificationChangesRequest>,
     ) -> Result<Response<Self::WatchQualificationChangesStream>, Status> {
-        let after = request.into_inner().after_cursor;
+        let after = match request.into_inner().after_cursor.as_str() {
+            LATEST => self.state.store.feed_end().await.map_err(ApiError::from)?,
+            other => other.to_owned(),
+        };
         // Reject a bad cursor now rather than in the stream.
         let first = self.state.store.list_changes(&after, DEFAULT_PAGE as usize).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(DEFAULT_PAGE as usize);

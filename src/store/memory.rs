@@ -174,6 +174,10 @@ impl LeadStore for MemoryStore {
         Ok(FeedPage { next_cursor: cursor(start + changes.len()), changes })
     }
 
+    async fn feed_end(&self) -> Result<String, StoreError> {
+        Ok(cursor(self.data().feed.len()))
+    }
+
     fn partitions(&self) -> u32 {
         1
     }

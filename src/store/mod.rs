@@ -149,6 +149,9 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Changes after `cursor` (empty: from the oldest kept), at most `limit`.
     async fn list_changes(&self, cursor: &str, limit: usize) -> Result<FeedPage, StoreError>;
 
+    /// The cursor at the current end of the feed (to follow only new changes).
+    async fn feed_end(&self) -> Result<String, StoreError>;
+
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;
 

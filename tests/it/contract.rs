@@ -288,6 +288,7 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
         let order: Vec<_> = seen.iter().filter(|s| s.0 == lead.as_str()).map(|s| s.1).collect();
         assert_eq!(order, [Stage::Mql, Stage::Sql], "{lead}");
     }
+    assert_eq!(store.feed_end().await.unwrap(), cursor, "the end of the feed is where paging stopped");
     // New changes after the last cursor, and only those.
     record(store, &id("late"), vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
     store.change_stage(&id("late"), Stage::Lead, &[change(Stage::Lead, Stage::Mql, "a", 9)], &FEED).await.unwrap();

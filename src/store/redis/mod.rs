@@ -330,6 +330,20 @@ impl LeadStore for RedisStore {
         }
         Ok(FeedPage { changes, next_cursor })
     }
+    async fn feed_end(&self) -> Result<String, StoreError> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions() {
+            pipe.cmd("XREVRANGE").arg(self.keys.feed(partition)).arg("+").arg("-").arg("COUNT").arg(1);
+        }
+        let replies: Vec<redis::streams::StreamRangeReply> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let ends = replies
+            .into_iter()
+            .map(|r| r.ids.first().and_then(|e| EntryId::parse(&e.id)).unwrap_or_default())
+            .collect();
+        Ok(FeedCursor(ends).encode())
+    }
+
     fn partitions(&self) -> u32 {
         self.keys.partitions()
     }

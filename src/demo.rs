@@ -1,0 +1,183 @@
+//! `leadscore demo seed`: a realistic population loaded through the public
+//! RPCs (UpsertLead, RecordSignals), for trying rules, simulation and the
+//! feed. Deterministic for a given seed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::api::pb::{self, lead_scoring_client::LeadScoringClient};
+
+/// xorshift64*: small, deterministic, good enough for demo data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// Picks by weight.
+    fn weighted<'a>(&mut self, items: &[(&'a str, u64)]) -> &'a str {
+        let total: u64 = items.iter().map(|(_, w)| w).sum();
+        let mut at = self.below(total);
+        for (item, w) in items {
+            if at < *w {
+                return item;
+            }
+            at -= w;
+        }
+        items[0].0
+    }
+}
+
+const SIGNALS: [(&str, u64); 15] = [
+    ("page_view", 40),
+    ("email_open", 25),
+    ("email_click", 12),
+    ("content_download", 8),
+    ("pricing_page_view", 5),
+    ("form_fill", 4),
+    ("webinar_registered", 3),
+    ("webinar_attended", 2),
+    ("social_share", 2),
+    ("event_attended", 1),
+    ("demo_requested", 1),
+    ("meeting_scheduled", 1),
+    ("careers_page_view", 1),
+    ("email_bounce", 1),
+    ("unsubscribe", 1),
+];
+const SOURCES: [(&str, &str); 6] = [
+    ("google", "paid_search"),
+    ("linkedin", "paid_social"),
+    ("newsletter", "email"),
+    ("organic", "organic_search"),
+    ("partner", "referral"),
+    ("g2", "review_site"),
+];
+const CAMPAIGNS: [&str; 4] = ["q3-webinar-series", "q4-launch", "pricing-ebook", "always-on"];
+
+/// What was seeded.
+#[derive(Debug, Default)]
+pub struct Seeded {
+    pub leads: usize,
+    pub signals: usize,
+    pub stages: BTreeMap<String, usize>,
+}
+
+/// Seeds `leads` leads with up to 30 signals each over the last 60 days.
+pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<dyn std::error::Error>> {
+    let mut client = LeadScoringClient::connect(addr).await?;
+    let mut rng = Rng(seed.max(1));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let day = 86_400;
+    let mut seeded = Seeded::default();
+    let mut stage_of: HashMap<String, String> = HashMap::new();
+    for n in 0..leads {
+        let lead_id = format!("demo-{seed}-{n:05}");
+        let company = rng.below(leads as u64 / 4 + 1);
+        let free_mail = rng.below(100) < 12;
+        let competitor = rng.below(100) < 2;
+        let email_domain = if competitor {
+            "rivalsoft.com".to_owned()
+        } else if free_mail {
+            rng.pick(&["gmail.com", "outlook.com", "yahoo.com"]).to_owned()
+        } else {
+            format!("company{company}.example")
+        };
+        let attributes: HashMap<String, String> = [
+            (
+                "seniority",
+                rng.pick(&["c_level", "vp", "director", "director", "manager", "manager", "individual"]).to_owned(),
+            ),
+            ("company_size", rng.pick(&["15", "80", "250", "800", "2500", "12000"]).to_owned()),
+            (
+                "industry",
+                rng.pick(&[
+                    "software",
+                    "saas",
+                    "financial_services",
+                    "healthcare",
+                    "manufacturing",
+                    "retail",
+                    "education",
+                ])
+                .to_owned(),
+            ),
+            ("country", rng.pick(&["us", "us", "gb", "de", "fr", "nl", "br", "in"]).to_owned()),
+            ("email_domain", email_domain),
+            (
+                "title",
+                rng.pick(&["Head of Marketing", "VP Sales", "Marketing Intern", "CFO", "Ops Manager", "Engineer"])
+                    .to_owned(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let created = now - rng.below(90) as i64 * day - rng.below(day as u64) as i64;
+        client
+            .upsert_lead(pb::UpsertLeadRequest {
+                lead: Some(pb::Lead {
+                    lead_id: lead_id.clone(),
+                    account_id: format!("acct-{company}"),
+                    attributes,
+                    created_at: Some(prost_types::Timestamp { seconds: created, nanos: 0 }),
+                    stage: 0,
+                }),
+            })
+            .await?;
+        let (source, channel) = SOURCES[rng.below(SOURCES.len() as u64) as usize];
+        let campaign = rng.pick(&CAMPAIGNS);
+        let count = rng.below(31) as usize;
+        let oldest = (now - created).min(60 * day).max(day);
+        let signals: Vec<pb::Signal> = (0..count)
+            .map(|i| {
+                let signal_type = rng.weighted(&SIGNALS);
+                let at = now - rng.below(oldest as u64) as i64;
+                let mut properties = HashMap::from([
+                    ("source".to_owned(), source.to_owned()),
+                    ("channel".to_owned(), channel.to_owned()),
+                    ("campaign".to_owned(), campaign.to_owned()),
+                ]);
+                if signal_type == "page_view" {
+                    let url =
+                        rng.pick(&["/blog/lead-scoring-101", "/product", "/pricing", "/case-studies/acme", "/docs"]);
+                    properties.insert("url".to_owned(), url.to_owned());
+                }
+                pb::Signal {
+                    event_id: format!("{lead_id}-e{i}"),
+                    lead_id: lead_id.clone(),
+                    r#type: signal_type.to_owned(),
+                    occurred_at: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+                    properties,
+                    ..Default::default()
+                }
+            })
+            .collect();
+        seeded.leads += 1;
+        if signals.is_empty() {
+            stage_of.insert(lead_id, "LEAD".into());
+            continue;
+        }
+        seeded.signals += signals.len();
+        let response = client.record_signals(pb::RecordSignalsRequest { signals }).await?.into_inner();
+        for score in response.scores {
+            let stage = score.stage().as_str_name().trim_start_matches("STAGE_").to_owned();
+            stage_of.insert(score.lead_id, stage);
+        }
+    }
+    for stage in stage_of.into_values() {
+        *seeded.stages.entry(stage).or_default() += 1;
+    }
+    Ok(seeded)
+}
