@@ -261,3 +261,20 @@ async fn the_embedded_store_serves_the_same_api() {
     client.record_signals(record(vec![signal("e", "mem", "demo_requested", now_millis())])).await.unwrap();
     assert!(score_of(&mut client, "mem").await.total > 39.0);
 }
+
+#[tokio::test]
+async fn demo_seed_loads_a_population_through_the_api() {
+    let (_redis, app) = app().await;
+    let addr = format!("http://127.0.0.1:{}", app.port);
+    let first = leadscore::demo::seed(addr.clone(), 40, 7).await.unwrap();
+    assert_eq!(first.leads, 40);
+    assert!(first.signals > 100, "{first:?}");
+    assert_eq!(first.stages.values().sum::<usize>(), 40);
+    assert!(first.stages.len() >= 2, "a mix of stages: {first:?}");
+    // The same seed again: the same events, all duplicates, nothing moves.
+    let again = leadscore::demo::seed(addr, 40, 7).await.unwrap();
+    assert_eq!(again.stages, first.stages);
+    let mut client = app.client().await;
+    let score = score_of(&mut client, "demo-7-00000").await;
+    assert_eq!(score.lead_id, "demo-7-00000");
+}
