@@ -327,6 +327,28 @@ async fn rule_sets_can_be_read_and_validated() {
     assert!(ok.valid && ok.summary.contains("4 qualification rules"));
 }
 
+/// A service on its own Redis, with the default rules in a file it reloads
+/// every 100 ms.
+struct RulesApp {
+    redis: RedisServer,
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    app: TestApp,
+}
+
+async fn app_with_rule_file(rescore_on_reload: bool) -> RulesApp {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    s.rescore_on_reload = rescore_on_reload;
+    let app = TestApp::spawn(s).await;
+    RulesApp { redis, dir, path, app }
+}
+
 async fn active_version(app: &TestApp) -> String {
     qualification(app).await.get_rule_set(pb::GetRuleSetRequest {}).await.unwrap().into_inner().version
 }
@@ -341,14 +363,7 @@ async fn wait_for_version(app: &TestApp, want: &str) {
 
 #[tokio::test]
 async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
-    let mut s = settings(Some(redis.url()));
-    s.rules = Some(path.clone());
-    s.rules_reload_interval = leadscore::config::Millis(100);
-    let app = TestApp::spawn(s).await;
+    let RulesApp { redis: _redis, dir: _dir, path, app } = app_with_rule_file(true).await;
     assert_eq!(active_version(&app).await, "2026.11.1");
 
     // A stricter MQL threshold, activated by the file change.
@@ -399,15 +414,7 @@ async fn rescore_and_wait(app: &TestApp) -> pb::GetRescoreJobResponse {
 
 #[tokio::test]
 async fn simulate_predicts_what_rescore_then_does() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
-    let mut s = settings(Some(redis.url()));
-    s.rules = Some(path.clone());
-    s.rules_reload_interval = leadscore::config::Millis(100);
-    s.rescore_on_reload = false;
-    let app = TestApp::spawn(s).await;
+    let RulesApp { redis, dir, path, app } = app_with_rule_file(false).await;
     // Lead n has n content downloads today: 8 points each.
     let now = now_millis();
     for n in 1..=6 {
@@ -474,15 +481,7 @@ async fn simulate_predicts_what_rescore_then_does() {
 
 #[tokio::test]
 async fn rescore_applies_new_weights_from_the_raw_history() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
-    let mut s = settings(Some(redis.url()));
-    s.rules = Some(path.clone());
-    s.rules_reload_interval = leadscore::config::Millis(100);
-    s.rescore_on_reload = false;
-    let app = TestApp::spawn(s).await;
+    let RulesApp { redis: _redis, dir: _dir, path, app } = app_with_rule_file(false).await;
     upsert(&app, "w", &[("seniority", "vp")]).await;
     let now = now_millis();
     let signals = (0..2).map(|i| signal(&format!("w{i}"), "w", "content_download", now - i * 60_000)).collect();
@@ -603,14 +602,7 @@ async fn identifying_a_visitor_creates_the_lead_in_the_feed() {
 
 #[tokio::test]
 async fn activating_a_reloaded_rule_set_rescores_every_lead() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, leadscore::DEFAULT_RULES).unwrap();
-    let mut s = settings(Some(redis.url()));
-    s.rules = Some(path.clone());
-    s.rules_reload_interval = leadscore::config::Millis(100);
-    let app = TestApp::spawn(s).await;
+    let RulesApp { redis: _redis, dir: _dir, path, app } = app_with_rule_file(true).await;
     let now = now_millis();
     for n in 1..=3 {
         let lead = format!("auto-{n}");
