@@ -76,6 +76,8 @@ pub struct Settings {
     pub rules_reload_interval: Millis,
     /// Rescore every lead when a reloaded rule set is activated.
     pub rescore_on_reload: bool,
+    /// How long fired nurture triggers are kept in the trigger stream.
+    pub trigger_retention: Millis,
 }
 
 impl Default for Settings {
@@ -100,12 +102,13 @@ impl Default for Settings {
             feed_poll_interval: Millis(250),
             rules_reload_interval: Millis(2_000),
             rescore_on_reload: true,
+            trigger_retention: Millis(7 * DAY),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 18] = [
+pub const KEYS: [&str; 19] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -124,6 +127,7 @@ pub const KEYS: [&str; 18] = [
     "feed_poll_interval",
     "rules_reload_interval",
     "rescore_on_reload",
+    "trigger_retention",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +176,7 @@ impl Settings {
             ("feed_retention", self.feed_retention),
             ("feed_poll_interval", self.feed_poll_interval),
             ("rules_reload_interval", self.rules_reload_interval),
+            ("trigger_retention", self.trigger_retention),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));

@@ -18,8 +18,8 @@ use crate::api::jobs::{JobState, RescoreJob};
 use crate::api::{ActiveRules, AppState};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    Cause, EventId, IngestPolicy, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, ScoredSignal, SignalStatus, Stage,
-    StageChange, Timestamp, VisitorId,
+    Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, ScoredSignal,
+    SignalStatus, Stage, StageChange, Timestamp, TriggerFire, VisitorId,
 };
 use crate::rules::RuleSet;
 use crate::store::{IdentifyMark, LeadBatch, LeadStore, StageUpdate, StoreError};
@@ -55,6 +55,35 @@ pub fn rule_changes(rules: &ActiveRules, lead: &LeadSnapshot, now: Timestamp) ->
         .collect()
 }
 
+/// The nurture triggers each change fires: the `stage_entered` definitions
+/// of the stage it enters whose condition holds for the lead in that stage.
+pub fn trigger_fires(rules: &ActiveRules, lead: &LeadSnapshot, changes: &[StageChange]) -> Vec<Vec<TriggerFire>> {
+    changes
+        .iter()
+        .map(|change| {
+            rules
+                .stage_entered_triggers(lead, change.to, change.at)
+                .into_iter()
+                .map(|def| TriggerFire {
+                    cooldown_ms: def.cooldown_ms,
+                    trigger: FiredTrigger {
+                        definition_id: def.id.clone(),
+                        program: def.program.clone(),
+                        lead_id: lead.lead_id.as_str().to_owned(),
+                        fired_at: change.at,
+                        reason: match &change.cause {
+                            Cause::Rule { rule_id } => format!("entered {} by rule {rule_id}", change.to),
+                            Cause::Manual { actor } => format!("entered {} set by {actor}", change.to),
+                        },
+                        score: change.score.clone(),
+                        stage: change.to,
+                    },
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Applies whatever moves the rules make to `lead`; returns the lead as it
 /// is afterwards.
 pub async fn requalify(
@@ -66,8 +95,9 @@ pub async fn requalify(
         let now = state.clock.now();
         let changes = rule_changes(rules, &lead, now);
         let Some(last) = changes.last() else { return Ok(lead) };
-        match state.store.change_stage(&lead.lead_id, lead.stage, &changes, &state.feed).await? {
-            StageUpdate::Applied(applied) => {
+        let fires = trigger_fires(rules, &lead, &changes);
+        match state.store.change_stage(&lead.lead_id, lead.stage, &changes, &fires, &state.feed).await? {
+            StageUpdate::Applied { changes: applied, .. } => {
                 for c in &applied {
                     tracing::info!(lead_id = %c.lead_id, from = %c.change.from, to = %c.change.to, cause = ?c.change.cause, "stage changed");
                 }
@@ -360,8 +390,11 @@ pub async fn identify(
             score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
             at: now,
         };
-        if let StageUpdate::Applied(_) =
-            state.store.change_stage(lead_id, Stage::Anonymous, std::slice::from_ref(&change), &state.feed).await?
+        let fires = trigger_fires(rules, &lead, std::slice::from_ref(&change));
+        if let StageUpdate::Applied { .. } = state
+            .store
+            .change_stage(lead_id, Stage::Anonymous, std::slice::from_ref(&change), &fires, &state.feed)
+            .await?
         {
             lead.stage = Stage::Lead;
             lead.stage_since = now;

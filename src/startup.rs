@@ -100,7 +100,11 @@ impl Application {
             max_future_skew_ms: 5 * 60_000,
             feed_poll_interval: settings.feed_poll_interval.duration(),
         };
-        let feed = FeedPolicy { history_limit: settings.stage_history_limit, retention_ms: settings.feed_retention.0 };
+        let feed = FeedPolicy {
+            history_limit: settings.stage_history_limit,
+            retention_ms: settings.feed_retention.0,
+            trigger_retention_ms: settings.trigger_retention.0,
+        };
         let mut state =
             AppState::new(store, clock, rules, rules_name, policy, feed, limits, settings.required_approvers.clone());
         state.rescore_on_reload = settings.rescore_on_reload;

@@ -143,14 +143,15 @@ impl Qualification for QualificationService {
             score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
             at: now,
         };
+        let fires = crate::engine::trigger_fires(&rules, &lead, std::slice::from_ref(&change));
         match self
             .state
             .store
-            .change_stage(&lead_id, lead.stage, &[change], &self.state.feed)
+            .change_stage(&lead_id, lead.stage, std::slice::from_ref(&change), &fires, &self.state.feed)
             .await
             .map_err(ApiError::from)?
         {
-            StageUpdate::Applied(_) => {}
+            StageUpdate::Applied { .. } => {}
             StageUpdate::Conflict { current } => {
                 return Err(stage_changed(&lead_id, lead.stage.as_str(), current.as_str()).into());
             }

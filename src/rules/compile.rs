@@ -5,12 +5,13 @@ use std::ops::Range;
 
 use std::sync::Arc;
 
-use super::file::{RawMatcher, RawModel, RawQualificationRule, RawRuleSet, RawSignalPoints};
+use super::file::{RawMatcher, RawModel, RawQualificationRule, RawRuleSet, RawSignalPoints, RawTrigger};
 use super::qualify::{self, Facts, Needs, QualificationRule};
+use super::triggers::{self, TriggerDefinition};
 use super::{RuleError, RuleSet, SignalTypeDef, parse_duration};
 use crate::domain::model::{PropertyRefinement, SignalPoints};
 use crate::domain::{Condition, Decay, FitRule, GradeThresholds, ScoringModel};
-use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
+use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp, TriggerOn};
 
 /// Largest absolute number of points any rule may give.
 const MAX_POINTS: f64 = 1_000_000.0;
@@ -109,6 +110,16 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
             qualification.push((compiled, rule.get_ref().when.span()));
         }
     }
+    let mut trigger_defs = Vec::new();
+    let mut trigger_ids = BTreeSet::new();
+    for raw in &raw.triggers {
+        if let Some(def) = trigger(raw.get_ref(), raw.span(), &type_names, &model_names, &mut needs, &mut errors) {
+            if !trigger_ids.insert(def.id.clone()) {
+                errors.push(raw.span(), format!("trigger id '{}' is used twice", def.id));
+            }
+            trigger_defs.push(def);
+        }
+    }
     // Type errors show only when a condition runs: run each once against a
     // made-up lead whose referenced attributes are all "0".
     if errors.list.is_empty() {
@@ -128,6 +139,13 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
                 errors.push(span.clone(), format!("rule '{}': {e}", rule.id));
             }
         }
+        for (def, raw) in trigger_defs.iter().zip(&raw.triggers) {
+            if let (Some((_, program)), Some(when)) = (&def.when, &raw.get_ref().when)
+                && let Err(e) = qualify::dry_run_program(program, &ctx)
+            {
+                errors.push(when.span(), format!("trigger '{}': {e}", def.id));
+            }
+        }
     }
 
     if errors.list.is_empty() {
@@ -140,6 +158,7 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
             half_lives,
             manual_transitions,
             qualification: qualification.into_iter().map(|(r, _)| r).collect(),
+            triggers: trigger_defs,
             needs,
             daily_caps,
             cel_env: env,
@@ -240,6 +259,55 @@ fn qualification_rule(
             None
         }
     }
+}
+
+fn trigger(
+    raw: &RawTrigger,
+    span: Range<usize>,
+    signal_types: &BTreeSet<String>,
+    models: &BTreeSet<String>,
+    needs: &mut Needs,
+    errors: &mut Errors<'_>,
+) -> Option<TriggerDefinition> {
+    if !is_identifier(&raw.id) {
+        errors.push(span.clone(), format!("trigger id '{}': {IDENTIFIER_RULE}", raw.id));
+    }
+    let on = match triggers::parse_on(raw.on.get_ref(), signal_types) {
+        Ok(TriggerOn::StageEntered(stage)) => TriggerOn::StageEntered(stage),
+        Ok(other) => {
+            errors.push(
+                raw.on.span(),
+                format!("trigger '{}': {other} triggers are not supported yet; use stage_entered(STAGE)", raw.id),
+            );
+            return None;
+        }
+        Err(e) => {
+            errors.push(raw.on.span(), format!("trigger '{}': {e}", raw.id));
+            return None;
+        }
+    };
+    let cooldown_ms = match &raw.cooldown {
+        None => 0,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Ok(ms) => ms,
+            Err(e) => {
+                errors.push(text.span(), format!("trigger '{}': cooldown: {e}", raw.id));
+                0
+            }
+        },
+    };
+    let when = match &raw.when {
+        None => None,
+        Some(when) => match qualify::compile_condition(&raw.id, when.get_ref(), signal_types, models, needs) {
+            Ok(program) => Some((when.get_ref().clone(), program)),
+            Err(e) => {
+                errors.push(when.span(), e.replacen("rule '", "trigger '", 1));
+                return None;
+            }
+        },
+    };
+    let program = if raw.program.trim().is_empty() { raw.id.clone() } else { raw.program.trim().to_owned() };
+    Some(TriggerDefinition { id: raw.id.clone(), on, when, cooldown_ms, program })
 }
 
 const IDENTIFIER_RULE: &str = "names use lower-case letters, digits and '_', start with a letter, at most 64 bytes";

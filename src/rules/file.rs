@@ -16,6 +16,19 @@ pub(super) struct RawRuleSet {
     pub manual_transitions: Option<Spanned<BTreeMap<String, Vec<String>>>>,
     #[serde(default)]
     pub qualification: Vec<Spanned<RawQualificationRule>>,
+    #[serde(default)]
+    pub triggers: Vec<Spanned<RawTrigger>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTrigger {
+    pub id: String,
+    pub on: Spanned<String>,
+    pub when: Option<Spanned<String>>,
+    pub cooldown: Option<Spanned<String>>,
+    #[serde(default)]
+    pub program: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,6 +7,7 @@ mod duration;
 mod error;
 mod file;
 pub mod qualify;
+pub mod triggers;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -40,6 +41,8 @@ pub struct RuleSet {
     pub manual_transitions: BTreeMap<Stage, Vec<Stage>>,
     /// In file order: the first that applies wins.
     pub qualification: Vec<QualificationRule>,
+    /// Nurture trigger definitions.
+    pub triggers: Vec<triggers::TriggerDefinition>,
     /// The file as written.
     pub source: String,
     /// Default half-life per model, for the summary.
@@ -118,6 +121,31 @@ impl RuleSet {
         }
     }
 
+    /// The definitions that fire when `lead` enters `stage` now (their
+    /// `when`, if any, evaluated against the lead in that stage).
+    pub fn stage_entered_triggers(
+        &self,
+        lead: &LeadSnapshot,
+        stage: Stage,
+        now: Timestamp,
+    ) -> Vec<&triggers::TriggerDefinition> {
+        let candidates: Vec<_> =
+            self.triggers.iter().filter(|t| t.on == crate::domain::TriggerOn::StageEntered(stage)).collect();
+        if candidates.iter().all(|t| t.when.is_none()) {
+            return candidates;
+        }
+        let scores = self.scores(lead, now);
+        let facts = Facts { lead, stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
+        let ctx = qualify::context(&self.cel_env, &self.needs, &facts);
+        candidates
+            .into_iter()
+            .filter(|t| match &t.when {
+                None => true,
+                Some((_, program)) => matches!(program.execute(&ctx), Ok(cel::Value::Bool(true))),
+            })
+            .collect()
+    }
+
     /// Stages `SetStage` may move a lead to from `from`.
     pub fn manual_targets(&self, from: Stage) -> &[Stage] {
         self.manual_transitions.get(&from).map_or(&[], Vec::as_slice)
@@ -153,6 +181,16 @@ impl RuleSet {
             capped,
             self.signal_types.keys().cloned().collect::<Vec<_>>().join(", ")
         );
+        let _ = writeln!(out, "{} nurture triggers", self.triggers.len());
+        for t in &self.triggers {
+            let when = t.when.as_ref().map_or(String::new(), |(w, _)| format!(" when {w}"));
+            let cooldown = if t.cooldown_ms > 0 {
+                format!(", cooldown {}", format_duration(t.cooldown_ms))
+            } else {
+                String::new()
+            };
+            let _ = writeln!(out, "  {}: on {}{when} -> program {}{cooldown}", t.id, t.on, t.program);
+        }
         let _ = writeln!(out, "{} qualification rules", self.qualification.len());
         for rule in &self.qualification {
             let from = rule
@@ -380,6 +418,34 @@ when = "signals.email_click.count_7d >= 2"
         ] {
             assert_eq!(errors(&with_rule(when)), Vec::<String>::new(), "{when}");
         }
+    }
+
+    #[test]
+    fn trigger_definitions_are_checked() {
+        let rules = RuleSet::parse(crate::DEFAULT_RULES).unwrap();
+        let mut lead = lead_with(&rules, &[]);
+        let ids: Vec<_> = rules.stage_entered_triggers(&lead, Stage::Mql, NOW).iter().map(|t| t.id.clone()).collect();
+        assert_eq!(ids, ["sales_alert_new_mql"]);
+        let with_when = crate::DEFAULT_RULES
+            .replace("program = \"sales-alert\"", "program = \"sales-alert\"\nwhen = \"grade == 'A'\"");
+        let rules = RuleSet::parse(&with_when).unwrap();
+        assert!(rules.stage_entered_triggers(&lead, Stage::Mql, NOW).is_empty(), "grade D");
+        lead.attributes
+            .extend([("seniority".to_owned(), "vp".to_owned()), ("company_size".to_owned(), "5000".to_owned())]);
+        assert_eq!(rules.stage_entered_triggers(&lead, Stage::Mql, NOW).len(), 1);
+
+        for (replace, expected) in [
+            ("on = \"stage_entered(MQL)\"", "on = \"stage_entered(WON)\""),
+            ("on = \"stage_entered(MQL)\"", "on = \"signal(demo_requested)\""),
+            ("cooldown = \"7d\"", "cooldown = \"a week\""),
+            ("id = \"book_discovery_call\"", "id = \"sales_alert_new_mql\""),
+        ] {
+            let src = crate::DEFAULT_RULES.replacen(replace, expected, 1);
+            let errs = errors(&src);
+            assert_eq!(errs.len(), 1, "{expected}: {errs:?}");
+        }
+        let unsupported = errors(&crate::DEFAULT_RULES.replacen("stage_entered(MQL)", "inactive(30d)", 1));
+        assert!(unsupported[0].contains("not supported yet"), "{unsupported:?}");
     }
 
     #[test]

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange, Timestamp,
+    FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange,
+    Timestamp, TriggerFire,
 };
 
 #[derive(Debug)]
@@ -17,6 +18,8 @@ struct StoredLead {
     ledger: LeadLedger,
     /// Newest first.
     stages: VecDeque<StageChange>,
+    /// Trigger definition → when it last fired for this lead (cooldowns).
+    fired: HashMap<String, Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -24,6 +27,8 @@ struct Data {
     leads: HashMap<LeadId, StoredLead>,
     /// The change feed; a cursor is `m<number of changes consumed>`.
     feed: Vec<(LeadId, StageChange)>,
+    /// Fired triggers; a trigger's id is `t<index>`.
+    triggers: Vec<FiredTrigger>,
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +57,7 @@ fn entry<'a>(
     leads.entry(id.clone()).or_insert_with(|| {
         let mut snapshot = LeadSnapshot::new(id.clone(), now);
         snapshot.stage = initial_stage;
-        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new() }
+        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new(), fired: HashMap::new() }
     })
 }
 
@@ -108,16 +113,26 @@ impl LeadStore for MemoryStore {
         lead_id: &LeadId,
         expected: Stage,
         changes: &[StageChange],
+        fires: &[Vec<TriggerFire>],
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError> {
         let mut data = self.data();
-        let Data { leads, feed } = &mut *data;
+        let Data { leads, feed, triggers } = &mut *data;
         let Some(lead) = leads.get_mut(lead_id) else { return Ok(StageUpdate::NotFound) };
         if lead.snapshot.stage != expected {
             return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
         }
         let mut applied = Vec::with_capacity(changes.len());
-        for change in changes {
+        let mut fired = Vec::new();
+        for (i, change) in changes.iter().enumerate() {
+            for fire in fires.get(i).map_or(&[][..], Vec::as_slice) {
+                let last = lead.fired.get(&fire.trigger.definition_id);
+                if last.is_none_or(|at| change.at.millis() - at.millis() >= fire.cooldown_ms) {
+                    lead.fired.insert(fire.trigger.definition_id.clone(), change.at);
+                    triggers.push(fire.trigger.clone());
+                    fired.push(format!("t{}", triggers.len() - 1));
+                }
+            }
             lead.snapshot.stage = change.to;
             lead.snapshot.stage_since = change.at;
             lead.stages.push_front(change.clone());
@@ -130,7 +145,7 @@ impl LeadStore for MemoryStore {
             });
         }
         lead.stages.truncate(policy.history_limit);
-        Ok(StageUpdate::Applied(applied))
+        Ok(StageUpdate::Applied { changes: applied, triggers: fired })
     }
 
     async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError> {

@@ -14,7 +14,7 @@ pub use memory::MemoryStore;
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
-    StageChange, Timestamp,
+    StageChange, Timestamp, TriggerFire,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -37,8 +37,12 @@ pub enum StoreError {
 /// What an attempt to change a lead's stage did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StageUpdate {
-    /// Applied; the changes as the feed holds them, in order.
-    Applied(Vec<QualificationChange>),
+    /// Applied; the changes as the feed holds them, in order, and the ids
+    /// of the triggers fired.
+    Applied {
+        changes: Vec<QualificationChange>,
+        triggers: Vec<String>,
+    },
     /// The lead was no longer in the expected stage; nothing was written.
     Conflict {
         current: Stage,
@@ -53,6 +57,8 @@ pub struct FeedPolicy {
     pub history_limit: usize,
     /// Changes older than this may be trimmed from the feed.
     pub retention_ms: i64,
+    /// Triggers older than this may be trimmed from the trigger stream.
+    pub trigger_retention_ms: i64,
 }
 
 /// A page of the qualification change feed.
@@ -130,12 +136,15 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// Moves the lead through `changes` (in order) if its stage is still
     /// `expected`, recording each in its stage history and in the change
-    /// feed, all atomically. Otherwise writes nothing.
+    /// feed, and firing each change's triggers (`fires[i]` for `changes[i]`;
+    /// one whose cooldown for this lead still runs is skipped) — all
+    /// atomically. Otherwise writes nothing.
     async fn change_stage(
         &self,
         lead_id: &LeadId,
         expected: Stage,
         changes: &[StageChange],
+        fires: &[Vec<TriggerFire>],
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError>;
 

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leadscore::domain::{
-    AccountId, Cause, EventId, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
-    ScoredSignal, SignalStatus, Stage, StageChange, Timestamp,
+    AccountId, Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot,
+    ScoreSnapshot, ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
 };
 use leadscore::rules::RuleSet;
 use leadscore::store::redis::{RedisSettings, RedisStore};
@@ -216,7 +216,7 @@ async fn hostile_ids_are_kept_apart(store: &dyn LeadStore) {
     }
 }
 
-const FEED: FeedPolicy = FeedPolicy { history_limit: 3, retention_ms: 30 * DAY };
+const FEED: FeedPolicy = FeedPolicy { history_limit: 3, retention_ms: 30 * DAY, trigger_retention_ms: 7 * DAY };
 
 fn change(from: Stage, to: Stage, rule: &str, minute: i64) -> StageChange {
     StageChange {
@@ -234,12 +234,14 @@ async fn stage_changes_compare_and_set(store: &dyn LeadStore) {
     let rules = rules();
     let lead = id("stage-lead");
     assert_eq!(
-        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "r", 0)], &FEED).await.unwrap(),
+        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "r", 0)], &[], &FEED).await.unwrap(),
         StageUpdate::NotFound
     );
     record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
     let two = [change(Stage::Lead, Stage::Mql, "to_mql", 1), change(Stage::Mql, Stage::Sql, "to_sql", 1)];
-    let StageUpdate::Applied(applied) = store.change_stage(&lead, Stage::Lead, &two, &FEED).await.unwrap() else {
+    let StageUpdate::Applied { changes: applied, .. } =
+        store.change_stage(&lead, Stage::Lead, &two, &[], &FEED).await.unwrap()
+    else {
         panic!("not applied")
     };
     assert_eq!(applied.len(), 2);
@@ -247,15 +249,17 @@ async fn stage_changes_compare_and_set(store: &dyn LeadStore) {
     let now = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
     assert_eq!((now.stage, now.stage_since), (Stage::Sql, NOW.plus_millis(60_000)));
     // A stale expectation writes nothing.
-    let stale =
-        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "again", 2)], &FEED).await.unwrap();
+    let stale = store
+        .change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "again", 2)], &[], &FEED)
+        .await
+        .unwrap();
     assert_eq!(stale, StageUpdate::Conflict { current: Stage::Sql });
     let history = store.stage_history(&lead, 10).await.unwrap();
     assert_eq!(history.iter().map(|c| c.to).collect::<Vec<_>>(), [Stage::Sql, Stage::Mql]);
     assert_eq!(history[1], two[0]);
     // History is bounded.
     for (i, (from, to)) in [(Stage::Sql, Stage::Recycled), (Stage::Recycled, Stage::Mql)].into_iter().enumerate() {
-        store.change_stage(&lead, from, &[change(from, to, "more", 3 + i as i64)], &FEED).await.unwrap();
+        store.change_stage(&lead, from, &[change(from, to, "more", 3 + i as i64)], &[], &FEED).await.unwrap();
     }
     assert_eq!(store.stage_history(&lead, 10).await.unwrap().len(), 3);
 }
@@ -266,7 +270,7 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
     for (i, lead) in leads.iter().enumerate() {
         record(store, lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
         let changes = [change(Stage::Lead, Stage::Mql, "a", i as i64), change(Stage::Mql, Stage::Sql, "b", i as i64)];
-        store.change_stage(lead, Stage::Lead, &changes, &FEED).await.unwrap();
+        store.change_stage(lead, Stage::Lead, &changes, &[], &FEED).await.unwrap();
     }
     let mut seen = Vec::new();
     let mut cursor = String::new();
@@ -291,11 +295,56 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
     assert_eq!(store.feed_end().await.unwrap(), cursor, "the end of the feed is where paging stopped");
     // New changes after the last cursor, and only those.
     record(store, &id("late"), vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
-    store.change_stage(&id("late"), Stage::Lead, &[change(Stage::Lead, Stage::Mql, "a", 9)], &FEED).await.unwrap();
+    store.change_stage(&id("late"), Stage::Lead, &[change(Stage::Lead, Stage::Mql, "a", 9)], &[], &FEED).await.unwrap();
     let page = store.list_changes(&cursor, 100).await.unwrap();
     assert_eq!(page.changes.len(), 1);
     assert_eq!(page.changes[0].lead_id.as_str(), "late");
     assert!(matches!(store.list_changes("garbage", 10).await, Err(leadscore::store::StoreError::BadCursor(_))));
+}
+
+fn fire(definition: &str, cooldown_days: i64, lead: &LeadId, change: &StageChange) -> TriggerFire {
+    TriggerFire {
+        cooldown_ms: cooldown_days * DAY,
+        trigger: FiredTrigger {
+            definition_id: definition.into(),
+            program: "p".into(),
+            lead_id: lead.to_string(),
+            fired_at: change.at,
+            reason: "r".into(),
+            score: change.score.clone(),
+            stage: change.to,
+        },
+    }
+}
+
+async fn triggers_fire_with_their_change_and_respect_cooldowns(store: &dyn LeadStore) {
+    let rules = rules();
+    let lead = id("trig");
+    record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+    let up = change(Stage::Lead, Stage::Mql, "up", 0);
+    let fires = vec![vec![fire("mql_alert", 7, &lead, &up)]];
+    let StageUpdate::Applied { triggers, .. } =
+        store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&up), &fires, &FEED).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    assert_eq!(triggers.len(), 1);
+    // Recycled and back within the cooldown: the move happens, the trigger does not.
+    let down = change(Stage::Mql, Stage::Recycled, "down", 60);
+    store.change_stage(&lead, Stage::Mql, std::slice::from_ref(&down), &[], &FEED).await.unwrap();
+    let again = change(Stage::Recycled, Stage::Mql, "again", 120);
+    let fires = vec![vec![fire("mql_alert", 7, &lead, &again)]];
+    let StageUpdate::Applied { triggers, .. } =
+        store.change_stage(&lead, Stage::Recycled, std::slice::from_ref(&again), &fires, &FEED).await.unwrap()
+    else {
+        panic!("not applied")
+    };
+    assert!(triggers.is_empty(), "within the cooldown");
+    // A refused move fires nothing.
+    let stale = change(Stage::Lead, Stage::Mql, "stale", 180);
+    let fires = vec![vec![fire("other", 0, &lead, &stale)]];
+    let refused = store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&stale), &fires, &FEED).await.unwrap();
+    assert_eq!(refused, StageUpdate::Conflict { current: Stage::Mql });
 }
 
 macro_rules! contract {
@@ -327,6 +376,7 @@ contract!(
     hostile_ids_are_kept_apart,
     stage_changes_compare_and_set,
     the_feed_pages_in_order_and_resumes,
+    triggers_fire_with_their_change_and_respect_cooldowns,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {
@@ -355,7 +405,7 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     assert_eq!(keys.len(), 5, "{keys:?}");
     // The stage history and the partition's feed share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
-    store.change_stage(&lead, Stage::Lead, &[change], &FEED).await.unwrap();
+    store.change_stage(&lead, Stage::Lead, &[change], &[], &FEED).await.unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert_eq!(keys.len(), 7, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.

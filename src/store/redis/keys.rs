@@ -35,6 +35,8 @@ pub struct LeadKeys {
     pub feed: String,
     /// Sorted set: the partition's lead ids by created_at.
     pub index: String,
+    /// Stream: the partition's fired nurture triggers.
+    pub triggers: String,
 }
 
 impl KeySpace {
@@ -62,6 +64,11 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:feed:stages", self.prefix)
     }
 
+    /// The nurture triggers fired for a partition's leads.
+    pub fn triggers(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:triggers", self.prefix)
+    }
+
     /// The ids of a partition's leads, by created_at.
     pub fn index(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:leads", self.prefix)
@@ -77,6 +84,7 @@ impl KeySpace {
             stages: format!("{base}:stages"),
             feed: self.feed(partition),
             index: self.index(partition),
+            triggers: self.triggers(partition),
             lead: base,
         }
     }

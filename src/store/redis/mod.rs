@@ -19,6 +19,7 @@ use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStor
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
     IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange, Timestamp,
+    TriggerFire,
 };
 use feed::{EntryId, FeedCursor};
 
@@ -197,23 +198,32 @@ impl LeadStore for RedisStore {
         lead_id: &LeadId,
         expected: Stage,
         changes: &[StageChange],
+        fires: &[Vec<TriggerFire>],
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError> {
         let keys = self.keys.lead(lead_id);
-        let records: Vec<String> = changes
-            .iter()
-            .map(|c| {
-                serde_json::to_string(c).map_err(|e| StoreError::Internal(format!("encoding a stage change: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        let oldest_kept = changes.first().map_or(0, |c| (c.at.millis() - policy.retention_ms).max(0));
+        let encode = |what: &str, r: serde_json::Result<String>| {
+            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
+        };
+        let records: Vec<String> =
+            changes.iter().map(|c| encode("stage change", serde_json::to_string(c))).collect::<Result<_, _>>()?;
+        let at = changes.first().map_or(0, |c| c.at.millis());
         let mut inv = self.stage.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.stages).key(&keys.feed);
-        inv.arg(expected.as_str()).arg(policy.history_limit.max(1)).arg(oldest_kept).arg(lead_id.as_str());
-        for (change, record) in changes.iter().zip(&records) {
-            inv.arg(change.to.as_str()).arg(change.at.millis()).arg(record);
+        inv.key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
+        inv.arg(expected.as_str())
+            .arg(policy.history_limit.max(1))
+            .arg((at - policy.retention_ms).max(0))
+            .arg(lead_id.as_str())
+            .arg((at - policy.trigger_retention_ms).max(0));
+        for (i, (change, record)) in changes.iter().zip(&records).enumerate() {
+            let fired = fires.get(i).map_or(&[][..], Vec::as_slice);
+            inv.arg(change.to.as_str()).arg(change.at.millis()).arg(record).arg(fired.len());
+            for fire in fired {
+                let payload = encode("trigger", serde_json::to_string(&fire.trigger))?;
+                inv.arg(&fire.trigger.definition_id).arg(fire.cooldown_ms).arg(payload);
+            }
         }
-        let (status, current, ids): (i64, String, Vec<String>) =
+        let (status, current, ids, fired): (i64, String, Vec<String>, Vec<String>) =
             self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
         let partition = self.keys.partition(lead_id) as usize;
         match status {
@@ -230,7 +240,8 @@ impl LeadStore for RedisStore {
                         cursor: String::new(),
                     })
                     .collect();
-                Ok(StageUpdate::Applied(applied))
+                let triggers = fired.into_iter().map(|id| format!("{partition}/{id}")).collect();
+                Ok(StageUpdate::Applied { changes: applied, triggers })
             }
             -1 => {
                 let current = current
