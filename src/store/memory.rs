@@ -5,11 +5,13 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use super::{
+    DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
+};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage, StageChange,
-    Timestamp, TriggerFire,
+    Delivery, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage,
+    StageChange, Timestamp, TriggerFire,
 };
 
 #[derive(Debug)]
@@ -29,6 +31,28 @@ struct Data {
     feed: Vec<(LeadId, StageChange)>,
     /// Fired triggers; a trigger's id is `t<index>`.
     triggers: Vec<FiredTrigger>,
+    /// Consumer groups of the trigger log.
+    groups: HashMap<String, Group>,
+}
+
+/// A trigger held by a consumer (or dead).
+#[derive(Debug, Clone)]
+struct Pending {
+    /// `None`: a dead letter.
+    consumer: Option<String>,
+    delivered_at: Timestamp,
+    deliveries: u64,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    /// Index of the first trigger never delivered to the group.
+    next: usize,
+    pending: std::collections::BTreeMap<usize, Pending>,
+}
+
+fn trigger_index(id: &str) -> Option<usize> {
+    id.strip_prefix('t')?.parse().ok()
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +141,7 @@ impl LeadStore for MemoryStore {
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError> {
         let mut data = self.data();
-        let Data { leads, feed, triggers } = &mut *data;
+        let Data { leads, feed, triggers, .. } = &mut *data;
         let Some(lead) = leads.get_mut(lead_id) else { return Ok(StageUpdate::NotFound) };
         if lead.snapshot.stage != expected {
             return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
@@ -222,4 +246,93 @@ impl LeadStore for MemoryStore {
         lead.snapshot.last_engaged_at = rebuilt.last_engaged_at;
         Ok(true)
     }
+
+    async fn deliver_triggers(
+        &self,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        policy: &DeliveryPolicy,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let mut data = self.data();
+        let Data { triggers, groups, .. } = &mut *data;
+        let g = groups.entry(group.to_owned()).or_default();
+        let mut handed = Vec::new();
+        for (index, p) in g.pending.iter_mut() {
+            if handed.len() >= max {
+                break;
+            }
+            if p.consumer.is_none() || now.millis() - p.delivered_at.millis() < policy.visibility_timeout_ms {
+                continue;
+            }
+            if p.deliveries >= policy.max_deliveries {
+                p.consumer = None;
+                continue;
+            }
+            p.consumer = Some(consumer.to_owned());
+            p.delivered_at = now;
+            p.deliveries += 1;
+            handed.push((*index, p.deliveries));
+        }
+        while handed.len() < max && g.next < triggers.len() {
+            g.pending.insert(g.next, Pending { consumer: Some(consumer.to_owned()), delivered_at: now, deliveries: 1 });
+            handed.push((g.next, 1));
+            g.next += 1;
+        }
+        handed
+            .into_iter()
+            .map(|(index, delivery_count)| memory_delivery(index, &triggers[index], delivery_count))
+            .collect()
+    }
+
+    async fn ack_triggers(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
+        let mut data = self.data();
+        let Some(g) = data.groups.get_mut(group) else { return Ok(0) };
+        Ok(trigger_ids.iter().filter_map(|id| trigger_index(id)).filter(|i| g.pending.remove(i).is_some()).count()
+            as u64)
+    }
+
+    async fn triggers_in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
+        let data = self.data();
+        Ok(data
+            .groups
+            .get(group)
+            .map_or(0, |g| g.pending.values().filter(|p| p.consumer.as_deref() == Some(consumer)).count() as u64))
+    }
+
+    async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let data = self.data();
+        let Some(g) = data.groups.get(group) else { return Ok(Vec::new()) };
+        g.pending
+            .iter()
+            .filter(|(_, p)| p.consumer.is_none())
+            .take(limit)
+            .map(|(index, p)| memory_delivery(*index, &data.triggers[*index], p.deliveries))
+            .collect()
+    }
+
+    async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
+        let mut data = self.data();
+        let Some(g) = data.groups.get_mut(group) else { return Ok(0) };
+        let mut replayed = 0;
+        for index in trigger_ids.iter().filter_map(|id| trigger_index(id)) {
+            if let Some(p) = g.pending.get_mut(&index).filter(|p| p.consumer.is_none()) {
+                // Claimable at once, counting deliveries afresh.
+                *p = Pending { consumer: Some(String::new()), delivered_at: Timestamp::from_millis(0), deliveries: 0 };
+                replayed += 1;
+            }
+        }
+        Ok(replayed)
+    }
+}
+
+fn memory_delivery(index: usize, trigger: &FiredTrigger, delivery_count: u64) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        trigger_id: format!("t{index}"),
+        lead_id: LeadId::from_stored(trigger.lead_id.clone())
+            .map_err(|e| StoreError::Internal(format!("trigger for a bad lead id: {e}")))?,
+        trigger: trigger.clone(),
+        delivery_count,
+    })
 }

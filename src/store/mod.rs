@@ -13,7 +13,7 @@ pub use memory::MemoryStore;
 
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
+    Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
     StageChange, Timestamp, TriggerFire,
 };
 
@@ -59,6 +59,17 @@ pub struct FeedPolicy {
     pub retention_ms: i64,
     /// Triggers older than this may be trimmed from the trigger stream.
     pub trigger_retention_ms: i64,
+}
+
+/// How triggers are redelivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    /// A trigger delivered but not acknowledged for this long goes to
+    /// another consumer of the group.
+    pub visibility_timeout_ms: i64,
+    /// After this many deliveries without an ack, a trigger goes to the
+    /// group's dead letters instead.
+    pub max_deliveries: u64,
 }
 
 /// A page of the qualification change feed.
@@ -160,6 +171,35 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// The cursor at the current end of the feed (to follow only new changes).
     async fn feed_end(&self) -> Result<String, StoreError>;
+
+    /// Hands `consumer` of consumer group `group` up to `max` triggers:
+    /// first those delivered (to any consumer of the group) and not
+    /// acknowledged within the visibility timeout, then new ones. Each
+    /// group gets every trigger; within a group each goes to one consumer
+    /// at a time. A trigger already delivered `max_deliveries` times goes to
+    /// the group's dead letters instead.
+    async fn deliver_triggers(
+        &self,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        policy: &DeliveryPolicy,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Acknowledges triggers (delivered or dead-lettered) for a group;
+    /// returns how many were pending. Unknown ids are ignored.
+    async fn ack_triggers(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Triggers delivered to `consumer` and not yet acknowledged.
+    async fn triggers_in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError>;
+
+    /// The group's dead letters, oldest first.
+    async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Puts dead letters back in line for the group (their delivery count
+    /// starts again); returns how many were dead letters.
+    async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError>;
 
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;

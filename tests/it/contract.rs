@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leadscore::domain::{
-    AccountId, Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot,
+    AccountId, Cause, Delivery, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot,
     ScoreSnapshot, ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
 };
 use leadscore::rules::RuleSet;
 use leadscore::store::redis::{RedisSettings, RedisStore};
-use leadscore::store::{FeedPolicy, LeadBatch, LeadStore, MemoryStore, StageUpdate};
+use leadscore::store::{DeliveryPolicy, FeedPolicy, LeadBatch, LeadStore, MemoryStore, StageUpdate};
 
 use crate::helpers::{DAY, RedisServer};
 
@@ -347,6 +347,75 @@ async fn triggers_fire_with_their_change_and_respect_cooldowns(store: &dyn LeadS
     assert_eq!(refused, StageUpdate::Conflict { current: Stage::Mql });
 }
 
+/// Fires `n` MQL triggers on `n` new leads.
+async fn fire_triggers(store: &dyn LeadStore, prefix: &str, n: usize) {
+    let rules = rules();
+    for i in 0..n {
+        let lead = id(&format!("{prefix}-{i}"));
+        record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+        let up = change(Stage::Lead, Stage::Mql, "up", 0);
+        let fires = vec![vec![fire("mql_alert", 0, &lead, &up)]];
+        store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&up), &fires, &FEED).await.unwrap();
+    }
+}
+
+/// Redis measures the visibility timeout with its own clock: the test waits
+/// for real.
+const DELIVERY: DeliveryPolicy = DeliveryPolicy { visibility_timeout_ms: 300, max_deliveries: 2 };
+
+async fn wall_clock_after(ms: u64) -> Timestamp {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    leadscore::domain::Clock::now(&leadscore::domain::SystemClock)
+}
+
+fn ids(deliveries: &[Delivery]) -> std::collections::BTreeSet<String> {
+    deliveries.iter().map(|d| d.trigger_id.clone()).collect()
+}
+
+async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
+    fire_triggers(store, "deliver", 4).await;
+    let t0 = wall_clock_after(0).await;
+    // Group "a": two consumers share the triggers without overlap.
+    let first = store.deliver_triggers("a", "c1", 3, &DELIVERY, t0).await.unwrap();
+    let second = store.deliver_triggers("a", "c2", 10, &DELIVERY, t0).await.unwrap();
+    assert_eq!((first.len(), second.len()), (3, 1));
+    assert!(ids(&first).is_disjoint(&ids(&second)));
+    assert!(first.iter().chain(&second).all(|d| d.delivery_count == 1 && d.trigger.definition_id == "mql_alert"));
+    assert_eq!(store.triggers_in_flight("a", "c1").await.unwrap(), 3);
+    // Group "b" gets every trigger too.
+    assert_eq!(store.deliver_triggers("b", "x", 10, &DELIVERY, t0).await.unwrap().len(), 4);
+
+    // c2 acks its trigger; c1 acks one and dies; after the visibility
+    // timeout c2 gets c1's other two, as delivery 2.
+    assert_eq!(store.ack_triggers("a", &[second[0].trigger_id.clone()]).await.unwrap(), 1);
+    assert_eq!(store.ack_triggers("a", &[first[0].trigger_id.clone()]).await.unwrap(), 1);
+    assert!(store.deliver_triggers("a", "c2", 10, &DELIVERY, t0.plus_millis(100)).await.unwrap().is_empty());
+    let later = wall_clock_after(350).await;
+    let redelivered = store.deliver_triggers("a", "c2", 2, &DELIVERY, later).await.unwrap();
+    let expected: std::collections::BTreeSet<_> = first[1..].iter().map(|d| d.trigger_id.clone()).collect();
+    assert_eq!(ids(&redelivered), expected);
+    assert!(redelivered.iter().all(|d| d.delivery_count == 2));
+
+    // Delivered twice (the maximum) and not acked: dead letters, not delivered again.
+    let much_later = wall_clock_after(350).await;
+    let again = store.deliver_triggers("a", "c3", 10, &DELIVERY, much_later).await.unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    let dead = store.dead_letters("a", 10).await.unwrap();
+    assert_eq!(ids(&dead), expected);
+    assert!(dead.iter().all(|d| d.delivery_count == 2));
+    assert!(store.dead_letters("b", 10).await.unwrap().is_empty());
+
+    // Replayed, they are delivered again, counting from 1.
+    let replay: Vec<String> = dead.iter().map(|d| d.trigger_id.clone()).collect();
+    assert_eq!(store.replay_dead_letters("a", &replay).await.unwrap(), 2);
+    assert!(store.dead_letters("a", 10).await.unwrap().is_empty());
+    let replayed = store.deliver_triggers("a", "c4", 10, &DELIVERY, much_later).await.unwrap();
+    assert_eq!(ids(&replayed), expected);
+    assert!(replayed.iter().all(|d| d.delivery_count == 1));
+    assert_eq!(store.ack_triggers("a", &replay).await.unwrap(), 2);
+    assert_eq!(store.ack_triggers("a", &["nonsense".to_string()]).await.unwrap(), 0);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -377,6 +446,7 @@ contract!(
     stage_changes_compare_and_set,
     the_feed_pages_in_order_and_resumes,
     triggers_fire_with_their_change_and_respect_cooldowns,
+    triggers_are_delivered_at_least_once_per_group,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

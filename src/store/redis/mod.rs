@@ -5,6 +5,7 @@
 mod codec;
 pub mod feed;
 pub mod keys;
+mod nurture;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,11 +16,13 @@ use redis::{RedisError, Script};
 
 pub use keys::KeySpace;
 
-use super::{FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use super::{
+    DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
+};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
-    IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange, Timestamp,
-    TriggerFire,
+    Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange,
+    Timestamp, TriggerFire,
 };
 use feed::{EntryId, FeedCursor};
 
@@ -42,6 +45,8 @@ pub struct RedisStore {
     rescore: Script,
     identify: Script,
     timeout: Duration,
+    /// Consumer groups known to exist on every trigger stream.
+    groups: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl RedisStore {
@@ -65,6 +70,7 @@ impl RedisStore {
             rescore: Script::new(include_str!("rescore.lua")),
             identify: Script::new(include_str!("identify.lua")),
             timeout: settings.command_timeout,
+            groups: Default::default(),
         })
     }
 
@@ -357,6 +363,33 @@ impl LeadStore for RedisStore {
 
     fn partitions(&self) -> u32 {
         self.keys.partitions()
+    }
+
+    async fn deliver_triggers(
+        &self,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        policy: &DeliveryPolicy,
+        now: Timestamp,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.deliver(group, consumer, max, policy, now).await
+    }
+
+    async fn ack_triggers(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
+        self.ack(group, trigger_ids).await
+    }
+
+    async fn triggers_in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
+        self.in_flight(group, consumer).await
+    }
+
+    async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.dead(group, limit).await
+    }
+
+    async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
+        self.replay(group, trigger_ids).await
     }
 
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
