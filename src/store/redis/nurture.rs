@@ -187,7 +187,7 @@ impl RedisStore {
         Ok(out)
     }
 
-    fn by_partition<'a>(ids: &'a [String]) -> HashMap<u32, Vec<&'a str>> {
+    fn by_partition(ids: &[String]) -> HashMap<u32, Vec<&str>> {
         let mut map: HashMap<u32, Vec<&str>> = HashMap::new();
         for (p, entry) in ids.iter().filter_map(|id| split(id)) {
             map.entry(p).or_default().push(entry);
