@@ -78,6 +78,10 @@ pub struct Settings {
     pub rescore_on_reload: bool,
     /// How long fired nurture triggers are kept in the trigger stream.
     pub trigger_retention: Millis,
+    /// A trigger delivered and not acknowledged for this long is delivered again.
+    pub trigger_visibility_timeout: Millis,
+    /// Deliveries after which an unacknowledged trigger becomes a dead letter.
+    pub trigger_max_deliveries: u64,
 }
 
 impl Default for Settings {
@@ -103,12 +107,14 @@ impl Default for Settings {
             rules_reload_interval: Millis(2_000),
             rescore_on_reload: true,
             trigger_retention: Millis(7 * DAY),
+            trigger_visibility_timeout: Millis(30_000),
+            trigger_max_deliveries: 5,
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 19] = [
+pub const KEYS: [&str; 21] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -128,6 +134,8 @@ pub const KEYS: [&str; 19] = [
     "rules_reload_interval",
     "rescore_on_reload",
     "trigger_retention",
+    "trigger_visibility_timeout",
+    "trigger_max_deliveries",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -177,12 +185,16 @@ impl Settings {
             ("feed_poll_interval", self.feed_poll_interval),
             ("rules_reload_interval", self.rules_reload_interval),
             ("trigger_retention", self.trigger_retention),
+            ("trigger_visibility_timeout", self.trigger_visibility_timeout),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
         }
         if self.max_batch_size == 0 || self.max_batch_size > 10_000 {
             return Err(ConfigError("max_batch_size must be 1 to 10000".into()));
+        }
+        if self.trigger_max_deliveries == 0 {
+            return Err(ConfigError("trigger_max_deliveries must be at least 1".into()));
         }
         if self.stage_history_limit == 0 {
             return Err(ConfigError("stage_history_limit must be at least 1".into()));

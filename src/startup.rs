@@ -14,16 +14,17 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::pb::lead_scoring_server::LeadScoringServer;
+use crate::api::pb::nurture_server::NurtureServer;
 use crate::api::pb::qualification_server::QualificationServer;
-use crate::api::{AppState, Limits, QualificationService, ScoringService, pb};
+use crate::api::{AppState, Limits, NurtureService, QualificationService, ScoringService, pb};
 use crate::config::{Settings, redacted_url};
 use crate::domain::{Clock, IngestPolicy, SystemClock};
 use crate::rules::{RuleError, RuleSet};
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{FeedPolicy, LeadStore, MemoryStore, StoreError};
+use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore, MemoryStore, StoreError};
 
 /// gRPC service names whose health is reported (plus "" for the server).
-const SERVICE_NAMES: [&str; 2] = ["leadscore.v1.LeadScoring", "leadscore.v1.Qualification"];
+const SERVICE_NAMES: [&str; 3] = ["leadscore.v1.LeadScoring", "leadscore.v1.Qualification", "leadscore.v1.Nurture"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -108,6 +109,10 @@ impl Application {
         let mut state =
             AppState::new(store, clock, rules, rules_name, policy, feed, limits, settings.required_approvers.clone());
         state.rescore_on_reload = settings.rescore_on_reload;
+        state.delivery = DeliveryPolicy {
+            visibility_timeout_ms: settings.trigger_visibility_timeout.0,
+            max_deliveries: settings.trigger_max_deliveries,
+        };
         let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -166,7 +171,8 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())))
-            .add_service(QualificationServer::new(QualificationService::new(self.state.clone())));
+            .add_service(QualificationServer::new(QualificationService::new(self.state.clone())))
+            .add_service(NurtureServer::new(NurtureService::new(self.state.clone())));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Small gRPC frames must not wait for Nagle's algorithm.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));

@@ -8,7 +8,7 @@ use super::error::{ApiError, Violations};
 use super::pb;
 use crate::domain::{
     AccountId, Cause, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, QualificationChange,
-    Score, ScoredSignal, Stage, StageChange, Timestamp, VisitorId,
+    Score, ScoreSnapshot, ScoredSignal, Stage, StageChange, Timestamp, VisitorId,
 };
 use crate::rules::RuleSet;
 
@@ -310,6 +310,15 @@ fn grade_from_char(grade: char) -> pb::Grade {
     }
 }
 
+pub fn score_snapshot_to_proto(score: &ScoreSnapshot) -> pb::ScoreSnapshot {
+    pb::ScoreSnapshot {
+        total: round_points(score.total),
+        behavior: round_points(score.behavior),
+        fit: round_points(score.fit),
+        grade: grade_from_char(score.grade).into(),
+    }
+}
+
 pub fn stage_change_to_proto(change: &StageChange) -> pb::StageChange {
     let (rule_id, actor) = match &change.cause {
         Cause::Rule { rule_id } => (rule_id.clone(), String::new()),
@@ -322,12 +331,7 @@ pub fn stage_change_to_proto(change: &StageChange) -> pb::StageChange {
         actor,
         reason: change.reason.clone(),
         rule_set_version: change.rule_set_version.clone(),
-        score: Some(pb::ScoreSnapshot {
-            total: round_points(change.score.total),
-            behavior: round_points(change.score.behavior),
-            fit: round_points(change.score.fit),
-            grade: grade_from_char(change.score.grade).into(),
-        }),
+        score: Some(score_snapshot_to_proto(&change.score)),
         at: Some(timestamp_to_proto(change.at)),
     }
 }

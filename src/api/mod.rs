@@ -4,10 +4,12 @@
 pub mod convert;
 pub mod error;
 pub mod jobs;
+mod nurture;
 mod qualification;
 mod scoring;
 mod state;
 
+pub use nurture::NurtureService;
 pub use qualification::QualificationService;
 pub use scoring::ScoringService;
 pub use state::{ActiveRules, AppState, Limits};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::domain::{Clock, IngestPolicy, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::{FeedPolicy, LeadStore};
+use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore};
 
 /// Request-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +47,8 @@ pub struct AppState {
     pub jobs: super::jobs::Jobs,
     /// Start a rescore whenever a reloaded rule set is activated.
     pub rescore_on_reload: bool,
+    /// How nurture triggers are redelivered.
+    pub delivery: DeliveryPolicy,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -72,6 +74,7 @@ impl AppState {
             required_approvers,
             jobs: Default::default(),
             rescore_on_reload: false,
+            delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
             rules: RwLock::new(Arc::new(active)),
         }
     }

@@ -6,4 +6,5 @@ mod contract;
 mod grpc;
 mod helpers;
 mod lifecycle;
+mod nurture;
 mod qualification;

@@ -101,7 +101,6 @@ impl RedisStore {
         policy: &DeliveryPolicy,
         now: Timestamp,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let _ = now;
         let partitions = self.keys.partitions();
         let idle = policy.visibility_timeout_ms.max(0);
         let mut out = Vec::new();

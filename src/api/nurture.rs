@@ -1,0 +1,202 @@
+//! `leadscore.v1.Nurture`: trigger delivery to marketing automation.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, timestamp_to_proto};
+use super::error::{ApiError, Violations};
+use super::pb::{self, nurture_server::Nurture};
+use super::state::AppState;
+use crate::domain::Delivery;
+
+const DEFAULT_IN_FLIGHT: u32 = 100;
+const MAX_IN_FLIGHT: u32 = 10_000;
+const MAX_IDS: usize = 1000;
+
+pub struct NurtureService {
+    state: Arc<AppState>,
+}
+
+impl NurtureService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// Group and consumer names: letters, digits, `_-.:`, 1 to 64 bytes, not
+/// starting with `__` (reserved).
+fn name(raw: &str, field: &str, v: &mut Violations) {
+    let ok = !raw.is_empty()
+        && raw.len() <= 64
+        && !raw.starts_with("__")
+        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if !ok {
+        v.add(field, "letters, digits, '_', '-', '.', ':' (1 to 64 bytes, not starting with '__')");
+    }
+}
+
+fn ids(raw: &[String], v: &mut Violations) {
+    if raw.is_empty() || raw.len() > MAX_IDS {
+        v.add("trigger_ids", format!("send 1 to {MAX_IDS} ids (got {})", raw.len()));
+    }
+    if let Some(i) = raw.iter().position(|id| id.is_empty() || id.len() > 128) {
+        v.add(format!("trigger_ids[{i}]"), "not a trigger id");
+    }
+}
+
+pub fn trigger_to_proto(d: &Delivery) -> pb::NurtureTrigger {
+    let (lead_id, visitor_id) = convert::subject_ids(&d.lead_id);
+    let t = &d.trigger;
+    pb::NurtureTrigger {
+        trigger_id: d.trigger_id.clone(),
+        definition_id: t.definition_id.clone(),
+        program: t.program.clone(),
+        lead_id,
+        visitor_id,
+        fired_at: Some(timestamp_to_proto(t.fired_at)),
+        reason: t.reason.clone(),
+        score: Some(convert::score_snapshot_to_proto(&t.score)),
+        stage: convert::stage_to_proto(t.stage).into(),
+        delivery_count: d.delivery_count,
+    }
+}
+
+type TriggerStream = Pin<Box<dyn Stream<Item = Result<pb::StreamTriggersResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Nurture for NurtureService {
+    type StreamTriggersStream = TriggerStream;
+
+    #[tracing::instrument(name = "StreamTriggers", skip_all, fields(group, consumer))]
+    async fn stream_triggers(
+        &self,
+        request: Request<pb::StreamTriggersRequest>,
+    ) -> Result<Response<Self::StreamTriggersStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        name(&req.group, "group", &mut v);
+        name(&req.consumer, "consumer", &mut v);
+        if req.max_in_flight > MAX_IN_FLIGHT {
+            v.add("max_in_flight", format!("at most {MAX_IN_FLIGHT}"));
+        }
+        v.into_result(())?;
+        tracing::Span::current().record("group", req.group.as_str()).record("consumer", req.consumer.as_str());
+        let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
+        // Fails now, not in the stream, when the store is down.
+        self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
+        let (tx, rx) = mpsc::channel(64);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let (group, consumer) = (req.group, req.consumer);
+            loop {
+                let round = async {
+                    let in_flight = state.store.triggers_in_flight(&group, &consumer).await?;
+                    let room = max_in_flight.saturating_sub(in_flight) as usize;
+                    if room == 0 {
+                        return Ok(Vec::new());
+                    }
+                    let now = state.clock.now();
+                    state.store.deliver_triggers(&group, &consumer, room, &state.delivery, now).await
+                };
+                match round.await {
+                    Ok(deliveries) => {
+                        let idle = deliveries.is_empty();
+                        for d in &deliveries {
+                            let item = pb::StreamTriggersResponse { trigger: Some(trigger_to_proto(d)) };
+                            if tx.send(Ok(item)).await.is_err() {
+                                // Gone: what it held is redelivered after the visibility timeout.
+                                return;
+                            }
+                        }
+                        if idle {
+                            tokio::select! {
+                                _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
+                                _ = tx.closed() => return,
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as TriggerStream))
+    }
+
+    #[tracing::instrument(name = "AckTriggers", skip_all, fields(group))]
+    async fn ack_triggers(
+        &self,
+        request: Request<pb::AckTriggersRequest>,
+    ) -> Result<Response<pb::AckTriggersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        name(&req.group, "group", &mut v);
+        ids(&req.trigger_ids, &mut v);
+        v.into_result(())?;
+        let acknowledged = self.state.store.ack_triggers(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::AckTriggersResponse { acknowledged }))
+    }
+
+    #[tracing::instrument(name = "ListDeadLetters", skip_all, fields(group))]
+    async fn list_dead_letters(
+        &self,
+        request: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        name(&req.group, "group", &mut v);
+        if req.limit > 1000 {
+            v.add("limit", "at most 1000");
+        }
+        v.into_result(())?;
+        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
+        let dead = self.state.store.dead_letters(&req.group, limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListDeadLettersResponse { triggers: dead.iter().map(trigger_to_proto).collect() }))
+    }
+
+    #[tracing::instrument(name = "ReplayDeadLetters", skip_all, fields(group))]
+    async fn replay_dead_letters(
+        &self,
+        request: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        name(&req.group, "group", &mut v);
+        ids(&req.trigger_ids, &mut v);
+        v.into_result(())?;
+        let replayed =
+            self.state.store.replay_dead_letters(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
+        tracing::info!(group = %req.group, replayed, "dead letters replayed");
+        Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
+    }
+
+    #[tracing::instrument(name = "ListTriggerDefinitions", skip_all)]
+    async fn list_trigger_definitions(
+        &self,
+        _: Request<pb::ListTriggerDefinitionsRequest>,
+    ) -> Result<Response<pb::ListTriggerDefinitionsResponse>, Status> {
+        let rules = self.state.rules();
+        let definitions = rules
+            .triggers
+            .iter()
+            .map(|t| pb::TriggerDefinition {
+                id: t.id.clone(),
+                on: t.on.to_string(),
+                when: t.when.as_ref().map(|(w, _)| w.clone()).unwrap_or_default(),
+                cooldown: Some(prost_types::Duration {
+                    seconds: t.cooldown_ms / 1000,
+                    nanos: ((t.cooldown_ms % 1000) * 1_000_000) as i32,
+                }),
+                program: t.program.clone(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListTriggerDefinitionsResponse { rule_set_version: rules.version.clone(), definitions }))
+    }
+}

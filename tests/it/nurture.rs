@@ -1,0 +1,162 @@
+//! Nurture triggers end to end: fired with stage changes, streamed to
+//! consumer groups, at least once.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use leadscore::api::pb;
+use leadscore::api::pb::nurture_client::NurtureClient;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::helpers::{RedisServer, TestApp, now_millis, record, settings, signal, violated_fields};
+
+async fn app() -> (RedisServer, TestApp) {
+    let redis = RedisServer::start();
+    let mut s = settings(Some(redis.url()));
+    s.trigger_visibility_timeout = leadscore::config::Millis(300);
+    s.trigger_max_deliveries = 2;
+    s.feed_poll_interval = leadscore::config::Millis(50);
+    let app = TestApp::spawn(s).await;
+    (redis, app)
+}
+
+async fn nurture(app: &TestApp) -> NurtureClient<Channel> {
+    NurtureClient::new(app.channel().await)
+}
+
+/// Makes `lead` an MQL: a VP with four content downloads.
+async fn make_mql(app: &TestApp, lead: &str) {
+    let attributes: HashMap<String, String> = [("seniority".to_string(), "vp".to_string())].into();
+    let mut client = app.client().await;
+    client
+        .upsert_lead(pb::UpsertLeadRequest {
+            lead: Some(pb::Lead { lead_id: lead.into(), attributes, ..Default::default() }),
+        })
+        .await
+        .unwrap();
+    let now = now_millis();
+    let signals = (0..4).map(|i| signal(&format!("{lead}-{i}"), lead, "content_download", now - i * 60_000)).collect();
+    client.record_signals(record(signals)).await.unwrap();
+}
+
+async fn open(app: &TestApp, group: &str, consumer: &str) -> Streaming<pb::StreamTriggersResponse> {
+    nurture(app)
+        .await
+        .stream_triggers(pb::StreamTriggersRequest { group: group.into(), consumer: consumer.into(), max_in_flight: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next(stream: &mut Streaming<pb::StreamTriggersResponse>) -> pb::NurtureTrigger {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a trigger in time")
+        .unwrap()
+        .unwrap()
+        .trigger
+        .unwrap()
+}
+
+async fn nothing_within(stream: &mut Streaming<pb::StreamTriggersResponse>, ms: u64) {
+    let got = tokio::time::timeout(Duration::from_millis(ms), stream.message()).await;
+    assert!(got.is_err(), "unexpected: {got:?}");
+}
+
+#[tokio::test]
+async fn a_new_mql_reaches_automation_and_comes_back_until_acknowledged() {
+    let (_redis, app) = app().await;
+    let mut first = open(&app, "automation", "worker-1").await;
+    make_mql(&app, "lena").await;
+    let trigger = next(&mut first).await;
+    assert_eq!(
+        (trigger.definition_id.as_str(), trigger.program.as_str(), trigger.lead_id.as_str()),
+        ("sales_alert_new_mql", "sales-alert", "lena")
+    );
+    assert_eq!((trigger.stage(), trigger.delivery_count), (pb::Stage::Mql, 1));
+    assert!(trigger.reason.contains("mql_engaged_and_fit"), "{}", trigger.reason);
+    nothing_within(&mut first, 200).await;
+    // The consumer dies without acknowledging.
+    drop(first);
+
+    let mut second = open(&app, "automation", "worker-2").await;
+    let again = next(&mut second).await;
+    assert_eq!((again.trigger_id.as_str(), again.delivery_count), (trigger.trigger_id.as_str(), 2));
+    let acked = nurture(&app)
+        .await
+        .ack_triggers(pb::AckTriggersRequest {
+            group: "automation".into(),
+            trigger_ids: vec![again.trigger_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(acked.acknowledged, 1);
+    nothing_within(&mut second, 700).await;
+
+    // Another group gets the same trigger, independently.
+    let mut other = open(&app, "crm-tasks", "w").await;
+    assert_eq!(next(&mut other).await.trigger_id, trigger.trigger_id);
+}
+
+#[tokio::test]
+async fn unacknowledged_triggers_become_dead_letters_and_can_be_replayed() {
+    let (_redis, app) = app().await;
+    make_mql(&app, "max").await;
+    let mut stream = open(&app, "g", "w").await;
+    let first = next(&mut stream).await;
+    let second = next(&mut stream).await;
+    assert_eq!((first.trigger_id.as_str(), second.delivery_count), (second.trigger_id.as_str(), 2));
+    // Two deliveries are the maximum here: the third attempt dead-letters it.
+    nothing_within(&mut stream, 800).await;
+    let mut client = nurture(&app).await;
+    let dead = client
+        .list_dead_letters(pb::ListDeadLettersRequest { group: "g".into(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .triggers;
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].trigger_id.as_str(), dead[0].delivery_count), (first.trigger_id.as_str(), 2));
+    let replayed = client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            group: "g".into(),
+            trigger_ids: vec![first.trigger_id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed.replayed, 1);
+    let back = next(&mut stream).await;
+    assert_eq!((back.trigger_id.as_str(), back.delivery_count), (first.trigger_id.as_str(), 1));
+}
+
+#[tokio::test]
+async fn definitions_are_listed_and_bad_names_refused() {
+    let (_redis, app) = app().await;
+    let mut client = nurture(&app).await;
+    let defs = client.list_trigger_definitions(pb::ListTriggerDefinitionsRequest {}).await.unwrap().into_inner();
+    let listed: Vec<_> = defs.definitions.iter().map(|d| (d.id.as_str(), d.on.as_str())).collect();
+    assert_eq!(
+        listed,
+        [
+            ("sales_alert_new_mql", "stage_entered(MQL)"),
+            ("book_discovery_call", "stage_entered(SQL)"),
+            ("long_term_nurture", "stage_entered(RECYCLED)"),
+        ]
+    );
+    assert_eq!(defs.definitions[0].cooldown.as_ref().unwrap().seconds, 7 * 86_400);
+    let bad = client
+        .stream_triggers(pb::StreamTriggersRequest {
+            group: "__dead__".into(),
+            consumer: "a b".into(),
+            max_in_flight: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["group", "consumer"]);
+    let empty =
+        client.ack_triggers(pb::AckTriggersRequest { group: "g".into(), trigger_ids: vec![] }).await.unwrap_err();
+    assert_eq!(violated_fields(&empty), ["trigger_ids"]);
+}
