@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use super::{
     DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
+    TriggerStats,
 };
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
@@ -310,6 +311,15 @@ impl LeadStore for MemoryStore {
             .take(limit)
             .map(|(index, p)| memory_delivery(*index, &data.triggers[*index], p.deliveries))
             .collect()
+    }
+
+    async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
+        let data = self.data();
+        let fired = data.triggers.len() as u64;
+        Ok(data.groups.get(group).map_or(TriggerStats { fired, ..Default::default() }, |g| {
+            let dead = g.pending.values().filter(|p| p.consumer.is_none()).count() as u64;
+            TriggerStats { fired, delivered: g.next as u64, pending: g.pending.len() as u64 - dead, dead_letters: dead }
+        }))
     }
 
     async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {

@@ -72,6 +72,18 @@ pub struct DeliveryPolicy {
     pub max_deliveries: u64,
 }
 
+/// Where a consumer group stands, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TriggerStats {
+    /// Triggers ever fired (all groups see the same).
+    pub fired: u64,
+    /// Triggers the group has read at least once.
+    pub delivered: u64,
+    /// Delivered and not acknowledged yet (dead letters excluded).
+    pub pending: u64,
+    pub dead_letters: u64,
+}
+
 /// A page of the qualification change feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedPage {
@@ -200,6 +212,9 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Puts dead letters back in line for the group (their delivery count
     /// starts again); returns how many were dead letters.
     async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Counts for a consumer group (metrics).
+    async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError>;
 
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;

@@ -404,6 +404,8 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!(ids(&dead), expected);
     assert!(dead.iter().all(|d| d.delivery_count == 2));
     assert!(store.dead_letters("b", 10).await.unwrap().is_empty());
+    let with_dead = store.trigger_stats("a").await.unwrap();
+    assert_eq!((with_dead.pending, with_dead.dead_letters), (0, 2));
 
     // Replayed, they are delivered again, counting from 1.
     let replay: Vec<String> = dead.iter().map(|d| d.trigger_id.clone()).collect();
@@ -412,8 +414,14 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     let replayed = store.deliver_triggers("a", "c4", 10, &DELIVERY, much_later).await.unwrap();
     assert_eq!(ids(&replayed), expected);
     assert!(replayed.iter().all(|d| d.delivery_count == 1));
+    let mid = store.trigger_stats("a").await.unwrap();
+    assert_eq!((mid.fired, mid.delivered, mid.pending, mid.dead_letters), (4, 4, 2, 0));
     assert_eq!(store.ack_triggers("a", &replay).await.unwrap(), 2);
     assert_eq!(store.ack_triggers("a", &["nonsense".to_string()]).await.unwrap(), 0);
+    let done = store.trigger_stats("a").await.unwrap();
+    assert_eq!((done.fired, done.delivered, done.pending, done.dead_letters), (4, 4, 0, 0));
+    let b = store.trigger_stats("b").await.unwrap();
+    assert_eq!((b.delivered, b.pending), (4, 4));
 }
 
 macro_rules! contract {

@@ -18,6 +18,7 @@ pub use keys::KeySpace;
 
 use super::{
     DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
+    TriggerStats,
 };
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
@@ -390,6 +391,10 @@ impl LeadStore for RedisStore {
 
     async fn replay_dead_letters(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
         self.replay(group, trigger_ids).await
+    }
+
+    async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
+        self.stats(group).await
     }
 
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {

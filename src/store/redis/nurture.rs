@@ -10,11 +10,13 @@
 
 use std::collections::HashMap;
 
-use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamPendingReply, StreamReadReply};
+use redis::streams::{
+    StreamClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingCountReply, StreamPendingReply, StreamReadReply,
+};
 
 use super::RedisStore;
 use crate::domain::{Delivery, FiredTrigger, LeadId, Timestamp};
-use crate::store::{DeliveryPolicy, StoreError};
+use crate::store::{DeliveryPolicy, StoreError, TriggerStats};
 
 pub const DEAD: &str = "__dead__";
 const REPLAY: &str = "__replay__";
@@ -309,5 +311,40 @@ impl RedisStore {
             replayed += claimed.len() as u64;
         }
         Ok(replayed)
+    }
+
+    pub(super) async fn stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
+        self.ensure_group(group).await?;
+        let mut pipe = redis::pipe();
+        for p in 0..self.keys.partitions() {
+            let key = self.keys.triggers(p);
+            pipe.cmd("XINFO").arg("STREAM").arg(&key);
+            pipe.cmd("XINFO").arg("GROUPS").arg(&key);
+            pipe.cmd("XPENDING").arg(&key).arg(group);
+        }
+        let replies: Vec<redis::Value> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut stats = TriggerStats::default();
+        let parse = |e: redis::ParsingError| StoreError::Internal(format!("reading trigger stream info: {e}"));
+        for chunk in replies.chunks(3) {
+            let [stream, groups, pending] = chunk else { continue };
+            let stream: HashMap<String, redis::Value> = redis::from_redis_value(stream.clone()).map_err(parse)?;
+            if let Some(added) = stream.get("entries-added") {
+                stats.fired += redis::from_redis_value::<u64>(added.clone()).map_err(parse)?;
+            }
+            let groups: StreamInfoGroupsReply = redis::from_redis_value(groups.clone()).map_err(parse)?;
+            if let Some(g) = groups.groups.iter().find(|g| g.name == group) {
+                stats.delivered += g.entries_read.unwrap_or_default() as u64;
+            }
+            if let StreamPendingReply::Data(data) = redis::from_redis_value(pending.clone()).map_err(parse)? {
+                for consumer in &data.consumers {
+                    if consumer.name == DEAD {
+                        stats.dead_letters += consumer.pending as u64;
+                    } else {
+                        stats.pending += consumer.pending as u64;
+                    }
+                }
+            }
+        }
+        Ok(stats)
     }
 }
