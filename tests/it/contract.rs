@@ -458,11 +458,15 @@ contract!(
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {
+    redis_store_with_partitions(256)
+}
+
+fn redis_store_with_partitions(partitions: u32) -> (RedisServer, RedisStore) {
     let server = RedisServer::start();
     let store = RedisStore::connect(&RedisSettings {
         url: server.url(),
         key_prefix: "ls".into(),
-        partitions: 256,
+        partitions,
         command_timeout: Duration::from_secs(2),
     })
     .unwrap();
@@ -501,4 +505,37 @@ async fn redis_keys_of_a_lead_share_a_slot() {
 #[test]
 fn stores_are_object_safe() {
     let _: Arc<dyn LeadStore> = Arc::new(MemoryStore::new());
+}
+
+/// More dead letters than one page of pending entries must not hide a live
+/// trigger waiting behind them.
+#[tokio::test]
+async fn redis_redelivers_past_a_page_of_dead_letters() {
+    let (_server, store) = redis_store_with_partitions(1);
+    fire_triggers(&store, "many", 120).await;
+    let now = || leadscore::domain::Clock::now(&leadscore::domain::SystemClock);
+    assert_eq!(store.deliver_triggers("g", "c", 120, &DELIVERY, now()).await.unwrap().len(), 120);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Reclaimed a page at a time.
+    let mut second = 0;
+    for _ in 0..5 {
+        second += store.deliver_triggers("g", "c", 200, &DELIVERY, now()).await.unwrap().len();
+    }
+    assert_eq!(second, 120);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Delivered twice: these rounds dead-letter all 120.
+    for _ in 0..3 {
+        assert!(store.deliver_triggers("g", "c", 200, &DELIVERY, now()).await.unwrap().is_empty());
+    }
+    assert_eq!(store.trigger_stats("g").await.unwrap().dead_letters, 120);
+    // A live trigger behind them, delivered once and left unacknowledged.
+    fire_triggers(&store, "late", 1).await;
+    let live = store.deliver_triggers("g", "c", 10, &DELIVERY, now()).await.unwrap();
+    assert_eq!(live.len(), 1);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // Now the dead letters are idle too, ahead of it in the pending list.
+    let again = store.deliver_triggers("g", "c", 10, &DELIVERY, now()).await.unwrap();
+    assert_eq!(ids(&again), ids(&live), "{again:?}");
+    assert_eq!(again[0].delivery_count, 2);
+    assert_eq!(store.trigger_stats("g").await.unwrap().dead_letters, 120);
 }

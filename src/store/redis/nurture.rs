@@ -20,8 +20,10 @@ use crate::store::{DeliveryPolicy, StoreError, TriggerStats};
 
 pub const DEAD: &str = "__dead__";
 const REPLAY: &str = "__replay__";
-/// Pending entries looked at per partition and round when reclaiming.
+/// Pending entries looked at per partition and page when reclaiming.
 const SCAN: usize = 100;
+/// Pages of dead letters skipped per partition and round.
+const DEAD_PAGES: usize = 20;
 
 fn split(id: &str) -> Option<(u32, &str)> {
     let (partition, entry) = id.split_once('/')?;
@@ -119,8 +121,32 @@ impl RedisStore {
                 .arg("+")
                 .arg(SCAN);
         }
-        let stale: Vec<StreamPendingCountReply> =
+        let mut stale: Vec<StreamPendingCountReply> =
             self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        // Dead letters stay pending (and idle) at the head of a partition's
+        // list: page past a full page of them so live entries behind are
+        // still reclaimed.
+        for (p, reply) in stale.iter_mut().enumerate() {
+            for _ in 0..DEAD_PAGES {
+                let full_of_dead = reply.ids.len() >= SCAN && reply.ids.iter().all(|e| e.consumer == DEAD);
+                let Some(last) = reply.ids.last().map(|e| e.id.clone()).filter(|_| full_of_dead) else { break };
+                let key = self.keys.triggers(p as u32);
+                *reply = self
+                    .call(|mut c| async move {
+                        redis::cmd("XPENDING")
+                            .arg(key)
+                            .arg(group)
+                            .arg("IDLE")
+                            .arg(idle)
+                            .arg(format!("({last}"))
+                            .arg("+")
+                            .arg(SCAN)
+                            .query_async(&mut c)
+                            .await
+                    })
+                    .await?;
+            }
+        }
         let mut claim = redis::pipe();
         let mut claimed_from = Vec::new();
         let mut to_dead = redis::pipe();
