@@ -82,6 +82,8 @@ pub struct Settings {
     pub trigger_visibility_timeout: Millis,
     /// Deliveries after which an unacknowledged trigger becomes a dead letter.
     pub trigger_max_deliveries: u64,
+    /// How often each replica looks for leads due an inactivity trigger.
+    pub inactivity_sweep_interval: Millis,
 }
 
 impl Default for Settings {
@@ -109,12 +111,13 @@ impl Default for Settings {
             trigger_retention: Millis(7 * DAY),
             trigger_visibility_timeout: Millis(30_000),
             trigger_max_deliveries: 5,
+            inactivity_sweep_interval: Millis(30_000),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 21] = [
+pub const KEYS: [&str; 22] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -136,6 +139,7 @@ pub const KEYS: [&str; 21] = [
     "trigger_retention",
     "trigger_visibility_timeout",
     "trigger_max_deliveries",
+    "inactivity_sweep_interval",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +190,7 @@ impl Settings {
             ("rules_reload_interval", self.rules_reload_interval),
             ("trigger_retention", self.trigger_retention),
             ("trigger_visibility_timeout", self.trigger_visibility_timeout),
+            ("inactivity_sweep_interval", self.inactivity_sweep_interval),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));

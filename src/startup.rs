@@ -166,6 +166,12 @@ impl Application {
             ))
         });
 
+        let sweep_task = tokio::spawn(sweep_inactivity_every(
+            self.state.clone(),
+            self.settings.inactivity_sweep_interval.duration(),
+            stopping_tx.subscribe(),
+        ));
+
         let router = Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
@@ -194,6 +200,7 @@ impl Application {
         if let Some(task) = reload_task {
             let _ = task.await;
         }
+        let _ = sweep_task.await;
         set_status(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace.duration(), &mut server).await {
@@ -214,6 +221,21 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     for name in SERVICE_NAMES {
         reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Runs the inactivity sweep until `stopping` turns true.
+async fn sweep_inactivity_every(state: Arc<AppState>, interval: Duration, mut stopping: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopping.changed() => return,
+        }
+        match crate::engine::sweep_inactivity(&state).await {
+            Ok(0) => {}
+            Ok(fired) => tracing::info!(fired, "inactivity triggers fired"),
+            Err(e) => tracing::warn!(error = %e, "inactivity sweep failed; retrying next round"),
+        }
     }
 }
 

@@ -75,12 +75,13 @@ impl LeadScoring for ScoringService {
 
         // One batch per lead, leads in order of first appearance; remember
         // where each signal went to answer in request order.
+        let watch = crate::engine::inactivity_watch(&rules);
         let mut batches: Vec<LeadBatch> = Vec::new();
         let mut batch_of: HashMap<LeadId, usize> = HashMap::new();
         let mut placement = Vec::with_capacity(parsed.len());
         for (lead_id, signal) in parsed {
             let b = *batch_of.entry(lead_id.clone()).or_insert_with(|| {
-                batches.push(LeadBatch::new(lead_id, Vec::new()));
+                batches.push(LeadBatch::new(lead_id, Vec::new()).watching(watch.clone()));
                 batches.len() - 1
             });
             let visitor = batches[b].lead_id.visitor().unwrap_or_default().to_owned();
@@ -100,7 +101,7 @@ impl LeadScoring for ScoringService {
             .enumerate()
             .filter_map(|(i, o)| {
                 let owner = o.merged_into.clone()?;
-                Some((i, LeadBatch::new(owner, visitor_batches.get(&o.lead.lead_id)?.clone())))
+                Some((i, LeadBatch::new(owner, visitor_batches.get(&o.lead.lead_id)?.clone()).watching(watch.clone())))
             })
             .collect();
         if !redirected.is_empty() {

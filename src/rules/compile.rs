@@ -273,11 +273,14 @@ fn trigger(
         errors.push(span.clone(), format!("trigger id '{}': {IDENTIFIER_RULE}", raw.id));
     }
     let on = match triggers::parse_on(raw.on.get_ref(), signal_types) {
-        Ok(TriggerOn::StageEntered(stage)) => TriggerOn::StageEntered(stage),
+        Ok(on @ (TriggerOn::StageEntered(_) | TriggerOn::Inactive(_))) => on,
         Ok(other) => {
             errors.push(
                 raw.on.span(),
-                format!("trigger '{}': {other} triggers are not supported yet; use stage_entered(STAGE)", raw.id),
+                format!(
+                    "trigger '{}': {other} triggers are not supported yet; use stage_entered(STAGE) or inactive(DURATION)",
+                    raw.id
+                ),
             );
             return None;
         }

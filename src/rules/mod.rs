@@ -146,6 +146,29 @@ impl RuleSet {
             .collect()
     }
 
+    /// The `inactive(DURATION)` definitions: (definition, duration in ms).
+    pub fn inactivity_triggers(&self) -> impl Iterator<Item = (&triggers::TriggerDefinition, i64)> {
+        self.triggers.iter().filter_map(|t| match t.on {
+            crate::domain::TriggerOn::Inactive(ms) => Some((t, ms)),
+            _ => None,
+        })
+    }
+
+    /// Whether a trigger definition's condition (if any) holds for `lead` now.
+    pub fn trigger_condition_holds(
+        &self,
+        def: &triggers::TriggerDefinition,
+        lead: &LeadSnapshot,
+        now: Timestamp,
+    ) -> bool {
+        let Some((_, program)) = &def.when else { return true };
+        let scores = self.scores(lead, now);
+        let facts =
+            Facts { lead, stage: lead.stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
+        let ctx = qualify::context(&self.cel_env, &self.needs, &facts);
+        matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
+    }
+
     /// Stages `SetStage` may move a lead to from `from`.
     pub fn manual_targets(&self, from: Stage) -> &[Stage] {
         self.manual_transitions.get(&from).map_or(&[], Vec::as_slice)
@@ -444,7 +467,7 @@ when = "signals.email_click.count_7d >= 2"
             let errs = errors(&src);
             assert_eq!(errs.len(), 1, "{expected}: {errs:?}");
         }
-        let unsupported = errors(&crate::DEFAULT_RULES.replacen("stage_entered(MQL)", "inactive(30d)", 1));
+        let unsupported = errors(&crate::DEFAULT_RULES.replacen("stage_entered(MQL)", "score_above(50)", 1));
         assert!(unsupported[0].contains("not supported yet"), "{unsupported:?}");
     }
 

@@ -23,6 +23,8 @@ struct StoredLead {
     stages: VecDeque<StageChange>,
     /// Trigger definition → when it last fired for this lead (cooldowns).
     fired: HashMap<String, Timestamp>,
+    /// Inactivity definition → the engagement time it was last swept at.
+    swept: HashMap<String, Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +84,13 @@ fn entry<'a>(
     leads.entry(id.clone()).or_insert_with(|| {
         let mut snapshot = LeadSnapshot::new(id.clone(), now);
         snapshot.stage = initial_stage;
-        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new(), fired: HashMap::new() }
+        StoredLead {
+            snapshot,
+            ledger: LeadLedger::default(),
+            stages: VecDeque::new(),
+            fired: HashMap::new(),
+            swept: HashMap::new(),
+        }
     })
 }
 
@@ -311,6 +319,52 @@ impl LeadStore for MemoryStore {
             .take(limit)
             .map(|(index, p)| memory_delivery(*index, &data.triggers[*index], p.deliveries))
             .collect()
+    }
+
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        _partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let data = self.data();
+        let mut due: Vec<(Timestamp, LeadId)> = data
+            .leads
+            .values()
+            .filter_map(|l| {
+                let engaged = l.snapshot.last_engaged_at.filter(|at| *at <= before)?;
+                (l.swept.get(definition) != Some(&engaged)).then(|| (engaged, l.snapshot.lead_id.clone()))
+            })
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+
+    async fn fire_inactivity(
+        &self,
+        lead_id: &LeadId,
+        engaged_at: Timestamp,
+        definition: &str,
+        fire: Option<&TriggerFire>,
+        _policy: &FeedPolicy,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        let Data { leads, triggers, .. } = &mut *data;
+        let Some(lead) = leads.get_mut(lead_id) else { return Ok(false) };
+        if lead.snapshot.last_engaged_at != Some(engaged_at) {
+            return Ok(false);
+        }
+        lead.swept.insert(definition.to_owned(), engaged_at);
+        let Some(fire) = fire else { return Ok(false) };
+        let due = lead.fired.get(definition).is_none_or(|last| {
+            *last < engaged_at && fire.trigger.fired_at.millis() - last.millis() >= fire.cooldown_ms
+        });
+        if due {
+            lead.fired.insert(definition.to_owned(), fire.trigger.fired_at);
+            triggers.push(fire.trigger.clone());
+        }
+        Ok(due)
     }
 
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {

@@ -100,6 +100,9 @@ pub struct LeadBatch {
     pub signals: Vec<ScoredSignal>,
     /// The stage the lead gets if this batch creates it.
     pub initial_stage: Stage,
+    /// `inactive(…)` trigger definitions whose index a counted signal
+    /// (re)enters the lead in.
+    pub watch_inactivity: std::sync::Arc<[String]>,
 }
 
 impl LeadBatch {
@@ -107,7 +110,12 @@ impl LeadBatch {
     /// and as `LEAD` otherwise.
     pub fn new(lead_id: LeadId, signals: Vec<ScoredSignal>) -> Self {
         let initial_stage = if lead_id.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
-        Self { lead_id, signals, initial_stage }
+        Self { lead_id, signals, initial_stage, watch_inactivity: std::sync::Arc::from(Vec::new()) }
+    }
+
+    pub fn watching(mut self, definitions: std::sync::Arc<[String]>) -> Self {
+        self.watch_inactivity = definitions;
+        self
     }
 }
 
@@ -215,6 +223,30 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// Counts for a consumer group (metrics).
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError>;
+
+    /// Leads of a partition, engaged last before `before`, that have not had
+    /// the inactivity trigger `definition` since (at most `limit`).
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError>;
+
+    /// Fires an inactivity trigger (`fire`; `None` when its condition did
+    /// not hold) if the lead is still as it was read: no counted signal
+    /// since `engaged_at`, the trigger not fired since, its cooldown over.
+    /// Either way the lead leaves the definition's index until its next
+    /// counted signal. Returns whether it fired.
+    async fn fire_inactivity(
+        &self,
+        lead_id: &LeadId,
+        engaged_at: Timestamp,
+        definition: &str,
+        fire: Option<&TriggerFire>,
+        policy: &FeedPolicy,
+    ) -> Result<bool, StoreError>;
 
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;

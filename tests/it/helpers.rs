@@ -117,9 +117,37 @@ pub struct TestApp {
     task: Option<JoinHandle<()>>,
 }
 
+/// A clock the test moves by hand.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    pub fn at(millis: i64) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self(std::sync::atomic::AtomicI64::new(millis)))
+    }
+
+    pub fn advance(&self, millis: i64) {
+        self.0.fetch_add(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn millis(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl leadscore::domain::Clock for ManualClock {
+    fn now(&self) -> leadscore::domain::Timestamp {
+        leadscore::domain::Timestamp::from_millis(self.millis())
+    }
+}
+
 impl TestApp {
     pub async fn spawn(settings: Settings) -> Self {
-        let app = Application::build(settings).await.expect("application builds");
+        Self::spawn_with_clock(settings, std::sync::Arc::new(leadscore::domain::SystemClock)).await
+    }
+
+    pub async fn spawn_with_clock(settings: Settings, clock: std::sync::Arc<dyn leadscore::domain::Clock>) -> Self {
+        let app = Application::build_with_clock(settings, clock).await.expect("application builds");
         let port = app.port();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -9,7 +9,7 @@ use leadscore::api::pb::nurture_client::NurtureClient;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::helpers::{RedisServer, TestApp, now_millis, record, settings, signal, violated_fields};
+use crate::helpers::{DAY, ManualClock, RedisServer, TestApp, now_millis, record, settings, signal, violated_fields};
 
 async fn app() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
@@ -144,6 +144,7 @@ async fn definitions_are_listed_and_bad_names_refused() {
             ("sales_alert_new_mql", "stage_entered(MQL)"),
             ("book_discovery_call", "stage_entered(SQL)"),
             ("long_term_nurture", "stage_entered(RECYCLED)"),
+            ("win_back_dormant", "inactive(30d)"),
         ]
     );
     assert_eq!(defs.definitions[0].cooldown.as_ref().unwrap().seconds, 7 * 86_400);
@@ -159,4 +160,69 @@ async fn definitions_are_listed_and_bad_names_refused() {
     let empty =
         client.ack_triggers(pb::AckTriggersRequest { group: "g".into(), trigger_ids: vec![] }).await.unwrap_err();
     assert_eq!(violated_fields(&empty), ["trigger_ids"]);
+}
+
+/// Two replicas on one Redis, sharing a clock the test moves, sweeping
+/// every 50 ms.
+async fn replicas(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (TestApp, TestApp) {
+    let mut s = settings(Some(redis.url()));
+    s.inactivity_sweep_interval = leadscore::config::Millis(50);
+    s.feed_poll_interval = leadscore::config::Millis(50);
+    let a = TestApp::spawn_with_clock(s.clone(), clock.clone()).await;
+    let b = TestApp::spawn_with_clock(s, clock.clone()).await;
+    (a, b)
+}
+
+async fn stats(app: &TestApp) -> Vec<pb::NurtureTrigger> {
+    let mut stream = open(app, "inactivity-check", "w").await;
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(item))) =
+        tokio::time::timeout(Duration::from_millis(400), stream.message()).await.map(|m| m.transpose())
+    {
+        got.push(item.trigger.unwrap());
+    }
+    got
+}
+
+#[tokio::test]
+async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::at(now_millis());
+    let (a, b) = replicas(&redis, &clock).await;
+    let start = clock.millis();
+    let mut client = a.client().await;
+    client.record_signals(record(vec![signal("q1", "quiet", "page_view", start)])).await.unwrap();
+    client.record_signals(record(vec![signal("b1", "busy", "page_view", start)])).await.unwrap();
+
+    // 29 days later "busy" is active again, "quiet" is not; neither is due yet.
+    clock.advance(29 * DAY);
+    client.record_signals(record(vec![signal("b2", "busy", "page_view", clock.millis())])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(stats(&a).await.is_empty());
+
+    // A day and a bit later "quiet" has been quiet for 30 days.
+    clock.advance(DAY + 60_000);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let fired = stats(&b).await;
+    assert_eq!(fired.len(), 1, "once, though two replicas sweep: {fired:?}");
+    assert_eq!((fired[0].definition_id.as_str(), fired[0].lead_id.as_str()), ("win_back_dormant", "quiet"));
+    assert!(fired[0].reason.starts_with("no counted signal for 30d"), "{}", fired[0].reason);
+
+    // 40 days on, "busy" has been quiet long enough too; "quiet" is not fired again.
+    clock.advance(40 * DAY);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let next_round: Vec<_> = stats(&a).await.into_iter().map(|t| t.lead_id).collect();
+    assert_eq!(next_round, ["busy"]);
+
+    // New engagement and a new quiet spell, but within the 90-day cooldown: nothing.
+    client.record_signals(record(vec![signal("q2", "quiet", "page_view", clock.millis())])).await.unwrap();
+    clock.advance(31 * DAY);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(stats(&a).await.is_empty(), "within the cooldown");
+    // Once more, after the cooldown: it fires again.
+    client.record_signals(record(vec![signal("q3", "quiet", "page_view", clock.millis())])).await.unwrap();
+    clock.advance(31 * DAY);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let last_round: Vec<_> = stats(&b).await.into_iter().map(|t| t.lead_id).collect();
+    assert_eq!(last_round, ["quiet"]);
 }

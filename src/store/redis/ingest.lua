@@ -5,7 +5,8 @@
 --
 -- KEYS: 1 lead hash, 2 seen event ids (zset), 3 signals per type per UTC
 --       day (hash, `<type>:<day>`), 4 raw history (list), 5 the partition's
---       lead index (zset: lead id by created_at)
+--       lead index (zset: lead id by created_at), 6… the partition's
+--       indexes of the inactivity triggers (zset: lead id by last engagement)
 -- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, lead id,
 --       stage if the lead is new, n_models, the n_models model names, then
 --       per signal:
@@ -105,6 +106,9 @@ redis.call('PEXPIRE', seen, window)
 redis.call('PEXPIRE', days, retention + DAY)
 if engaged then
   redis.call('HSET', lead, 'le', ARGV[1])
+  for k = 6, #KEYS do
+    redis.call('ZADD', KEYS[k], ARGV[1], lead_id)
+  end
 end
 if used_history then
   redis.call('LTRIM', hist, 0, hist_limit - 1)

@@ -69,6 +69,12 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:triggers", self.prefix)
     }
 
+    /// Leads of a partition waiting for an inactivity trigger, by last
+    /// engagement.
+    pub fn inactive(&self, definition: &str, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
+    }
+
     /// The ids of a partition's leads, by created_at.
     pub fn index(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:leads", self.prefix)

@@ -45,6 +45,7 @@ pub struct RedisStore {
     stage: Script,
     rescore: Script,
     identify: Script,
+    sweep: Script,
     timeout: Duration,
     /// Consumer groups known to exist on every trigger stream.
     groups: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -70,6 +71,7 @@ impl RedisStore {
             stage: Script::new(include_str!("stage.lua")),
             rescore: Script::new(include_str!("rescore.lua")),
             identify: Script::new(include_str!("identify.lua")),
+            sweep: Script::new(include_str!("sweep.lua")),
             timeout: settings.command_timeout,
             groups: Default::default(),
         })
@@ -214,14 +216,13 @@ impl LeadStore for RedisStore {
         };
         let records: Vec<String> =
             changes.iter().map(|c| encode("stage change", serde_json::to_string(c))).collect::<Result<_, _>>()?;
-        let at = changes.first().map_or(0, |c| c.at.millis());
         let mut inv = self.stage.prepare_invoke();
         inv.key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
         inv.arg(expected.as_str())
             .arg(policy.history_limit.max(1))
-            .arg((at - policy.retention_ms).max(0))
+            .arg(policy.retention_ms)
             .arg(lead_id.as_str())
-            .arg((at - policy.trigger_retention_ms).max(0));
+            .arg(policy.trigger_retention_ms);
         for (i, (change, record)) in changes.iter().zip(&records).enumerate() {
             let fired = fires.get(i).map_or(&[][..], Vec::as_slice);
             inv.arg(change.to.as_str()).arg(change.at.millis()).arg(record).arg(fired.len());
@@ -397,6 +398,64 @@ impl LeadStore for RedisStore {
         self.stats(group).await
     }
 
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let key = self.keys.inactive(definition, partition);
+        let raw: Vec<String> = self
+            .call(|mut c| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(key)
+                    .arg("-inf")
+                    .arg(before.millis())
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        raw.into_iter()
+            .map(|id| LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("inactivity index: {e}"))))
+            .collect()
+    }
+
+    async fn fire_inactivity(
+        &self,
+        lead_id: &LeadId,
+        engaged_at: Timestamp,
+        definition: &str,
+        fire: Option<&TriggerFire>,
+        policy: &FeedPolicy,
+    ) -> Result<bool, StoreError> {
+        let keys = self.keys.lead(lead_id);
+        let partition = self.keys.partition(lead_id);
+        let (payload, cooldown, fired_at) = match fire {
+            Some(f) => (
+                serde_json::to_string(&f.trigger)
+                    .map_err(|e| StoreError::Internal(format!("encoding a trigger: {e}")))?,
+                f.cooldown_ms,
+                f.trigger.fired_at.millis(),
+            ),
+            None => (String::new(), 0, 0),
+        };
+        let mut inv = self.sweep.prepare_invoke();
+        inv.key(&keys.lead).key(&keys.triggers).key(self.keys.inactive(definition, partition));
+        inv.arg(lead_id.as_str())
+            .arg(engaged_at.millis())
+            .arg(definition)
+            .arg(cooldown)
+            .arg(fired_at)
+            .arg(payload)
+            .arg(policy.trigger_retention_ms);
+        let fired: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        Ok(fired == 1)
+    }
+
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
         let key = self.keys.index(partition);
         let raw: Vec<String> = self
@@ -457,6 +516,10 @@ impl RedisStore {
         let keys = self.keys.lead(&batch.lead_id);
         let mut inv = self.ingest.prepare_invoke();
         inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
+        let partition = self.keys.partition(&batch.lead_id);
+        for definition in batch.watch_inactivity.iter() {
+            inv.key(self.keys.inactive(definition, partition));
+        }
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
         inv.arg(batch.lead_id.as_str()).arg(batch.initial_stage.as_str());
         // Every signal carries one weight per model, in the same order.

@@ -6,8 +6,8 @@
 --
 -- KEYS: 1 lead hash, 2 stage history (list), 3 partition change feed
 --       (stream), 4 partition trigger stream
--- ARGV: expected stage, history_limit, feed_min_id, lead id,
---       trigger_min_id, then per change: to stage, at_ms, record (JSON),
+-- ARGV: expected stage, history_limit, feed retention ms, lead id,
+--       trigger retention ms, then per change: to stage, at_ms, record (JSON),
 --       number of triggers N, then N × (definition id, cooldown_ms, payload)
 -- Returns: { 1, '', feed ids, trigger ids } applied,
 --          { -1, current stage, {}, {} } conflict, { 0, '', {}, {} } no lead
@@ -19,6 +19,11 @@ end
 if current ~= ARGV[1] then
   return { -1, current, {}, {} }
 end
+-- Streams are trimmed by Redis' own clock, which assigns their entry ids.
+local time = redis.call('TIME')
+local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local feed_min = string.format('%d', redis_now - tonumber(ARGV[3]))
+local trigger_min = string.format('%d', redis_now - tonumber(ARGV[5]))
 local ids, fired = {}, {}
 local i = 6
 while i <= #ARGV do
@@ -26,7 +31,7 @@ while i <= #ARGV do
   local at = tonumber(at_text)
   redis.call('HSET', lead, 'st', ARGV[i], 'ss', ARGV[i + 1])
   redis.call('LPUSH', history, ARGV[i + 2])
-  ids[#ids + 1] = redis.call('XADD', feed, 'MINID', '~', ARGV[3], '*', 'l', ARGV[4], 'c', ARGV[i + 2])
+  ids[#ids + 1] = redis.call('XADD', feed, 'MINID', '~', feed_min, '*', 'l', ARGV[4], 'c', ARGV[i + 2])
   local n = tonumber(ARGV[i + 3])
   i = i + 4
   for _ = 1, n do
@@ -34,7 +39,7 @@ while i <= #ARGV do
     local last = tonumber(redis.call('HGET', lead, field))
     if last == nil or at - last >= tonumber(ARGV[i + 1]) then
       redis.call('HSET', lead, field, at_text)
-      fired[#fired + 1] = redis.call('XADD', triggers, 'MINID', '~', ARGV[5], '*', 't', ARGV[i + 2])
+      fired[#fired + 1] = redis.call('XADD', triggers, 'MINID', '~', trigger_min, '*', 't', ARGV[i + 2])
     end
     i = i + 3
   end
