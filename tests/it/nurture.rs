@@ -226,3 +226,18 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
     let last_round: Vec<_> = stats(&b).await.into_iter().map(|t| t.lead_id).collect();
     assert_eq!(last_round, ["quiet"]);
 }
+
+#[tokio::test]
+async fn consumers_carry_on_after_redis_loses_everything() {
+    let (mut redis, app) = app().await;
+    let mut stream = open(&app, "automation", "w").await;
+    make_mql(&app, "before").await;
+    assert_eq!(next(&mut stream).await.lead_id, "before");
+    drop(stream);
+    // A restart without persistence: the streams and the consumer group are gone.
+    redis.restart();
+    app.wait_health(tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    let mut stream = open(&app, "automation", "w").await;
+    make_mql(&app, "after").await;
+    assert_eq!(next(&mut stream).await.lead_id, "after");
+}

@@ -77,6 +77,25 @@ impl RedisStore {
         self.groups.lock().unwrap_or_else(|p| p.into_inner()).remove(group);
     }
 
+    /// Runs `op` on the group's streams, creating the group first; if Redis
+    /// lost it (a restart without persistence, a flush), creates it again
+    /// and retries once.
+    async fn grouped<T, F, Fut>(&self, group: &str, op: F) -> Result<T, StoreError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        self.ensure_group(group).await?;
+        match op().await {
+            Err(StoreError::Internal(e)) if e.contains("NOGROUP") => {
+                self.forget_group(group);
+                self.ensure_group(group).await?;
+                op().await
+            }
+            other => other,
+        }
+    }
+
     pub(super) async fn deliver(
         &self,
         group: &str,
@@ -85,16 +104,7 @@ impl RedisStore {
         policy: &DeliveryPolicy,
         now: Timestamp,
     ) -> Result<Vec<Delivery>, StoreError> {
-        self.ensure_group(group).await?;
-        match self.deliver_once(group, consumer, max, policy, now).await {
-            // Redis restarted and lost the group: create it again.
-            Err(StoreError::Internal(e)) if e.contains("NOGROUP") => {
-                self.forget_group(group);
-                self.ensure_group(group).await?;
-                self.deliver_once(group, consumer, max, policy, now).await
-            }
-            other => other,
-        }
+        self.grouped(group, || self.deliver_once(group, consumer, max, policy, now)).await
     }
 
     async fn deliver_once(
@@ -239,7 +249,10 @@ impl RedisStore {
     }
 
     pub(super) async fn in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
-        self.ensure_group(group).await?;
+        self.grouped(group, || self.in_flight_once(group, consumer)).await
+    }
+
+    async fn in_flight_once(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
         let mut pipe = redis::pipe();
         for p in 0..self.keys.partitions() {
             pipe.cmd("XPENDING").arg(self.keys.triggers(p)).arg(group);
@@ -257,7 +270,10 @@ impl RedisStore {
     }
 
     pub(super) async fn dead(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        self.ensure_group(group).await?;
+        self.grouped(group, || self.dead_once(group, limit)).await
+    }
+
+    async fn dead_once(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let mut pipe = redis::pipe();
         for p in 0..self.keys.partitions() {
             pipe.cmd("XPENDING").arg(self.keys.triggers(p)).arg(group).arg("-").arg("+").arg(limit).arg(DEAD);
@@ -290,7 +306,10 @@ impl RedisStore {
     }
 
     pub(super) async fn replay(&self, group: &str, ids: &[String]) -> Result<u64, StoreError> {
-        self.ensure_group(group).await?;
+        self.grouped(group, || self.replay_once(group, ids)).await
+    }
+
+    async fn replay_once(&self, group: &str, ids: &[String]) -> Result<u64, StoreError> {
         let by_partition = Self::by_partition(ids);
         let mut replayed = 0;
         for (p, entries) in by_partition {
@@ -340,7 +359,10 @@ impl RedisStore {
     }
 
     pub(super) async fn stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
-        self.ensure_group(group).await?;
+        self.grouped(group, || self.stats_once(group)).await
+    }
+
+    async fn stats_once(&self, group: &str) -> Result<TriggerStats, StoreError> {
         let mut pipe = redis::pipe();
         for p in 0..self.keys.partitions() {
             let key = self.keys.triggers(p);
