@@ -22,7 +22,7 @@ use crate::domain::{
     SignalStatus, Stage, StageChange, Timestamp, TriggerFire, VisitorId,
 };
 use crate::rules::RuleSet;
-use crate::store::{IdentifyMark, LeadBatch, LeadStore, StageUpdate, StoreError};
+use crate::store::{CommitPlan, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 
 /// Attempts before giving up on a lead that keeps changing under us.
 const MAX_ATTEMPTS: usize = 5;
@@ -376,7 +376,7 @@ pub async fn identify(
         .collect();
     let batch = LeadBatch { initial_stage: Stage::Anonymous, ..LeadBatch::new(lead_id.clone(), signals) }
         .watching(inactivity_watch(rules));
-    let Some(outcome) = state.store.record_signals(vec![batch], now, &state.policy).await?.pop() else {
+    let Some(outcome) = record_batches(state, rules, vec![batch]).await?.pop() else {
         return Err(StoreError::Internal("recording a visitor's history returned nothing".into()));
     };
     let merged_signals = outcome.statuses.iter().filter(|s| **s != SignalStatus::Duplicate).count() as u32;
@@ -496,4 +496,117 @@ pub async fn sweep_inactivity(state: &AppState) -> Result<u64, StoreError> {
         }
     }
     Ok(fired)
+}
+
+/// Records a batch that may fire triggers computed from the score (signal,
+/// score threshold, re-engagement): the lead is read, everything the batch
+/// does — tallies, triggers, stage changes and their triggers — is
+/// computed here and written in one atomic step if the lead is unchanged
+/// meanwhile (else read again). Two round trips instead of one, only for
+/// such batches.
+pub async fn commit_ingest(state: &AppState, rules: &ActiveRules, batch: LeadBatch) -> Result<LeadOutcome, StoreError> {
+    let store = state.store.as_ref();
+    let event_ids: Vec<String> = batch.signals.iter().map(|s| s.event_id.as_str().to_owned()).collect();
+    let stripe = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        batch.lead_id.hash(&mut h);
+        (h.finish() % state.commit_locks.len() as u64) as usize
+    };
+    let _serialised = state.commit_locks[stripe].lock().await;
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            // Another replica wrote the lead meanwhile: back off a little.
+            tokio::time::sleep(std::time::Duration::from_millis(2 << attempt)).await;
+        }
+        let now = state.clock.now();
+        let read =
+            store.read_for_commit(&batch.lead_id, &event_ids, now.plus_millis(-state.policy.dedupe_window_ms)).await?;
+        if let Some(owner) = read.lead.as_ref().and_then(|l| l.merged_into.clone()) {
+            let lead = read.lead.unwrap_or_else(|| LeadSnapshot::new(batch.lead_id.clone(), now));
+            return Ok(LeadOutcome { statuses: Vec::new(), lead, merged_into: Some(owner) });
+        }
+        let expected = read.lead.as_ref().map(|l| (l.recorded, l.stage));
+        let before = read.lead.unwrap_or_else(|| {
+            let mut lead = LeadSnapshot::new(batch.lead_id.clone(), now);
+            lead.stage = batch.initial_stage;
+            lead
+        });
+        let mut after = before.clone();
+        let mut ledger = LeadLedger::with_seen(read.seen);
+        let policy = IngestPolicy { history_limit: batch.signals.len(), ..state.policy };
+        let statuses: Vec<SignalStatus> =
+            batch.signals.iter().map(|s| ledger.record(&mut after, s, now, &policy)).collect();
+        let counted: std::collections::BTreeSet<String> = batch
+            .signals
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, st)| **st == SignalStatus::Accepted)
+            .map(|(s, _)| s.signal_type.clone())
+            .collect();
+        let score = ScoreSnapshot::of(&rules.primary().score(&after, now));
+        let fires = rules
+            .ingest_triggers(&before, &after, &counted, now)
+            .into_iter()
+            .map(|def| TriggerFire {
+                cooldown_ms: def.cooldown_ms,
+                trigger: FiredTrigger {
+                    definition_id: def.id.clone(),
+                    program: def.program.clone(),
+                    lead_id: after.lead_id.as_str().to_owned(),
+                    fired_at: now,
+                    reason: format!("{} after {}", def.on, counted.iter().cloned().collect::<Vec<_>>().join(", ")),
+                    score: score.clone(),
+                    stage: after.stage,
+                },
+            })
+            .collect();
+        let changes = rule_changes(rules, &after, now);
+        let change_fires = trigger_fires(rules, &after, &changes);
+        let plan = CommitPlan {
+            expected,
+            initial_stage: batch.initial_stage,
+            history: ledger.recorded_oldest_first(),
+            engaged: !counted.is_empty(),
+            watch_inactivity: batch.watch_inactivity.clone(),
+            fires,
+            changes,
+            change_fires,
+            now,
+            lead: after,
+        };
+        if store.commit(&plan, &state.policy, &state.feed).await? {
+            let mut lead = plan.lead;
+            if let Some(last) = plan.changes.last() {
+                lead.stage = last.to;
+                lead.stage_since = last.at;
+            }
+            return Ok(LeadOutcome { statuses, lead, merged_into: None });
+        }
+    }
+    Err(StoreError::Unavailable(format!("lead {} kept changing while its signals were recorded; retry", batch.lead_id)))
+}
+
+/// Records batches: in one pipelined round trip, except those that may fire
+/// score-dependent triggers, which take `commit_ingest`. Outcomes in order.
+pub async fn record_batches(
+    state: &AppState,
+    rules: &ActiveRules,
+    batches: Vec<LeadBatch>,
+) -> Result<Vec<LeadOutcome>, StoreError> {
+    let now = state.clock.now();
+    let (careful, plain): (Vec<_>, Vec<_>) = batches
+        .into_iter()
+        .enumerate()
+        .partition(|(_, b)| rules.ingest_may_fire(b.signals.iter().map(|s| s.signal_type.as_str())));
+    let (plain_places, plain): (Vec<usize>, Vec<LeadBatch>) = plain.into_iter().unzip();
+    let plain_outcomes =
+        if plain.is_empty() { Vec::new() } else { state.store.record_signals(plain, now, &state.policy).await? };
+    let careful_places: Vec<usize> = careful.iter().map(|(i, _)| *i).collect();
+    let careful_outcomes =
+        futures::future::try_join_all(careful.into_iter().map(|(_, b)| commit_ingest(state, rules, b))).await?;
+    let mut outcomes: Vec<(usize, LeadOutcome)> =
+        plain_places.into_iter().zip(plain_outcomes).chain(careful_places.into_iter().zip(careful_outcomes)).collect();
+    outcomes.sort_by_key(|(i, _)| *i);
+    Ok(outcomes.into_iter().map(|(_, o)| o).collect())
 }

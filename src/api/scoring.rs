@@ -95,7 +95,7 @@ impl LeadScoring for ScoringService {
             .filter(|b| b.lead_id.visitor().is_some())
             .map(|b| (b.lead_id.clone(), b.signals.clone()))
             .collect();
-        let mut outcomes = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+        let mut outcomes = crate::engine::record_batches(state, &rules, batches).await.map_err(ApiError::from)?;
         let redirected: Vec<(usize, LeadBatch)> = outcomes
             .iter()
             .enumerate()
@@ -106,7 +106,7 @@ impl LeadScoring for ScoringService {
             .collect();
         if !redirected.is_empty() {
             let (places, batches): (Vec<usize>, Vec<LeadBatch>) = redirected.into_iter().unzip();
-            let again = state.store.record_signals(batches, now, &state.policy).await.map_err(ApiError::from)?;
+            let again = crate::engine::record_batches(state, &rules, batches).await.map_err(ApiError::from)?;
             for (i, outcome) in places.into_iter().zip(again) {
                 outcomes[i] = outcome;
             }

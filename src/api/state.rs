@@ -49,6 +49,9 @@ pub struct AppState {
     pub rescore_on_reload: bool,
     /// How nurture triggers are redelivered.
     pub delivery: DeliveryPolicy,
+    /// Serialises read-compute-commit ingests of one lead within this
+    /// replica (striped by lead), so they queue instead of retrying.
+    pub commit_locks: Vec<tokio::sync::Mutex<()>>,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -75,6 +78,7 @@ impl AppState {
             jobs: Default::default(),
             rescore_on_reload: false,
             delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
+            commit_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             rules: RwLock::new(Arc::new(active)),
         }
     }

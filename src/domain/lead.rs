@@ -33,6 +33,8 @@ pub struct LeadSnapshot {
     /// For an anonymous visitor that was identified: the lead its signals
     /// now go to.
     pub merged_into: Option<LeadId>,
+    /// Trigger definition → when it last fired for this lead (cooldowns).
+    pub trigger_fired: BTreeMap<String, Timestamp>,
     /// Keyed by signal type.
     pub tallies: BTreeMap<String, TypeTally>,
     /// Signals recorded per type per UTC day of `occurred_at` (capped ones
@@ -52,6 +54,7 @@ impl LeadSnapshot {
             created_at: now,
             stage,
             merged_into: None,
+            trigger_fired: BTreeMap::new(),
             stage_since: now,
             last_engaged_at: None,
             recorded: 0,

@@ -81,6 +81,33 @@ pub struct LeadLedger {
 }
 
 impl LeadLedger {
+    /// A ledger that knows these event ids were recorded (id, when).
+    pub fn with_seen(seen: impl IntoIterator<Item = (String, Timestamp)>) -> Self {
+        Self { seen: seen.into_iter().collect(), history: VecDeque::new() }
+    }
+
+    /// When this event id was recorded, if it is remembered.
+    pub fn seen_at(&self, event_id: &str) -> Option<Timestamp> {
+        self.seen.get(event_id).copied()
+    }
+
+    /// Remembers signals recorded elsewhere (oldest first): their ids, and
+    /// their raw entries in the bounded history.
+    pub fn remember(&mut self, entries: &[HistoryEntry], history_limit: usize) {
+        for entry in entries {
+            self.seen.insert(entry.event_id.clone(), Timestamp::from_millis(entry.arrived_at_ms));
+            if history_limit > 0 {
+                self.history.push_front(entry.clone());
+            }
+        }
+        self.history.truncate(history_limit);
+    }
+
+    /// The history entries recorded by this ledger, oldest first.
+    pub fn recorded_oldest_first(&self) -> Vec<HistoryEntry> {
+        self.history.iter().rev().cloned().collect()
+    }
+
     /// Records `signal` on `lead`.
     pub fn record(
         &mut self,

@@ -11,7 +11,7 @@ use super::triggers::{self, TriggerDefinition};
 use super::{RuleError, RuleSet, SignalTypeDef, parse_duration};
 use crate::domain::model::{PropertyRefinement, SignalPoints};
 use crate::domain::{Condition, Decay, FitRule, GradeThresholds, ScoringModel};
-use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp, TriggerOn};
+use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
 
 /// Largest absolute number of points any rule may give.
 const MAX_POINTS: f64 = 1_000_000.0;
@@ -273,17 +273,7 @@ fn trigger(
         errors.push(span.clone(), format!("trigger id '{}': {IDENTIFIER_RULE}", raw.id));
     }
     let on = match triggers::parse_on(raw.on.get_ref(), signal_types) {
-        Ok(on @ (TriggerOn::StageEntered(_) | TriggerOn::Inactive(_))) => on,
-        Ok(other) => {
-            errors.push(
-                raw.on.span(),
-                format!(
-                    "trigger '{}': {other} triggers are not supported yet; use stage_entered(STAGE) or inactive(DURATION)",
-                    raw.id
-                ),
-            );
-            return None;
-        }
+        Ok(on) => on,
         Err(e) => {
             errors.push(raw.on.span(), format!("trigger '{}': {e}", raw.id));
             return None;

@@ -146,6 +146,48 @@ impl RuleSet {
             .collect()
     }
 
+    /// Whether recording signals of these types may fire a trigger (then
+    /// the ingest takes the read-compute-commit path).
+    pub fn ingest_may_fire<'a>(&self, mut types: impl Iterator<Item = &'a str>) -> bool {
+        use crate::domain::TriggerOn::*;
+        let any_score = self.triggers.iter().any(|t| matches!(t.on, ScoreAbove(_) | ScoreBelow(_) | Reengaged(_)));
+        any_score || types.any(|ty| self.triggers.iter().any(|t| matches!(&t.on, Signal(s) if s == ty)))
+    }
+
+    /// The definitions a batch of signals fires: `signal(T)` for a counted
+    /// signal of type T, `score_above`/`score_below` for a crossing of the
+    /// total score between `before` and `after`, `reengaged(D)` for new
+    /// engagement after D without (or of a recycled lead). Conditions are
+    /// evaluated on `after`; cooldowns are the store's to check.
+    pub fn ingest_triggers(
+        &self,
+        before: &LeadSnapshot,
+        after: &LeadSnapshot,
+        counted_types: &std::collections::BTreeSet<String>,
+        now: Timestamp,
+    ) -> Vec<&triggers::TriggerDefinition> {
+        use crate::domain::TriggerOn::*;
+        if self.triggers.is_empty() {
+            return Vec::new();
+        }
+        let (was, is) = (self.primary().score(before, now).total, self.primary().score(after, now).total);
+        self.triggers
+            .iter()
+            .filter(|t| match &t.on {
+                Signal(ty) => counted_types.contains(ty),
+                ScoreAbove(n) => was < *n && is >= *n,
+                ScoreBelow(n) => was >= *n && is < *n,
+                Reengaged(quiet_ms) => {
+                    !counted_types.is_empty()
+                        && (before.stage == Stage::Recycled
+                            || before.last_engaged_at.is_some_and(|at| now.millis() - at.millis() >= *quiet_ms))
+                }
+                StageEntered(_) | Inactive(_) => false,
+            })
+            .filter(|t| self.trigger_condition_holds(t, after, now))
+            .collect()
+    }
+
     /// The `inactive(DURATION)` definitions: (definition, duration in ms).
     pub fn inactivity_triggers(&self) -> impl Iterator<Item = (&triggers::TriggerDefinition, i64)> {
         self.triggers.iter().filter_map(|t| match t.on {
@@ -459,7 +501,7 @@ when = "signals.email_click.count_7d >= 2"
 
         for (replace, expected) in [
             ("on = \"stage_entered(MQL)\"", "on = \"stage_entered(WON)\""),
-            ("on = \"stage_entered(MQL)\"", "on = \"signal(demo_requested)\""),
+            ("on = \"stage_entered(MQL)\"", "on = \"signal(tiktok_like)\""),
             ("cooldown = \"7d\"", "cooldown = \"a week\""),
             ("id = \"book_discovery_call\"", "id = \"sales_alert_new_mql\""),
         ] {
@@ -467,8 +509,14 @@ when = "signals.email_click.count_7d >= 2"
             let errs = errors(&src);
             assert_eq!(errs.len(), 1, "{expected}: {errs:?}");
         }
-        let unsupported = errors(&crate::DEFAULT_RULES.replacen("stage_entered(MQL)", "score_above(50)", 1));
-        assert!(unsupported[0].contains("not supported yet"), "{unsupported:?}");
+        for kind in ["score_above(50)", "score_below(10)", "signal(demo_requested)", "reengaged(30d)", "inactive(60d)"]
+        {
+            assert_eq!(
+                errors(&crate::DEFAULT_RULES.replacen("stage_entered(MQL)", kind, 1)),
+                Vec::<String>::new(),
+                "{kind}"
+            );
+        }
     }
 
     #[test]

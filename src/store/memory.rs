@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
-    TriggerStats,
+    CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
+    StageUpdate, StoreError, TriggerStats,
 };
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
@@ -21,8 +21,6 @@ struct StoredLead {
     ledger: LeadLedger,
     /// Newest first.
     stages: VecDeque<StageChange>,
-    /// Trigger definition → when it last fired for this lead (cooldowns).
-    fired: HashMap<String, Timestamp>,
     /// Inactivity definition → the engagement time it was last swept at.
     swept: HashMap<String, Timestamp>,
 }
@@ -84,14 +82,56 @@ fn entry<'a>(
     leads.entry(id.clone()).or_insert_with(|| {
         let mut snapshot = LeadSnapshot::new(id.clone(), now);
         snapshot.stage = initial_stage;
-        StoredLead {
-            snapshot,
-            ledger: LeadLedger::default(),
-            stages: VecDeque::new(),
-            fired: HashMap::new(),
-            swept: HashMap::new(),
-        }
+        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new(), swept: HashMap::new() }
     })
+}
+
+/// Moves the lead through `changes`, firing their triggers (cooldowns
+/// permitting) and recording each change in its history and the feed.
+fn apply_changes(
+    lead: &mut StoredLead,
+    lead_id: &LeadId,
+    feed: &mut Vec<(LeadId, StageChange)>,
+    triggers: &mut Vec<FiredTrigger>,
+    changes: &[StageChange],
+    fires: &[Vec<TriggerFire>],
+    history_limit: usize,
+) -> (Vec<QualificationChange>, Vec<String>) {
+    let mut applied = Vec::with_capacity(changes.len());
+    let mut fired = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        for fire in fires.get(i).map_or(&[][..], Vec::as_slice) {
+            fired.extend(fire_unless_cooling(lead, triggers, fire, change.at));
+        }
+        lead.snapshot.stage = change.to;
+        lead.snapshot.stage_since = change.at;
+        lead.stages.push_front(change.clone());
+        feed.push((lead_id.clone(), change.clone()));
+        applied.push(QualificationChange {
+            lead_id: lead_id.clone(),
+            change: change.clone(),
+            id: cursor(feed.len()),
+            cursor: cursor(feed.len()),
+        });
+    }
+    lead.stages.truncate(history_limit);
+    (applied, fired)
+}
+
+/// Fires `fire` unless its cooldown for the lead still runs at `at`.
+fn fire_unless_cooling(
+    lead: &mut StoredLead,
+    triggers: &mut Vec<FiredTrigger>,
+    fire: &TriggerFire,
+    at: Timestamp,
+) -> Option<String> {
+    let last = lead.snapshot.trigger_fired.get(&fire.trigger.definition_id);
+    if last.is_some_and(|last| at.millis() - last.millis() < fire.cooldown_ms) {
+        return None;
+    }
+    lead.snapshot.trigger_fired.insert(fire.trigger.definition_id.clone(), at);
+    triggers.push(fire.trigger.clone());
+    Some(format!("t{}", triggers.len() - 1))
 }
 
 fn cursor(position: usize) -> String {
@@ -155,29 +195,7 @@ impl LeadStore for MemoryStore {
         if lead.snapshot.stage != expected {
             return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
         }
-        let mut applied = Vec::with_capacity(changes.len());
-        let mut fired = Vec::new();
-        for (i, change) in changes.iter().enumerate() {
-            for fire in fires.get(i).map_or(&[][..], Vec::as_slice) {
-                let last = lead.fired.get(&fire.trigger.definition_id);
-                if last.is_none_or(|at| change.at.millis() - at.millis() >= fire.cooldown_ms) {
-                    lead.fired.insert(fire.trigger.definition_id.clone(), change.at);
-                    triggers.push(fire.trigger.clone());
-                    fired.push(format!("t{}", triggers.len() - 1));
-                }
-            }
-            lead.snapshot.stage = change.to;
-            lead.snapshot.stage_since = change.at;
-            lead.stages.push_front(change.clone());
-            feed.push((lead_id.clone(), change.clone()));
-            applied.push(QualificationChange {
-                lead_id: lead_id.clone(),
-                change: change.clone(),
-                id: cursor(feed.len()),
-                cursor: cursor(feed.len()),
-            });
-        }
-        lead.stages.truncate(policy.history_limit);
+        let (applied, fired) = apply_changes(lead, lead_id, feed, triggers, changes, fires, policy.history_limit);
         Ok(StageUpdate::Applied { changes: applied, triggers: fired })
     }
 
@@ -224,6 +242,49 @@ impl LeadStore for MemoryStore {
 
     async fn feed_end(&self) -> Result<String, StoreError> {
         Ok(cursor(self.data().feed.len()))
+    }
+
+    async fn read_for_commit(
+        &self,
+        lead_id: &LeadId,
+        event_ids: &[String],
+        seen_since: Timestamp,
+    ) -> Result<CommitRead, StoreError> {
+        let data = self.data();
+        let Some(stored) = data.leads.get(lead_id) else { return Ok(CommitRead { lead: None, seen: Vec::new() }) };
+        let seen = event_ids
+            .iter()
+            .filter_map(|id| stored.ledger.seen_at(id).filter(|at| *at > seen_since).map(|at| (id.clone(), at)))
+            .collect();
+        Ok(CommitRead { lead: Some(stored.snapshot.clone()), seen })
+    }
+
+    async fn commit(
+        &self,
+        plan: &CommitPlan,
+        policy: &IngestPolicy,
+        feed_policy: &FeedPolicy,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        let Data { leads, feed, triggers, .. } = &mut *data;
+        let id = &plan.lead.lead_id;
+        let current = leads.get(id).map(|l| (l.snapshot.recorded, l.snapshot.stage, l.snapshot.merged_into.is_some()));
+        match (plan.expected, current) {
+            (None, None) => {}
+            (Some(expected), Some((recorded, stage, false))) if expected == (recorded, stage) => {}
+            _ => return Ok(false),
+        }
+        let lead = entry(leads, id, plan.now, plan.initial_stage);
+        lead.snapshot.tallies = plan.lead.tallies.clone();
+        lead.snapshot.daily = plan.lead.daily.clone();
+        lead.snapshot.recorded = plan.lead.recorded;
+        lead.snapshot.last_engaged_at = plan.lead.last_engaged_at;
+        lead.ledger.remember(&plan.history, policy.history_limit);
+        for fire in &plan.fires {
+            fire_unless_cooling(lead, triggers, fire, plan.now);
+        }
+        apply_changes(lead, id, feed, triggers, &plan.changes, &plan.change_fires, feed_policy.history_limit);
+        Ok(true)
     }
 
     fn partitions(&self) -> u32 {
@@ -357,11 +418,11 @@ impl LeadStore for MemoryStore {
         }
         lead.swept.insert(definition.to_owned(), engaged_at);
         let Some(fire) = fire else { return Ok(false) };
-        let due = lead.fired.get(definition).is_none_or(|last| {
+        let due = lead.snapshot.trigger_fired.get(definition).is_none_or(|last| {
             *last < engaged_at && fire.trigger.fired_at.millis() - last.millis() >= fire.cooldown_ms
         });
         if due {
-            lead.fired.insert(definition.to_owned(), fire.trigger.fired_at);
+            lead.snapshot.trigger_fired.insert(definition.to_owned(), fire.trigger.fired_at);
             triggers.push(fire.trigger.clone());
         }
         Ok(due)

@@ -61,6 +61,40 @@ pub struct FeedPolicy {
     pub trigger_retention_ms: i64,
 }
 
+/// A lead as read for the read-compute-commit ingest path.
+#[derive(Debug, Clone)]
+pub struct CommitRead {
+    /// `None`: never seen.
+    pub lead: Option<LeadSnapshot>,
+    /// The batch's event ids already recorded within the dedupe window,
+    /// with when they were recorded.
+    pub seen: Vec<(String, Timestamp)>,
+}
+
+/// Everything a batch of signals does to one lead, computed outside the
+/// store, written in one atomic step if the lead is still as it was read.
+#[derive(Debug, Clone)]
+pub struct CommitPlan {
+    /// The lead afterwards: its tallies, day counters, recorded count and
+    /// last engagement are written.
+    pub lead: LeadSnapshot,
+    /// `None` when the lead is new (it must still not exist); otherwise
+    /// the (recorded count, stage) it was read with.
+    pub expected: Option<(u64, Stage)>,
+    pub initial_stage: Stage,
+    /// Newly recorded signals, oldest first.
+    pub history: Vec<HistoryEntry>,
+    /// Whether a counted signal arrived (the inactivity indexes move).
+    pub engaged: bool,
+    pub watch_inactivity: std::sync::Arc<[String]>,
+    /// Triggers the signals fire (cooldowns checked when written).
+    pub fires: Vec<TriggerFire>,
+    /// Stage changes the rules make, and the triggers each fires.
+    pub changes: Vec<StageChange>,
+    pub change_fires: Vec<Vec<TriggerFire>>,
+    pub now: Timestamp,
+}
+
 /// How triggers are redelivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryPolicy {
@@ -247,6 +281,19 @@ pub trait LeadStore: Send + Sync + 'static {
         fire: Option<&TriggerFire>,
         policy: &FeedPolicy,
     ) -> Result<bool, StoreError>;
+
+    /// Reads a lead and which of `event_ids` it recorded since
+    /// `seen_since`.
+    async fn read_for_commit(
+        &self,
+        lead_id: &LeadId,
+        event_ids: &[String],
+        seen_since: Timestamp,
+    ) -> Result<CommitRead, StoreError>;
+
+    /// Writes `plan` if the lead is still as it was read (and is not an
+    /// identified visitor). Returns whether it did.
+    async fn commit(&self, plan: &CommitPlan, policy: &IngestPolicy, feed: &FeedPolicy) -> Result<bool, StoreError>;
 
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;

@@ -173,8 +173,10 @@ async fn replicas(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (
     (a, b)
 }
 
-async fn stats(app: &TestApp) -> Vec<pb::NurtureTrigger> {
-    let mut stream = open(app, "inactivity-check", "w").await;
+/// Every trigger the stream delivers until it has been quiet for 400 ms.
+/// (One long-lived stream per test: a stream closed and reopened could
+/// leave a trigger held by the closed one until its visibility timeout.)
+async fn drain(stream: &mut Streaming<pb::StreamTriggersResponse>) -> Vec<pb::NurtureTrigger> {
     let mut got = Vec::new();
     while let Ok(Some(Ok(item))) =
         tokio::time::timeout(Duration::from_millis(400), stream.message()).await.map(|m| m.transpose())
@@ -190,6 +192,7 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
     let clock = ManualClock::at(now_millis());
     let (a, b) = replicas(&redis, &clock).await;
     let start = clock.millis();
+    let mut watch = open(&b, "inactivity-check", "w").await;
     let mut client = a.client().await;
     client.record_signals(record(vec![signal("q1", "quiet", "page_view", start)])).await.unwrap();
     client.record_signals(record(vec![signal("b1", "busy", "page_view", start)])).await.unwrap();
@@ -198,12 +201,12 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
     clock.advance(29 * DAY);
     client.record_signals(record(vec![signal("b2", "busy", "page_view", clock.millis())])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(stats(&a).await.is_empty());
+    assert!(drain(&mut watch).await.is_empty());
 
     // A day and a bit later "quiet" has been quiet for 30 days.
     clock.advance(DAY + 60_000);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let fired = stats(&b).await;
+    let fired = drain(&mut watch).await;
     assert_eq!(fired.len(), 1, "once, though two replicas sweep: {fired:?}");
     assert_eq!((fired[0].definition_id.as_str(), fired[0].lead_id.as_str()), ("win_back_dormant", "quiet"));
     assert!(fired[0].reason.starts_with("no counted signal for 30d"), "{}", fired[0].reason);
@@ -211,19 +214,19 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
     // 40 days on, "busy" has been quiet long enough too; "quiet" is not fired again.
     clock.advance(40 * DAY);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let next_round: Vec<_> = stats(&a).await.into_iter().map(|t| t.lead_id).collect();
+    let next_round: Vec<_> = drain(&mut watch).await.into_iter().map(|t| t.lead_id).collect();
     assert_eq!(next_round, ["busy"]);
 
     // New engagement and a new quiet spell, but within the 90-day cooldown: nothing.
     client.record_signals(record(vec![signal("q2", "quiet", "page_view", clock.millis())])).await.unwrap();
     clock.advance(31 * DAY);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(stats(&a).await.is_empty(), "within the cooldown");
+    assert!(drain(&mut watch).await.is_empty(), "within the cooldown");
     // Once more, after the cooldown: it fires again.
     client.record_signals(record(vec![signal("q3", "quiet", "page_view", clock.millis())])).await.unwrap();
     clock.advance(31 * DAY);
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let last_round: Vec<_> = stats(&b).await.into_iter().map(|t| t.lead_id).collect();
+    let last_round: Vec<_> = drain(&mut watch).await.into_iter().map(|t| t.lead_id).collect();
     assert_eq!(last_round, ["quiet"]);
 }
 
@@ -240,4 +243,122 @@ async fn consumers_carry_on_after_redis_loses_everything() {
     let mut stream = open(&app, "automation", "w").await;
     make_mql(&app, "after").await;
     assert_eq!(next(&mut stream).await.lead_id, "after");
+}
+
+const SCORE_TRIGGERS: &str = r#"
+[[triggers]]
+id = "hand_raiser"
+on = "signal(demo_requested)"
+program = "sdr-call"
+cooldown = "1d"
+
+[[triggers]]
+id = "hot"
+on = "score_above(50)"
+program = "hot-lead"
+
+[[triggers]]
+id = "cooling"
+on = "score_below(20)"
+program = "cooling-off"
+
+[[triggers]]
+id = "reopened"
+on = "reengaged(30d)"
+program = "welcome-back"
+"#;
+
+/// A service whose rule file adds the score-driven triggers above.
+async fn score_app(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.toml");
+    let rules = leadscore::DEFAULT_RULES
+        .replace("# Moves the CRM may make", &format!("{SCORE_TRIGGERS}\n# Moves the CRM may make"));
+    std::fs::write(&path, rules).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path);
+    s.feed_poll_interval = leadscore::config::Millis(50);
+    (TestApp::spawn_with_clock(s, clock.clone()).await, dir)
+}
+
+/// New triggers on the stream, as (definition, lead).
+async fn fired(stream: &mut Streaming<pb::StreamTriggersResponse>) -> Vec<(String, String)> {
+    drain(stream).await.into_iter().map(|t| (t.definition_id, t.lead_id)).collect()
+}
+
+fn pair(definition: &str, lead: &str) -> (String, String) {
+    (definition.to_owned(), lead.to_owned())
+}
+
+#[tokio::test]
+async fn signals_and_score_crossings_fire_with_the_score_change() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::at(now_millis());
+    let (app, _dir) = score_app(&redis, &clock).await;
+    let mut watch = open(&app, "automation", "w").await;
+    let mut client = app.client().await;
+    let at = |days: i64| clock.millis() - days * DAY;
+
+    // Five form fills on five days: 12 points each, the fifth crosses 50.
+    for d in 0..4 {
+        client.record_signals(record(vec![signal(&format!("f{d}"), "ann", "form_fill", at(d))])).await.unwrap();
+    }
+    assert!(fired(&mut watch).await.is_empty());
+    client.record_signals(record(vec![signal("f4", "ann", "form_fill", at(4))])).await.unwrap();
+    assert_eq!(fired(&mut watch).await, [pair("hot", "ann")]);
+    // Staying above fires nothing; a duplicate changes nothing.
+    client.record_signals(record(vec![signal("f5", "ann", "form_fill", at(5))])).await.unwrap();
+    client.record_signals(record(vec![signal("f4", "ann", "form_fill", at(4))])).await.unwrap();
+    assert!(fired(&mut watch).await.is_empty());
+    // Bounces (-10 each, no decay) take its 68 points down: crossing 20
+    // downward (at the fifth) fires once.
+    for b in 0..6 {
+        client.record_signals(record(vec![signal(&format!("b{b}"), "ann", "email_bounce", at(0))])).await.unwrap();
+    }
+    assert_eq!(fired(&mut watch).await, [pair("cooling", "ann")]);
+
+    // A demo request fires the hand-raiser trigger, once within its cooldown.
+    client.record_signals(record(vec![signal("d1", "ben", "demo_requested", at(0))])).await.unwrap();
+    client.record_signals(record(vec![signal("d2", "ben", "demo_requested", at(0))])).await.unwrap();
+    let got = fired(&mut watch).await;
+    assert_eq!(got.iter().filter(|p| p.0 == "hand_raiser").count(), 1, "{got:?}");
+    clock.advance(DAY + 1);
+    client.record_signals(record(vec![signal("d3", "ben", "demo_requested", clock.millis())])).await.unwrap();
+    assert!(fired(&mut watch).await.contains(&pair("hand_raiser", "ben")));
+}
+
+#[tokio::test]
+async fn a_lead_coming_back_after_a_quiet_month_is_reopened() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::at(now_millis());
+    let (app, _dir) = score_app(&redis, &clock).await;
+    let mut watch = open(&app, "automation", "w").await;
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("p1", "cleo", "page_view", clock.millis())])).await.unwrap();
+    clock.advance(10 * DAY);
+    client.record_signals(record(vec![signal("p2", "cleo", "page_view", clock.millis())])).await.unwrap();
+    assert!(fired(&mut watch).await.is_empty(), "ten days is not a quiet month");
+    clock.advance(31 * DAY);
+    client.record_signals(record(vec![signal("p3", "cleo", "page_view", clock.millis())])).await.unwrap();
+    assert_eq!(fired(&mut watch).await, [pair("reopened", "cleo")]);
+}
+
+#[tokio::test]
+async fn concurrent_signals_cross_a_threshold_once() {
+    let redis = RedisServer::start();
+    let clock = ManualClock::at(now_millis());
+    let (app, _dir) = score_app(&redis, &clock).await;
+    let mut watch = open(&app, "automation", "w").await;
+    let now = clock.millis();
+    let calls = (0..40).map(|i| {
+        let app = &app;
+        async move {
+            let mut client = app.client().await;
+            let s = signal(&format!("c{i}"), "dora", "content_download", now - i * DAY);
+            client.record_signals(record(vec![s])).await.unwrap();
+        }
+    });
+    futures::future::join_all(calls).await;
+    let hot: Vec<_> = fired(&mut watch).await.into_iter().filter(|p| p.0 == "hot").collect();
+    assert_eq!(hot, [pair("hot", "dora")]);
 }

@@ -8,6 +8,7 @@
 //! | `le`            | when the last counted signal arrived, ms          |
 //! | `nr`            | signals recorded (not duplicates), ever           |
 //! | `mi`            | visitor subjects: the lead it was identified as   |
+//! | `tf:<trigger>`  | when the trigger last fired for the lead, ms      |
 //! | `acc`           | account id                                        |
 //! | `a:<name>`      | profile attribute                                 |
 //! | `n:<type>`      | counted signals of the type                       |
@@ -36,6 +37,8 @@ pub fn decode_lead(
             lead.tallies.entry(t.to_owned()).or_default().counted = n;
         } else if let Some(t) = field.strip_prefix("t:") {
             lead.tallies.entry(t.to_owned()).or_default().last_at = Some(Timestamp::from_millis(int()?));
+        } else if let Some(definition) = field.strip_prefix("tf:") {
+            lead.trigger_fired.insert(definition.to_owned(), Timestamp::from_millis(int()?));
         } else if let Some(rest) = field.strip_prefix("s:") {
             let (model, t) = rest.split_once(':').ok_or_else(|| corrupt(format!("field '{field}' is malformed")))?;
             let sum = value

@@ -17,8 +17,8 @@ use redis::{RedisError, Script};
 pub use keys::KeySpace;
 
 use super::{
-    DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError,
-    TriggerStats,
+    CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
+    StageUpdate, StoreError, TriggerStats,
 };
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::{
@@ -46,6 +46,7 @@ pub struct RedisStore {
     rescore: Script,
     identify: Script,
     sweep: Script,
+    commit: Script,
     timeout: Duration,
     /// Consumer groups known to exist on every trigger stream.
     groups: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -72,6 +73,7 @@ impl RedisStore {
             rescore: Script::new(include_str!("rescore.lua")),
             identify: Script::new(include_str!("identify.lua")),
             sweep: Script::new(include_str!("sweep.lua")),
+            commit: Script::new(include_str!("commit.lua")),
             timeout: settings.command_timeout,
             groups: Default::default(),
         })
@@ -361,6 +363,110 @@ impl LeadStore for RedisStore {
             .map(|r| r.ids.first().and_then(|e| EntryId::parse(&e.id)).unwrap_or_default())
             .collect();
         Ok(FeedCursor(ends).encode())
+    }
+
+    async fn read_for_commit(
+        &self,
+        lead_id: &LeadId,
+        event_ids: &[String],
+        seen_since: Timestamp,
+    ) -> Result<CommitRead, StoreError> {
+        let keys = self.keys.lead(lead_id);
+        let mut pipe = redis::pipe();
+        pipe.hgetall(&keys.lead).hgetall(&keys.days);
+        if !event_ids.is_empty() {
+            pipe.cmd("ZMSCORE").arg(&keys.seen).arg(event_ids);
+        }
+        let (fields, days, scores): (HashMap<String, String>, HashMap<String, String>, Vec<Option<f64>>) =
+            if event_ids.is_empty() {
+                let (f, d): (HashMap<String, String>, HashMap<String, String>) =
+                    self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+                (f, d, Vec::new())
+            } else {
+                self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?
+            };
+        let lead = if fields.is_empty() { None } else { Some(codec::decode_lead(lead_id, fields, days)?) };
+        let seen = event_ids
+            .iter()
+            .zip(scores)
+            .filter_map(|(id, at)| {
+                let at = Timestamp::from_millis(at? as i64);
+                (at > seen_since).then(|| (id.clone(), at))
+            })
+            .collect();
+        Ok(CommitRead { lead, seen })
+    }
+
+    async fn commit(&self, plan: &CommitPlan, policy: &IngestPolicy, feed: &FeedPolicy) -> Result<bool, StoreError> {
+        let lead_id = &plan.lead.lead_id;
+        let keys = self.keys.lead(lead_id);
+        let partition = self.keys.partition(lead_id);
+        let json = |what: &str, r: serde_json::Result<String>| {
+            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
+        };
+        let mut inv = self.commit.prepare_invoke();
+        inv.key(&keys.lead)
+            .key(&keys.seen)
+            .key(&keys.days)
+            .key(&keys.history)
+            .key(&keys.index)
+            .key(&keys.stages)
+            .key(&keys.feed)
+            .key(&keys.triggers);
+        for definition in plan.watch_inactivity.iter() {
+            inv.key(self.keys.inactive(definition, partition));
+        }
+        let (expected_recorded, expected_stage) =
+            plan.expected.map_or((0, String::new()), |(n, stage)| (n, stage.as_str().to_owned()));
+        inv.arg(expected_recorded)
+            .arg(expected_stage)
+            .arg(plan.now.millis())
+            .arg(policy.dedupe_window_ms)
+            .arg(policy.retention_ms)
+            .arg(policy.history_limit)
+            .arg(lead_id.as_str())
+            .arg(plan.initial_stage.as_str())
+            .arg(if plan.engaged { "1" } else { "0" })
+            .arg(feed.retention_ms)
+            .arg(feed.trigger_retention_ms)
+            .arg(feed.history_limit.max(1));
+        let (mut fields, days) = codec::encode_tallies(&plan.lead);
+        fields.push(("nr".into(), plan.lead.recorded.to_string()));
+        if let Some(at) = plan.lead.last_engaged_at {
+            fields.push(("le".into(), at.millis().to_string()));
+        }
+        inv.arg(fields.len());
+        for (f, v) in &fields {
+            inv.arg(f).arg(v);
+        }
+        inv.arg(days.len());
+        for (f, v) in &days {
+            inv.arg(f).arg(v);
+        }
+        inv.arg(plan.history.len());
+        for entry in &plan.history {
+            inv.arg(entry.encode());
+        }
+        inv.arg(plan.fires.len());
+        for fire in &plan.fires {
+            inv.arg(&fire.trigger.definition_id)
+                .arg(fire.cooldown_ms)
+                .arg(json("trigger", serde_json::to_string(&fire.trigger))?);
+        }
+        for (i, change) in plan.changes.iter().enumerate() {
+            let fired = plan.change_fires.get(i).map_or(&[][..], Vec::as_slice);
+            inv.arg(change.to.as_str())
+                .arg(change.at.millis())
+                .arg(json("stage change", serde_json::to_string(change))?)
+                .arg(fired.len());
+            for fire in fired {
+                inv.arg(&fire.trigger.definition_id)
+                    .arg(fire.cooldown_ms)
+                    .arg(json("trigger", serde_json::to_string(&fire.trigger))?);
+            }
+        }
+        let written: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        Ok(written == 1)
     }
 
     fn partitions(&self) -> u32 {
