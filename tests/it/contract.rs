@@ -424,6 +424,55 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!((b.delivered, b.pending), (4, 4));
 }
 
+async fn commits_only_onto_the_lead_as_read(store: &dyn LeadStore) {
+    let rules = rules();
+    let lead = id("commit");
+    let s1 = scored(&rules, "c1", "form_fill", NOW, &[]);
+    let plan_for = |read: &leadscore::store::CommitRead, signal: &ScoredSignal| {
+        let mut before = read.lead.clone().unwrap_or_else(|| LeadSnapshot::new(lead.clone(), NOW));
+        let expected = read.lead.as_ref().map(|l| (l.recorded, l.stage));
+        let mut ledger = LeadLedger::with_seen(read.seen.clone());
+        let status = ledger.record(&mut before, signal, NOW, &POLICY);
+        let up = change(before.stage, Stage::Mql, "up", 0);
+        let fires = vec![vec![fire("mql_alert", 0, &lead, &up)]];
+        let plan = leadscore::store::CommitPlan {
+            history: ledger.recorded_oldest_first(),
+            expected,
+            initial_stage: Stage::Lead,
+            engaged: status == SignalStatus::Accepted,
+            watch_inactivity: std::sync::Arc::from(Vec::new()),
+            fires: vec![fire("signal_alert", 0, &lead, &up)],
+            changes: vec![up],
+            change_fires: fires,
+            now: NOW,
+            lead: before,
+        };
+        (status, plan)
+    };
+    let read = store.read_for_commit(&lead, &["c1".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
+    assert!(read.lead.is_none() && read.seen.is_empty());
+    let (status, plan) = plan_for(&read, &s1);
+    assert_eq!(status, SignalStatus::Accepted);
+    // Someone else creates the lead first: the plan for a new lead is refused.
+    record(store, &lead, vec![scored(&rules, "other", "page_view", NOW, &[])]).await;
+    assert!(!store.commit(&plan, &POLICY, &FEED).await.unwrap());
+    // Read again, commit: the signal, both triggers and the stage change land.
+    let read = store.read_for_commit(&lead, &["c1".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
+    let (_, plan) = plan_for(&read, &s1);
+    assert!(store.commit(&plan, &POLICY, &FEED).await.unwrap());
+    let after = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
+    assert_eq!((after.stage, after.recorded, after.tallies["form_fill"].counted), (Stage::Mql, 2, 1));
+    assert_eq!(store.trigger_stats("t").await.unwrap().fired, 2);
+    assert_eq!(store.stage_history(&lead, 5).await.unwrap().len(), 1);
+    // The same plan again is stale; and c1 now reads as seen.
+    assert!(!store.commit(&plan, &POLICY, &FEED).await.unwrap());
+    let read =
+        store.read_for_commit(&lead, &["c1".to_string(), "nope".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
+    assert_eq!(read.seen.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["c1"]);
+    let (status, _) = plan_for(&read, &s1);
+    assert_eq!(status, SignalStatus::Duplicate);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -455,6 +504,7 @@ contract!(
     the_feed_pages_in_order_and_resumes,
     triggers_fire_with_their_change_and_respect_cooldowns,
     triggers_are_delivered_at_least_once_per_group,
+    commits_only_onto_the_lead_as_read,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

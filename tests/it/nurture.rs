@@ -341,6 +341,21 @@ async fn a_lead_coming_back_after_a_quiet_month_is_reopened() {
     clock.advance(31 * DAY);
     client.record_signals(record(vec![signal("p3", "cleo", "page_view", clock.millis())])).await.unwrap();
     assert_eq!(fired(&mut watch).await, [pair("reopened", "cleo")]);
+
+    // A recycled lead showing new engagement is reopened at once.
+    let mut crm = leadscore::api::pb::qualification_client::QualificationClient::new(app.channel().await);
+    crm.set_stage(pb::SetStageRequest {
+        lead_id: "cleo".into(),
+        to: pb::Stage::Recycled.into(),
+        actor: "rep".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(fired(&mut watch).await, [pair("long_term_nurture", "cleo")]);
+    clock.advance(DAY);
+    client.record_signals(record(vec![signal("p4", "cleo", "email_click", clock.millis())])).await.unwrap();
+    assert_eq!(fired(&mut watch).await, [pair("reopened", "cleo")]);
 }
 
 #[tokio::test]
