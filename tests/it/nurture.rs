@@ -377,3 +377,71 @@ async fn concurrent_signals_cross_a_threshold_once() {
     let hot: Vec<_> = fired(&mut watch).await.into_iter().filter(|p| p.0 == "hot").collect();
     assert_eq!(hot, [pair("hot", "dora")]);
 }
+
+/// Two real service processes on one Redis, both sweeping: a lead quiet
+/// for two seconds gets its inactivity trigger once.
+#[tokio::test]
+async fn two_service_processes_fire_an_inactivity_trigger_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.toml");
+    let quick = leadscore::DEFAULT_RULES.replace("on = \"inactive(30d)\"", "on = \"inactive(2s)\"");
+    std::fs::write(&rules, quick).unwrap();
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    /// Kills the service processes however the test ends.
+    struct Services(Vec<std::process::Child>);
+    impl Drop for Services {
+        fn drop(&mut self) {
+            for child in &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let services = Services(
+        ports
+            .iter()
+            .map(|port| {
+                std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+                    .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
+                    .arg("--rules")
+                    .arg(&rules)
+                    .env("LEADSCORE_INACTIVITY_SWEEP_INTERVAL", "100ms")
+                    .env("LEADSCORE_FEED_POLL_INTERVAL", "50ms")
+                    .env_remove("LEADSCORE_CONFIG")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect(),
+    );
+    let connect = |port: u16| async move {
+        let endpoint = format!("http://127.0.0.1:{port}");
+        for _ in 0..100 {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(endpoint.clone()).unwrap().connect().await {
+                return channel;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the service on port {port} did not start");
+    };
+    let first = connect(ports[0]).await;
+    let second = connect(ports[1]).await;
+    let mut stream = NurtureClient::new(second)
+        .stream_triggers(pb::StreamTriggersRequest { group: "g".into(), consumer: "w".into(), max_in_flight: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    leadscore::api::pb::lead_scoring_client::LeadScoringClient::new(first)
+        .record_signals(record(vec![signal("e1", "sleepy", "page_view", now_millis())]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_600)).await;
+    let got = drain(&mut stream).await;
+    drop(services);
+    let inactivity: Vec<_> = got.iter().filter(|t| t.definition_id == "win_back_dormant").collect();
+    assert_eq!(inactivity.len(), 1, "{got:?}");
+    assert_eq!(inactivity[0].lead_id, "sleepy");
+}
