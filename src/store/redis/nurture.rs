@@ -25,8 +25,10 @@ const SCAN: usize = 100;
 /// Pages of dead letters skipped per partition and round.
 const DEAD_PAGES: usize = 20;
 
+/// `<partition>/<stream entry id>`; anything else is no trigger of ours.
 fn split(id: &str) -> Option<(u32, &str)> {
     let (partition, entry) = id.split_once('/')?;
+    super::feed::EntryId::parse(entry)?;
     Some((partition.parse().ok()?, entry))
 }
 
