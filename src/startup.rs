@@ -196,6 +196,8 @@ impl Application {
         }
         tracing::info!(grace = ?self.settings.shutdown_grace.duration(), "shutting down: draining in-flight calls");
         let _ = stopping_tx.send(true);
+        // Long-lived streams (feed watchers, trigger consumers) end now.
+        let _ = self.state.stopping.send(true);
         let _ = health_task.await;
         if let Some(task) = reload_task {
             let _ = task.await;

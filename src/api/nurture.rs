@@ -91,6 +91,7 @@ impl Nurture for NurtureService {
         self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(64);
         let state = self.state.clone();
+        let mut stopping = self.state.stopping.subscribe();
         tokio::spawn(async move {
             let (group, consumer) = (req.group, req.consumer);
             loop {
@@ -117,6 +118,7 @@ impl Nurture for NurtureService {
                             tokio::select! {
                                 _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
                                 _ = tx.closed() => return,
+                                _ = stopping.changed() => return,
                             }
                         }
                     }

@@ -201,6 +201,7 @@ impl Qualification for QualificationService {
         let first = self.state.store.list_changes(&after, DEFAULT_PAGE as usize).await.map_err(ApiError::from)?;
         let (tx, rx) = mpsc::channel(DEFAULT_PAGE as usize);
         let state = self.state.clone();
+        let mut stopping = self.state.stopping.subscribe();
         tokio::spawn(async move {
             let mut page = Ok(first);
             let mut cursor;
@@ -222,6 +223,7 @@ impl Qualification for QualificationService {
                             tokio::select! {
                                 _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
                                 _ = tx.closed() => return,
+                                _ = stopping.changed() => return,
                             }
                         }
                     }

@@ -52,6 +52,8 @@ pub struct AppState {
     /// Serialises read-compute-commit ingests of one lead within this
     /// replica (striped by lead), so they queue instead of retrying.
     pub commit_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Turns true when the server shuts down: long-lived streams end.
+    pub stopping: tokio::sync::watch::Sender<bool>,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -79,6 +81,7 @@ impl AppState {
             rescore_on_reload: false,
             delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
             commit_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            stopping: tokio::sync::watch::channel(false).0,
             rules: RwLock::new(Arc::new(active)),
         }
     }

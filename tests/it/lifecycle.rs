@@ -77,3 +77,25 @@ async fn shutdown_finishes_promptly() {
     app.stop().await;
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_promptly() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    let channel = app.channel().await;
+    let mut watch = leadscore::api::pb::qualification_client::QualificationClient::new(channel.clone())
+        .watch_qualification_changes(pb::WatchQualificationChangesRequest { after_cursor: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut triggers = leadscore::api::pb::nurture_client::NurtureClient::new(channel)
+        .stream_triggers(pb::StreamTriggersRequest { group: "g".into(), consumer: "c".into(), max_in_flight: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let started = Instant::now();
+    app.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(matches!(watch.message().await, Ok(None) | Err(_)));
+    assert!(matches!(triggers.message().await, Ok(None) | Err(_)));
+}

@@ -162,10 +162,13 @@ async fn definitions_are_listed_and_bad_names_refused() {
     assert_eq!(violated_fields(&empty), ["trigger_ids"]);
     // Ids that are no trigger of ours are ignored, not errors.
     let junk = vec!["0/abc".to_string(), "999999/1-1".to_string(), "t1".to_string(), "x".to_string()];
-    let acked = client.ack_triggers(pb::AckTriggersRequest { group: "g".into(), trigger_ids: junk.clone() }).await.unwrap();
+    let acked =
+        client.ack_triggers(pb::AckTriggersRequest { group: "g".into(), trigger_ids: junk.clone() }).await.unwrap();
     assert_eq!(acked.into_inner().acknowledged, 0);
-    let replayed =
-        client.replay_dead_letters(pb::ReplayDeadLettersRequest { group: "g".into(), trigger_ids: junk }).await.unwrap();
+    let replayed = client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest { group: "g".into(), trigger_ids: junk })
+        .await
+        .unwrap();
     assert_eq!(replayed.into_inner().replayed, 0);
 }
 
