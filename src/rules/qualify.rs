@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use cel::objects::Key;
 use cel::{Context, ExecutionError, Program, Value};
 
 use crate::domain::{Grade, LeadSnapshot, Score, Stage, Timestamp};
@@ -66,6 +67,10 @@ pub struct Needs {
     /// Windows referenced as `count_<N>d`.
     pub windows: BTreeSet<u32>,
     pub scores: bool,
+    /// `lead.…` is read.
+    pub lead: bool,
+    /// `days(…)` is called.
+    pub days: bool,
 }
 
 /// Checks one condition and compiles it. `Err` holds a message for the user.
@@ -93,6 +98,8 @@ pub fn compile_condition(
             return Err(format!("rule '{id}': unknown name '{name}'; conditions can use {}", NAMES.join(", ")));
         }
     }
+    needs.lead |= references.has_variable("lead");
+    needs.days |= references.has_function("days");
     check_fields(id, when, "score", &SCORE_FIELDS)?;
     check_fields(id, when, "lead", &LEAD_FIELDS)?;
     for (model, _) in member_paths(when, "scores") {
@@ -189,16 +196,19 @@ fn grade_str(grade: Grade) -> &'static str {
     }
 }
 
+/// A CEL map built directly (no intermediate map to convert).
+fn map(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
+    let map: HashMap<Key, Value> = entries.into_iter().map(|(k, v)| (Key::String(Arc::new(k)), v)).collect();
+    Value::Map(cel::objects::Map { map: Arc::new(map) })
+}
+
 fn score_value(score: &Score) -> Value {
-    let map: HashMap<String, Value> = [
+    map([
         ("total".to_owned(), score.total.into()),
         ("behavior".to_owned(), score.behavior.into()),
         ("fit".to_owned(), score.fit.into()),
         ("grade".to_owned(), grade_str(score.grade).to_owned().into()),
-    ]
-    .into_iter()
-    .collect();
-    map.into()
+    ])
 }
 
 /// What a condition is evaluated against.
@@ -219,41 +229,39 @@ pub fn context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -> Con
     ctx.add_variable_from_value("stage", facts.stage.as_str().to_owned());
     ctx.add_variable_from_value("now", timestamp(facts.now));
     if needs.scores {
-        let scores: HashMap<String, Value> = facts.scores.iter().map(|s| (s.model.clone(), score_value(s))).collect();
-        ctx.add_variable_from_value("scores", scores);
+        ctx.add_variable_from_value("scores", map(facts.scores.iter().map(|s| (s.model.clone(), score_value(s)))));
     }
-    let signals: HashMap<String, Value> = needs
-        .signal_types
-        .iter()
-        .map(|t| {
+    if !needs.signal_types.is_empty() {
+        let signals = map(needs.signal_types.iter().map(|t| {
             let tally = facts.lead.tallies.get(t);
-            let mut fields: HashMap<String, Value> = HashMap::new();
-            fields.insert("count".into(), (tally.map_or(0, |t| t.counted) as i64).into());
-            fields.insert(
-                "last_at".into(),
-                timestamp(tally.and_then(|t| t.last_at).unwrap_or(Timestamp::from_millis(0))),
-            );
             let cap = facts.daily_caps.get(t).copied().flatten();
-            for days in &needs.windows {
+            let fields = [
+                ("count".to_owned(), Value::from(tally.map_or(0, |t| t.counted) as i64)),
+                ("last_at".to_owned(), timestamp(tally.and_then(|t| t.last_at).unwrap_or(Timestamp::from_millis(0)))),
+            ]
+            .into_iter()
+            .chain(needs.windows.iter().map(|days| {
                 let n = facts.lead.count_within(t, *days, cap, facts.now);
-                fields.insert(format!("count_{days}d"), (n as i64).into());
-            }
-            (t.clone(), fields.into())
-        })
-        .collect();
-    ctx.add_variable_from_value("signals", signals);
-    let attributes: HashMap<String, Value> =
-        facts.lead.attributes.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-    let lead: HashMap<String, Value> = [
-        ("attributes".to_owned(), attributes.into()),
-        ("created_at".to_owned(), timestamp(facts.lead.created_at)),
-        ("account_id".to_owned(), facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default().into()),
-    ]
-    .into_iter()
-    .collect();
-    ctx.add_variable_from_value("lead", lead);
-    // Fails only if `days` were declared already; the standard library has none.
-    let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
+                (format!("count_{days}d"), Value::from(n as i64))
+            }));
+            (t.clone(), map(fields))
+        }));
+        ctx.add_variable_from_value("signals", signals);
+    }
+    if needs.lead {
+        let attributes = map(facts.lead.attributes.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))));
+        let account = facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default();
+        let lead = map([
+            ("attributes".to_owned(), attributes),
+            ("created_at".to_owned(), timestamp(facts.lead.created_at)),
+            ("account_id".to_owned(), account.into()),
+        ]);
+        ctx.add_variable_from_value("lead", lead);
+    }
+    if needs.days {
+        // Fails only if `days` were declared already; the standard library has none.
+        let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
+    }
     ctx
 }
 
