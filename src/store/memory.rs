@@ -50,6 +50,8 @@ struct Group {
     /// Index of the first trigger never delivered to the group.
     next: usize,
     pending: std::collections::BTreeMap<usize, Pending>,
+    acked: u64,
+    redelivered: u64,
 }
 
 fn trigger_index(id: &str) -> Option<usize> {
@@ -343,6 +345,9 @@ impl LeadStore for MemoryStore {
             p.consumer = Some(consumer.to_owned());
             p.delivered_at = now;
             p.deliveries += 1;
+            if p.deliveries > 1 {
+                g.redelivered += 1;
+            }
             handed.push((*index, p.deliveries));
         }
         while handed.len() < max && g.next < triggers.len() {
@@ -359,8 +364,11 @@ impl LeadStore for MemoryStore {
     async fn ack_triggers(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
         let mut data = self.data();
         let Some(g) = data.groups.get_mut(group) else { return Ok(0) };
-        Ok(trigger_ids.iter().filter_map(|id| trigger_index(id)).filter(|i| g.pending.remove(i).is_some()).count()
-            as u64)
+        let acked =
+            trigger_ids.iter().filter_map(|id| trigger_index(id)).filter(|i| g.pending.remove(i).is_some()).count()
+                as u64;
+        g.acked += acked;
+        Ok(acked)
     }
 
     async fn triggers_in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
@@ -433,7 +441,14 @@ impl LeadStore for MemoryStore {
         let fired = data.triggers.len() as u64;
         Ok(data.groups.get(group).map_or(TriggerStats { fired, ..Default::default() }, |g| {
             let dead = g.pending.values().filter(|p| p.consumer.is_none()).count() as u64;
-            TriggerStats { fired, delivered: g.next as u64, pending: g.pending.len() as u64 - dead, dead_letters: dead }
+            TriggerStats {
+                fired,
+                delivered: g.next as u64,
+                pending: g.pending.len() as u64 - dead,
+                dead_letters: dead,
+                acked: g.acked,
+                redelivered: g.redelivered,
+            }
         }))
     }
 

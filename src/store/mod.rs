@@ -116,6 +116,10 @@ pub struct TriggerStats {
     /// Delivered and not acknowledged yet (dead letters excluded).
     pub pending: u64,
     pub dead_letters: u64,
+    /// Acknowledgements, ever.
+    pub acked: u64,
+    /// Deliveries after the first (after a visibility timeout), ever.
+    pub redelivered: u64,
 }
 
 /// A page of the qualification change feed.

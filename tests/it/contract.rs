@@ -416,10 +416,12 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert!(replayed.iter().all(|d| d.delivery_count == 1));
     let mid = store.trigger_stats("a").await.unwrap();
     assert_eq!((mid.fired, mid.delivered, mid.pending, mid.dead_letters), (4, 4, 2, 0));
+    assert_eq!((mid.acked, mid.redelivered), (2, 2));
     assert_eq!(store.ack_triggers("a", &replay).await.unwrap(), 2);
     assert_eq!(store.ack_triggers("a", &["nonsense".to_string()]).await.unwrap(), 0);
     let done = store.trigger_stats("a").await.unwrap();
     assert_eq!((done.fired, done.delivered, done.pending, done.dead_letters), (4, 4, 0, 0));
+    assert_eq!((done.acked, done.redelivered), (4, 2));
     let b = store.trigger_stats("b").await.unwrap();
     assert_eq!((b.delivered, b.pending), (4, 4));
 }

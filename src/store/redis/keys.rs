@@ -69,6 +69,11 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:triggers", self.prefix)
     }
 
+    /// A consumer group's counters on a partition's trigger stream.
+    pub fn trigger_counters(&self, group: &str, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:triggers:counters:{group}", self.prefix)
+    }
+
     /// Leads of a partition waiting for an inactivity trigger, by last
     /// engagement.
     pub fn inactive(&self, definition: &str, partition: u32) -> String {

@@ -185,11 +185,21 @@ impl RedisStore {
         if !claimed_from.is_empty() {
             let claimed: Vec<StreamClaimReply> =
                 self.call(|mut c| async move { claim.query_async(&mut c).await }).await?;
+            let mut counters = redis::pipe();
+            let mut redelivered = 0;
             for ((p, count), reply) in claimed_from.into_iter().zip(claimed) {
                 // An entry trimmed away, or claimed by another consumer first, comes back empty.
                 for entry in reply.ids.iter().filter(|e| !e.map.is_empty()) {
                     out.push(delivery(p, entry, count)?);
+                    // A replayed dead letter starts again at delivery 1.
+                    if count > 1 {
+                        counters.hincr(self.keys.trigger_counters(group, p), "redelivered", 1).ignore();
+                        redelivered += 1;
+                    }
                 }
+            }
+            if redelivered > 0 {
+                let _: () = self.call(|mut c| async move { counters.query_async(&mut c).await }).await?;
             }
         }
 
@@ -247,6 +257,15 @@ impl RedisStore {
             Err(StoreError::Internal(e)) if e.contains("NOGROUP") => return Ok(0),
             other => other?,
         };
+        let mut counters = redis::pipe();
+        for ((p, _), n) in by_partition.iter().zip(&acked) {
+            if *n > 0 {
+                counters.hincr(self.keys.trigger_counters(group, *p % self.keys.partitions()), "acked", *n).ignore();
+            }
+        }
+        if acked.iter().any(|n| *n > 0) {
+            let _: () = self.call(|mut c| async move { counters.query_async(&mut c).await }).await?;
+        }
         Ok(acked.into_iter().sum())
     }
 
@@ -371,12 +390,16 @@ impl RedisStore {
             pipe.cmd("XINFO").arg("STREAM").arg(&key);
             pipe.cmd("XINFO").arg("GROUPS").arg(&key);
             pipe.cmd("XPENDING").arg(&key).arg(group);
+            pipe.hgetall(self.keys.trigger_counters(group, p));
         }
         let replies: Vec<redis::Value> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         let mut stats = TriggerStats::default();
         let parse = |e: redis::ParsingError| StoreError::Internal(format!("reading trigger stream info: {e}"));
-        for chunk in replies.chunks(3) {
-            let [stream, groups, pending] = chunk else { continue };
+        for chunk in replies.chunks(4) {
+            let [stream, groups, pending, counters] = chunk else { continue };
+            let counters: HashMap<String, u64> = redis::from_redis_value(counters.clone()).map_err(parse)?;
+            stats.acked += counters.get("acked").copied().unwrap_or_default();
+            stats.redelivered += counters.get("redelivered").copied().unwrap_or_default();
             let stream: HashMap<String, redis::Value> = redis::from_redis_value(stream.clone()).map_err(parse)?;
             if let Some(added) = stream.get("entries-added") {
                 stats.fired += redis::from_redis_value::<u64>(added.clone()).map_err(parse)?;
