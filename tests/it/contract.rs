@@ -361,7 +361,7 @@ async fn fire_triggers(store: &dyn LeadStore, prefix: &str, n: usize) {
 
 /// Redis measures the visibility timeout with its own clock: the test waits
 /// for real.
-const DELIVERY: DeliveryPolicy = DeliveryPolicy { visibility_timeout_ms: 300, max_deliveries: 2 };
+const DELIVERY: DeliveryPolicy = DeliveryPolicy { visibility_timeout_ms: 1_000, max_deliveries: 2 };
 
 async fn wall_clock_after(ms: u64) -> Timestamp {
     tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -390,14 +390,14 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!(store.ack_triggers("a", &[second[0].trigger_id.clone()]).await.unwrap(), 1);
     assert_eq!(store.ack_triggers("a", &[first[0].trigger_id.clone()]).await.unwrap(), 1);
     assert!(store.deliver_triggers("a", "c2", 10, &DELIVERY, t0.plus_millis(100)).await.unwrap().is_empty());
-    let later = wall_clock_after(350).await;
+    let later = wall_clock_after(1_100).await;
     let redelivered = store.deliver_triggers("a", "c2", 2, &DELIVERY, later).await.unwrap();
     let expected: std::collections::BTreeSet<_> = first[1..].iter().map(|d| d.trigger_id.clone()).collect();
     assert_eq!(ids(&redelivered), expected);
     assert!(redelivered.iter().all(|d| d.delivery_count == 2));
 
     // Delivered twice (the maximum) and not acked: dead letters, not delivered again.
-    let much_later = wall_clock_after(350).await;
+    let much_later = wall_clock_after(1_100).await;
     let again = store.deliver_triggers("a", "c3", 10, &DELIVERY, much_later).await.unwrap();
     assert!(again.is_empty(), "{again:?}");
     let dead = store.dead_letters("a", 10).await.unwrap();
@@ -567,14 +567,14 @@ async fn redis_redelivers_past_a_page_of_dead_letters() {
     fire_triggers(&store, "many", 120).await;
     let now = || leadscore::domain::Clock::now(&leadscore::domain::SystemClock);
     assert_eq!(store.deliver_triggers("g", "c", 120, &DELIVERY, now()).await.unwrap().len(), 120);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     // Reclaimed a page at a time.
     let mut second = 0;
     for _ in 0..5 {
         second += store.deliver_triggers("g", "c", 200, &DELIVERY, now()).await.unwrap().len();
     }
     assert_eq!(second, 120);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     // Delivered twice: these rounds dead-letter all 120.
     for _ in 0..3 {
         assert!(store.deliver_triggers("g", "c", 200, &DELIVERY, now()).await.unwrap().is_empty());
@@ -584,7 +584,7 @@ async fn redis_redelivers_past_a_page_of_dead_letters() {
     fire_triggers(&store, "late", 1).await;
     let live = store.deliver_triggers("g", "c", 10, &DELIVERY, now()).await.unwrap();
     assert_eq!(live.len(), 1);
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     // Now the dead letters are idle too, ahead of it in the pending list.
     let again = store.deliver_triggers("g", "c", 10, &DELIVERY, now()).await.unwrap();
     assert_eq!(ids(&again), ids(&live), "{again:?}");

@@ -14,7 +14,7 @@ use crate::helpers::{DAY, ManualClock, RedisServer, TestApp, now_millis, record,
 async fn app() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
     let mut s = settings(Some(redis.url()));
-    s.trigger_visibility_timeout = leadscore::config::Millis(300);
+    s.trigger_visibility_timeout = leadscore::config::Millis(1_000);
     s.trigger_max_deliveries = 2;
     s.feed_poll_interval = leadscore::config::Millis(50);
     let app = TestApp::spawn(s).await;
@@ -109,7 +109,7 @@ async fn unacknowledged_triggers_become_dead_letters_and_can_be_replayed() {
     let second = next(&mut stream).await;
     assert_eq!((first.trigger_id.as_str(), second.delivery_count), (second.trigger_id.as_str(), 2));
     // Two deliveries are the maximum here: the third attempt dead-letters it.
-    nothing_within(&mut stream, 800).await;
+    nothing_within(&mut stream, 1_500).await;
     let mut client = nurture(&app).await;
     let dead = client
         .list_dead_letters(pb::ListDeadLettersRequest { group: "g".into(), limit: 0 })
@@ -183,13 +183,13 @@ async fn replicas(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (
     (a, b)
 }
 
-/// Every trigger the stream delivers until it has been quiet for 400 ms.
+/// Every trigger the stream delivers until it has been quiet for 600 ms.
 /// (One long-lived stream per test: a stream closed and reopened could
 /// leave a trigger held by the closed one until its visibility timeout.)
 async fn drain(stream: &mut Streaming<pb::StreamTriggersResponse>) -> Vec<pb::NurtureTrigger> {
     let mut got = Vec::new();
     while let Ok(Some(Ok(item))) =
-        tokio::time::timeout(Duration::from_millis(400), stream.message()).await.map(|m| m.transpose())
+        tokio::time::timeout(Duration::from_millis(600), stream.message()).await.map(|m| m.transpose())
     {
         got.push(item.trigger.unwrap());
     }
@@ -210,12 +210,12 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
     // 29 days later "busy" is active again, "quiet" is not; neither is due yet.
     clock.advance(29 * DAY);
     client.record_signals(record(vec![signal("b2", "busy", "page_view", clock.millis())])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(drain(&mut watch).await.is_empty());
 
     // A day and a bit later "quiet" has been quiet for 30 days.
     clock.advance(DAY + 60_000);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let fired = drain(&mut watch).await;
     assert_eq!(fired.len(), 1, "once, though two replicas sweep: {fired:?}");
     assert_eq!((fired[0].definition_id.as_str(), fired[0].lead_id.as_str()), ("win_back_dormant", "quiet"));
@@ -223,19 +223,19 @@ async fn quiet_leads_get_one_win_back_trigger_across_replicas() {
 
     // 40 days on, "busy" has been quiet long enough too; "quiet" is not fired again.
     clock.advance(40 * DAY);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let next_round: Vec<_> = drain(&mut watch).await.into_iter().map(|t| t.lead_id).collect();
     assert_eq!(next_round, ["busy"]);
 
     // New engagement and a new quiet spell, but within the 90-day cooldown: nothing.
     client.record_signals(record(vec![signal("q2", "quiet", "page_view", clock.millis())])).await.unwrap();
     clock.advance(31 * DAY);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert!(drain(&mut watch).await.is_empty(), "within the cooldown");
     // Once more, after the cooldown: it fires again.
     client.record_signals(record(vec![signal("q3", "quiet", "page_view", clock.millis())])).await.unwrap();
     clock.advance(31 * DAY);
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     let last_round: Vec<_> = drain(&mut watch).await.into_iter().map(|t| t.lead_id).collect();
     assert_eq!(last_round, ["quiet"]);
 }
