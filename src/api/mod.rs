@@ -5,6 +5,7 @@ pub mod convert;
 pub mod error;
 pub mod jobs;
 mod nurture;
+mod polling;
 mod qualification;
 mod scoring;
 mod state;

@@ -4,8 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, timestamp_to_proto};
@@ -68,6 +66,35 @@ pub fn trigger_to_proto(d: &Delivery) -> pb::NurtureTrigger {
 
 type TriggerStream = Pin<Box<dyn Stream<Item = Result<pb::StreamTriggersResponse, Status>> + Send>>;
 
+/// Triggers for one consumer, as many as it has room for. A consumer that
+/// goes away leaves what it held to be redelivered after the visibility
+/// timeout.
+struct TriggerPoller {
+    state: Arc<AppState>,
+    group: String,
+    consumer: String,
+    max_in_flight: u64,
+}
+
+impl super::polling::Poller for TriggerPoller {
+    type Item = pb::StreamTriggersResponse;
+
+    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, crate::store::StoreError>> {
+        Box::pin(async move {
+            let store = &self.state.store;
+            let in_flight = store.triggers_in_flight(&self.group, &self.consumer).await?;
+            let room = self.max_in_flight.saturating_sub(in_flight) as usize;
+            if room == 0 {
+                return Ok(Vec::new());
+            }
+            let now = self.state.clock.now();
+            let deliveries =
+                store.deliver_triggers(&self.group, &self.consumer, room, &self.state.delivery, now).await?;
+            Ok(deliveries.iter().map(|d| pb::StreamTriggersResponse { trigger: Some(trigger_to_proto(d)) }).collect())
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl Nurture for NurtureService {
     type StreamTriggersStream = TriggerStream;
@@ -89,47 +116,10 @@ impl Nurture for NurtureService {
         let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
         // Fails now, not in the stream, when the store is down.
         self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel(64);
-        let state = self.state.clone();
-        let mut stopping = self.state.stopping.subscribe();
-        tokio::spawn(async move {
-            let (group, consumer) = (req.group, req.consumer);
-            loop {
-                let round = async {
-                    let in_flight = state.store.triggers_in_flight(&group, &consumer).await?;
-                    let room = max_in_flight.saturating_sub(in_flight) as usize;
-                    if room == 0 {
-                        return Ok(Vec::new());
-                    }
-                    let now = state.clock.now();
-                    state.store.deliver_triggers(&group, &consumer, room, &state.delivery, now).await
-                };
-                match round.await {
-                    Ok(deliveries) => {
-                        let idle = deliveries.is_empty();
-                        for d in &deliveries {
-                            let item = pb::StreamTriggersResponse { trigger: Some(trigger_to_proto(d)) };
-                            if tx.send(Ok(item)).await.is_err() {
-                                // Gone: what it held is redelivered after the visibility timeout.
-                                return;
-                            }
-                        }
-                        if idle {
-                            tokio::select! {
-                                _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
-                                _ = tx.closed() => return,
-                                _ = stopping.changed() => return,
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as TriggerStream))
+        let poller =
+            TriggerPoller { state: self.state.clone(), group: req.group, consumer: req.consumer, max_in_flight };
+        let stream = super::polling::stream(&self.state, 64, poller);
+        Ok(Response::new(Box::pin(stream) as TriggerStream))
     }
 
     #[tracing::instrument(name = "AckTriggers", skip_all, fields(group))]

@@ -4,8 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, feed_change_to_proto, qualification_to_proto, timestamp_to_proto};
@@ -65,6 +63,31 @@ fn required_lead_id(raw: String, v: &mut Violations) -> Option<LeadId> {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchQualificationChangesResponse, Status>> + Send>>;
+
+/// The change feed from a cursor, page by page.
+struct FeedPoller {
+    state: Arc<AppState>,
+    cursor: String,
+}
+
+impl super::polling::Poller for FeedPoller {
+    type Item = pb::WatchQualificationChangesResponse;
+
+    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, crate::store::StoreError>> {
+        Box::pin(async move {
+            let page = self.state.store.list_changes(&self.cursor, DEFAULT_PAGE as usize).await?;
+            self.cursor = page.next_cursor;
+            Ok(page
+                .changes
+                .iter()
+                .map(|c| pb::WatchQualificationChangesResponse {
+                    change: Some(feed_change_to_proto(c)),
+                    cursor: c.cursor.clone(),
+                })
+                .collect())
+        })
+    }
+}
 
 #[tonic::async_trait]
 impl Qualification for QualificationService {
@@ -198,44 +221,10 @@ impl Qualification for QualificationService {
             other => other.to_owned(),
         };
         // Reject a bad cursor now rather than in the stream.
-        let first = self.state.store.list_changes(&after, DEFAULT_PAGE as usize).await.map_err(ApiError::from)?;
-        let (tx, rx) = mpsc::channel(DEFAULT_PAGE as usize);
-        let state = self.state.clone();
-        let mut stopping = self.state.stopping.subscribe();
-        tokio::spawn(async move {
-            let mut page = Ok(first);
-            let mut cursor;
-            loop {
-                match page {
-                    Ok(p) => {
-                        let idle = p.changes.is_empty();
-                        for change in &p.changes {
-                            let item = pb::WatchQualificationChangesResponse {
-                                change: Some(feed_change_to_proto(change)),
-                                cursor: change.cursor.clone(),
-                            };
-                            if tx.send(Ok(item)).await.is_err() {
-                                return; // the client went away
-                            }
-                        }
-                        cursor = p.next_cursor;
-                        if idle {
-                            tokio::select! {
-                                _ = tokio::time::sleep(state.limits.feed_poll_interval) => {}
-                                _ = tx.closed() => return,
-                                _ = stopping.changed() => return,
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
-                        return;
-                    }
-                }
-                page = state.store.list_changes(&cursor, DEFAULT_PAGE as usize).await;
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as WatchStream))
+        self.state.store.list_changes(&after, 1).await.map_err(ApiError::from)?;
+        let poller = FeedPoller { state: self.state.clone(), cursor: after };
+        let stream = super::polling::stream(&self.state, DEFAULT_PAGE as usize, poller);
+        Ok(Response::new(Box::pin(stream) as WatchStream))
     }
 
     #[tracing::instrument(name = "GetRuleSet", skip_all)]
