@@ -22,6 +22,7 @@ use crate::domain::{
     SignalStatus, Stage, StageChange, Timestamp, TriggerFire, VisitorId,
 };
 use crate::rules::RuleSet;
+use crate::rules::triggers::TriggerDefinition;
 use crate::store::{CommitPlan, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 
 /// Attempts before giving up on a lead that keeps changing under us.
@@ -55,6 +56,29 @@ pub fn rule_changes(rules: &ActiveRules, lead: &LeadSnapshot, now: Timestamp) ->
         .collect()
 }
 
+/// A trigger of `def` for `lead`, fired at `at`.
+fn fire(
+    def: &TriggerDefinition,
+    lead: &LeadSnapshot,
+    at: Timestamp,
+    reason: String,
+    score: ScoreSnapshot,
+    stage: Stage,
+) -> TriggerFire {
+    TriggerFire {
+        cooldown_ms: def.cooldown_ms,
+        trigger: FiredTrigger {
+            definition_id: def.id.clone(),
+            program: def.program.clone(),
+            lead_id: lead.lead_id.as_str().to_owned(),
+            fired_at: at,
+            reason,
+            score,
+            stage,
+        },
+    }
+}
+
 /// The nurture triggers each change fires: the `stage_entered` definitions
 /// of the stage it enters whose condition holds for the lead in that stage.
 pub fn trigger_fires(rules: &ActiveRules, lead: &LeadSnapshot, changes: &[StageChange]) -> Vec<Vec<TriggerFire>> {
@@ -64,20 +88,12 @@ pub fn trigger_fires(rules: &ActiveRules, lead: &LeadSnapshot, changes: &[StageC
             rules
                 .stage_entered_triggers(lead, change.to, change.at)
                 .into_iter()
-                .map(|def| TriggerFire {
-                    cooldown_ms: def.cooldown_ms,
-                    trigger: FiredTrigger {
-                        definition_id: def.id.clone(),
-                        program: def.program.clone(),
-                        lead_id: lead.lead_id.as_str().to_owned(),
-                        fired_at: change.at,
-                        reason: match &change.cause {
-                            Cause::Rule { rule_id } => format!("entered {} by rule {rule_id}", change.to),
-                            Cause::Manual { actor } => format!("entered {} set by {actor}", change.to),
-                        },
-                        score: change.score.clone(),
-                        stage: change.to,
-                    },
+                .map(|def| {
+                    let reason = match &change.cause {
+                        Cause::Rule { rule_id } => format!("entered {} by rule {rule_id}", change.to),
+                        Cause::Manual { actor } => format!("entered {} set by {actor}", change.to),
+                    };
+                    fire(def, lead, change.at, reason, change.score.clone(), change.to)
                 })
                 .collect()
         })
@@ -470,20 +486,10 @@ pub async fn sweep_inactivity(state: &AppState) -> Result<u64, StoreError> {
                     // Gone, or never engaged: nothing to fire.
                     let Some(lead) = lead else { continue };
                     let Some(engaged_at) = lead.last_engaged_at else { continue };
-                    let fire = rules.trigger_condition_holds(def, &lead, now).then(|| TriggerFire {
-                        cooldown_ms: def.cooldown_ms,
-                        trigger: FiredTrigger {
-                            definition_id: def.id.clone(),
-                            program: def.program.clone(),
-                            lead_id: id.as_str().to_owned(),
-                            fired_at: now,
-                            reason: format!(
-                                "no counted signal for {}",
-                                crate::rules::format_duration(now.millis() - engaged_at.millis())
-                            ),
-                            score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
-                            stage: lead.stage,
-                        },
+                    let fire = rules.trigger_condition_holds(def, &lead, now).then(|| {
+                        let quiet = crate::rules::format_duration(now.millis() - engaged_at.millis());
+                        let score = ScoreSnapshot::of(&rules.primary().score(&lead, now));
+                        fire(def, &lead, now, format!("no counted signal for {quiet}"), score, lead.stage)
                     });
                     if store.fire_inactivity(id, engaged_at, &def.id, fire.as_ref(), &state.feed).await? {
                         fired += 1;
@@ -548,17 +554,9 @@ pub async fn commit_ingest(state: &AppState, rules: &ActiveRules, batch: LeadBat
         let fires = rules
             .ingest_triggers(&before, &after, &counted, now)
             .into_iter()
-            .map(|def| TriggerFire {
-                cooldown_ms: def.cooldown_ms,
-                trigger: FiredTrigger {
-                    definition_id: def.id.clone(),
-                    program: def.program.clone(),
-                    lead_id: after.lead_id.as_str().to_owned(),
-                    fired_at: now,
-                    reason: format!("{} after {}", def.on, counted.iter().cloned().collect::<Vec<_>>().join(", ")),
-                    score: score.clone(),
-                    stage: after.stage,
-                },
+            .map(|def| {
+                let reason = format!("{} after {}", def.on, counted.iter().cloned().collect::<Vec<_>>().join(", "));
+                fire(def, &after, now, reason, score.clone(), after.stage)
             })
             .collect();
         let changes = rule_changes(rules, &after, now);
