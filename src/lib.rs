@@ -4,7 +4,8 @@
 //! - `domain`    — pure: ids, time, stages, decay, scoring models, the ledger
 //! - `rules`     — the rule-set file: parse, validate, compile (pure)
 //! - `store`     — `LeadStore` trait; Redis (Lua scripts) and in-memory stores
-//! - `engine`    — applying qualification rules to stored leads
+//! - `engine`    — applying rules and triggers to stored leads (moves,
+//!   rescore, the read-compute-commit ingest, the inactivity sweep)
 //! - `reload`    — hot reload of the rule file (SIGHUP, file change)
 //! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
 //! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
