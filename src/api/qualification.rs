@@ -181,7 +181,10 @@ impl Qualification for QualificationService {
             StageUpdate::NotFound => return Err(ApiError::NotFound(format!("lead '{lead_id}' was never seen")).into()),
         }
         tracing::info!(lead_id = %lead_id, from = %lead.stage, to = %to, "stage set");
-        let lead = self.load(&lead_id).await?;
+        // The lead is as read, in its new stage: no need to read it again.
+        let mut lead = lead;
+        lead.stage = change.to;
+        lead.stage_since = change.at;
         let qualification = self.qualification(&lead, DEFAULT_HISTORY).await?;
         Ok(Response::new(pb::SetStageResponse { qualification: Some(qualification) }))
     }
