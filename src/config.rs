@@ -84,6 +84,12 @@ pub struct Settings {
     pub trigger_max_deliveries: u64,
     /// How often each replica looks for leads due an inactivity trigger.
     pub inactivity_sweep_interval: Millis,
+    /// Score history entries kept per lead (newest first); 0 keeps none.
+    pub score_history_limit: usize,
+    /// Score history entries older than this are dropped.
+    pub score_history_age: Millis,
+    /// How long the funnel's daily counters are kept.
+    pub funnel_retention: Millis,
 }
 
 impl Default for Settings {
@@ -112,12 +118,15 @@ impl Default for Settings {
             trigger_visibility_timeout: Millis(30_000),
             trigger_max_deliveries: 5,
             inactivity_sweep_interval: Millis(30_000),
+            score_history_limit: 50,
+            score_history_age: Millis(180 * DAY),
+            funnel_retention: Millis(800 * DAY),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 22] = [
+pub const KEYS: [&str; 25] = [
     "grpc_addr",
     "redis_url",
     "rules",
@@ -140,6 +149,9 @@ pub const KEYS: [&str; 22] = [
     "trigger_visibility_timeout",
     "trigger_max_deliveries",
     "inactivity_sweep_interval",
+    "score_history_limit",
+    "score_history_age",
+    "funnel_retention",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +203,8 @@ impl Settings {
             ("trigger_retention", self.trigger_retention),
             ("trigger_visibility_timeout", self.trigger_visibility_timeout),
             ("inactivity_sweep_interval", self.inactivity_sweep_interval),
+            ("score_history_age", self.score_history_age),
+            ("funnel_retention", self.funnel_retention),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
@@ -200,6 +214,9 @@ impl Settings {
         }
         if self.trigger_max_deliveries == 0 {
             return Err(ConfigError("trigger_max_deliveries must be at least 1".into()));
+        }
+        if self.score_history_limit > 10_000 {
+            return Err(ConfigError("score_history_limit must be 0 to 10000".into()));
         }
         if self.stage_history_limit == 0 {
             return Err(ConfigError("stage_history_limit must be at least 1".into()));

@@ -15,8 +15,9 @@ use tonic_health::server::HealthReporter;
 
 use crate::api::pb::lead_scoring_server::LeadScoringServer;
 use crate::api::pb::nurture_server::NurtureServer;
+use crate::api::pb::profiles_server::ProfilesServer;
 use crate::api::pb::qualification_server::QualificationServer;
-use crate::api::{AppState, Limits, NurtureService, QualificationService, ScoringService, pb};
+use crate::api::{AppState, Limits, NurtureService, ProfilesService, QualificationService, ScoringService, pb};
 use crate::config::{Settings, redacted_url};
 use crate::domain::{Clock, IngestPolicy, SystemClock};
 use crate::rules::{RuleError, RuleSet};
@@ -24,7 +25,8 @@ use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore, MemoryStore, StoreError};
 
 /// gRPC service names whose health is reported (plus "" for the server).
-const SERVICE_NAMES: [&str; 3] = ["leadscore.v1.LeadScoring", "leadscore.v1.Qualification", "leadscore.v1.Nurture"];
+const SERVICE_NAMES: [&str; 4] =
+    ["leadscore.v1.LeadScoring", "leadscore.v1.Qualification", "leadscore.v1.Nurture", "leadscore.v1.Profiles"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -113,6 +115,11 @@ impl Application {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,
         };
+        state.set_profile_limits(crate::api::ProfileLimits {
+            history_limit: settings.score_history_limit,
+            history_age_ms: settings.score_history_age.0,
+            funnel_retention_ms: settings.funnel_retention.0,
+        });
         let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -178,7 +185,8 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())))
             .add_service(QualificationServer::new(QualificationService::new(self.state.clone())))
-            .add_service(NurtureServer::new(NurtureService::new(self.state.clone())));
+            .add_service(NurtureServer::new(NurtureService::new(self.state.clone())))
+            .add_service(ProfilesServer::new(ProfilesService::new(self.state.clone())));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Small gRPC frames must not wait for Nagle's algorithm.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));

@@ -2,10 +2,11 @@
 //! every field violation (with its path, e.g. `signals[3].type`), so a bad
 //! request is refused whole before anything is written.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::error::{ApiError, Violations};
 use super::pb;
+use crate::domain::account::AccountProfile;
 use crate::domain::{
     AccountId, Cause, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, QualificationChange,
     Score, ScoreSnapshot, ScoredSignal, Stage, StageChange, Timestamp, VisitorId,
@@ -90,24 +91,51 @@ pub fn lead_profile(lead: Option<pb::Lead>) -> Result<LeadProfile, ApiError> {
     } else {
         id(AccountId::parse, lead.account_id, "lead.account_id", &mut v)
     };
-    if lead.attributes.len() > MAX_ATTRIBUTES {
-        v.add("lead.attributes", format!("at most {MAX_ATTRIBUTES} attributes (got {})", lead.attributes.len()));
-    }
-    for (name, value) in &lead.attributes {
-        if !is_attribute_name(name) {
-            v.add(
-                format!("lead.attributes[{name:?}]"),
-                format!("attribute names use letters, digits, '_', '.', '-' (1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes)"),
-            );
-        } else if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
-            v.add(format!("lead.attributes[{name:?}]"), format!("value over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"));
-        }
-    }
+    check_attributes(&lead.attributes, "lead.attributes", &mut v);
     let created_at =
         lead.created_at.as_ref().and_then(|ts| timestamp_from_proto(ts).map_err(|e| v.add("lead.created_at", e)).ok());
     let attributes = lead.attributes.into_iter().collect::<BTreeMap<_, _>>();
     match lead_id {
         Some(lead_id) if v.is_empty() => Ok(LeadProfile { lead_id, account_id, attributes, created_at }),
+        _ => Err(v.into_error()),
+    }
+}
+
+/// Profile attributes of a lead or an account: bounded count, names and
+/// value sizes.
+fn check_attributes(attributes: &HashMap<String, String>, field: &str, v: &mut Violations) {
+    if attributes.len() > MAX_ATTRIBUTES {
+        v.add(field, format!("at most {MAX_ATTRIBUTES} attributes (got {})", attributes.len()));
+    }
+    for (name, value) in attributes {
+        if !is_attribute_name(name) {
+            v.add(
+                format!("{field}[{name:?}]"),
+                format!("attribute names use letters, digits, '_', '.', '-' (1 to {MAX_ATTRIBUTE_NAME_BYTES} bytes)"),
+            );
+        } else if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            v.add(format!("{field}[{name:?}]"), format!("value over {MAX_ATTRIBUTE_VALUE_BYTES} bytes"));
+        }
+    }
+}
+
+pub fn account_id(raw: String, field: &str, v: &mut Violations) -> Option<AccountId> {
+    id(AccountId::parse, raw, field, v)
+}
+
+/// An `UpsertAccount` account.
+pub fn account_profile(account: Option<pb::Account>) -> Result<AccountProfile, ApiError> {
+    let mut v = Violations::default();
+    let Some(account) = account else {
+        v.add("account", "account is required");
+        return Err(v.into_error());
+    };
+    let account_id = account_id(account.account_id, "account.account_id", &mut v);
+    check_attributes(&account.attributes, "account.attributes", &mut v);
+    match account_id {
+        Some(account_id) if v.is_empty() => {
+            Ok(AccountProfile { account_id, attributes: account.attributes.into_iter().collect() })
+        }
         _ => Err(v.into_error()),
     }
 }
@@ -214,7 +242,7 @@ pub fn stage_to_proto(stage: Stage) -> pb::Stage {
     }
 }
 
-fn grade_to_proto(grade: Grade) -> pb::Grade {
+pub fn grade_to_proto(grade: Grade) -> pb::Grade {
     match grade {
         Grade::A => pb::Grade::A,
         Grade::B => pb::Grade::B,
@@ -333,6 +361,7 @@ pub fn stage_change_to_proto(change: &StageChange) -> pb::StageChange {
         rule_set_version: change.rule_set_version.clone(),
         score: Some(score_snapshot_to_proto(&change.score)),
         at: Some(timestamp_to_proto(change.at)),
+        deal_amount: change.deal_amount,
     }
 }
 

@@ -6,14 +6,16 @@ pub mod error;
 pub mod jobs;
 mod nurture;
 mod polling;
+mod profiles;
 mod qualification;
 mod scoring;
 mod state;
 
 pub use nurture::NurtureService;
+pub use profiles::ProfilesService;
 pub use qualification::QualificationService;
 pub use scoring::ScoringService;
-pub use state::{ActiveRules, AppState, Limits};
+pub use state::{ActiveRules, AppState, Limits, ProfileLimits};
 
 /// Generated protobuf and gRPC code for `leadscore.v1`.
 pub mod pb {

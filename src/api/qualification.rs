@@ -11,7 +11,7 @@ use super::error::{ApiError, Violations};
 use super::jobs::JobState;
 use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
-use crate::domain::{Cause, LeadId, LeadSnapshot, ScoreSnapshot, StageChange};
+use crate::domain::{Cause, LeadId, LeadSnapshot, ScoreSnapshot, Stage, StageChange};
 use crate::rules::RuleSet;
 use crate::store::StageUpdate;
 use std::sync::atomic::Ordering::Relaxed;
@@ -126,6 +126,13 @@ impl Qualification for QualificationService {
         if req.reason.len() > MAX_REASON_BYTES {
             v.add("reason", format!("at most {MAX_REASON_BYTES} bytes"));
         }
+        if let Some(amount) = req.deal_amount {
+            if to.is_some_and(|to| to != Stage::Customer) {
+                v.add("deal_amount", "only a move to STAGE_CUSTOMER carries a deal amount");
+            } else if !amount.is_finite() || !(0.0..=1e15).contains(&amount) {
+                v.add("deal_amount", "a finite amount from 0 to 1e15");
+            }
+        }
         let (Some(lead_id), Some(to)) = v.into_result((lead_id, to))? else {
             return Err(Status::internal("missing lead id or stage"));
         };
@@ -165,6 +172,7 @@ impl Qualification for QualificationService {
             rule_set_version: rules.version.clone(),
             score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
             at: now,
+            deal_amount: req.deal_amount,
         };
         let fires = crate::engine::trigger_fires(&rules, &lead, std::slice::from_ref(&change));
         match self

@@ -51,6 +51,7 @@ impl LeadScoring for ScoringService {
         let rules = self.state.rules();
         let lead = self.state.store.upsert_lead(profile, self.state.clock.now()).await.map_err(ApiError::from)?;
         let lead = crate::engine::requalify(&self.state, &rules, lead).await.map_err(ApiError::from)?;
+        crate::engine::accounts::check_soon(&self.state, lead.account_id.clone());
         Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
     }
 
@@ -134,6 +135,8 @@ impl LeadScoring for ScoringService {
         )
         .await
         .map_err(ApiError::from)?;
+        let accounts: std::collections::BTreeSet<_> = leads.iter().filter_map(|l| l.account_id.clone()).collect();
+        crate::engine::accounts::check_soon(state, accounts);
         let scores = leads.iter().map(|lead| score(&rules, "", lead, now)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::RecordSignalsResponse { results, scores }))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::domain::{Clock, IngestPolicy, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore};
+use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore, ProfileSpec};
 
 /// Request-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -54,7 +54,28 @@ pub struct AppState {
     pub commit_locks: Vec<tokio::sync::Mutex<()>>,
     /// Turns true when the server shuts down: long-lived streams end.
     pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Score history and funnel limits (the rest of the profile spec comes
+    /// from the rule set).
+    pub profiles: ProfileLimits,
+    /// Accounts whose qualification is being checked, and whether one of
+    /// their leads changed since the check started.
+    pub account_checks: std::sync::Mutex<std::collections::HashMap<crate::domain::AccountId, bool>>,
     rules: RwLock<Arc<ActiveRules>>,
+}
+
+/// Configured bounds of what profiles keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileLimits {
+    pub history_limit: usize,
+    pub history_age_ms: i64,
+    pub funnel_retention_ms: i64,
+}
+
+impl Default for ProfileLimits {
+    fn default() -> Self {
+        const DAY: i64 = 86_400_000;
+        Self { history_limit: 50, history_age_ms: 180 * DAY, funnel_retention_ms: 800 * DAY }
+    }
 }
 
 impl AppState {
@@ -69,8 +90,17 @@ impl AppState {
         limits: Limits,
         required_approvers: Vec<String>,
     ) -> Self {
+        let profiles = ProfileLimits::default();
+        store.set_profile_spec(Arc::new(ProfileSpec::new(
+            &rules,
+            profiles.history_limit,
+            profiles.history_age_ms,
+            profiles.funnel_retention_ms,
+        )));
         let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
         Self {
+            profiles,
+            account_checks: Default::default(),
             store,
             clock,
             policy,
@@ -94,7 +124,25 @@ impl AppState {
 
     /// Activates a new rule set atomically.
     pub fn replace_rules(&self, rules: RuleSet, origin: String) {
-        let active = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
-        *self.rules.write().unwrap_or_else(|p| p.into_inner()) = active;
+        let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        self.push_profile_spec(&rules);
+        *guard = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
+    }
+
+    /// Sets the profile limits and tells the store.
+    pub fn set_profile_limits(&mut self, limits: ProfileLimits) {
+        self.profiles = limits;
+        let rules = self.rules();
+        self.push_profile_spec(&rules);
+    }
+
+    fn push_profile_spec(&self, rules: &RuleSet) {
+        let p = self.profiles;
+        self.store.set_profile_spec(Arc::new(ProfileSpec::new(
+            rules,
+            p.history_limit,
+            p.history_age_ms,
+            p.funnel_retention_ms,
+        )));
     }
 }

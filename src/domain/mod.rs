@@ -1,12 +1,14 @@
 //! Pure domain: ids, time, lifecycle stages, decay, scoring models and the
 //! per-lead ledger. No I/O, no tokio, no Redis, no protobuf.
 
+pub mod account;
 pub mod decay;
 pub mod ids;
 pub mod lead;
 pub mod ledger;
 pub mod model;
 pub mod nurture;
+pub mod profiles;
 #[cfg(test)]
 mod properties;
 pub mod qualification;

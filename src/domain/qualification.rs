@@ -43,6 +43,9 @@ pub struct StageChange {
     pub rule_set_version: String,
     pub score: ScoreSnapshot,
     pub at: Timestamp,
+    /// The won deal's amount the CRM reported with `CUSTOMER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deal_amount: Option<f64>,
 }
 
 /// A stage change as the CRM feed delivers it.

@@ -63,6 +63,7 @@ pub async fn identify(
             rule_set_version: rules.version.clone(),
             score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
             at: now,
+            deal_amount: None,
         };
         let fires = trigger_fires(rules, &lead, std::slice::from_ref(&change));
         if let StageUpdate::Applied { .. } = state
@@ -145,6 +146,8 @@ pub async fn commit_ingest(state: &AppState, rules: &ActiveRules, batch: LeadBat
             changes,
             change_fires,
             now,
+            score_cause: (!counted.is_empty())
+                .then(|| crate::domain::profiles::signals_cause(counted.iter().map(String::as_str))),
             lead: after,
         };
         if store.commit(&plan, &state.policy, &state.feed).await? {

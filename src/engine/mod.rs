@@ -29,6 +29,7 @@ use crate::rules::RuleSet;
 use crate::rules::triggers::TriggerDefinition;
 use crate::store::{CommitPlan, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
 
+pub mod accounts;
 mod inactivity;
 mod ingest;
 mod rescore;
@@ -61,6 +62,7 @@ pub fn rule_changes(rules: &ActiveRules, lead: &LeadSnapshot, now: Timestamp) ->
                 rule_set_version: rules.version.clone(),
                 score: score.clone(),
                 at: now,
+                deal_amount: None,
             };
             from = m.to;
             change

@@ -193,13 +193,21 @@ async fn rescore_lead(
     progress: &RescoreProgress,
 ) -> Result<LeadSnapshot, StoreError> {
     for _ in 0..MAX_ATTEMPTS {
-        let Some(rebuilt) = rebuild(rules, &lead, &history, &state.policy) else { return Ok(lead) };
-        if same_tallies(&rebuilt, &lead) {
+        let now = state.clock.now();
+        let unchanged = match rebuild(rules, &lead, &history, &state.policy) {
+            None => true,
+            Some(rebuilt) if same_tallies(&rebuilt, &lead) => true,
+            Some(rebuilt) => {
+                if state.store.replace_tallies(&rebuilt, now).await? {
+                    progress.rebuilt.fetch_add(1, Ordering::Relaxed);
+                    return Ok(rebuilt);
+                }
+                false
+            }
+        };
+        if unchanged {
+            state.store.refresh_fit(&lead, now).await?;
             return Ok(lead);
-        }
-        if state.store.replace_tallies(&rebuilt).await? {
-            progress.rebuilt.fetch_add(1, Ordering::Relaxed);
-            return Ok(rebuilt);
         }
         // A signal arrived meanwhile: read again.
         let ids = std::slice::from_ref(&lead.lead_id);

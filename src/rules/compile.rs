@@ -5,10 +5,13 @@ use std::ops::Range;
 
 use std::sync::Arc;
 
-use super::file::{RawMatcher, RawModel, RawQualificationRule, RawRuleSet, RawSignalPoints, RawTrigger};
+use super::file::{
+    RawAccounts, RawMatcher, RawModel, RawProfiles, RawQualificationRule, RawRuleSet, RawSignalPoints, RawTrigger,
+};
 use super::qualify::{self, Facts, Needs, QualificationRule};
 use super::triggers::{self, TriggerDefinition};
 use super::{RuleError, RuleSet, SignalTypeDef, parse_duration};
+use crate::domain::account::{AccountPolicy, AccountRule, Aggregate};
 use crate::domain::model::{PropertyRefinement, SignalPoints};
 use crate::domain::{Condition, Decay, FitRule, GradeThresholds, ScoringModel};
 use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
@@ -148,8 +151,13 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
         }
     }
 
+    let cohort_attributes = cohort_attributes(raw.profiles.as_ref(), &mut errors);
+    let accounts = account_policy(raw.accounts.as_ref(), &primary_model, &models, &mut errors);
+
     if errors.list.is_empty() {
         Ok(RuleSet {
+            cohort_attributes,
+            accounts,
             version: raw.version.into_inner().trim().to_owned(),
             agreed_by,
             primary_model,
@@ -354,16 +362,29 @@ fn compile_model(
         signals.insert(signal_type.clone(), signal_points(rule.get_ref(), default_decay, errors));
     }
 
+    let fit_rules = fit_rules(&raw.fit, &format!("model '{name}'"), errors);
+
+    let g = raw.grades.get_ref();
+    if !([g.a, g.b, g.c].iter().all(|t| t.is_finite()) && g.a >= g.b && g.b >= g.c) {
+        errors.push(raw.grades.span(), "grades must be finite with A >= B >= C");
+    }
+    let grades = GradeThresholds { a: g.a, b: g.b, c: g.c };
+    (ScoringModel { name: name.to_owned(), signals, fit_rules, grades }, default_decay)
+}
+
+/// Fit rules (`attribute` + one condition + points) of a model or of the
+/// accounts section (`scope` names it in errors).
+fn fit_rules(raw: &[toml::Spanned<RawMatcher>], scope: &str, errors: &mut Errors<'_>) -> Vec<FitRule> {
     let mut fit_rules = Vec::new();
     let mut ids = BTreeSet::new();
-    for rule in &raw.fit {
+    for rule in raw {
         let span = rule.span();
         let r = rule.get_ref();
         let id = r.id.clone().unwrap_or_default();
         if !is_identifier(&id) {
             errors.push(span.clone(), format!("fit rule needs an id: {IDENTIFIER_RULE}"));
         } else if !ids.insert(id.clone()) {
-            errors.push(span.clone(), format!("fit rule id '{id}' is used twice in model '{name}'"));
+            errors.push(span.clone(), format!("fit rule id '{id}' is used twice in {scope}"));
         }
         if r.property.is_some() {
             errors.push(span.clone(), "fit rules test an 'attribute', not a 'property'");
@@ -375,13 +396,108 @@ fn compile_model(
         let Some(condition) = condition(r, span, errors) else { continue };
         fit_rules.push(FitRule { id, attribute, condition, points: points(&r.points, errors) });
     }
+    fit_rules
+}
 
-    let g = raw.grades.get_ref();
-    if !([g.a, g.b, g.c].iter().all(|t| t.is_finite()) && g.a >= g.b && g.b >= g.c) {
-        errors.push(raw.grades.span(), "grades must be finite with A >= B >= C");
+/// The `[profiles]` section: attributes cohort profiles may filter on.
+fn cohort_attributes(raw: Option<&toml::Spanned<RawProfiles>>, errors: &mut Errors<'_>) -> Vec<String> {
+    let Some(raw) = raw else { return Vec::new() };
+    let names = &raw.get_ref().cohort_attributes;
+    let mut seen = BTreeSet::new();
+    for name in names {
+        if !is_identifier(name) {
+            errors.push(raw.span(), format!("cohort attribute '{name}': {IDENTIFIER_RULE}"));
+        } else if !seen.insert(name) {
+            errors.push(raw.span(), format!("cohort attribute '{name}' is listed twice"));
+        }
     }
-    let grades = GradeThresholds { a: g.a, b: g.b, c: g.c };
-    (ScoringModel { name: name.to_owned(), signals, fit_rules, grades }, default_decay)
+    if names.len() > MAX_COHORT_ATTRIBUTES {
+        errors.push(
+            raw.span(),
+            format!("at most {MAX_COHORT_ATTRIBUTES} cohort attributes (each multiplies the writes of a score change)"),
+        );
+    }
+    names.clone()
+}
+
+/// Cohort attributes a rule set may declare.
+pub const MAX_COHORT_ATTRIBUTES: usize = 8;
+
+/// The `[accounts]` section; without one, accounts sum the primary model's
+/// behaviour scores and no account qualifies.
+fn account_policy(
+    raw: Option<&toml::Spanned<RawAccounts>>,
+    primary_model: &str,
+    models: &BTreeMap<String, ScoringModel>,
+    errors: &mut Errors<'_>,
+) -> AccountPolicy {
+    let default = AccountPolicy {
+        model: primary_model.to_owned(),
+        aggregate: Aggregate::Sum,
+        engaged_at: 1.0,
+        fit_rules: Vec::new(),
+        rules: Vec::new(),
+    };
+    let Some(raw) = raw else { return default };
+    let r = raw.get_ref();
+    let model = match &r.model {
+        Some(m) if !models.contains_key(m.get_ref()) => {
+            errors.push(m.span(), format!("accounts.model '{}' is not defined under [models]", m.get_ref()));
+            primary_model.to_owned()
+        }
+        Some(m) => m.get_ref().clone(),
+        None => primary_model.to_owned(),
+    };
+    let top = r.top.as_ref().map(|t| match usize::try_from(*t.get_ref()).ok().filter(|n| (1..=1000).contains(n)) {
+        Some(n) => n,
+        None => {
+            errors.push(t.span(), "accounts.top must be 1 to 1000");
+            1
+        }
+    });
+    let aggregate = match (r.aggregate.as_ref().map(|a| (a.get_ref().as_str(), a.span())), top) {
+        (None | Some(("sum", _)), None) => Aggregate::Sum,
+        (Some(("sum", span)), Some(_)) => {
+            errors.push(span, "accounts.top goes with aggregate = \"top\"");
+            Aggregate::Sum
+        }
+        (Some(("top", _)), top) | (None, top @ Some(_)) => Aggregate::Top(top.unwrap_or(3)),
+        (Some((other, span)), _) => {
+            errors.push(span, format!("accounts.aggregate must be \"sum\" or \"top\", not \"{other}\""));
+            Aggregate::Sum
+        }
+    };
+    let engaged_at = match &r.engaged_at {
+        Some(e) if !e.get_ref().is_finite() => {
+            errors.push(e.span(), "accounts.engaged_at must be finite");
+            1.0
+        }
+        Some(e) => *e.get_ref(),
+        None => default.engaged_at,
+    };
+    let mut rules = Vec::new();
+    let mut ids = BTreeSet::new();
+    for rule in &r.qualify {
+        let q = rule.get_ref();
+        if !is_identifier(&q.id) {
+            errors.push(rule.span(), format!("account rule id: {IDENTIFIER_RULE}"));
+        } else if !ids.insert(q.id.clone()) {
+            errors.push(rule.span(), format!("account rule id '{}' is used twice", q.id));
+        }
+        if q.min_score.is_none() && q.min_engaged_leads.is_none() && q.min_fit.is_none() {
+            errors.push(rule.span(), format!("account rule '{}' needs min_score, min_engaged_leads or min_fit", q.id));
+        }
+        if [q.min_score, q.min_fit].iter().flatten().any(|v| !v.is_finite()) {
+            errors.push(rule.span(), format!("account rule '{}': minimums must be finite", q.id));
+        }
+        rules.push(AccountRule {
+            id: q.id.clone(),
+            min_score: q.min_score,
+            min_engaged_leads: q.min_engaged_leads,
+            min_fit: q.min_fit,
+        });
+    }
+    AccountPolicy { model, aggregate, engaged_at, fit_rules: fit_rules(&r.fit, "[accounts]", errors), rules }
 }
 
 fn signal_points(raw: &RawSignalPoints, default_decay: Decay, errors: &mut Errors<'_>) -> SignalPoints {

@@ -18,6 +18,37 @@ pub(super) struct RawRuleSet {
     pub qualification: Vec<Spanned<RawQualificationRule>>,
     #[serde(default)]
     pub triggers: Vec<Spanned<RawTrigger>>,
+    pub profiles: Option<Spanned<RawProfiles>>,
+    pub accounts: Option<Spanned<RawAccounts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProfiles {
+    #[serde(default)]
+    pub cohort_attributes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccounts {
+    pub model: Option<Spanned<String>>,
+    pub aggregate: Option<Spanned<String>>,
+    pub top: Option<Spanned<i64>>,
+    pub engaged_at: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub fit: Vec<Spanned<RawMatcher>>,
+    #[serde(default)]
+    pub qualify: Vec<Spanned<RawAccountRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAccountRule {
+    pub id: String,
+    pub min_score: Option<f64>,
+    pub min_engaged_leads: Option<u32>,
+    pub min_fit: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,6 +43,10 @@ pub struct RuleSet {
     pub qualification: Vec<QualificationRule>,
     /// Nurture trigger definitions.
     pub triggers: Vec<triggers::TriggerDefinition>,
+    /// Profile attributes cohort profiles can filter on (`[profiles]`).
+    pub cohort_attributes: Vec<String>,
+    /// How accounts score and qualify (`[accounts]`).
+    pub accounts: crate::domain::account::AccountPolicy,
     /// The file as written.
     pub source: String,
     /// Default half-life per model, for the summary.

@@ -1,15 +1,20 @@
 //! Embedded store: everything in process memory, lost on exit.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
 use super::{
     CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
-    StageUpdate, StoreError, TriggerStats,
+    ProfileSpec, StageUpdate, StoreError, StoredAccount, TriggerStats,
 };
+use crate::domain::account::AccountProfile;
 use crate::domain::ledger::HistoryEntry;
+use crate::domain::profiles::{
+    self, CohortProfile, CohortQuery, FunnelCounters, FunnelEntry, ModelScore, ScoreHistoryEntry,
+};
+use crate::domain::{AccountId, Cause, SignalStatus};
 use crate::domain::{
     Delivery, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage,
     StageChange, Timestamp, TriggerFire,
@@ -23,6 +28,79 @@ struct StoredLead {
     stages: VecDeque<StageChange>,
     /// Inactivity definition → the engagement time it was last swept at.
     swept: HashMap<String, Timestamp>,
+    /// Scores as of the lead's last change (what cohorts read).
+    scores: Vec<ModelScore>,
+    /// Ever reached MQL or a later sales stage.
+    reached_mql: bool,
+    /// The earliest signal's `occurred_at` and its source, channel, campaign.
+    first_touch: Option<(Timestamp, [String; 3])>,
+    /// Newest first.
+    score_history: VecDeque<ScoreHistoryEntry>,
+}
+
+impl StoredLead {
+    fn new(snapshot: LeadSnapshot) -> Self {
+        Self {
+            snapshot,
+            ledger: LeadLedger::default(),
+            stages: VecDeque::new(),
+            swept: HashMap::new(),
+            scores: Vec::new(),
+            reached_mql: false,
+            first_touch: None,
+            score_history: VecDeque::new(),
+        }
+    }
+
+    /// After every change: the scores as of `now`, and a history entry when
+    /// the change was to the score (`cause`).
+    fn touch(&mut self, spec: &ProfileSpec, now: Timestamp, cause: Option<String>) {
+        self.scores = spec.scores(&self.snapshot, now);
+        let Some(cause) = cause else { return };
+        if spec.history_limit == 0 {
+            return;
+        }
+        self.score_history.push_front(ScoreHistoryEntry { at: now, cause, scores: self.scores.clone() });
+        self.score_history.truncate(spec.history_limit);
+        while self.score_history.back().is_some_and(|e| e.at.millis() < now.millis() - spec.history_age_ms) {
+            self.score_history.pop_back();
+        }
+    }
+
+    /// The funnel entry of the lead entering `stage` at `at`.
+    fn enter(&mut self, funnel: &mut BTreeMap<i64, HashMap<String, f64>>, change: &StageChange) {
+        if profiles::QUALIFIED_STAGES.contains(&change.to) {
+            self.reached_mql = true;
+        }
+        let entry = FunnelEntry {
+            stage: change.to,
+            since_created_ms: change.at.millis() - self.snapshot.created_at.millis(),
+            reopened: change.from == Stage::Recycled && matches!(change.cause, Cause::Rule { .. }),
+            deal_amount: change.deal_amount,
+        };
+        count_entry(funnel, self.first_touch.as_ref().map(|f| &f.1), &entry, change.at);
+    }
+}
+
+fn count_entry(
+    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
+    first_touch: Option<&[String; 3]>,
+    entry: &FunnelEntry,
+    at: Timestamp,
+) {
+    let day = funnel.entry(at.utc_day()).or_default();
+    for group in profiles::funnel_groups(first_touch) {
+        for (field, by) in entry.increments(&group) {
+            *day.entry(field).or_default() += by;
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct StoredAccountData {
+    attributes: Option<BTreeMap<String, String>>,
+    leads: BTreeSet<LeadId>,
+    qualified: Option<(String, Timestamp)>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +112,16 @@ struct Data {
     triggers: Vec<FiredTrigger>,
     /// Consumer groups of the trigger log.
     groups: HashMap<String, Group>,
+    /// UTC day → funnel counter fields (see `FunnelEntry::increments`).
+    funnel: BTreeMap<i64, HashMap<String, f64>>,
+    accounts: HashMap<AccountId, StoredAccountData>,
+    spec: Option<Arc<ProfileSpec>>,
+}
+
+impl Data {
+    fn spec(&self) -> Arc<ProfileSpec> {
+        self.spec.clone().unwrap_or_else(|| super::spec::default_spec().clone())
+    }
 }
 
 /// A trigger held by a consumer (or dead).
@@ -75,26 +163,50 @@ impl MemoryStore {
     }
 }
 
+/// The lead, created (and counted as entering its first stage) if new.
 fn entry<'a>(
     leads: &'a mut HashMap<LeadId, StoredLead>,
+    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
     id: &LeadId,
     now: Timestamp,
     initial_stage: Stage,
+    first_touch: Option<(Timestamp, [String; 3])>,
 ) -> &'a mut StoredLead {
     leads.entry(id.clone()).or_insert_with(|| {
         let mut snapshot = LeadSnapshot::new(id.clone(), now);
         snapshot.stage = initial_stage;
-        StoredLead { snapshot, ledger: LeadLedger::default(), stages: VecDeque::new(), swept: HashMap::new() }
+        let mut lead = StoredLead::new(snapshot);
+        lead.first_touch = first_touch;
+        let created = FunnelEntry { stage: initial_stage, since_created_ms: 0, reopened: false, deal_amount: None };
+        count_entry(funnel, lead.first_touch.as_ref().map(|f| &f.1), &created, now);
+        lead
     })
+}
+
+/// The earliest signal of a batch: its time and first-touch values.
+fn batch_first_touch<'a>(
+    signals: impl IntoIterator<Item = (Timestamp, &'a BTreeMap<String, String>)>,
+) -> Option<(Timestamp, [String; 3])> {
+    signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, props)| (at, profiles::first_touch(props)))
+}
+
+fn earlier_touch(lead: &mut StoredLead, candidate: Option<(Timestamp, [String; 3])>) {
+    if let Some(candidate) = candidate
+        && lead.first_touch.as_ref().is_none_or(|(at, _)| candidate.0 < *at)
+    {
+        lead.first_touch = Some(candidate);
+    }
 }
 
 /// Moves the lead through `changes`, firing their triggers (cooldowns
 /// permitting) and recording each change in its history and the feed.
+#[allow(clippy::too_many_arguments)]
 fn apply_changes(
     lead: &mut StoredLead,
     lead_id: &LeadId,
     feed: &mut Vec<(LeadId, StageChange)>,
     triggers: &mut Vec<FiredTrigger>,
+    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
     changes: &[StageChange],
     fires: &[Vec<TriggerFire>],
     history_limit: usize,
@@ -107,6 +219,7 @@ fn apply_changes(
         }
         lead.snapshot.stage = change.to;
         lead.snapshot.stage_since = change.at;
+        lead.enter(funnel, change);
         lead.stages.push_front(change.clone());
         feed.push((lead_id.clone(), change.clone()));
         applied.push(QualificationChange {
@@ -152,8 +265,21 @@ impl LeadStore for MemoryStore {
 
     async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
         let mut data = self.data();
-        let lead = entry(&mut data.leads, &profile.lead_id.clone(), now, Stage::Lead);
+        let spec = data.spec();
+        let Data { leads, funnel, accounts, .. } = &mut *data;
+        let lead = entry(leads, funnel, &profile.lead_id.clone(), now, Stage::Lead, None);
+        let previous = lead.snapshot.account_id.clone();
         lead.snapshot.apply_profile(profile);
+        lead.touch(&spec, now, Some("profile".into()));
+        let lead_id = lead.snapshot.lead_id.clone();
+        if let Some(previous) = previous.filter(|p| Some(p) != lead.snapshot.account_id.as_ref())
+            && let Some(account) = accounts.get_mut(&previous)
+        {
+            account.leads.remove(&lead_id);
+        }
+        if let Some(account) = &lead.snapshot.account_id {
+            accounts.entry(account.clone()).or_default().leads.insert(lead_id);
+        }
         Ok(lead.snapshot.clone())
     }
 
@@ -164,15 +290,37 @@ impl LeadStore for MemoryStore {
         policy: &IngestPolicy,
     ) -> Result<Vec<LeadOutcome>, StoreError> {
         let mut data = self.data();
+        let spec = data.spec();
+        let Data { leads, funnel, .. } = &mut *data;
         Ok(batches
             .into_iter()
             .map(|batch| {
-                let lead = entry(&mut data.leads, &batch.lead_id, now, batch.initial_stage);
-                if let Some(owner) = lead.snapshot.merged_into.clone() {
+                if let Some(lead) = leads.get(&batch.lead_id)
+                    && let Some(owner) = lead.snapshot.merged_into.clone()
+                {
                     return LeadOutcome { statuses: Vec::new(), lead: lead.snapshot.clone(), merged_into: Some(owner) };
                 }
-                let statuses =
+                let touch = batch_first_touch(batch.signals.iter().map(|s| (s.occurred_at, &s.properties)));
+                let lead = entry(leads, funnel, &batch.lead_id, now, batch.initial_stage, touch.clone());
+                let statuses: Vec<SignalStatus> =
                     batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
+                let recorded: Vec<(Timestamp, &BTreeMap<String, String>)> = batch
+                    .signals
+                    .iter()
+                    .zip(&statuses)
+                    .filter(|(_, st)| **st != SignalStatus::Duplicate)
+                    .map(|(s, _)| (s.occurred_at, &s.properties))
+                    .collect();
+                earlier_touch(lead, batch_first_touch(recorded));
+                let counted: Vec<&str> = batch
+                    .signals
+                    .iter()
+                    .zip(&statuses)
+                    .filter(|(_, st)| **st == SignalStatus::Accepted)
+                    .map(|(s, _)| s.signal_type.as_str())
+                    .collect();
+                let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted));
+                lead.touch(&spec, now, cause);
                 LeadOutcome { statuses, lead: lead.snapshot.clone(), merged_into: None }
             })
             .collect())
@@ -192,12 +340,17 @@ impl LeadStore for MemoryStore {
         policy: &FeedPolicy,
     ) -> Result<StageUpdate, StoreError> {
         let mut data = self.data();
-        let Data { leads, feed, triggers, .. } = &mut *data;
+        let spec = data.spec();
+        let Data { leads, feed, triggers, funnel, .. } = &mut *data;
         let Some(lead) = leads.get_mut(lead_id) else { return Ok(StageUpdate::NotFound) };
         if lead.snapshot.stage != expected {
             return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
         }
-        let (applied, fired) = apply_changes(lead, lead_id, feed, triggers, changes, fires, policy.history_limit);
+        let (applied, fired) =
+            apply_changes(lead, lead_id, feed, triggers, funnel, changes, fires, policy.history_limit);
+        if let Some(last) = changes.last() {
+            lead.touch(&spec, last.at, None);
+        }
         Ok(StageUpdate::Applied { changes: applied, triggers: fired })
     }
 
@@ -268,7 +421,8 @@ impl LeadStore for MemoryStore {
         feed_policy: &FeedPolicy,
     ) -> Result<bool, StoreError> {
         let mut data = self.data();
-        let Data { leads, feed, triggers, .. } = &mut *data;
+        let spec = data.spec();
+        let Data { leads, feed, triggers, funnel, .. } = &mut *data;
         let id = &plan.lead.lead_id;
         let current = leads.get(id).map(|l| (l.snapshot.recorded, l.snapshot.stage, l.snapshot.merged_into.is_some()));
         match (plan.expected, current) {
@@ -276,7 +430,10 @@ impl LeadStore for MemoryStore {
             (Some(expected), Some((recorded, stage, false))) if expected == (recorded, stage) => {}
             _ => return Ok(false),
         }
-        let lead = entry(leads, id, plan.now, plan.initial_stage);
+        let touch =
+            batch_first_touch(plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)));
+        let lead = entry(leads, funnel, id, plan.now, plan.initial_stage, touch.clone());
+        earlier_touch(lead, touch);
         lead.snapshot.tallies = plan.lead.tallies.clone();
         lead.snapshot.daily = plan.lead.daily.clone();
         lead.snapshot.recorded = plan.lead.recorded;
@@ -285,7 +442,8 @@ impl LeadStore for MemoryStore {
         for fire in &plan.fires {
             fire_unless_cooling(lead, triggers, fire, plan.now);
         }
-        apply_changes(lead, id, feed, triggers, &plan.changes, &plan.change_fires, feed_policy.history_limit);
+        apply_changes(lead, id, feed, triggers, funnel, &plan.changes, &plan.change_fires, feed_policy.history_limit);
+        lead.touch(&spec, plan.now, plan.score_cause.clone());
         Ok(true)
     }
 
@@ -307,8 +465,9 @@ impl LeadStore for MemoryStore {
             .collect())
     }
 
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError> {
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError> {
         let mut data = self.data();
+        let spec = data.spec();
         let Some(lead) = data.leads.get_mut(&rebuilt.lead_id) else { return Ok(false) };
         if lead.snapshot.recorded != rebuilt.recorded {
             return Ok(false);
@@ -316,7 +475,19 @@ impl LeadStore for MemoryStore {
         lead.snapshot.tallies = rebuilt.tallies.clone();
         lead.snapshot.daily = rebuilt.daily.clone();
         lead.snapshot.last_engaged_at = rebuilt.last_engaged_at;
+        lead.touch(&spec, now, Some(format!("rescore:{}", spec.version)));
         Ok(true)
+    }
+
+    async fn refresh_fit(&self, current: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
+        let mut data = self.data();
+        let spec = data.spec();
+        let Some(lead) = data.leads.get_mut(&current.lead_id) else { return Ok(()) };
+        let fits = spec.fits(&lead.snapshot);
+        let changed = fits.len() != lead.scores.len()
+            || fits.iter().zip(&lead.scores).any(|((model, fit), s)| *model != s.model || *fit != s.fit);
+        lead.touch(&spec, now, changed.then(|| format!("rescore:{}", spec.version)));
+        Ok(())
     }
 
     async fn deliver_triggers(
@@ -464,6 +635,85 @@ impl LeadStore for MemoryStore {
             }
         }
         Ok(replayed)
+    }
+
+    fn set_profile_spec(&self, spec: Arc<ProfileSpec>) {
+        self.data().spec = Some(spec);
+    }
+
+    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
+        let data = self.data();
+        Ok(data.leads.get(lead_id).map(|l| l.score_history.iter().take(limit).cloned().collect()).unwrap_or_default())
+    }
+
+    /// O(all leads): the embedded store scans; the Redis store reads its
+    /// aggregates instead.
+    async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
+        let data = self.data();
+        let (from, to) = (query.from.start(), query.to.start());
+        let leads = data.leads.values().filter(|l| {
+            let s = &l.snapshot;
+            s.lead_id.visitor().is_none()
+                && s.merged_into.is_none()
+                && (from..to).contains(&s.created_at)
+                && query.filter.as_ref().is_none_or(|(name, value)| s.attributes.get(name) == Some(value))
+        });
+        let rows = leads.filter_map(|l| {
+            let score = l.scores.iter().find(|m| m.model == query.model)?;
+            Some((score.total(), l.snapshot.stage, l.reached_mql))
+        });
+        Ok(CohortProfile::from_leads(rows, query.buckets))
+    }
+
+    async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError> {
+        let data = self.data();
+        let mut counters = FunnelCounters::default();
+        for fields in data.funnel.range(from_day..to_day).map(|(_, f)| f) {
+            for (field, value) in fields {
+                counters.add_field(field, *value);
+            }
+        }
+        Ok(counters)
+    }
+
+    async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError> {
+        let mut data = self.data();
+        data.accounts.entry(account.account_id.clone()).or_default().attributes = Some(account.attributes.clone());
+        Ok(())
+    }
+
+    async fn load_account(&self, account_id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        let data = self.data();
+        Ok(data.accounts.get(account_id).map(|a| StoredAccount {
+            attributes: a.attributes.clone(),
+            lead_ids: a.leads.iter().cloned().collect(),
+            qualified: a.qualified.clone(),
+        }))
+    }
+
+    async fn drop_account_leads(&self, account_id: &AccountId, lead_ids: &[LeadId]) -> Result<(), StoreError> {
+        let mut data = self.data();
+        if let Some(account) = data.accounts.get_mut(account_id) {
+            for id in lead_ids {
+                account.leads.remove(id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_account_qualified(
+        &self,
+        account_id: &AccountId,
+        rule_id: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        let account = data.accounts.entry(account_id.clone()).or_default();
+        if account.qualified.is_some() {
+            return Ok(false);
+        }
+        account.qualified = Some((rule_id.to_owned(), at));
+        Ok(true)
     }
 }
 

@@ -4,14 +4,19 @@
 
 mod memory;
 pub mod redis;
+mod spec;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
+pub use spec::ProfileSpec;
 
+use crate::domain::AccountId;
+use crate::domain::account::AccountProfile;
 use crate::domain::ledger::HistoryEntry;
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
 use crate::domain::{
     Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
     StageChange, Timestamp, TriggerFire,
@@ -93,6 +98,9 @@ pub struct CommitPlan {
     pub changes: Vec<StageChange>,
     pub change_fires: Vec<Vec<TriggerFire>>,
     pub now: Timestamp,
+    /// The score history entry's cause when counted signals changed the
+    /// score (`None`: they did not).
+    pub score_cause: Option<String>,
 }
 
 /// How triggers are redelivered.
@@ -176,6 +184,19 @@ pub enum IdentifyMark {
     /// The visitor was identified as another lead before.
     AlreadyIdentified(LeadId),
     NotFound,
+}
+
+/// An account as stored: its profile (if upserted), its leads and whether
+/// it qualified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredAccount {
+    /// `None` until `UpsertAccount`.
+    pub attributes: Option<std::collections::BTreeMap<String, String>>,
+    /// Leads that named the account in their last upsert. May briefly hold
+    /// a lead that moved away (readers check the lead's own account id).
+    pub lead_ids: Vec<LeadId>,
+    /// The account rule that first qualified it, and when.
+    pub qualified: Option<(String, Timestamp)>,
 }
 
 #[async_trait]
@@ -311,5 +332,42 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Replaces the lead's tallies, day counters and last engagement with
     /// `rebuilt`'s, if it still has `rebuilt.recorded` signals (no signal
     /// arrived meanwhile). Returns whether it did.
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError>;
+    /// The score history gets a `rescore:<version>` entry.
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// After a rule change: brings the lead's stored fit scores and its
+    /// cohort aggregates up to the active rule set, with a
+    /// `rescore:<version>` score history entry if its fit changed.
+    async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError>;
+
+    /// Activates what a (re)loaded rule set says about score profiles and
+    /// cohort aggregates; every later write follows it.
+    fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>);
+
+    /// The lead's score history, newest first.
+    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError>;
+
+    /// The cohort's figures, from the aggregates kept at write time.
+    async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError>;
+
+    /// The funnel counters of the UTC days `from_day..to_day`.
+    async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError>;
+
+    /// Creates the account or replaces its attributes.
+    async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError>;
+
+    /// `None` for an account never upserted and named by no lead.
+    async fn load_account(&self, account_id: &AccountId) -> Result<Option<StoredAccount>, StoreError>;
+
+    /// Forgets leads listed under the account that now belong elsewhere.
+    async fn drop_account_leads(&self, account_id: &AccountId, lead_ids: &[LeadId]) -> Result<(), StoreError>;
+
+    /// Records that the account qualified by `rule_id` at `at`, unless it
+    /// already had; returns whether this call did.
+    async fn mark_account_qualified(
+        &self,
+        account_id: &AccountId,
+        rule_id: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
 }

@@ -227,6 +227,7 @@ fn change(from: Stage, to: Stage, rule: &str, minute: i64) -> StageChange {
         rule_set_version: "v1".into(),
         score: ScoreSnapshot { total: 42.5, behavior: 30.0, fit: 12.5, grade: 'C' },
         at: NOW.plus_millis(minute * 60_000),
+        deal_amount: None,
     }
 }
 
@@ -447,6 +448,7 @@ async fn commits_only_onto_the_lead_as_read(store: &dyn LeadStore) {
             changes: vec![up],
             change_fires: fires,
             now: NOW,
+            score_cause: Some("signal:page_view".into()),
             lead: before,
         };
         (status, plan)
@@ -536,12 +538,14 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     record(&store, &lead, signals).await;
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 5, "{keys:?}");
+    // Lead, seen ids, day counters, raw history, score history, the
+    // partition's lead index, cohort counts and scores, funnel counters.
+    assert_eq!(keys.len(), 9, "{keys:?}");
     // The stage history and the partition's feed share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
     store.change_stage(&lead, Stage::Lead, &[change], &[], &FEED).await.unwrap();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 7, "{keys:?}");
+    assert_eq!(keys.len(), 11, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()

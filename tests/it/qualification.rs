@@ -131,6 +131,7 @@ async fn the_crm_moves_leads_within_the_rules() {
             actor: "rep@crm".into(),
             reason: "accepted".into(),
             expected_stage: pb::Stage::Lead.into(),
+            deal_amount: None,
         })
         .await
         .unwrap_err();
@@ -166,6 +167,7 @@ async fn the_crm_moves_leads_within_the_rules() {
             actor: "rep@crm".into(),
             reason: "accepted".into(),
             expected_stage: pb::Stage::Mql.into(),
+            deal_amount: None,
         })
         .await
         .unwrap()

@@ -11,7 +11,10 @@
 -- ARGV: 1 expected recorded count, 2 expected stage ('' = a new lead),
 --       3 now_ms, 4 dedupe_window_ms, 5 retention_ms, 6 history_limit,
 --       7 lead id, 8 initial stage, 9 engaged (1/0), 10 feed retention ms,
---       11 trigger retention ms, 12 stage history limit,
+--       11 trigger retention ms, 12 stage history limit, 13 first-touch
+--       values of the batch's earliest signal ('' = none), 14 its
+--       occurred_at ms, 15 score history cause ('' = the score did not
+--       change),
 --       then: N, N tally field/value pairs; N, N day counter pairs;
 --       N, N history records (oldest first, their event ids = seen ids);
 --       N, N × (definition, cooldown_ms, payload) signal triggers;
@@ -41,13 +44,16 @@ if not exists then
   redis.call('HSET', lead, 'c', now, 'st', ARGV[8], 'ss', now)
   redis.call('ZADD', index, now, ARGV[7])
 end
+local f = p_fields(lead)
+if ARGV[13] ~= '' then p_first_touch(lead, f, ARGV[13], tonumber(ARGV[14])) end
+if not exists then p_enter(lead, f, { to = ARGV[8], at = tonumber(now) }, tonumber(now)) end
 for _, field in ipairs(redis.call('HKEYS', lead)) do
   local kind = string.sub(field, 1, 2)
   if kind == 'n:' or kind == 't:' or kind == 's:' then
     redis.call('HDEL', lead, field)
   end
 end
-local i = 13
+local i = 16
 local n = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n do
   redis.call('HSET', lead, ARGV[i], ARGV[i + 1]); i = i + 2
@@ -94,6 +100,8 @@ local changed = false
 while i <= #ARGV do
   local at = ARGV[i + 1]
   redis.call('HSET', lead, 'st', ARGV[i], 'ss', at)
+  f.st = ARGV[i]
+  p_enter(lead, f, cjson.decode(ARGV[i + 2]), tonumber(now))
   redis.call('LPUSH', stages, ARGV[i + 2])
   redis.call('XADD', feed, 'MINID', '~', feed_min, '*', 'l', ARGV[7], 'c', ARGV[i + 2])
   changed = true
@@ -105,4 +113,9 @@ end
 if changed then
   redis.call('LTRIM', stages, 0, tonumber(ARGV[12]) - 1)
 end
+-- The tallies were rewritten above: read them back for the scores.
+local fresh = p_fields(lead)
+local scores = p_scores(fresh, tonumber(now))
+p_register(lead, ARGV[7], fresh, scores)
+if ARGV[15] ~= '' then p_history(lead, scores, tonumber(now), ARGV[15]) end
 return 1

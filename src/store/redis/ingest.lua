@@ -8,8 +8,9 @@
 --       lead index (zset: lead id by created_at), 6… the partition's
 --       indexes of the inactivity triggers (zset: lead id by last engagement)
 -- ARGV: now_ms, dedupe_window_ms, retention_ms, history_limit, lead id,
---       stage if the lead is new, n_models, the n_models model names, then
---       per signal:
+--       stage if the lead is new, the batch's earliest signal (1-based
+--       index) and its first-touch values (see profile.lua), n_models, the
+--       n_models model names, then per signal:
 --       event_id, type, occurred_at_ms, daily_cap (0 = none), history record,
 --       and per model (in the order named): half_life_ms (0 = none), points
 -- Returns: { statuses (1 accepted, 2 duplicate, 3 capped), HGETALL lead,
@@ -22,10 +23,11 @@ local retention = tonumber(ARGV[3])
 local hist_limit = tonumber(ARGV[4])
 local lead_id = ARGV[5]
 local initial_stage = ARGV[6]
-local n_models = tonumber(ARGV[7])
+local touch_index, touch_values = tonumber(ARGV[7]), ARGV[8]
+local n_models = tonumber(ARGV[9])
 local models = {}
 for m = 1, n_models do
-  models[m] = ARGV[7 + m]
+  models[m] = ARGV[9 + m]
 end
 local merged_into = redis.call('HGET', lead, 'mi')
 if merged_into then
@@ -35,14 +37,16 @@ local DAY = 86400000
 local oldest_day = math.floor((now - retention) / DAY)
 
 redis.call('ZREMRANGEBYSCORE', seen, '-inf', now - window)
-if redis.call('EXISTS', lead) == 0 then
+local created = redis.call('EXISTS', lead) == 0
+if created then
   redis.call('HSET', lead, 'c', ARGV[1], 'st', initial_stage, 'ss', ARGV[1])
   redis.call('ZADD', index, ARGV[1], lead_id)
 end
 
-local statuses = {}
+local statuses, counted_types = {}, {}
+local touch_at = nil
 local used_history, engaged = false, false
-local i = 8 + n_models
+local i = 10 + n_models
 while i <= #ARGV do
   local event_id, typ, at_text = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local at, cap, record = tonumber(at_text), tonumber(ARGV[i + 3]), ARGV[i + 4]
@@ -51,6 +55,7 @@ while i <= #ARGV do
   if redis.call('ZSCORE', seen, event_id) then
     statuses[#statuses + 1] = 2
   else
+    if #statuses + 1 == touch_index then touch_at = at end
     redis.call('ZADD', seen, now, event_id)
     redis.call('HINCRBY', lead, 'nr', 1)
     local n = redis.call('HINCRBY', days, typ .. ':' .. math.floor(at / DAY), 1)
@@ -95,6 +100,7 @@ while i <= #ARGV do
         redis.call('HSET', lead, 't:' .. typ, at_text)
       end
       engaged = true
+      counted_types[#counted_types + 1] = typ
       statuses[#statuses + 1] = 1
     else
       statuses[#statuses + 1] = 3
@@ -114,4 +120,11 @@ if used_history then
   redis.call('LTRIM', hist, 0, hist_limit - 1)
   redis.call('PEXPIRE', hist, retention)
 end
+local f = p_fields(lead)
+if touch_at then p_first_touch(lead, f, touch_values, touch_at) end
+if created then p_enter(lead, f, { to = initial_stage, at = now }, now) end
+local scores = p_scores(f, now)
+p_register(lead, lead_id, f, scores)
+local cause = p_signals_cause(counted_types)
+if cause then p_history(lead, scores, now, cause) end
 return { statuses, redis.call('HGETALL', lead), redis.call('HGETALL', days), '' }

@@ -37,6 +37,19 @@ pub struct LeadKeys {
     pub index: String,
     /// Stream: the partition's fired nurture triggers.
     pub triggers: String,
+    /// List: score history entries, newest first, bounded.
+    pub scores: String,
+    /// The partition's key prefix (`profile.lua` builds aggregate keys on it).
+    pub base: String,
+}
+
+/// The keys of one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountKeys {
+    /// Hash: `a:<name>` attributes, `q` qualifying rule, `qa` when.
+    pub account: String,
+    /// Set: the ids of the leads that name the account.
+    pub leads: String,
 }
 
 impl KeySpace {
@@ -48,15 +61,43 @@ impl KeySpace {
 
     /// Stable across versions and machines: FNV-1a of the id's bytes.
     pub fn partition(&self, lead: &LeadId) -> u32 {
-        let hash = lead
-            .as_str()
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        self.partition_of(lead.as_str())
+    }
+
+    fn partition_of(&self, id: &str) -> u32 {
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
         (hash % u64::from(self.partitions)) as u32
     }
 
     pub fn partitions(&self) -> u32 {
         self.partitions
+    }
+
+    /// Every key of a partition starts with this.
+    pub fn base(&self, partition: u32) -> String {
+        format!("{}:{{p{partition}}}:", self.prefix)
+    }
+
+    /// A cohort month's stage counters (hash), see `profile.lua`.
+    pub fn cohort_counts(&self, partition: u32, month: &str) -> String {
+        format!("{}cohort:{month}", self.base(partition))
+    }
+
+    /// A cohort month's scores of one model and group (zset).
+    pub fn cohort_scores(&self, partition: u32, month: &str, model: &str, group: &str) -> String {
+        format!("{}cohort:{month}:{model}:{group}", self.base(partition))
+    }
+
+    /// A UTC day's funnel counters (hash).
+    pub fn funnel(&self, partition: u32, day: i64) -> String {
+        format!("{}funnel:{day}", self.base(partition))
+    }
+
+    /// An account lives in the partition of its id.
+    pub fn account(&self, account: &crate::domain::AccountId) -> AccountKeys {
+        let partition = self.partition_of(account.as_str());
+        let base = format!("{}account:{}", self.base(partition), encode(account.as_str()));
+        AccountKeys { leads: format!("{base}:leads"), account: base }
     }
 
     /// The qualification change feed of a partition.
@@ -92,6 +133,8 @@ impl KeySpace {
             seen: format!("{base}:seen"),
             days: format!("{base}:days"),
             history: format!("{base}:hist"),
+            scores: format!("{base}:scores"),
+            base: self.base(partition),
             stages: format!("{base}:stages"),
             feed: self.feed(partition),
             index: self.index(partition),

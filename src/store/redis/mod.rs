@@ -3,6 +3,7 @@
 //! several leads.
 
 mod codec;
+mod cohort;
 pub mod feed;
 pub mod keys;
 mod nurture;
@@ -12,15 +13,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
+use redis::{AsyncCommands, RedisError, Script};
 
 pub use keys::KeySpace;
 
 use super::{
     CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
-    StageUpdate, StoreError, TriggerStats,
+    ProfileSpec, StageUpdate, StoreError, StoredAccount, TriggerStats,
 };
+use crate::domain::AccountId;
+use crate::domain::account::AccountProfile;
 use crate::domain::ledger::HistoryEntry;
+use crate::domain::profiles::{self, CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
 use crate::domain::{
     Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange,
     Timestamp, TriggerFire,
@@ -47,7 +51,11 @@ pub struct RedisStore {
     identify: Script,
     sweep: Script,
     commit: Script,
+    refresh: Script,
+    account: Script,
     timeout: Duration,
+    /// What the active rule set says about profiles (see `profile.lua`).
+    spec: std::sync::RwLock<std::sync::Arc<ProfileSpec>>,
     /// Consumer groups known to exist on every trigger stream.
     groups: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -67,14 +75,17 @@ impl RedisStore {
         Ok(Self {
             conn,
             keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
-            ingest: Script::new(include_str!("ingest.lua")),
-            upsert: Script::new(include_str!("upsert.lua")),
-            stage: Script::new(include_str!("stage.lua")),
-            rescore: Script::new(include_str!("rescore.lua")),
+            ingest: Script::new(concat!(include_str!("profile.lua"), include_str!("ingest.lua"))),
+            upsert: Script::new(concat!(include_str!("profile.lua"), include_str!("upsert.lua"))),
+            stage: Script::new(concat!(include_str!("profile.lua"), include_str!("stage.lua"))),
+            rescore: Script::new(concat!(include_str!("profile.lua"), include_str!("rescore.lua"))),
+            refresh: Script::new(concat!(include_str!("profile.lua"), include_str!("refresh.lua"))),
+            account: Script::new(include_str!("account.lua")),
             identify: Script::new(include_str!("identify.lua")),
             sweep: Script::new(include_str!("sweep.lua")),
-            commit: Script::new(include_str!("commit.lua")),
+            commit: Script::new(concat!(include_str!("profile.lua"), include_str!("commit.lua"))),
             timeout: settings.command_timeout,
+            spec: std::sync::RwLock::new(super::spec::default_spec().clone()),
             groups: Default::default(),
         })
     }
@@ -124,20 +135,29 @@ impl LeadStore for RedisStore {
 
     async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
         let keys = self.keys.lead(&profile.lead_id);
+        let spec = self.spec();
+        let mut fit_lead = LeadSnapshot::new(profile.lead_id.clone(), now);
+        fit_lead.attributes = profile.attributes.clone();
+        let fits = spec.fits(&fit_lead);
         let mut inv = self.upsert.prepare_invoke();
-        inv.key(&keys.lead)
-            .key(&keys.days)
-            .key(&keys.index)
+        inv.key(&keys.base).key(&keys.lead).key(&keys.days).key(&keys.index);
+        inv.arg(&spec.lua)
             .arg(now.millis())
             .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
             .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default())
-            .arg(profile.lead_id.as_str());
+            .arg(profile.lead_id.as_str())
+            .arg(fits.len());
+        for (model, fit) in &fits {
+            inv.arg(model).arg(profiles::lua_number(*fit));
+        }
         for (name, value) in &profile.attributes {
             inv.arg(name).arg(value);
         }
-        let (fields, days): (HashMap<String, String>, HashMap<String, String>) =
+        let (fields, days, previous): (HashMap<String, String>, HashMap<String, String>, String) =
             self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        codec::decode_lead(&profile.lead_id, fields, days)
+        let lead = codec::decode_lead(&profile.lead_id, fields, days)?;
+        self.link_account(&lead, &previous).await?;
+        Ok(lead)
     }
 
     async fn record_signals(
@@ -146,7 +166,8 @@ impl LeadStore for RedisStore {
         now: Timestamp,
         policy: &IngestPolicy,
     ) -> Result<Vec<LeadOutcome>, StoreError> {
-        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy)).collect();
+        let spec = self.spec();
+        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua)).collect();
         let mut pipe = redis::pipe();
         for inv in &invocations {
             pipe.invoke_script(inv);
@@ -219,8 +240,9 @@ impl LeadStore for RedisStore {
         let records: Vec<String> =
             changes.iter().map(|c| encode("stage change", serde_json::to_string(c))).collect::<Result<_, _>>()?;
         let mut inv = self.stage.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
-        inv.arg(expected.as_str())
+        inv.key(&keys.base).key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
+        inv.arg(&self.spec().lua)
+            .arg(expected.as_str())
             .arg(policy.history_limit.max(1))
             .arg(policy.retention_ms)
             .arg(lead_id.as_str())
@@ -405,7 +427,8 @@ impl LeadStore for RedisStore {
             r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
         };
         let mut inv = self.commit.prepare_invoke();
-        inv.key(&keys.lead)
+        inv.key(&keys.base)
+            .key(&keys.lead)
             .key(&keys.seen)
             .key(&keys.days)
             .key(&keys.history)
@@ -418,7 +441,9 @@ impl LeadStore for RedisStore {
         }
         let (expected_recorded, expected_stage) =
             plan.expected.map_or((0, String::new()), |(n, stage)| (n, stage.as_str().to_owned()));
-        inv.arg(expected_recorded)
+        let touch = first_touch_of(plan.history.iter().map(|h| (h.occurred_at_ms, &h.properties)));
+        inv.arg(&self.spec().lua)
+            .arg(expected_recorded)
             .arg(expected_stage)
             .arg(plan.now.millis())
             .arg(policy.dedupe_window_ms)
@@ -429,7 +454,10 @@ impl LeadStore for RedisStore {
             .arg(if plan.engaged { "1" } else { "0" })
             .arg(feed.retention_ms)
             .arg(feed.trigger_retention_ms)
-            .arg(feed.history_limit.max(1));
+            .arg(feed.history_limit.max(1))
+            .arg(touch.as_ref().map(|t| t.1.as_str()).unwrap_or_default())
+            .arg(touch.as_ref().map_or(0, |t| t.0))
+            .arg(plan.score_cause.as_deref().unwrap_or_default());
         let (mut fields, days) = codec::encode_tallies(&plan.lead);
         fields.push(("nr".into(), plan.lead.recorded.to_string()));
         if let Some(at) = plan.lead.last_engaged_at {
@@ -596,13 +624,18 @@ impl LeadStore for RedisStore {
             .collect()
     }
 
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot) -> Result<bool, StoreError> {
+    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError> {
         let keys = self.keys.lead(&rebuilt.lead_id);
-        let (fields, days) = codec::encode_tallies(rebuilt);
+        let spec = self.spec();
+        let (mut fields, days) = codec::encode_tallies(rebuilt);
+        fields.extend(spec.fits(rebuilt).into_iter().map(|(m, fit)| (format!("f:{m}"), profiles::lua_number(fit))));
         let mut inv = self.rescore.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.days);
-        inv.arg(rebuilt.recorded)
+        inv.key(&keys.base).key(&keys.lead).key(&keys.days);
+        inv.arg(&spec.lua)
+            .arg(rebuilt.recorded)
             .arg(rebuilt.last_engaged_at.map(|t| t.millis().to_string()).unwrap_or_default())
+            .arg(now.millis())
+            .arg(rebuilt.lead_id.as_str())
             .arg(fields.len());
         for (field, value) in fields.iter().chain(&days) {
             inv.arg(field).arg(value);
@@ -610,24 +643,173 @@ impl LeadStore for RedisStore {
         let replaced: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
         Ok(replaced == 1)
     }
+
+    fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>) {
+        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = spec;
+    }
+
+    async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
+        let keys = self.keys.lead(&lead.lead_id);
+        let spec = self.spec();
+        let fits = spec.fits(lead);
+        let mut inv = self.refresh.prepare_invoke();
+        inv.key(&keys.base).key(&keys.lead);
+        inv.arg(&spec.lua).arg(now.millis()).arg(lead.lead_id.as_str()).arg(fits.len());
+        for (model, fit) in &fits {
+            inv.arg(model).arg(profiles::lua_number(*fit));
+        }
+        let _: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        Ok(())
+    }
+
+    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.lead(lead_id).scores;
+        let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
+        entries
+            .iter()
+            .map(|e| {
+                ScoreHistoryEntry::decode(e).ok_or_else(|| StoreError::Corrupt {
+                    lead_id: lead_id.to_string(),
+                    detail: format!("score history entry '{e}' is malformed"),
+                })
+            })
+            .collect()
+    }
+
+    async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
+        cohort::profile(self, query).await
+    }
+
+    /// O(partitions × days) hash reads, pipelined.
+    async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions() {
+            for day in from_day..to_day {
+                pipe.hgetall(self.keys.funnel(partition, day));
+            }
+        }
+        let replies: Vec<HashMap<String, String>> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut counters = FunnelCounters::default();
+        for (field, value) in replies.iter().flatten() {
+            if let Ok(v) = value.parse::<f64>()
+                && v.is_finite()
+            {
+                counters.add_field(field, v);
+            }
+        }
+        Ok(counters)
+    }
+
+    async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError> {
+        let keys = self.keys.account(&account.account_id);
+        let mut inv = self.account.prepare_invoke();
+        inv.key(&keys.account);
+        for (name, value) in &account.attributes {
+            inv.arg(name).arg(value);
+        }
+        let _: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
+        Ok(())
+    }
+
+    async fn load_account(&self, account_id: &AccountId) -> Result<Option<StoredAccount>, StoreError> {
+        let keys = self.keys.account(account_id);
+        let mut pipe = redis::pipe();
+        pipe.hgetall(&keys.account).smembers(&keys.leads);
+        let (fields, members): (HashMap<String, String>, Vec<String>) =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        if fields.is_empty() && members.is_empty() {
+            return Ok(None);
+        }
+        let mut lead_ids: Vec<LeadId> = members.into_iter().filter_map(|m| LeadId::parse(m).ok()).collect();
+        lead_ids.sort();
+        let attributes = fields
+            .contains_key("u")
+            .then(|| fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("a:")?.to_owned(), v.clone()))).collect());
+        let qualified = fields.get("q").and_then(|q| {
+            let (rule, at) = q.split_once(profiles::SEP)?;
+            Some((rule.to_owned(), Timestamp::from_millis(at.parse().ok()?)))
+        });
+        Ok(Some(StoredAccount { attributes, lead_ids, qualified }))
+    }
+
+    async fn drop_account_leads(&self, account_id: &AccountId, lead_ids: &[LeadId]) -> Result<(), StoreError> {
+        if lead_ids.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.account(account_id).leads;
+        let ids: Vec<&str> = lead_ids.iter().map(LeadId::as_str).collect();
+        let _: i64 = self.call(|mut c| async move { c.srem(key, ids).await }).await?;
+        Ok(())
+    }
+
+    async fn mark_account_qualified(
+        &self,
+        account_id: &AccountId,
+        rule_id: &str,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let key = self.keys.account(account_id).account;
+        let value = format!("{rule_id}{}{}", profiles::SEP, at.millis());
+        self.call(|mut c| async move { c.hset_nx(key, "q", value).await }).await
+    }
 }
 
 impl RedisStore {
+    fn spec(&self) -> std::sync::Arc<ProfileSpec> {
+        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Lists the lead under its account (again: idempotent, so a crash
+    /// between the upsert and this is mended by the next upsert) and takes
+    /// it off the account it left. Readers also check each listed lead's
+    /// own account id, so a stale listing never counts.
+    async fn link_account(&self, lead: &LeadSnapshot, previous: &str) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        let mut commands = 0;
+        if let Some(account) = &lead.account_id {
+            pipe.sadd(self.keys.account(account).leads, lead.lead_id.as_str()).ignore();
+            commands += 1;
+        }
+        if let Ok(previous) = AccountId::parse(previous)
+            && Some(&previous) != lead.account_id.as_ref()
+        {
+            pipe.srem(self.keys.account(&previous).leads, lead.lead_id.as_str()).ignore();
+            commands += 1;
+        }
+        if commands == 0 {
+            return Ok(());
+        }
+        let _: () = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(())
+    }
+
     fn ingest_invocation<'a>(
         &'a self,
         batch: &LeadBatch,
         now: Timestamp,
         policy: &IngestPolicy,
+        spec_lua: &str,
     ) -> redis::ScriptInvocation<'a> {
         let keys = self.keys.lead(&batch.lead_id);
         let mut inv = self.ingest.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
+        inv.key(&keys.base).key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
         let partition = self.keys.partition(&batch.lead_id);
         for definition in batch.watch_inactivity.iter() {
             inv.key(self.keys.inactive(definition, partition));
         }
+        inv.arg(spec_lua);
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
         inv.arg(batch.lead_id.as_str()).arg(batch.initial_stage.as_str());
+        // The batch's earliest signal may be the lead's first touch.
+        let earliest = batch.signals.iter().enumerate().min_by_key(|(_, s)| s.occurred_at);
+        match earliest {
+            Some((i, s)) => inv.arg(i + 1).arg(profiles::first_touch(&s.properties).join(&profiles::SEP.to_string())),
+            None => inv.arg(0).arg(""),
+        };
         // Every signal carries one weight per model, in the same order.
         let models: Vec<&str> =
             batch.signals.first().map(|s| s.weights.iter().map(|w| w.model.as_str()).collect()).unwrap_or_default();
@@ -648,4 +830,12 @@ impl RedisStore {
         }
         inv
     }
+}
+
+/// The earliest of some signals, `(occurred_at ms, first-touch values)`.
+fn first_touch_of<'a>(
+    signals: impl IntoIterator<Item = (i64, &'a std::collections::BTreeMap<String, String>)>,
+) -> Option<(i64, String)> {
+    let (at, properties) = signals.into_iter().min_by_key(|(at, _)| *at)?;
+    Some((at, profiles::first_touch(properties).join(&profiles::SEP.to_string())))
 }

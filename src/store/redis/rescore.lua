@@ -3,8 +3,9 @@
 -- on the recorded-signal count).
 --
 -- KEYS: 1 lead hash, 2 day counters (hash)
--- ARGV: expected recorded count, last engaged ms ('' = none), number of
---       lead-hash field/value pairs N, the N pairs, then day counter pairs
+-- ARGV: expected recorded count, last engaged ms ('' = none), now ms,
+--       lead id, number of lead-hash field/value pairs N (tallies and `f:<model>`
+--       fits), the N pairs, then day counter pairs
 -- Returns: 1 replaced, 0 the lead changed (or is gone)
 local lead, days = KEYS[1], KEYS[2]
 local recorded = redis.call('HGET', lead, 'nr') or '0'
@@ -22,8 +23,9 @@ if ARGV[2] ~= '' then
 else
   redis.call('HDEL', lead, 'le')
 end
-local n = tonumber(ARGV[3])
-local i = 4
+local now, lead_id = tonumber(ARGV[3]), ARGV[4]
+local n = tonumber(ARGV[5])
+local i = 6
 for _ = 1, n do
   redis.call('HSET', lead, ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -33,4 +35,8 @@ while i <= #ARGV do
   redis.call('HSET', days, ARGV[i], ARGV[i + 1])
   i = i + 2
 end
+local f = p_fields(lead)
+local scores = p_scores(f, now)
+p_register(lead, lead_id, f, scores)
+p_history(lead, scores, now, 'rescore:' .. P_SPEC.v)
 return 1

@@ -25,11 +25,16 @@ local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000
 local feed_min = string.format('%d', redis_now - tonumber(ARGV[3]))
 local trigger_min = string.format('%d', redis_now - tonumber(ARGV[5]))
 local ids, fired = {}, {}
+local f = p_fields(lead)
+local last_at = nil
 local i = 6
 while i <= #ARGV do
   local at_text = ARGV[i + 1]
   local at = tonumber(at_text)
   redis.call('HSET', lead, 'st', ARGV[i], 'ss', ARGV[i + 1])
+  f.st = ARGV[i]
+  p_enter(lead, f, cjson.decode(ARGV[i + 2]), at)
+  last_at = at
   redis.call('LPUSH', history, ARGV[i + 2])
   ids[#ids + 1] = redis.call('XADD', feed, 'MINID', '~', feed_min, '*', 'l', ARGV[4], 'c', ARGV[i + 2])
   local n = tonumber(ARGV[i + 3])
@@ -45,4 +50,5 @@ while i <= #ARGV do
   end
 end
 redis.call('LTRIM', history, 0, tonumber(ARGV[2]) - 1)
+if last_at then p_register(lead, ARGV[4], f, p_scores(f, last_at)) end
 return { 1, '', ids, fired }

@@ -1,0 +1,363 @@
+//! `leadscore.v1.Profiles`: score profiles, cohort figures, the funnel and
+//! account scores.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, grade_to_proto, round_points, score_to_proto, stage_change_to_proto, timestamp_to_proto};
+use super::error::{ApiError, Violations};
+use super::pb::{self, profiles_server::Profiles};
+use super::state::AppState;
+use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month};
+use crate::domain::time::MILLIS_PER_DAY;
+use crate::domain::{Stage, Timestamp};
+use crate::engine::accounts;
+use crate::rules::RuleSet;
+
+const DEFAULT_HISTORY: u32 = 20;
+const MAX_HISTORY: u32 = 1000;
+const DEFAULT_BUCKETS: u32 = 10;
+const MAX_BUCKETS: u32 = 100;
+/// Longest cohort period, in months.
+pub const MAX_COHORT_MONTHS: i64 = 36;
+/// Longest funnel period, in days.
+pub const MAX_FUNNEL_DAYS: i64 = 400;
+/// Leads listed in `top_leads`.
+const TOP_LEADS: usize = 5;
+
+pub struct ProfilesService {
+    state: Arc<AppState>,
+}
+
+impl ProfilesService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) -> String {
+    match rules.model(model) {
+        Some(m) => m.name.clone(),
+        None => {
+            let known: Vec<_> = rules.models.keys().map(String::as_str).collect();
+            v.add("model", format!("unknown model '{model}'; the rule set defines: {}", known.join(", ")));
+            String::new()
+        }
+    }
+}
+
+fn required_time(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Timestamp> {
+    match ts {
+        None => {
+            v.add(field, "required");
+            None
+        }
+        Some(ts) => convert::timestamp_from_proto(ts).map_err(|e| v.add(field, e)).ok(),
+    }
+}
+
+fn required_month(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Month> {
+    let at = required_time(ts, field, v)?;
+    let month = Month::starting_at(at);
+    if month.is_none() {
+        let start = Month::of(at).start();
+        v.add(
+            field,
+            format!("cohorts are whole UTC months: give the first instant of a month, e.g. {}", rfc3339(start)),
+        );
+    }
+    month
+}
+
+fn required_day(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<i64> {
+    let at = required_time(ts, field, v)?;
+    if at.millis().rem_euclid(MILLIS_PER_DAY) != 0 {
+        v.add(field, "the funnel counts whole UTC days: give midnight UTC, e.g. 2026-11-01T00:00:00Z");
+        return None;
+    }
+    Some(at.utc_day())
+}
+
+fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
+    pb::Funnel {
+        stages: Stage::ALL
+            .iter()
+            .map(|&stage| pb::StageEntries {
+                stage: convert::stage_to_proto(stage).into(),
+                entered: funnel.entered.get(&stage).copied().unwrap_or(0),
+                median_time_to_stage: funnel
+                    .median_time_to(stage)
+                    .map(|ms| prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }),
+            })
+            .collect(),
+        conversions: funnel
+            .conversions()
+            .into_iter()
+            .map(|(from, to, rate)| pb::Conversion {
+                from: convert::stage_to_proto(from).into(),
+                to: convert::stage_to_proto(to).into(),
+                rate: round_rate(rate),
+            })
+            .collect(),
+        reopened_leads: funnel.reopened,
+        won_revenue: round_points(funnel.won_revenue),
+        won_deals: funnel.won_deals,
+    }
+}
+
+fn round_rate(rate: f64) -> f64 {
+    (rate * 10_000.0).round() / 10_000.0
+}
+
+#[tonic::async_trait]
+impl Profiles for ProfilesService {
+    #[tracing::instrument(name = "GetScoreProfile", skip_all, fields(lead_id))]
+    async fn get_score_profile(
+        &self,
+        request: Request<pb::GetScoreProfileRequest>,
+    ) -> Result<Response<pb::GetScoreProfileResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = convert::lead_id(req.lead_id, "lead_id", &mut v);
+        let rules = self.state.rules();
+        let model = check_model(&rules, &req.model, &mut v);
+        if req.history_limit > MAX_HISTORY {
+            v.add("history_limit", format!("at most {MAX_HISTORY}"));
+        }
+        let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
+        let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit } as usize;
+        let store = &self.state.store;
+        let ids = std::slice::from_ref(&lead_id);
+        let (leads, history, stages) = futures::try_join!(
+            store.load_leads(ids),
+            store.score_history(&lead_id, limit),
+            store.stage_history(&lead_id, limit)
+        )
+        .map_err(ApiError::from)?;
+        let lead = leads
+            .into_iter()
+            .flatten()
+            .next()
+            .ok_or_else(|| ApiError::NotFound(format!("{lead_id} was never seen")))?;
+        let now = self.state.clock.now();
+        let m = rules.model(&model).unwrap_or_else(|| rules.primary());
+        let score = m.score(&lead, now);
+        let score_history = history
+            .iter()
+            .filter_map(|entry| {
+                let s = entry.score(&model)?;
+                Some(pb::ScoreHistoryEntry {
+                    at: Some(timestamp_to_proto(entry.at)),
+                    total: round_points(s.total()),
+                    behavior: round_points(s.behavior),
+                    fit: round_points(s.fit),
+                    cause: entry.cause.clone(),
+                })
+            })
+            .collect();
+        Ok(Response::new(pb::GetScoreProfileResponse {
+            stage: convert::stage_to_proto(lead.stage).into(),
+            grade: grade_to_proto(score.grade).into(),
+            score: Some(score_to_proto(&lead, &score, &rules.version)),
+            score_history,
+            stage_history: stages.iter().map(stage_change_to_proto).collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetCohortScoreProfile", skip_all)]
+    async fn get_cohort_score_profile(
+        &self,
+        request: Request<pb::GetCohortScoreProfileRequest>,
+    ) -> Result<Response<pb::GetCohortScoreProfileResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let rules = self.state.rules();
+        let from = required_month(req.created_from.as_ref(), "created_from", &mut v);
+        let to = required_month(req.created_to.as_ref(), "created_to", &mut v);
+        if let (Some(from), Some(to)) = (from, to) {
+            let months = from.until(to).count() as i64;
+            if months == 0 {
+                v.add("created_to", "must be after created_from");
+            } else if months > MAX_COHORT_MONTHS {
+                v.add("created_to", format!("a cohort spans at most {MAX_COHORT_MONTHS} months"));
+            }
+        }
+        let model = check_model(&rules, &req.model, &mut v);
+        let filter = if req.attribute_filter.is_empty() {
+            None
+        } else {
+            match req.attribute_filter.split_once('=') {
+                Some((name, value)) if rules.cohort_attributes.iter().any(|a| a == name) => {
+                    Some((name.to_owned(), value.to_owned()))
+                }
+                Some((name, _)) => {
+                    let declared = if rules.cohort_attributes.is_empty() {
+                        "none (declare them under [profiles] cohort_attributes)".to_owned()
+                    } else {
+                        rules.cohort_attributes.join(", ")
+                    };
+                    v.add(
+                        "attribute_filter",
+                        format!("'{name}' is not a cohort attribute; the rule set declares: {declared}"),
+                    );
+                    None
+                }
+                None => {
+                    v.add("attribute_filter", "write name=value, e.g. industry=software");
+                    None
+                }
+            }
+        };
+        if req.buckets > MAX_BUCKETS {
+            v.add("buckets", format!("at most {MAX_BUCKETS}"));
+        }
+        let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
+        let buckets = if req.buckets == 0 { DEFAULT_BUCKETS } else { req.buckets } as usize;
+        let query = CohortQuery { from, to, model: model.clone(), filter, buckets };
+        let profile = self.state.store.cohort_profile(&query).await.map_err(ApiError::from)?;
+        let [p50, p75, p90, p99] = profile.percentiles.map(round_points);
+        Ok(Response::new(pb::GetCohortScoreProfileResponse {
+            lead_count: profile.lead_count,
+            histogram: profile
+                .histogram
+                .iter()
+                .map(|b| pb::HistogramBucket { lower: b.lower, upper: b.upper, count: b.count })
+                .collect(),
+            p50,
+            p75,
+            p90,
+            p99,
+            min: round_points(profile.min),
+            max: round_points(profile.max),
+            count_by_stage: profile
+                .by_stage
+                .iter()
+                .map(|(stage, count)| pb::StageCount { stage: convert::stage_to_proto(*stage).into(), count: *count })
+                .collect(),
+            mql_rate: round_rate(profile.mql_rate()),
+            model,
+            as_of: Some(timestamp_to_proto(self.state.clock.now())),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetFunnel", skip_all)]
+    async fn get_funnel(
+        &self,
+        request: Request<pb::GetFunnelRequest>,
+    ) -> Result<Response<pb::GetFunnelResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let from = required_day(req.from.as_ref(), "from", &mut v);
+        let to = required_day(req.to.as_ref(), "to", &mut v);
+        if let (Some(from), Some(to)) = (from, to) {
+            if to <= from {
+                v.add("to", "must be after from");
+            } else if to - from > MAX_FUNNEL_DAYS {
+                v.add("to", format!("a funnel spans at most {MAX_FUNNEL_DAYS} days"));
+            }
+        }
+        let group_by = match pb::FunnelGroupBy::try_from(req.group_by) {
+            Ok(pb::FunnelGroupBy::Unspecified) => None,
+            Ok(pb::FunnelGroupBy::Source) => Some(FunnelGroupBy::Source),
+            Ok(pb::FunnelGroupBy::Channel) => Some(FunnelGroupBy::Channel),
+            Ok(pb::FunnelGroupBy::Campaign) => Some(FunnelGroupBy::Campaign),
+            Err(_) => {
+                v.add("group_by", format!("unknown value {}", req.group_by));
+                None
+            }
+        };
+        let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
+        let counters = self.state.store.funnel(from, to).await.map_err(ApiError::from)?;
+        let groups = group_by
+            .map(|g| {
+                counters
+                    .by(g)
+                    .iter()
+                    .map(|(value, funnel)| pb::FunnelGroup {
+                        value: value.clone(),
+                        funnel: Some(funnel_to_proto(funnel)),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetFunnelResponse { total: Some(funnel_to_proto(&counters.total())), groups }))
+    }
+
+    #[tracing::instrument(name = "UpsertAccount", skip_all, fields(account_id))]
+    async fn upsert_account(
+        &self,
+        request: Request<pb::UpsertAccountRequest>,
+    ) -> Result<Response<pb::UpsertAccountResponse>, Status> {
+        let account = convert::account_profile(request.into_inner().account)?;
+        tracing::Span::current().record("account_id", account.account_id.as_str());
+        self.state.store.upsert_account(&account).await.map_err(ApiError::from)?;
+        accounts::check_soon(&self.state, [account.account_id.clone()]);
+        Ok(Response::new(pb::UpsertAccountResponse {
+            account: Some(pb::Account {
+                account_id: account.account_id.to_string(),
+                attributes: account.attributes.into_iter().collect(),
+            }),
+        }))
+    }
+
+    #[tracing::instrument(name = "GetAccountScore", skip_all, fields(account_id))]
+    async fn get_account_score(
+        &self,
+        request: Request<pb::GetAccountScoreRequest>,
+    ) -> Result<Response<pb::GetAccountScoreResponse>, Status> {
+        let mut v = Violations::default();
+        let account_id = convert::account_id(request.into_inner().account_id, "account_id", &mut v);
+        let Some(account_id) = v.into_result(account_id)? else { return Err(Status::internal("missing account id")) };
+        tracing::Span::current().record("account_id", account_id.as_str());
+        let rules = self.state.rules();
+        let view =
+            accounts::evaluate(&self.state, &rules, &account_id).await.map_err(ApiError::from)?.ok_or_else(|| {
+                ApiError::NotFound(format!("account '{account_id}' was never upserted nor named by a lead"))
+            })?;
+        let lead = |l: &crate::domain::account::AccountLead| pb::AccountLead {
+            lead_id: l.lead_id.to_string(),
+            behavior: round_points(l.behavior),
+            stage: convert::stage_to_proto(l.stage).into(),
+            counted: l.counted,
+            engaged: l.engaged,
+        };
+        let score = &view.score;
+        let (qualified_rule_id, qualified_at) = match &view.stored.qualified {
+            Some((rule, at)) => (rule.clone(), Some(timestamp_to_proto(*at))),
+            None => (String::new(), None),
+        };
+        Ok(Response::new(pb::GetAccountScoreResponse {
+            account_id: account_id.to_string(),
+            score: round_points(score.total()),
+            behavior: round_points(score.behavior),
+            fit: round_points(score.fit),
+            engaged_leads: score.engaged_leads,
+            lead_count: score.leads.len() as u32,
+            top_leads: score.leads.iter().take(TOP_LEADS).map(lead).collect(),
+            qualified: view.stored.qualified.is_some(),
+            qualified_rule_id,
+            qualified_at,
+            leads: score.leads.iter().map(lead).collect(),
+            fit_rules: score
+                .fit_rules
+                .iter()
+                .map(|(rule_id, attribute, _)| pb::FitRuleContribution {
+                    rule_id: rule_id.clone(),
+                    attribute: attribute.clone(),
+                })
+                .collect(),
+            fit_points: score.fit_rules.iter().map(|r| round_points(r.2)).collect(),
+            model: rules.accounts.model.clone(),
+            as_of: Some(timestamp_to_proto(view.as_of)),
+            aggregate: rules.accounts.aggregate.to_string(),
+        }))
+    }
+}
+
+fn rfc3339(at: Timestamp) -> String {
+    chrono::DateTime::from_timestamp_millis(at.millis())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}

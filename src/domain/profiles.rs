@@ -1,0 +1,548 @@
+//! Score profiles, cohort figures and the funnel: the pure parts. The stores
+//! keep the aggregates up to date as leads change (the Redis store in the
+//! same Lua step as the change, see `store/redis/profile.lua`); this module
+//! defines what they hold and turns them into answers.
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, TimeZone, Utc};
+
+use super::{Stage, Timestamp};
+
+/// Stages that count as "reached MQL" for a cohort's MQL rate.
+pub const QUALIFIED_STAGES: [Stage; 6] =
+    [Stage::Mql, Stage::Sal, Stage::Sql, Stage::Opportunity, Stage::Customer, Stage::Advocate];
+
+/// The stages a funnel reports conversions between, in order.
+pub const FUNNEL_STAGES: [Stage; 6] =
+    [Stage::Lead, Stage::Mql, Stage::Sal, Stage::Sql, Stage::Opportunity, Stage::Customer];
+
+/// Separates the parts of aggregate fields and history records. Ids and
+/// first-touch values never contain control characters.
+pub const SEP: char = '\u{1f}';
+
+// ---------------------------------------------------------------- history
+
+/// One model's score in a history entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelScore {
+    pub model: String,
+    pub behavior: f64,
+    pub fit: f64,
+}
+
+impl ModelScore {
+    pub fn total(&self) -> f64 {
+        self.behavior + self.fit
+    }
+}
+
+/// A lead's scores right after one change, as written with the change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreHistoryEntry {
+    pub at: Timestamp,
+    /// `signal:<type>`, `signals`, `profile` or `rescore:<version>`.
+    pub cause: String,
+    pub scores: Vec<ModelScore>,
+}
+
+impl ScoreHistoryEntry {
+    /// `at␟cause␟model=behavior,fit␟…` (the Lua scripts write the same).
+    pub fn encode(&self) -> String {
+        let mut out = format!("{}{SEP}{}", self.at.millis(), self.cause);
+        for s in &self.scores {
+            out.push_str(&format!("{SEP}{}={},{}", s.model, lua_number(s.behavior), lua_number(s.fit)));
+        }
+        out
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(SEP);
+        let at = Timestamp::from_millis(parts.next()?.parse().ok()?);
+        let cause = parts.next()?.to_owned();
+        let scores = parts
+            .map(|p| {
+                let (model, values) = p.split_once('=')?;
+                let (behavior, fit) = values.split_once(',')?;
+                let behavior: f64 = behavior.parse().ok().filter(|v: &f64| v.is_finite())?;
+                let fit: f64 = fit.parse().ok().filter(|v: &f64| v.is_finite())?;
+                Some(ModelScore { model: model.to_owned(), behavior, fit })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { at, cause, scores })
+    }
+
+    pub fn score(&self, model: &str) -> Option<&ModelScore> {
+        self.scores.iter().find(|s| s.model == model)
+    }
+}
+
+/// `%.17g`, as Lua's `string.format` writes it (round-trips exactly).
+pub fn lua_number(v: f64) -> String {
+    format!("{v:?}")
+}
+
+/// The cause a batch of recorded signals gives its score history entry.
+pub fn signals_cause<'a>(types: impl IntoIterator<Item = &'a str>) -> String {
+    let mut types: Vec<&str> = types.into_iter().collect();
+    types.sort_unstable();
+    types.dedup();
+    match types.as_slice() {
+        [one] => format!("signal:{one}"),
+        _ => "signals".to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------- months
+
+/// A UTC calendar month, counted as `year * 12 + (month - 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Month(i64);
+
+impl Month {
+    pub fn of(at: Timestamp) -> Self {
+        let date = Utc.timestamp_millis_opt(at.millis()).single().unwrap_or_default();
+        Self(i64::from(date.year()) * 12 + i64::from(date.month0()))
+    }
+
+    /// The month `at` starts, if it is exactly the first instant of one.
+    pub fn starting_at(at: Timestamp) -> Option<Self> {
+        let month = Self::of(at);
+        (month.start() == at).then_some(month)
+    }
+
+    pub fn start(self) -> Timestamp {
+        let (year, month0) = (self.0.div_euclid(12), self.0.rem_euclid(12));
+        let year = i32::try_from(year).unwrap_or(1970);
+        let start = Utc.with_ymd_and_hms(year, month0 as u32 + 1, 1, 0, 0, 0).single().unwrap_or_default();
+        Timestamp::from_millis(start.timestamp_millis())
+    }
+
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+
+    /// `YYYYMM`, the key of the month's aggregates.
+    pub fn key(self) -> String {
+        format!("{:04}{:02}", self.0.div_euclid(12), self.0.rem_euclid(12) + 1)
+    }
+
+    /// Months from `self` up to (excluding) `end`.
+    pub fn until(self, end: Month) -> impl Iterator<Item = Month> {
+        (self.0..end.0).map(Month)
+    }
+}
+
+// ---------------------------------------------------------------- cohorts
+
+/// Which leads a cohort profile covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortQuery {
+    /// Created from the start of `from` up to the start of `to`.
+    pub from: Month,
+    pub to: Month,
+    pub model: String,
+    /// `(attribute, value)`: a declared cohort attribute.
+    pub filter: Option<(String, String)>,
+    pub buckets: usize,
+}
+
+impl CohortQuery {
+    /// The aggregate group the query reads: `""` for all leads, or
+    /// `name=value`.
+    pub fn group(&self) -> String {
+        self.filter.as_ref().map(|(n, v)| format!("{n}={v}")).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramBucket {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CohortProfile {
+    pub lead_count: u64,
+    pub histogram: Vec<HistogramBucket>,
+    /// p50, p75, p90, p99 (nearest rank).
+    pub percentiles: [f64; 4],
+    pub min: f64,
+    pub max: f64,
+    pub by_stage: BTreeMap<Stage, u64>,
+    /// Leads that ever reached a stage of `QUALIFIED_STAGES`.
+    pub reached_mql: u64,
+}
+
+pub const PERCENTILES: [f64; 4] = [0.50, 0.75, 0.90, 0.99];
+
+impl CohortProfile {
+    pub fn mql_rate(&self) -> f64 {
+        if self.lead_count == 0 { 0.0 } else { self.reached_mql as f64 / self.lead_count as f64 }
+    }
+
+    /// From every lead's score, stage and whether it reached MQL: what the
+    /// stores' aggregates answer without the list (the embedded store and
+    /// the tests use this). O(n log n).
+    pub fn from_leads(leads: impl IntoIterator<Item = (f64, Stage, bool)>, buckets: usize) -> Self {
+        let mut profile = CohortProfile::default();
+        let mut scores = Vec::new();
+        for (score, stage, reached) in leads {
+            scores.push(score);
+            *profile.by_stage.entry(stage).or_default() += 1;
+            profile.reached_mql += u64::from(reached);
+        }
+        scores.sort_by(f64::total_cmp);
+        profile.lead_count = scores.len() as u64;
+        let (Some(&min), Some(&max)) = (scores.first(), scores.last()) else { return profile };
+        profile.min = min;
+        profile.max = max;
+        for (slot, p) in profile.percentiles.iter_mut().zip(PERCENTILES) {
+            *slot = scores[(nearest_rank(p, profile.lead_count) - 1) as usize];
+        }
+        profile.histogram = histogram_bounds(min, max, buckets)
+            .into_iter()
+            .enumerate()
+            .map(|(i, (lower, upper))| {
+                let last = i + 1 == buckets.max(1);
+                let count = scores.iter().filter(|&&s| s >= lower && (s < upper || (last && s <= upper))).count();
+                HistogramBucket { lower, upper, count: count as u64 }
+            })
+            .collect();
+        profile
+    }
+}
+
+/// The 1-based rank of percentile `p` among `n` values: the smallest rank
+/// whose share of the values is at least `p`.
+pub fn nearest_rank(p: f64, n: u64) -> u64 {
+    ((p * n as f64).ceil() as u64).clamp(1, n.max(1))
+}
+
+/// `buckets` equal-width buckets with round bounds (a width of 1, 2 or 5
+/// times a power of ten) covering `[min, max]`. The last bucket may reach
+/// beyond `max`.
+pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
+    let buckets = buckets.max(1);
+    let span = (max - min).max(0.0);
+    let raw = (span / buckets as f64).max(0.01);
+    // The smallest round width from `raw` up whose buckets, started at a
+    // multiple of the width, still reach `max`.
+    let mut magnitude = 10f64.powf(raw.log10().floor());
+    let (width, lower) = loop {
+        let found = [1.0, 2.0, 5.0].iter().map(|m| m * magnitude).filter(|w| *w >= raw).find_map(|w| {
+            let lower = (min / w).floor() * w;
+            (lower + w * buckets as f64 >= max).then_some((w, lower))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        magnitude *= 10.0;
+    };
+    (0..buckets)
+        .map(|i| {
+            let lo = lower + width * i as f64;
+            (round_bound(lo), round_bound(lo + width))
+        })
+        .collect()
+}
+
+fn round_bound(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+// ---------------------------------------------------------------- funnel
+
+/// Which first-touch property splits a funnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelGroupBy {
+    Source,
+    Channel,
+    Campaign,
+}
+
+impl FunnelGroupBy {
+    pub const ALL: [FunnelGroupBy; 3] = [FunnelGroupBy::Source, FunnelGroupBy::Channel, FunnelGroupBy::Campaign];
+
+    pub fn property(self) -> &'static str {
+        match self {
+            FunnelGroupBy::Source => "source",
+            FunnelGroupBy::Channel => "channel",
+            FunnelGroupBy::Campaign => "campaign",
+        }
+    }
+}
+
+/// The value of a first-touch property missing from the first signal.
+pub const NO_VALUE: &str = "(none)";
+/// The group every funnel entry also counts in.
+pub const ALL_GROUP: &str = "*";
+
+/// The first-touch values of a signal: `source`, `channel`, `campaign`
+/// properties (control characters replaced), `(none)` when missing.
+pub fn first_touch(properties: &BTreeMap<String, String>) -> [String; 3] {
+    FunnelGroupBy::ALL.map(|g| {
+        properties
+            .get(g.property())
+            .filter(|v| !v.is_empty())
+            .map(|v| v.chars().map(|c| if c.is_control() { ' ' } else { c }).collect())
+            .unwrap_or_else(|| NO_VALUE.to_owned())
+    })
+}
+
+/// The funnel groups a lead with these first-touch values counts in.
+pub fn funnel_groups(first_touch: Option<&[String; 3]>) -> Vec<String> {
+    let mut groups = vec![ALL_GROUP.to_owned()];
+    for (g, value) in FunnelGroupBy::ALL.iter().zip(0..) {
+        let value = first_touch.map_or(NO_VALUE, |ft| ft[value].as_str());
+        groups.push(format!("{}={value}", g.property()));
+    }
+    groups
+}
+
+/// The log bucket of a duration: 0 under a second, then ×1.1 steps.
+pub fn duration_bucket(millis: i64) -> i64 {
+    if millis < 1000 { 0 } else { ((millis as f64 / 1000.0).ln() / 1.1f64.ln()).floor() as i64 + 1 }
+}
+
+/// A representative duration of a bucket (its geometric middle), ms.
+pub fn bucket_millis(bucket: i64) -> i64 {
+    if bucket <= 0 { 0 } else { (1000.0 * 1.1f64.powf(bucket as f64 - 0.5)).round() as i64 }
+}
+
+/// One lead entering a stage, as the funnel counts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunnelEntry {
+    pub stage: Stage,
+    /// From the lead's creation to the entry.
+    pub since_created_ms: i64,
+    /// A recycled lead moved forward by new engagement.
+    pub reopened: bool,
+    /// Won deal amount (with CUSTOMER).
+    pub deal_amount: Option<f64>,
+}
+
+impl FunnelEntry {
+    /// The counter increments of this entry for one group: `(field, by)`.
+    /// Fields: `group␟e␟STAGE` entered, `group␟d␟STAGE␟bucket` durations,
+    /// `group␟r` reopened, `group␟w` won deals, `group␟v` won revenue.
+    pub fn increments(&self, group: &str) -> Vec<(String, f64)> {
+        let stage = self.stage.as_str();
+        let mut out = vec![
+            (format!("{group}{SEP}e{SEP}{stage}"), 1.0),
+            (format!("{group}{SEP}d{SEP}{stage}{SEP}{}", duration_bucket(self.since_created_ms.max(0))), 1.0),
+        ];
+        if self.reopened {
+            out.push((format!("{group}{SEP}r"), 1.0));
+        }
+        if let Some(amount) = self.deal_amount {
+            out.push((format!("{group}{SEP}w"), 1.0));
+            out.push((format!("{group}{SEP}v"), amount));
+        }
+        out
+    }
+}
+
+/// One group's funnel over a period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Funnel {
+    pub entered: BTreeMap<Stage, u64>,
+    /// Per stage: duration bucket → entries.
+    pub durations: BTreeMap<Stage, BTreeMap<i64, u64>>,
+    pub reopened: u64,
+    pub won_deals: u64,
+    pub won_revenue: f64,
+}
+
+impl Funnel {
+    pub fn total_entered(&self) -> u64 {
+        self.entered.values().sum()
+    }
+
+    /// Median time from creation to entering `stage`, if any entered.
+    pub fn median_time_to(&self, stage: Stage) -> Option<i64> {
+        let buckets = self.durations.get(&stage)?;
+        let n: u64 = buckets.values().sum();
+        let mut seen = 0;
+        buckets.iter().find_map(|(b, count)| {
+            seen += count;
+            (seen >= nearest_rank(0.5, n)).then(|| bucket_millis(*b))
+        })
+    }
+
+    /// `entered(to) / entered(from)` between consecutive `FUNNEL_STAGES`.
+    pub fn conversions(&self) -> Vec<(Stage, Stage, f64)> {
+        FUNNEL_STAGES
+            .windows(2)
+            .map(|w| {
+                let from = self.entered.get(&w[0]).copied().unwrap_or(0);
+                let to = self.entered.get(&w[1]).copied().unwrap_or(0);
+                (w[0], w[1], if from == 0 { 0.0 } else { to as f64 / from as f64 })
+            })
+            .collect()
+    }
+
+    fn add(&mut self, kind: &str, rest: &[&str], by: f64) -> Option<()> {
+        let count = by.max(0.0).round() as u64;
+        match (kind, rest) {
+            ("e", [stage]) => *self.entered.entry(stage.parse().ok()?).or_default() += count,
+            ("d", [stage, bucket]) => {
+                let stage: Stage = stage.parse().ok()?;
+                *self.durations.entry(stage).or_default().entry(bucket.parse().ok()?).or_default() += count;
+            }
+            ("r", []) => self.reopened += count,
+            ("w", []) => self.won_deals += count,
+            ("v", []) => self.won_revenue += by,
+            _ => return None,
+        }
+        Some(())
+    }
+}
+
+/// Funnels by group, summed from counter fields (any number of days and
+/// partitions). Unreadable fields are skipped.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FunnelCounters {
+    pub groups: BTreeMap<String, Funnel>,
+}
+
+impl FunnelCounters {
+    pub fn add_field(&mut self, field: &str, value: f64) {
+        let parts: Vec<&str> = field.split(SEP).collect();
+        if let [group, kind, rest @ ..] = parts.as_slice() {
+            let mut funnel = self.groups.remove(*group).unwrap_or_default();
+            let _ = funnel.add(kind, rest, value);
+            self.groups.insert((*group).to_owned(), funnel);
+        }
+    }
+
+    /// The funnel of all leads.
+    pub fn total(&self) -> Funnel {
+        self.groups.get(ALL_GROUP).cloned().unwrap_or_default()
+    }
+
+    /// The funnels of one grouping, by value, most entries first.
+    pub fn by(&self, group_by: FunnelGroupBy) -> Vec<(String, Funnel)> {
+        let prefix = format!("{}=", group_by.property());
+        let mut out: Vec<(String, Funnel)> =
+            self.groups.iter().filter_map(|(g, f)| Some((g.strip_prefix(&prefix)?.to_owned(), f.clone()))).collect();
+        out.sort_by(|a, b| b.1.total_entered().cmp(&a.1.total_entered()).then_with(|| a.0.cmp(&b.0)));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400_000;
+
+    #[test]
+    fn history_entries_round_trip() {
+        let entry = ScoreHistoryEntry {
+            at: Timestamp::from_millis(1_700_000_000_123),
+            cause: "signal:demo_requested".into(),
+            scores: vec![
+                ModelScore { model: "b2b".into(), behavior: 40.123456789, fit: 15.0 },
+                ModelScore { model: "smb".into(), behavior: -3.5, fit: 0.0 },
+            ],
+        };
+        let decoded = ScoreHistoryEntry::decode(&entry.encode()).unwrap();
+        assert_eq!(decoded, entry);
+        assert_eq!(decoded.score("b2b").unwrap().total(), 55.123456789);
+        assert!(ScoreHistoryEntry::decode("x").is_none());
+        assert!(ScoreHistoryEntry::decode("1\u{1f}c\u{1f}m=NaN,1").is_none());
+    }
+
+    #[test]
+    fn months() {
+        let nov = Month::of(Timestamp::from_millis(1_763_769_600_000)); // 2025-11-22
+        assert_eq!(nov.key(), "202511");
+        assert_eq!(nov.start().millis(), 1_761_955_200_000); // 2025-11-01
+        assert_eq!(Month::starting_at(nov.start()), Some(nov));
+        assert_eq!(Month::starting_at(nov.start().plus_millis(1)), None);
+        assert_eq!(nov.next().next().key(), "202601");
+        assert_eq!(nov.until(nov.next().next()).count(), 2);
+        assert_eq!(Month::of(Timestamp::from_millis(0)).key(), "197001");
+    }
+
+    #[test]
+    fn nearest_ranks() {
+        assert_eq!(nearest_rank(0.5, 10), 5);
+        assert_eq!(nearest_rank(0.99, 10), 10);
+        assert_eq!(nearest_rank(0.5, 1), 1);
+        assert_eq!(nearest_rank(0.9, 0), 1);
+    }
+
+    #[test]
+    fn histogram_bounds_are_round_and_cover_the_range() {
+        let b = histogram_bounds(3.2, 97.5, 10);
+        assert_eq!(b.len(), 10);
+        assert_eq!(b[0], (0.0, 10.0));
+        assert_eq!(b[9], (90.0, 100.0));
+        let b = histogram_bounds(-12.0, 88.0, 10);
+        assert!(b[0].0 <= -12.0 && b[9].1 >= 88.0, "{b:?}");
+        let one = histogram_bounds(5.0, 5.0, 4);
+        assert!(one[0].0 <= 5.0 && one[3].1 >= 5.0);
+        for (min, max) in [(0.0, 1e6), (-0.5, 0.49), (17.3, 17.31)] {
+            let b = histogram_bounds(min, max, 7);
+            assert!(b[0].0 <= min && b[6].1 >= max, "{min} {max} {b:?}");
+        }
+    }
+
+    #[test]
+    fn profile_from_leads() {
+        let leads = (1..=100).map(|i| (f64::from(i), if i > 80 { Stage::Mql } else { Stage::Lead }, i > 70));
+        let p = CohortProfile::from_leads(leads, 10);
+        assert_eq!(p.lead_count, 100);
+        assert_eq!(p.percentiles, [50.0, 75.0, 90.0, 99.0]);
+        assert_eq!(p.by_stage[&Stage::Mql], 20);
+        assert_eq!(p.mql_rate(), 0.3);
+        assert_eq!(p.histogram.iter().map(|b| b.count).sum::<u64>(), 100);
+        let empty = CohortProfile::from_leads(Vec::new(), 10);
+        assert_eq!((empty.lead_count, empty.histogram.len(), empty.mql_rate()), (0, 0, 0.0));
+    }
+
+    #[test]
+    fn funnel_from_counter_fields() {
+        let mut counters = FunnelCounters::default();
+        let entries = [
+            FunnelEntry { stage: Stage::Lead, since_created_ms: 0, reopened: false, deal_amount: None },
+            FunnelEntry { stage: Stage::Lead, since_created_ms: 0, reopened: false, deal_amount: None },
+            FunnelEntry { stage: Stage::Mql, since_created_ms: 2 * DAY, reopened: true, deal_amount: None },
+            FunnelEntry { stage: Stage::Customer, since_created_ms: 30 * DAY, reopened: false, deal_amount: Some(1e4) },
+        ];
+        for (i, e) in entries.iter().enumerate() {
+            let groups = funnel_groups(Some(&[format!("s{}", i % 2), "email".into(), NO_VALUE.into()]));
+            for g in groups {
+                for (field, by) in e.increments(&g) {
+                    counters.add_field(&field, by);
+                }
+            }
+        }
+        counters.add_field("junk", 1.0);
+        let total = counters.total();
+        assert_eq!(total.entered[&Stage::Lead], 2);
+        assert_eq!(total.reopened, 1);
+        assert_eq!((total.won_deals, total.won_revenue), (1, 1e4));
+        let conversions = total.conversions();
+        assert_eq!(conversions[0], (Stage::Lead, Stage::Mql, 0.5));
+        let median = total.median_time_to(Stage::Mql).unwrap();
+        assert!((median - 2 * DAY).abs() < 2 * DAY / 20, "{median}");
+        assert_eq!(total.median_time_to(Stage::Lead), Some(0));
+        let by_source = counters.by(FunnelGroupBy::Source);
+        assert_eq!(by_source.len(), 2);
+        assert_eq!(by_source[0].1.total_entered(), 2);
+        assert_eq!(counters.by(FunnelGroupBy::Campaign)[0].0, NO_VALUE);
+    }
+
+    #[test]
+    fn duration_buckets_are_within_five_percent() {
+        for ms in [1_000, 59_000, 3_600_000, DAY, 45 * DAY, 400 * DAY] {
+            let back = bucket_millis(duration_bucket(ms));
+            assert!((back - ms).abs() as f64 <= ms as f64 * 0.05, "{ms} → {back}");
+        }
+        assert_eq!(duration_bucket(0), 0);
+    }
+}

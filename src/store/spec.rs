@@ -1,0 +1,102 @@
+//! What the stores need from the rule set to keep score profiles and cohort
+//! aggregates up to date as leads change.
+
+use std::collections::BTreeMap;
+
+use crate::domain::profiles::{ModelScore, QUALIFIED_STAGES};
+use crate::domain::{LeadSnapshot, ScoringModel, Timestamp};
+use crate::rules::RuleSet;
+
+#[derive(Debug, Clone)]
+pub struct ProfileSpec {
+    /// The rule set's version (named by rescore history entries).
+    pub version: String,
+    /// Every model, primary first.
+    pub models: Vec<ScoringModel>,
+    /// Attributes cohort aggregates are also kept per value of.
+    pub cohort_attributes: Vec<String>,
+    /// Score history entries kept per lead; 0 keeps none.
+    pub history_limit: usize,
+    pub history_age_ms: i64,
+    /// How long funnel counters are kept.
+    pub funnel_retention_ms: i64,
+    /// The same, for the Lua scripts (JSON).
+    pub lua: String,
+}
+
+impl ProfileSpec {
+    pub fn new(rules: &RuleSet, history_limit: usize, history_age_ms: i64, funnel_retention_ms: i64) -> Self {
+        let mut models = vec![rules.primary().clone()];
+        models.extend(rules.models.values().filter(|m| m.name != rules.primary_model).cloned());
+        let empty =
+            LeadSnapshot::new(crate::domain::LeadId::parse("spec").expect("a valid id"), Timestamp::from_millis(0));
+        let lua_models: Vec<serde_json::Value> = models
+            .iter()
+            .map(|m| {
+                let half_lives: BTreeMap<&str, f64> =
+                    m.signals.iter().map(|(t, s)| (t.as_str(), s.decay.half_life_millis())).collect();
+                serde_json::json!({ "n": m.name, "h": half_lives, "f": m.score(&empty, Timestamp::from_millis(0)).fit })
+            })
+            .collect();
+        let qualified: BTreeMap<&str, u8> = QUALIFIED_STAGES.iter().map(|s| (s.as_str(), 1)).collect();
+        let lua = serde_json::json!({
+            "m": lua_models,
+            "d": rules.cohort_attributes,
+            "q": qualified,
+            "hl": history_limit,
+            "ha": history_age_ms,
+            "fr": funnel_retention_ms,
+            "v": rules.version,
+        })
+        .to_string();
+        Self {
+            version: rules.version.clone(),
+            models,
+            cohort_attributes: rules.cohort_attributes.clone(),
+            history_limit,
+            history_age_ms,
+            funnel_retention_ms,
+            lua,
+        }
+    }
+
+    /// Each model's fit for a profile, `(model, fit)`, primary first.
+    pub fn fits(&self, lead: &LeadSnapshot) -> Vec<(String, f64)> {
+        let now = Timestamp::from_millis(0);
+        self.models.iter().map(|m| (m.name.clone(), m.score(&bare(lead), now).fit)).collect()
+    }
+
+    /// Each model's score of the lead at `now`, primary first.
+    pub fn scores(&self, lead: &LeadSnapshot, now: Timestamp) -> Vec<ModelScore> {
+        self.models
+            .iter()
+            .map(|m| {
+                let s = m.score(lead, now);
+                ModelScore { model: s.model, behavior: s.behavior, fit: s.fit }
+            })
+            .collect()
+    }
+
+    /// The model a cohort or score profile reads.
+    pub fn has_model(&self, model: &str) -> bool {
+        self.models.iter().any(|m| m.name == model)
+    }
+}
+
+/// The lead without its signals: only the fit part of a score.
+fn bare(lead: &LeadSnapshot) -> LeadSnapshot {
+    let mut profile = LeadSnapshot::new(lead.lead_id.clone(), lead.created_at);
+    profile.attributes = lead.attributes.clone();
+    profile.account_id = lead.account_id.clone();
+    profile
+}
+
+/// The built-in rule set's spec with default limits: what a store follows
+/// until told otherwise.
+pub fn default_spec() -> &'static std::sync::Arc<ProfileSpec> {
+    static SPEC: std::sync::OnceLock<std::sync::Arc<ProfileSpec>> = std::sync::OnceLock::new();
+    SPEC.get_or_init(|| {
+        let rules = RuleSet::parse(crate::DEFAULT_RULES).expect("the built-in rule set is valid");
+        std::sync::Arc::new(ProfileSpec::new(&rules, 50, 180 * 86_400_000, 800 * 86_400_000))
+    })
+}
