@@ -201,11 +201,13 @@ impl CohortProfile {
         for (slot, p) in profile.percentiles.iter_mut().zip(PERCENTILES) {
             *slot = scores[(nearest_rank(p, profile.lead_count) - 1) as usize];
         }
-        profile.histogram = histogram_bounds(min, max, buckets)
+        let bounds = histogram_bounds(min, max, buckets);
+        let bounds_len = bounds.len();
+        profile.histogram = bounds
             .into_iter()
             .enumerate()
             .map(|(i, (lower, upper))| {
-                let last = i + 1 == buckets.max(1);
+                let last = i + 1 == bounds_len;
                 let count = scores.iter().filter(|&&s| s >= lower && (s < upper || (last && s <= upper))).count();
                 HistogramBucket { lower, upper, count: count as u64 }
             })
@@ -220,9 +222,9 @@ pub fn nearest_rank(p: f64, n: u64) -> u64 {
     ((p * n as f64).ceil() as u64).clamp(1, n.max(1))
 }
 
-/// `buckets` equal-width buckets with round bounds (a width of 1, 2 or 5
-/// times a power of ten) covering `[min, max]`. The last bucket may reach
-/// beyond `max`.
+/// Up to `buckets` equal-width buckets with round bounds (a width of 1, 2
+/// or 5 times a power of ten) covering `[min, max]`; buckets that would
+/// start past `max` are left out.
 pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
     let buckets = buckets.max(1);
     let span = (max - min).max(0.0);
@@ -240,11 +242,11 @@ pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
         }
         magnitude *= 10.0;
     };
+    // Round widths can leave buckets past `max` at the end: drop them.
     (0..buckets)
-        .map(|i| {
-            let lo = lower + width * i as f64;
-            (round_bound(lo), round_bound(lo + width))
-        })
+        .map(|i| lower + width * i as f64)
+        .take_while(|lo| *lo <= max)
+        .map(|lo| (round_bound(lo), round_bound(lo + width)))
         .collect()
 }
 
@@ -479,15 +481,16 @@ mod tests {
     fn histogram_bounds_are_round_and_cover_the_range() {
         let b = histogram_bounds(3.2, 97.5, 10);
         assert_eq!(b.len(), 10);
+        assert_eq!(histogram_bounds(23.0, 135.0, 10).len(), 6, "20 wide from 20: six buckets reach 135");
         assert_eq!(b[0], (0.0, 10.0));
         assert_eq!(b[9], (90.0, 100.0));
         let b = histogram_bounds(-12.0, 88.0, 10);
         assert!(b[0].0 <= -12.0 && b[9].1 >= 88.0, "{b:?}");
         let one = histogram_bounds(5.0, 5.0, 4);
-        assert!(one[0].0 <= 5.0 && one[3].1 >= 5.0);
+        assert!(one[0].0 <= 5.0 && one[one.len() - 1].1 >= 5.0);
         for (min, max) in [(0.0, 1e6), (-0.5, 0.49), (17.3, 17.31)] {
             let b = histogram_bounds(min, max, 7);
-            assert!(b[0].0 <= min && b[6].1 >= max, "{min} {max} {b:?}");
+            assert!(b[0].0 <= min && b[b.len() - 1].1 >= max, "{min} {max} {b:?}");
         }
     }
 

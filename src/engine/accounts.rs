@@ -50,10 +50,14 @@ pub async fn evaluate(
     let score = policy.score(stored.attributes.as_ref().unwrap_or(&Default::default()), rows);
     if stored.qualified.is_none()
         && let Some(rule) = policy.qualifying_rule(&score)
-        && state.store.mark_account_qualified(account_id, &rule.id, now).await?
     {
-        tracing::info!(account_id = %account_id, rule = %rule.id, score = score.total(), "account qualified (MQA)");
-        stored.qualified = Some((rule.id.clone(), now));
+        if state.store.mark_account_qualified(account_id, &rule.id, now).await? {
+            tracing::info!(account_id = %account_id, rule = %rule.id, score = score.total(), "account qualified (MQA)");
+            stored.qualified = Some((rule.id.clone(), now));
+        } else if let Some(current) = state.store.load_account(account_id).await? {
+            // Another check qualified it a moment ago: report that one.
+            stored.qualified = current.qualified;
+        }
     }
     Ok(Some(AccountView { stored, score, leads, as_of: now }))
 }

@@ -7,4 +7,5 @@ mod grpc;
 mod helpers;
 mod lifecycle;
 mod nurture;
+mod profiles;
 mod qualification;
