@@ -30,6 +30,54 @@ pub enum Command {
         #[command(subcommand)]
         command: DemoCommand,
     },
+    /// Score profiles and funnel figures of a running service, as tables.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Leads created in whole UTC months: score histogram (as a bar chart),
+    /// percentiles, stages, MQL rate.
+    Cohort {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// First month, YYYY-MM [default: this month].
+        #[arg(long)]
+        from: Option<String>,
+        /// Month after the last one, YYYY-MM [default: the month after --from].
+        #[arg(long)]
+        to: Option<String>,
+        /// Scoring model [default: the primary model].
+        #[arg(long, default_value = "")]
+        model: String,
+        /// Only leads with this attribute value, name=value (a cohort
+        /// attribute of the rule set).
+        #[arg(long, default_value = "")]
+        filter: String,
+        /// Histogram buckets.
+        #[arg(long, default_value_t = 10)]
+        buckets: u32,
+    },
+    /// Stage entries, conversions, time to stage, reopened leads and won
+    /// revenue over whole UTC days, optionally by first-touch source.
+    Funnel {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// First day, YYYY-MM-DD [default: 30 days before --to].
+        #[arg(long)]
+        from: Option<String>,
+        /// Day after the last one, YYYY-MM-DD [default: tomorrow, so today counts].
+        #[arg(long)]
+        to: Option<String>,
+        /// Split by the leads' first-touch property.
+        #[arg(long, value_parser = ["source", "channel", "campaign"])]
+        group_by: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,7 +146,10 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Demo { command: DemoCommand::Seed { addr, leads, seed } } => {
             match crate::demo::seed(addr.clone(), leads, seed).await {
                 Ok(seeded) => {
-                    println!("seeded {} leads and {} signals into {addr}", seeded.leads, seeded.signals);
+                    println!(
+                        "seeded {} leads in {} accounts, {} signals and {} sales decisions into {addr}",
+                        seeded.leads, seeded.accounts, seeded.signals, seeded.decisions
+                    );
                     for (stage, n) in &seeded.stages {
                         println!("  {stage:<13} {n:>6}");
                     }
@@ -112,6 +163,95 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
+        }
+        Command::Report { command } => match report(command).await {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("leadscore: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    use chrono::{Datelike, Months, NaiveDate};
+    let midnight = |d: NaiveDate| prost_types::Timestamp {
+        seconds: d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()),
+        nanos: 0,
+    };
+    let today = chrono::Utc::now().date_naive();
+    let grpc_error = |e: tonic::Status| format!("{}: {}", e.code(), e.message());
+    match command {
+        ReportCommand::Cohort { addr, from, to, model, filter, buckets } => {
+            let month = |text: &str| {
+                NaiveDate::parse_from_str(&format!("{text}-01"), "%Y-%m-%d")
+                    .map_err(|_| format!("'{text}' is not a month: write YYYY-MM"))
+            };
+            let from = match from {
+                Some(text) => month(&text)?,
+                None => today.with_day(1).unwrap_or(today),
+            };
+            let to = match to {
+                Some(text) => month(&text)?,
+                None => from.checked_add_months(Months::new(1)).unwrap_or(from),
+            };
+            let mut client = pb::profiles_client::ProfilesClient::connect(addr).await?;
+            let response = client
+                .get_cohort_score_profile(pb::GetCohortScoreProfileRequest {
+                    created_from: Some(midnight(from)),
+                    created_to: Some(midnight(to)),
+                    model,
+                    attribute_filter: filter.clone(),
+                    buckets,
+                })
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            let last = to.checked_sub_months(Months::new(1)).unwrap_or(to);
+            let period = if last == from {
+                format!("in {}", from.format("%Y-%m"))
+            } else {
+                format!("{} to {}", from.format("%Y-%m"), last.format("%Y-%m"))
+            };
+            Ok(crate::report::render_cohort(&period, &filter, &response))
+        }
+        ReportCommand::Funnel { addr, from, to, group_by } => {
+            let day = |text: &str| {
+                NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                    .map_err(|_| format!("'{text}' is not a day: write YYYY-MM-DD"))
+            };
+            let to = match to {
+                Some(text) => day(&text)?,
+                None => today.succ_opt().unwrap_or(today),
+            };
+            let from = match from {
+                Some(text) => day(&text)?,
+                None => to - chrono::Days::new(30),
+            };
+            let group = match group_by.as_deref() {
+                Some("source") => pb::FunnelGroupBy::Source,
+                Some("channel") => pb::FunnelGroupBy::Channel,
+                Some("campaign") => pb::FunnelGroupBy::Campaign,
+                _ => pb::FunnelGroupBy::Unspecified,
+            };
+            let mut client = pb::profiles_client::ProfilesClient::connect(addr).await?;
+            let response = client
+                .get_funnel(pb::GetFunnelRequest {
+                    from: Some(midnight(from)),
+                    to: Some(midnight(to)),
+                    group_by: group.into(),
+                })
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            let last = to.pred_opt().unwrap_or(to);
+            let period = format!("{from} to {last} (UTC days)");
+            Ok(crate::report::render_funnel(&period, group_by.as_deref().unwrap_or(""), &response))
         }
     }
 }

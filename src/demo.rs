@@ -1,10 +1,14 @@
 //! `leadscore demo seed`: a realistic population loaded through the public
-//! RPCs (UpsertLead, RecordSignals), for trying rules, simulation and the
-//! feed. Deterministic for a given seed.
+//! RPCs (UpsertAccount, UpsertLead, RecordSignals, SetStage), for trying
+//! rules, simulation, the feed, profiles and the funnel. Deterministic for a
+//! given seed (apart from the dates, which follow today's).
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::api::pb::{self, lead_scoring_client::LeadScoringClient};
+use crate::api::pb::{
+    self, lead_scoring_client::LeadScoringClient, profiles_client::ProfilesClient,
+    qualification_client::QualificationClient,
+};
 
 /// xorshift64*: small, deterministic, good enough for demo data.
 struct Rng(u64);
@@ -70,13 +74,25 @@ const CAMPAIGNS: [&str; 4] = ["q3-webinar-series", "q4-launch", "pricing-ebook",
 #[derive(Debug, Default)]
 pub struct Seeded {
     pub leads: usize,
+    pub accounts: usize,
     pub signals: usize,
+    /// Sales decisions made through SetStage (accept, recycle, won, …).
+    pub decisions: usize,
     pub stages: BTreeMap<String, usize>,
 }
 
-/// Seeds `leads` leads with up to 30 signals each over the last 60 days.
+const INDUSTRIES: [&str; 7] =
+    ["software", "saas", "financial_services", "healthcare", "manufacturing", "retail", "education"];
+
+/// Seeds `leads` leads, created over the last 90 days, in about `leads / 4`
+/// accounts; most are quiet, a few very engaged (up to 30 signals over the
+/// last 60 days); then plays the sales side: accepts, recycles and wins
+/// some of the qualified ones, with deal amounts.
 pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<dyn std::error::Error>> {
-    let mut client = LeadScoringClient::connect(addr).await?;
+    let mut client = LeadScoringClient::connect(addr.clone()).await?;
+    let mut profiles = ProfilesClient::connect(addr.clone()).await?;
+    let mut crm = QualificationClient::connect(addr).await?;
+    let mut accounts_seen = std::collections::HashSet::new();
     let mut rng = Rng(seed.max(1));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let day = 86_400;
@@ -85,6 +101,19 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
     for n in 0..leads {
         let lead_id = format!("demo-{seed}-{n:05}");
         let company = rng.below(leads as u64 / 4 + 1);
+        let account_id = format!("acct-{seed}-{company}");
+        if accounts_seen.insert(company) {
+            let attributes = HashMap::from([
+                ("industry".to_owned(), INDUSTRIES[(company % INDUSTRIES.len() as u64) as usize].to_owned()),
+                ("employees".to_owned(), rng.pick(&["40", "180", "650", "2400", "15000"]).to_owned()),
+            ]);
+            profiles
+                .upsert_account(pb::UpsertAccountRequest {
+                    account: Some(pb::Account { account_id: account_id.clone(), attributes }),
+                })
+                .await?;
+            seeded.accounts += 1;
+        }
         let free_mail = rng.below(100) < 12;
         let competitor = rng.below(100) < 2;
         let email_domain = if competitor {
@@ -100,19 +129,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
                 rng.pick(&["c_level", "vp", "director", "director", "manager", "manager", "individual"]).to_owned(),
             ),
             ("company_size", rng.pick(&["15", "80", "250", "800", "2500", "12000"]).to_owned()),
-            (
-                "industry",
-                rng.pick(&[
-                    "software",
-                    "saas",
-                    "financial_services",
-                    "healthcare",
-                    "manufacturing",
-                    "retail",
-                    "education",
-                ])
-                .to_owned(),
-            ),
+            ("industry", INDUSTRIES[(company % INDUSTRIES.len() as u64) as usize].to_owned()),
             ("country", rng.pick(&["us", "us", "gb", "de", "fr", "nl", "br", "in"]).to_owned()),
             ("email_domain", email_domain),
             (
@@ -129,7 +146,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             .upsert_lead(pb::UpsertLeadRequest {
                 lead: Some(pb::Lead {
                     lead_id: lead_id.clone(),
-                    account_id: format!("acct-{company}"),
+                    account_id: account_id.clone(),
                     attributes,
                     created_at: Some(prost_types::Timestamp { seconds: created, nanos: 0 }),
                     stage: 0,
@@ -138,7 +155,12 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             .await?;
         let (source, channel) = SOURCES[rng.below(SOURCES.len() as u64) as usize];
         let campaign = rng.pick(&CAMPAIGNS);
-        let count = rng.below(31) as usize;
+        // Most leads are quiet; a quarter of the active ones are very engaged.
+        let count = match rng.below(100) {
+            0..30 => 0,
+            30..80 => 1 + rng.below(5),
+            _ => 6 + rng.below(25),
+        } as usize;
         let oldest = (now - created).min(60 * day).max(day);
         let signals: Vec<pb::Signal> = (0..count)
             .map(|i| {
@@ -174,6 +196,44 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
         for score in response.scores {
             let stage = score.stage().as_str_name().trim_start_matches("STAGE_").to_owned();
             stage_of.insert(score.lead_id, stage);
+        }
+    }
+    // The sales side: accept or recycle some MQLs, move SQLs on, win some.
+    let mut ids: Vec<String> = stage_of.keys().cloned().collect();
+    ids.sort();
+    for lead_id in ids {
+        let mut path: Vec<(pb::Stage, Option<f64>)> = Vec::new();
+        match stage_of[&lead_id].as_str() {
+            "MQL" => match rng.below(100) {
+                0..35 => path.push((pb::Stage::Sal, None)),
+                35..50 => path.push((pb::Stage::Recycled, None)),
+                _ => {}
+            },
+            "SQL" if rng.below(100) < 60 => {
+                path.push((pb::Stage::Opportunity, None));
+                if rng.below(100) < 45 {
+                    let amount = (5 + rng.below(116)) as f64 * 1000.0;
+                    path.push((pb::Stage::Customer, Some(amount)));
+                }
+            }
+            _ => {}
+        }
+        for (to, deal_amount) in path {
+            let response = crm
+                .set_stage(pb::SetStageRequest {
+                    lead_id: lead_id.clone(),
+                    to: to.into(),
+                    actor: "demo-crm".into(),
+                    reason: "demo sales decision".into(),
+                    deal_amount,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            seeded.decisions += 1;
+            if let Some(q) = response.qualification {
+                stage_of.insert(lead_id.clone(), q.stage().as_str_name().trim_start_matches("STAGE_").to_owned());
+            }
         }
     }
     for stage in stage_of.into_values() {

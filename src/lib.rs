@@ -21,6 +21,7 @@ pub mod demo;
 pub mod domain;
 pub mod engine;
 pub mod reload;
+pub mod report;
 pub mod rules;
 pub mod startup;
 pub mod store;

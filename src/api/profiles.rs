@@ -86,6 +86,7 @@ fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
             .map(|&stage| pb::StageEntries {
                 stage: convert::stage_to_proto(stage).into(),
                 entered: funnel.entered.get(&stage).copied().unwrap_or(0),
+                reached: funnel.passed.get(&stage).copied().unwrap_or(0),
                 median_time_to_stage: funnel
                     .median_time_to(stage)
                     .map(|ms| prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }),

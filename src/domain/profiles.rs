@@ -222,8 +222,8 @@ pub fn nearest_rank(p: f64, n: u64) -> u64 {
     ((p * n as f64).ceil() as u64).clamp(1, n.max(1))
 }
 
-/// Up to `buckets` equal-width buckets with round bounds (a width of 1, 2
-/// or 5 times a power of ten) covering `[min, max]`; buckets that would
+/// Up to `buckets` equal-width buckets with round bounds (a width of 1, 2,
+/// 2.5 or 5 times a power of ten) covering `[min, max]`; buckets that would
 /// start past `max` are left out.
 pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
     let buckets = buckets.max(1);
@@ -233,7 +233,7 @@ pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
     // multiple of the width, still reach `max`.
     let mut magnitude = 10f64.powf(raw.log10().floor());
     let (width, lower) = loop {
-        let found = [1.0, 2.0, 5.0].iter().map(|m| m * magnitude).filter(|w| *w >= raw).find_map(|w| {
+        let found = [1.0, 2.0, 2.5, 5.0].iter().map(|m| m * magnitude).filter(|w| *w >= raw).find_map(|w| {
             let lower = (min / w).floor() * w;
             (lower + w * buckets as f64 >= max).then_some((w, lower))
         });
@@ -313,9 +313,24 @@ pub fn bucket_millis(bucket: i64) -> i64 {
     if bucket <= 0 { 0 } else { (1000.0 * 1.1f64.powf(bucket as f64 - 0.5)).round() as i64 }
 }
 
+/// The position of a stage in `FUNNEL_STAGES` (1-based), 0 for the others.
+pub fn funnel_rank(stage: Stage) -> usize {
+    FUNNEL_STAGES.iter().position(|s| *s == stage).map_or(0, |i| i + 1)
+}
+
+/// The funnel stages a lead passes for the first time when it enters
+/// `stage`, having reached `reached` (a funnel rank) before: a lead that
+/// jumps from MQL to SQL passed SAL too.
+pub fn newly_passed(reached: usize, stage: Stage) -> Vec<Stage> {
+    let rank = funnel_rank(stage);
+    if rank <= reached { Vec::new() } else { FUNNEL_STAGES[reached..rank].to_vec() }
+}
+
 /// One lead entering a stage, as the funnel counts it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunnelEntry {
+    /// Funnel stages this entry passes for the first time (`newly_passed`).
+    pub passed: Vec<Stage>,
     pub stage: Stage,
     /// From the lead's creation to the entry.
     pub since_created_ms: i64,
@@ -327,14 +342,16 @@ pub struct FunnelEntry {
 
 impl FunnelEntry {
     /// The counter increments of this entry for one group: `(field, by)`.
-    /// Fields: `group␟e␟STAGE` entered, `group␟d␟STAGE␟bucket` durations,
-    /// `group␟r` reopened, `group␟w` won deals, `group␟v` won revenue.
+    /// Fields: `group␟e␟STAGE` entered, `group␟p␟STAGE` passed for the
+    /// first time, `group␟d␟STAGE␟bucket` durations, `group␟r` reopened,
+    /// `group␟w` won deals, `group␟v` won revenue.
     pub fn increments(&self, group: &str) -> Vec<(String, f64)> {
         let stage = self.stage.as_str();
         let mut out = vec![
             (format!("{group}{SEP}e{SEP}{stage}"), 1.0),
             (format!("{group}{SEP}d{SEP}{stage}{SEP}{}", duration_bucket(self.since_created_ms.max(0))), 1.0),
         ];
+        out.extend(self.passed.iter().map(|s| (format!("{group}{SEP}p{SEP}{}", s.as_str()), 1.0)));
         if self.reopened {
             out.push((format!("{group}{SEP}r"), 1.0));
         }
@@ -350,6 +367,8 @@ impl FunnelEntry {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Funnel {
     pub entered: BTreeMap<Stage, u64>,
+    /// Leads that reached a funnel stage (or passed it) for the first time.
+    pub passed: BTreeMap<Stage, u64>,
     /// Per stage: duration bucket → entries.
     pub durations: BTreeMap<Stage, BTreeMap<i64, u64>>,
     pub reopened: u64,
@@ -373,13 +392,15 @@ impl Funnel {
         })
     }
 
-    /// `entered(to) / entered(from)` between consecutive `FUNNEL_STAGES`.
+    /// `passed(to) / passed(from)` between consecutive `FUNNEL_STAGES`:
+    /// of the leads that reached a stage in the period, the share that
+    /// reached the next one (skipping counts as passing).
     pub fn conversions(&self) -> Vec<(Stage, Stage, f64)> {
         FUNNEL_STAGES
             .windows(2)
             .map(|w| {
-                let from = self.entered.get(&w[0]).copied().unwrap_or(0);
-                let to = self.entered.get(&w[1]).copied().unwrap_or(0);
+                let from = self.passed.get(&w[0]).copied().unwrap_or(0);
+                let to = self.passed.get(&w[1]).copied().unwrap_or(0);
                 (w[0], w[1], if from == 0 { 0.0 } else { to as f64 / from as f64 })
             })
             .collect()
@@ -389,6 +410,7 @@ impl Funnel {
         let count = by.max(0.0).round() as u64;
         match (kind, rest) {
             ("e", [stage]) => *self.entered.entry(stage.parse().ok()?).or_default() += count,
+            ("p", [stage]) => *self.passed.entry(stage.parse().ok()?).or_default() += count,
             ("d", [stage, bucket]) => {
                 let stage: Stage = stage.parse().ok()?;
                 *self.durations.entry(stage).or_default().entry(bucket.parse().ok()?).or_default() += count;
@@ -427,8 +449,13 @@ impl FunnelCounters {
     /// The funnels of one grouping, by value, most entries first.
     pub fn by(&self, group_by: FunnelGroupBy) -> Vec<(String, Funnel)> {
         let prefix = format!("{}=", group_by.property());
-        let mut out: Vec<(String, Funnel)> =
-            self.groups.iter().filter_map(|(g, f)| Some((g.strip_prefix(&prefix)?.to_owned(), f.clone()))).collect();
+        let mut out: Vec<(String, Funnel)> = self
+            .groups
+            .iter()
+            .filter_map(|(g, f)| Some((g.strip_prefix(&prefix)?.to_owned(), f.clone())))
+            // Counters moved to another group leave zeros behind.
+            .filter(|(_, f)| f.total_entered() > 0)
+            .collect();
         out.sort_by(|a, b| b.1.total_entered().cmp(&a.1.total_entered()).then_with(|| a.0.cmp(&b.0)));
         out
     }
@@ -482,10 +509,11 @@ mod tests {
         let b = histogram_bounds(3.2, 97.5, 10);
         assert_eq!(b.len(), 10);
         assert_eq!(histogram_bounds(23.0, 135.0, 10).len(), 6, "20 wide from 20: six buckets reach 135");
+        assert_eq!(histogram_bounds(-10.0, 205.8, 10).len(), 10, "25 wide from -25");
         assert_eq!(b[0], (0.0, 10.0));
         assert_eq!(b[9], (90.0, 100.0));
         let b = histogram_bounds(-12.0, 88.0, 10);
-        assert!(b[0].0 <= -12.0 && b[9].1 >= 88.0, "{b:?}");
+        assert!(b[0].0 <= -12.0 && b[b.len() - 1].1 >= 88.0, "{b:?}");
         let one = histogram_bounds(5.0, 5.0, 4);
         assert!(one[0].0 <= 5.0 && one[one.len() - 1].1 >= 5.0);
         for (min, max) in [(0.0, 1e6), (-0.5, 0.49), (17.3, 17.31)] {
@@ -511,10 +539,34 @@ mod tests {
     fn funnel_from_counter_fields() {
         let mut counters = FunnelCounters::default();
         let entries = [
-            FunnelEntry { stage: Stage::Lead, since_created_ms: 0, reopened: false, deal_amount: None },
-            FunnelEntry { stage: Stage::Lead, since_created_ms: 0, reopened: false, deal_amount: None },
-            FunnelEntry { stage: Stage::Mql, since_created_ms: 2 * DAY, reopened: true, deal_amount: None },
-            FunnelEntry { stage: Stage::Customer, since_created_ms: 30 * DAY, reopened: false, deal_amount: Some(1e4) },
+            FunnelEntry {
+                passed: newly_passed(0, Stage::Lead),
+                stage: Stage::Lead,
+                since_created_ms: 0,
+                reopened: false,
+                deal_amount: None,
+            },
+            FunnelEntry {
+                passed: newly_passed(0, Stage::Lead),
+                stage: Stage::Lead,
+                since_created_ms: 0,
+                reopened: false,
+                deal_amount: None,
+            },
+            FunnelEntry {
+                passed: newly_passed(1, Stage::Mql),
+                stage: Stage::Mql,
+                since_created_ms: 2 * DAY,
+                reopened: true,
+                deal_amount: None,
+            },
+            FunnelEntry {
+                passed: newly_passed(2, Stage::Customer),
+                stage: Stage::Customer,
+                since_created_ms: 30 * DAY,
+                reopened: false,
+                deal_amount: Some(1e4),
+            },
         ];
         for (i, e) in entries.iter().enumerate() {
             let groups = funnel_groups(Some(&[format!("s{}", i % 2), "email".into(), NO_VALUE.into()]));
@@ -531,6 +583,11 @@ mod tests {
         assert_eq!((total.won_deals, total.won_revenue), (1, 1e4));
         let conversions = total.conversions();
         assert_eq!(conversions[0], (Stage::Lead, Stage::Mql, 0.5));
+        // The customer skipped SAL to OPPORTUNITY: it passed them all.
+        assert_eq!(conversions[1], (Stage::Mql, Stage::Sal, 1.0));
+        assert_eq!(total.passed[&Stage::Sql], 1);
+        assert_eq!(newly_passed(4, Stage::Mql), Vec::<Stage>::new());
+        assert_eq!(newly_passed(0, Stage::Recycled), Vec::<Stage>::new());
         let median = total.median_time_to(Stage::Mql).unwrap();
         assert!((median - 2 * DAY).abs() < 2 * DAY / 20, "{median}");
         assert_eq!(total.median_time_to(Stage::Lead), Some(0));

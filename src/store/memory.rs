@@ -34,6 +34,11 @@ struct StoredLead {
     reached_mql: bool,
     /// The earliest signal's `occurred_at` and its source, channel, campaign.
     first_touch: Option<(Timestamp, [String; 3])>,
+    /// The furthest funnel stage reached (`profiles::funnel_rank`).
+    funnel_reached: usize,
+    /// The creation entry, counted before any first touch was known: moved
+    /// under the first touch when it arrives.
+    untouched_creation: Option<(Timestamp, Stage)>,
     /// Newest first.
     score_history: VecDeque<ScoreHistoryEntry>,
 }
@@ -48,6 +53,8 @@ impl StoredLead {
             scores: Vec::new(),
             reached_mql: false,
             first_touch: None,
+            funnel_reached: 0,
+            untouched_creation: None,
             score_history: VecDeque::new(),
         }
     }
@@ -72,7 +79,10 @@ impl StoredLead {
         if profiles::QUALIFIED_STAGES.contains(&change.to) {
             self.reached_mql = true;
         }
+        let passed = profiles::newly_passed(self.funnel_reached, change.to);
+        self.funnel_reached = self.funnel_reached.max(profiles::funnel_rank(change.to));
         let entry = FunnelEntry {
+            passed,
             stage: change.to,
             since_created_ms: change.at.millis() - self.snapshot.created_at.millis(),
             reopened: change.from == Stage::Recycled && matches!(change.cause, Cause::Rule { .. }),
@@ -163,7 +173,8 @@ impl MemoryStore {
     }
 }
 
-/// The lead, created (and counted as entering its first stage) if new.
+/// The lead, created (and counted as entering its first stage at
+/// `created_at`, `now` if unknown) if new.
 fn entry<'a>(
     leads: &'a mut HashMap<LeadId, StoredLead>,
     funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
@@ -171,14 +182,19 @@ fn entry<'a>(
     now: Timestamp,
     initial_stage: Stage,
     first_touch: Option<(Timestamp, [String; 3])>,
+    created_at: Option<Timestamp>,
 ) -> &'a mut StoredLead {
     leads.entry(id.clone()).or_insert_with(|| {
         let mut snapshot = LeadSnapshot::new(id.clone(), now);
         snapshot.stage = initial_stage;
         let mut lead = StoredLead::new(snapshot);
         lead.first_touch = first_touch;
-        let created = FunnelEntry { stage: initial_stage, since_created_ms: 0, reopened: false, deal_amount: None };
-        count_entry(funnel, lead.first_touch.as_ref().map(|f| &f.1), &created, now);
+        let at = created_at.unwrap_or(now);
+        count_entry(funnel, lead.first_touch.as_ref().map(|f| &f.1), &creation_entry(initial_stage), at);
+        lead.funnel_reached = profiles::funnel_rank(initial_stage);
+        if lead.first_touch.is_none() {
+            lead.untouched_creation = Some((at, initial_stage));
+        }
         lead
     })
 }
@@ -190,11 +206,40 @@ fn batch_first_touch<'a>(
     signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, props)| (at, profiles::first_touch(props)))
 }
 
-fn earlier_touch(lead: &mut StoredLead, candidate: Option<(Timestamp, [String; 3])>) {
-    if let Some(candidate) = candidate
-        && lead.first_touch.as_ref().is_none_or(|(at, _)| candidate.0 < *at)
-    {
-        lead.first_touch = Some(candidate);
+fn creation_entry(stage: Stage) -> FunnelEntry {
+    FunnelEntry {
+        passed: profiles::newly_passed(0, stage),
+        stage,
+        since_created_ms: 0,
+        reopened: false,
+        deal_amount: None,
+    }
+}
+
+/// Takes the candidate as the lead's first touch if it is earlier, moving a
+/// creation entry counted before any touch under it.
+fn earlier_touch(
+    lead: &mut StoredLead,
+    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
+    candidate: Option<(Timestamp, [String; 3])>,
+) {
+    let Some(candidate) = candidate else { return };
+    if lead.first_touch.as_ref().is_some_and(|(at, _)| candidate.0 >= *at) {
+        return;
+    }
+    let first = lead.first_touch.is_none();
+    lead.first_touch = Some(candidate);
+    if let (true, Some((at, stage))) = (first, lead.untouched_creation.take()) {
+        let entry = creation_entry(stage);
+        let day = funnel.entry(at.utc_day()).or_default();
+        let (untouched, touched) =
+            (profiles::funnel_groups(None), profiles::funnel_groups(lead.first_touch.as_ref().map(|t| &t.1)));
+        for (group, sign) in untouched.iter().skip(1).map(|g| (g, -1.0)).chain(touched.iter().skip(1).map(|g| (g, 1.0)))
+        {
+            for (field, by) in entry.increments(group) {
+                *day.entry(field).or_default() += sign * by;
+            }
+        }
     }
 }
 
@@ -267,7 +312,7 @@ impl LeadStore for MemoryStore {
         let mut data = self.data();
         let spec = data.spec();
         let Data { leads, funnel, accounts, .. } = &mut *data;
-        let lead = entry(leads, funnel, &profile.lead_id.clone(), now, Stage::Lead, None);
+        let lead = entry(leads, funnel, &profile.lead_id.clone(), now, Stage::Lead, None, profile.created_at);
         let previous = lead.snapshot.account_id.clone();
         lead.snapshot.apply_profile(profile);
         lead.touch(&spec, now, Some("profile".into()));
@@ -301,7 +346,7 @@ impl LeadStore for MemoryStore {
                     return LeadOutcome { statuses: Vec::new(), lead: lead.snapshot.clone(), merged_into: Some(owner) };
                 }
                 let touch = batch_first_touch(batch.signals.iter().map(|s| (s.occurred_at, &s.properties)));
-                let lead = entry(leads, funnel, &batch.lead_id, now, batch.initial_stage, touch.clone());
+                let lead = entry(leads, funnel, &batch.lead_id, now, batch.initial_stage, touch.clone(), None);
                 let statuses: Vec<SignalStatus> =
                     batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
                 let recorded: Vec<(Timestamp, &BTreeMap<String, String>)> = batch
@@ -311,7 +356,7 @@ impl LeadStore for MemoryStore {
                     .filter(|(_, st)| **st != SignalStatus::Duplicate)
                     .map(|(s, _)| (s.occurred_at, &s.properties))
                     .collect();
-                earlier_touch(lead, batch_first_touch(recorded));
+                earlier_touch(lead, funnel, batch_first_touch(recorded));
                 let counted: Vec<&str> = batch
                     .signals
                     .iter()
@@ -432,8 +477,8 @@ impl LeadStore for MemoryStore {
         }
         let touch =
             batch_first_touch(plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)));
-        let lead = entry(leads, funnel, id, plan.now, plan.initial_stage, touch.clone());
-        earlier_touch(lead, touch);
+        let lead = entry(leads, funnel, id, plan.now, plan.initial_stage, touch.clone(), None);
+        earlier_touch(lead, funnel, touch);
         lead.snapshot.tallies = plan.lead.tallies.clone();
         lead.snapshot.daily = plan.lead.daily.clone();
         lead.snapshot.recorded = plan.lead.recorded;

@@ -45,8 +45,8 @@ if not exists then
   redis.call('ZADD', index, now, ARGV[7])
 end
 local f = p_fields(lead)
-if ARGV[13] ~= '' then p_first_touch(lead, f, ARGV[13], tonumber(ARGV[14])) end
-if not exists then p_enter(lead, f, { to = ARGV[8], at = tonumber(now) }, tonumber(now)) end
+if ARGV[13] ~= '' then p_first_touch(lead, f, ARGV[13], tonumber(ARGV[14]), tonumber(now)) end
+if not exists then p_enter(lead, f, { to = ARGV[8], at = tonumber(now), created = true }, tonumber(now)) end
 for _, field in ipairs(redis.call('HKEYS', lead)) do
   local kind = string.sub(field, 1, 2)
   if kind == 'n:' or kind == 't:' or kind == 's:' then

@@ -121,8 +121,8 @@ if used_history then
   redis.call('PEXPIRE', hist, retention)
 end
 local f = p_fields(lead)
-if touch_at then p_first_touch(lead, f, touch_values, touch_at) end
-if created then p_enter(lead, f, { to = initial_stage, at = now }, now) end
+if touch_at then p_first_touch(lead, f, touch_values, touch_at, now) end
+if created then p_enter(lead, f, { to = initial_stage, at = now, created = true }, now) end
 local scores = p_scores(f, now)
 p_register(lead, lead_id, f, scores)
 local cause = p_signals_cause(counted_types)

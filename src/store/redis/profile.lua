@@ -18,8 +18,10 @@
 -- ARGV[1], removed likewise: the profile spec (JSON, src/store/spec.rs).
 --
 -- Lead hash fields used here: f:<model> fit score, ft first-touch values
--- (source␟channel␟campaign) and fta its occurred_at, rq reached MQL,
--- rg the lead's registration in the cohort aggregates (JSON).
+-- (source␟channel␟campaign) and fta its occurred_at, rq reached MQL, mr
+-- the furthest funnel stage reached (rank), fe a creation entry waiting
+-- for the first touch, rg the lead's registration in the cohort
+-- aggregates (JSON).
 local P_BASE = table.remove(KEYS, 1)
 local P_SPEC = cjson.decode(table.remove(ARGV, 1))
 local P_SEP = '\31'
@@ -158,45 +160,104 @@ local function p_register(lead, lead_id, f, scores)
   end
 end
 
--- Counts the lead entering a stage in the funnel of the change's UTC day,
--- under its first touch. `change`: a stage change record (from, to, cause,
--- at, deal_amount); `now` dates the counters' expiry.
-local function p_enter(lead, f, change, now)
-  local at = tonumber(change.at)
-  if P_SPEC.q[change.to] and f.rq ~= '1' then
-    redis.call('HSET', lead, 'rq', '1')
-    f.rq = '1'
-  end
-  local day = math.floor(at / P_DAY)
+local P_FUNNEL_ORDER = { 'LEAD', 'MQL', 'SAL', 'SQL', 'OPPORTUNITY', 'CUSTOMER' }
+local P_FUNNEL = {}
+for i, stage in ipairs(P_FUNNEL_ORDER) do
+  P_FUNNEL[stage] = i
+end
+local P_NO_TOUCH = { 'source=(none)', 'channel=(none)', 'campaign=(none)' }
+
+-- The funnel groups of a lead: all leads, and its first touch (or none).
+local function p_groups(f)
+  if not f.ft then return { '*', P_NO_TOUCH[1], P_NO_TOUCH[2], P_NO_TOUCH[3] } end
+  local touch = p_split(f.ft)
+  return { '*', 'source=' .. touch[1], 'channel=' .. touch[2], 'campaign=' .. touch[3] }
+end
+
+-- Adds (sign 1) or takes back (-1) a funnel entry's counters for some
+-- groups (FunnelEntry::increments); the day's counters expire
+-- funnel_retention after the day.
+local function p_count(day, groups, e, sign, now)
   local key = P_BASE .. 'funnel:' .. day
-  local touch = f.ft and p_split(f.ft) or { '(none)', '(none)', '(none)' }
-  local since = math.max(0, at - (tonumber(f.c) or at))
-  local bucket = 0
-  if since >= 1000 then bucket = math.floor(math.log(since / 1000) / math.log(1.1)) + 1 end
-  local reopened = change.from == 'RECYCLED' and type(change.cause) == 'table' and change.cause.by == 'rule'
-  local amount = change.deal_amount
-  if type(amount) ~= 'number' then amount = nil end
-  local groups = { '*', 'source=' .. touch[1], 'channel=' .. touch[2], 'campaign=' .. touch[3] }
   for _, g in ipairs(groups) do
-    redis.call('HINCRBY', key, g .. P_SEP .. 'e' .. P_SEP .. change.to, 1)
-    redis.call('HINCRBY', key, g .. P_SEP .. 'd' .. P_SEP .. change.to .. P_SEP .. bucket, 1)
-    if reopened then redis.call('HINCRBY', key, g .. P_SEP .. 'r', 1) end
-    if amount then
-      redis.call('HINCRBY', key, g .. P_SEP .. 'w', 1)
-      redis.call('HINCRBYFLOAT', key, g .. P_SEP .. 'v', string.format('%.17g', amount))
+    redis.call('HINCRBY', key, g .. P_SEP .. 'e' .. P_SEP .. e.to, sign)
+    redis.call('HINCRBY', key, g .. P_SEP .. 'd' .. P_SEP .. e.to .. P_SEP .. e.bucket, sign)
+    for _, stage in ipairs(e.passed) do
+      redis.call('HINCRBY', key, g .. P_SEP .. 'p' .. P_SEP .. stage, sign)
+    end
+    if e.reopened then redis.call('HINCRBY', key, g .. P_SEP .. 'r', sign) end
+    if e.amount then
+      redis.call('HINCRBY', key, g .. P_SEP .. 'w', sign)
+      redis.call('HINCRBYFLOAT', key, g .. P_SEP .. 'v', string.format('%.17g', sign * e.amount))
     end
   end
   local ttl = (day + 1) * P_DAY + P_SPEC.fr - now
   if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
 end
 
--- Records the first touch if the signal at `at` is the lead's earliest.
-local function p_first_touch(lead, f, values, at)
+-- Funnel stages passed for the first time on entering `stage` (newly_passed).
+local function p_passed(reached, stage)
+  local passed = {}
+  for r = reached + 1, P_FUNNEL[stage] or 0 do
+    passed[#passed + 1] = P_FUNNEL_ORDER[r]
+  end
+  return passed
+end
+
+-- Counts the lead entering a stage in the funnel of the change's UTC day,
+-- under its first touch. `change`: a stage change record (from, to, cause,
+-- at, deal_amount); `now` dates the counters' expiry. A lead's creation
+-- entry counted before its first signal is kept in `fe` (day␟stage), to
+-- move under its first touch when that arrives.
+local function p_enter(lead, f, change, now)
+  local at = tonumber(change.at)
+  if P_SPEC.q[change.to] and f.rq ~= '1' then
+    redis.call('HSET', lead, 'rq', '1')
+    f.rq = '1'
+  end
+  local passed = p_passed(tonumber(f.mr) or 0, change.to)
+  if #passed > 0 then
+    f.mr = tostring(P_FUNNEL[change.to])
+    redis.call('HSET', lead, 'mr', f.mr)
+  end
+  local since = math.max(0, at - (tonumber(f.c) or at))
+  local bucket = 0
+  if since >= 1000 then bucket = math.floor(math.log(since / 1000) / math.log(1.1)) + 1 end
+  local amount = change.deal_amount
+  if type(amount) ~= 'number' then amount = nil end
+  local e = {
+    to = change.to,
+    bucket = bucket,
+    passed = passed,
+    reopened = change.from == 'RECYCLED' and type(change.cause) == 'table' and change.cause.by == 'rule',
+    amount = amount,
+  }
+  local day = math.floor(at / P_DAY)
+  p_count(day, p_groups(f), e, 1, now)
+  if change.created and not f.ft then
+    f.fe = day .. P_SEP .. change.to
+    redis.call('HSET', lead, 'fe', f.fe)
+  end
+end
+
+-- Records the first touch if the signal at `at` is the lead's earliest,
+-- and moves a creation entry counted before any touch under it.
+local function p_first_touch(lead, f, values, at, now)
   if values == '' then return end
   local known = tonumber(f.fta)
-  if known == nil or at < known then
-    redis.call('HSET', lead, 'ft', values, 'fta', string.format('%d', at))
-    f.ft, f.fta = values, string.format('%d', at)
+  if known ~= nil and at >= known then return end
+  local first = f.ft == nil
+  f.ft, f.fta = values, string.format('%d', at)
+  redis.call('HSET', lead, 'ft', f.ft, 'fta', f.fta)
+  if first and f.fe then
+    local parts = p_split(f.fe)
+    local day, stage = tonumber(parts[1]), parts[2]
+    local e = { to = stage, bucket = 0, passed = p_passed(0, stage) }
+    local groups = p_groups(f)
+    p_count(day, P_NO_TOUCH, e, -1, now)
+    p_count(day, { groups[2], groups[3], groups[4] }, e, 1, now)
+    redis.call('HDEL', lead, 'fe')
+    f.fe = nil
   end
 end
 

@@ -38,7 +38,8 @@ while i <= #ARGV do
   i = i + 2
 end
 local f = p_fields(lead)
-if created then p_enter(lead, f, { to = 'LEAD', at = now }, now) end
+-- A new lead entered LEAD when the CRM created it, if it says when.
+if created then p_enter(lead, f, { to = 'LEAD', at = tonumber(f.c), created = true }, now) end
 local scores = p_scores(f, now)
 p_register(lead, ARGV[4], f, scores)
 p_history(lead, scores, now, 'profile')
