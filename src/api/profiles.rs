@@ -130,10 +130,11 @@ impl Profiles for ProfilesService {
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
         let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit } as usize;
         let store = &self.state.store;
+        let now = self.state.clock.now();
         let ids = std::slice::from_ref(&lead_id);
         let (leads, history, stages) = futures::try_join!(
             store.load_leads(ids),
-            store.score_history(&lead_id, limit),
+            store.score_history(&lead_id, limit, now),
             store.stage_history(&lead_id, limit)
         )
         .map_err(ApiError::from)?;

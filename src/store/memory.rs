@@ -60,11 +60,12 @@ impl StoredLead {
     }
 
     /// After every change: the scores as of `now`, and a history entry when
-    /// the change was to the score (`cause`).
-    fn touch(&mut self, spec: &ProfileSpec, now: Timestamp, cause: Option<String>) {
+    /// the change was to the score (`cause`); with `dedupe`, not when the
+    /// scores equal the newest entry's.
+    fn touch(&mut self, spec: &ProfileSpec, now: Timestamp, cause: Option<String>, dedupe: bool) {
         self.scores = spec.scores(&self.snapshot, now);
         let Some(cause) = cause else { return };
-        if spec.history_limit == 0 {
+        if spec.history_limit == 0 || (dedupe && self.score_history.front().is_some_and(|e| e.scores == self.scores)) {
             return;
         }
         self.score_history.push_front(ScoreHistoryEntry { at: now, cause, scores: self.scores.clone() });
@@ -315,7 +316,7 @@ impl LeadStore for MemoryStore {
         let lead = entry(leads, funnel, &profile.lead_id.clone(), now, Stage::Lead, None, profile.created_at);
         let previous = lead.snapshot.account_id.clone();
         lead.snapshot.apply_profile(profile);
-        lead.touch(&spec, now, Some("profile".into()));
+        lead.touch(&spec, now, Some("profile".into()), true);
         let lead_id = lead.snapshot.lead_id.clone();
         if let Some(previous) = previous.filter(|p| Some(p) != lead.snapshot.account_id.as_ref())
             && let Some(account) = accounts.get_mut(&previous)
@@ -365,7 +366,7 @@ impl LeadStore for MemoryStore {
                     .map(|(s, _)| s.signal_type.as_str())
                     .collect();
                 let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted));
-                lead.touch(&spec, now, cause);
+                lead.touch(&spec, now, cause, false);
                 LeadOutcome { statuses, lead: lead.snapshot.clone(), merged_into: None }
             })
             .collect())
@@ -394,7 +395,7 @@ impl LeadStore for MemoryStore {
         let (applied, fired) =
             apply_changes(lead, lead_id, feed, triggers, funnel, changes, fires, policy.history_limit);
         if let Some(last) = changes.last() {
-            lead.touch(&spec, last.at, None);
+            lead.touch(&spec, last.at, None, false);
         }
         Ok(StageUpdate::Applied { changes: applied, triggers: fired })
     }
@@ -488,7 +489,7 @@ impl LeadStore for MemoryStore {
             fire_unless_cooling(lead, triggers, fire, plan.now);
         }
         apply_changes(lead, id, feed, triggers, funnel, &plan.changes, &plan.change_fires, feed_policy.history_limit);
-        lead.touch(&spec, plan.now, plan.score_cause.clone());
+        lead.touch(&spec, plan.now, plan.score_cause.clone(), false);
         Ok(true)
     }
 
@@ -520,7 +521,7 @@ impl LeadStore for MemoryStore {
         lead.snapshot.tallies = rebuilt.tallies.clone();
         lead.snapshot.daily = rebuilt.daily.clone();
         lead.snapshot.last_engaged_at = rebuilt.last_engaged_at;
-        lead.touch(&spec, now, Some(format!("rescore:{}", spec.version)));
+        lead.touch(&spec, now, Some(format!("rescore:{}", spec.version)), true);
         Ok(true)
     }
 
@@ -531,7 +532,7 @@ impl LeadStore for MemoryStore {
         let fits = spec.fits(&lead.snapshot);
         let changed = fits.len() != lead.scores.len()
             || fits.iter().zip(&lead.scores).any(|((model, fit), s)| *model != s.model || *fit != s.fit);
-        lead.touch(&spec, now, changed.then(|| format!("rescore:{}", spec.version)));
+        lead.touch(&spec, now, changed.then(|| format!("rescore:{}", spec.version)), true);
         Ok(())
     }
 
@@ -686,9 +687,19 @@ impl LeadStore for MemoryStore {
         self.data().spec = Some(spec);
     }
 
-    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
+    async fn score_history(
+        &self,
+        lead_id: &LeadId,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
         let data = self.data();
-        Ok(data.leads.get(lead_id).map(|l| l.score_history.iter().take(limit).cloned().collect()).unwrap_or_default())
+        let oldest = now.millis() - data.spec().history_age_ms;
+        Ok(data
+            .leads
+            .get(lead_id)
+            .map(|l| l.score_history.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect())
+            .unwrap_or_default())
     }
 
     /// O(all leads): the embedded store scans; the Redis store reads its

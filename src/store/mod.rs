@@ -344,8 +344,14 @@ pub trait LeadStore: Send + Sync + 'static {
     /// cohort aggregates; every later write follows it.
     fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>);
 
-    /// The lead's score history, newest first.
-    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError>;
+    /// The lead's score history, newest first, without entries older than
+    /// the spec's history age at `now`.
+    async fn score_history(
+        &self,
+        lead_id: &LeadId,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<ScoreHistoryEntry>, StoreError>;
 
     /// The cohort's figures, from the aggregates kept at write time.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError>;

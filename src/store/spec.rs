@@ -1,9 +1,7 @@
 //! What the stores need from the rule set to keep score profiles and cohort
 //! aggregates up to date as leads change.
 
-use std::collections::BTreeMap;
-
-use crate::domain::profiles::{ModelScore, QUALIFIED_STAGES};
+use crate::domain::profiles::{ModelScore, QUALIFIED_STAGES, lua_number};
 use crate::domain::{LeadSnapshot, ScoringModel, Timestamp};
 use crate::rules::RuleSet;
 
@@ -20,8 +18,9 @@ pub struct ProfileSpec {
     pub history_age_ms: i64,
     /// How long funnel counters are kept.
     pub funnel_retention_ms: i64,
-    /// The same, for the Lua scripts (JSON).
-    pub lua: String,
+    /// The same, for the Lua scripts: positional arguments (see
+    /// `profile.lua`), their count first.
+    pub lua_args: Vec<String>,
 }
 
 impl ProfileSpec {
@@ -30,25 +29,28 @@ impl ProfileSpec {
         models.extend(rules.models.values().filter(|m| m.name != rules.primary_model).cloned());
         let empty =
             LeadSnapshot::new(crate::domain::LeadId::parse("spec").expect("a valid id"), Timestamp::from_millis(0));
-        let lua_models: Vec<serde_json::Value> = models
-            .iter()
-            .map(|m| {
-                let half_lives: BTreeMap<&str, f64> =
-                    m.signals.iter().map(|(t, s)| (t.as_str(), s.decay.half_life_millis())).collect();
-                serde_json::json!({ "n": m.name, "h": half_lives, "f": m.score(&empty, Timestamp::from_millis(0)).fit })
-            })
-            .collect();
-        let qualified: BTreeMap<&str, u8> = QUALIFIED_STAGES.iter().map(|s| (s.as_str(), 1)).collect();
-        let lua = serde_json::json!({
-            "m": lua_models,
-            "d": rules.cohort_attributes,
-            "q": qualified,
-            "hl": history_limit,
-            "ha": history_age_ms,
-            "fr": funnel_retention_ms,
-            "v": rules.version,
-        })
-        .to_string();
+        let mut args: Vec<String> = vec![
+            history_limit.to_string(),
+            history_age_ms.to_string(),
+            funnel_retention_ms.to_string(),
+            rules.version.clone(),
+            rules.cohort_attributes.len().to_string(),
+        ];
+        args.extend(rules.cohort_attributes.iter().cloned());
+        args.push(QUALIFIED_STAGES.len().to_string());
+        args.extend(QUALIFIED_STAGES.iter().map(|s| s.as_str().to_owned()));
+        args.push(models.len().to_string());
+        for m in &models {
+            args.push(m.name.clone());
+            args.push(lua_number(m.score(&empty, Timestamp::from_millis(0)).fit));
+            args.push(m.signals.len().to_string());
+            // In type-name order (BTreeMap), the order the service sums in.
+            for (t, s) in &m.signals {
+                args.push(t.clone());
+                args.push(lua_number(s.decay.half_life_millis()));
+            }
+        }
+        args.insert(0, args.len().to_string());
         Self {
             version: rules.version.clone(),
             models,
@@ -56,7 +58,7 @@ impl ProfileSpec {
             history_limit,
             history_age_ms,
             funnel_retention_ms,
-            lua,
+            lua_args: args,
         }
     }
 

@@ -117,5 +117,5 @@ end
 local fresh = p_fields(lead)
 local scores = p_scores(fresh, tonumber(now))
 p_register(lead, ARGV[7], fresh, scores)
-if ARGV[15] ~= '' then p_history(lead, scores, tonumber(now), ARGV[15]) end
+if ARGV[15] ~= '' then p_history(lead, scores, tonumber(now), ARGV[15], false) end
 return 1

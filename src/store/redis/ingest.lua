@@ -120,11 +120,16 @@ if used_history then
   redis.call('LTRIM', hist, 0, hist_limit - 1)
   redis.call('PEXPIRE', hist, retention)
 end
-local f = p_fields(lead)
+-- The lead as returned; what profile.lua writes below (first touch,
+-- funnel and cohort bookkeeping) is not read by the service.
+local f, flat = p_fields(lead)
 if touch_at then p_first_touch(lead, f, touch_values, touch_at, now) end
 if created then p_enter(lead, f, { to = initial_stage, at = now, created = true }, now) end
-local scores = p_scores(f, now)
-p_register(lead, lead_id, f, scores)
 local cause = p_signals_cause(counted_types)
-if cause then p_history(lead, scores, now, cause) end
-return { statuses, redis.call('HGETALL', lead), redis.call('HGETALL', days), '' }
+-- Duplicates and capped signals leave the score as it was.
+if created or cause then
+  local scores = p_scores(f, now)
+  p_register(lead, lead_id, f, scores)
+  if cause then p_history(lead, scores, now, cause, false) end
+end
+return { statuses, flat, redis.call('HGETALL', days), '' }

@@ -141,7 +141,7 @@ impl LeadStore for RedisStore {
         let fits = spec.fits(&fit_lead);
         let mut inv = self.upsert.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead).key(&keys.days).key(&keys.index);
-        inv.arg(&spec.lua)
+        inv.arg(&spec.lua_args)
             .arg(now.millis())
             .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
             .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default())
@@ -167,7 +167,7 @@ impl LeadStore for RedisStore {
         policy: &IngestPolicy,
     ) -> Result<Vec<LeadOutcome>, StoreError> {
         let spec = self.spec();
-        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua)).collect();
+        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua_args)).collect();
         let mut pipe = redis::pipe();
         for inv in &invocations {
             pipe.invoke_script(inv);
@@ -241,7 +241,7 @@ impl LeadStore for RedisStore {
             changes.iter().map(|c| encode("stage change", serde_json::to_string(c))).collect::<Result<_, _>>()?;
         let mut inv = self.stage.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
-        inv.arg(&self.spec().lua)
+        inv.arg(&self.spec().lua_args)
             .arg(expected.as_str())
             .arg(policy.history_limit.max(1))
             .arg(policy.retention_ms)
@@ -442,7 +442,7 @@ impl LeadStore for RedisStore {
         let (expected_recorded, expected_stage) =
             plan.expected.map_or((0, String::new()), |(n, stage)| (n, stage.as_str().to_owned()));
         let touch = first_touch_of(plan.history.iter().map(|h| (h.occurred_at_ms, &h.properties)));
-        inv.arg(&self.spec().lua)
+        inv.arg(&self.spec().lua_args)
             .arg(expected_recorded)
             .arg(expected_stage)
             .arg(plan.now.millis())
@@ -631,7 +631,7 @@ impl LeadStore for RedisStore {
         fields.extend(spec.fits(rebuilt).into_iter().map(|(m, fit)| (format!("f:{m}"), profiles::lua_number(fit))));
         let mut inv = self.rescore.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead).key(&keys.days);
-        inv.arg(&spec.lua)
+        inv.arg(&spec.lua_args)
             .arg(rebuilt.recorded)
             .arg(rebuilt.last_engaged_at.map(|t| t.millis().to_string()).unwrap_or_default())
             .arg(now.millis())
@@ -654,7 +654,7 @@ impl LeadStore for RedisStore {
         let fits = spec.fits(lead);
         let mut inv = self.refresh.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead);
-        inv.arg(&spec.lua).arg(now.millis()).arg(lead.lead_id.as_str()).arg(fits.len());
+        inv.arg(&spec.lua_args).arg(now.millis()).arg(lead.lead_id.as_str()).arg(fits.len());
         for (model, fit) in &fits {
             inv.arg(model).arg(profiles::lua_number(*fit));
         }
@@ -662,21 +662,31 @@ impl LeadStore for RedisStore {
         Ok(())
     }
 
-    async fn score_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
+    async fn score_history(
+        &self,
+        lead_id: &LeadId,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let key = self.keys.lead(lead_id).scores;
+        let oldest = now.millis() - self.spec().history_age_ms;
         let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
-        entries
-            .iter()
-            .map(|e| {
-                ScoreHistoryEntry::decode(e).ok_or_else(|| StoreError::Corrupt {
-                    lead_id: lead_id.to_string(),
-                    detail: format!("score history entry '{e}' is malformed"),
-                })
-            })
-            .collect()
+        let mut history = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let entry = ScoreHistoryEntry::decode(e).ok_or_else(|| StoreError::Corrupt {
+                lead_id: lead_id.to_string(),
+                detail: format!("score history entry '{e}' is malformed"),
+            })?;
+            // Newest first: the rest are older still.
+            if entry.at.millis() < oldest {
+                break;
+            }
+            history.push(entry);
+        }
+        Ok(history)
     }
 
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
@@ -792,7 +802,7 @@ impl RedisStore {
         batch: &LeadBatch,
         now: Timestamp,
         policy: &IngestPolicy,
-        spec_lua: &str,
+        spec_args: &[String],
     ) -> redis::ScriptInvocation<'a> {
         let keys = self.keys.lead(&batch.lead_id);
         let mut inv = self.ingest.prepare_invoke();
@@ -801,7 +811,7 @@ impl RedisStore {
         for definition in batch.watch_inactivity.iter() {
             inv.key(self.keys.inactive(definition, partition));
         }
-        inv.arg(spec_lua);
+        inv.arg(spec_args);
         inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
         inv.arg(batch.lead_id.as_str()).arg(batch.initial_stage.as_str());
         // The batch's earliest signal may be the lead's first touch.

@@ -15,7 +15,14 @@
 --   funnel:<utc day>                   hash  see FunnelEntry::increments
 --   <group> is '' for all leads or `<attribute>=<value>` for each declared
 --   cohort attribute the lead has.
--- ARGV[1], removed likewise: the profile spec (JSON, src/store/spec.rs).
+-- ARGV[1…], removed likewise: the profile spec (src/store/spec.rs,
+--   `ProfileSpec::lua_args`): its length N, then history limit, history
+--   age ms, funnel retention ms, rule-set version, the cohort attributes
+--   (count, names), the stages that count as reached MQL (count, names),
+--   the models (count, then per model: name, fit of an empty profile,
+--   number of scored types, then type, half-life ms (0: none) pairs in
+--   type-name order). Positional, because decoding JSON on every call
+--   costs more than the rest of this file.
 --
 -- Lead hash fields used here: f:<model> fit score, ft first-touch values
 -- (source␟channel␟campaign) and fta its occurred_at, rq reached MQL, mr
@@ -23,7 +30,38 @@
 -- for the first touch, rg the lead's registration in the cohort
 -- aggregates (JSON).
 local P_BASE = table.remove(KEYS, 1)
-local P_SPEC = cjson.decode(table.remove(ARGV, 1))
+local P_SPEC = { d = {}, q = {}, m = {} }
+do
+  local n = tonumber(ARGV[1])
+  local i = 2
+  local function take()
+    local v = ARGV[i]
+    i = i + 1
+    return v
+  end
+  P_SPEC.hl, P_SPEC.ha, P_SPEC.fr, P_SPEC.v = tonumber(take()), tonumber(take()), tonumber(take()), take()
+  for _ = 1, tonumber(take()) do
+    P_SPEC.d[#P_SPEC.d + 1] = take()
+  end
+  for _ = 1, tonumber(take()) do
+    P_SPEC.q[take()] = 1
+  end
+  for _ = 1, tonumber(take()) do
+    local m = { n = take(), f = tonumber(take()), h = {} }
+    for _ = 1, tonumber(take()) do
+      m.h[#m.h + 1] = { take(), tonumber(take()) }
+    end
+    P_SPEC.m[#P_SPEC.m + 1] = m
+  end
+  -- Drop the spec from ARGV: the script's own arguments start at 1.
+  local total = #ARGV
+  for k = 1, total - n - 1 do
+    ARGV[k] = ARGV[k + n + 1]
+  end
+  for k = total - n, total do
+    ARGV[k] = nil
+  end
+end
 local P_SEP = '\31'
 local P_DAY = 86400000
 
@@ -65,20 +103,17 @@ local function p_fields(lead)
 end
 
 -- Every model's { name, behavior, fit } at `now` (ScoringModel::score):
--- types in name order, as the service sums them.
+-- the spec lists each model's types in name order with their half-lives,
+-- so the sum is taken in the service's order.
 local function p_scores(f, now)
   local out = {}
   for _, m in ipairs(P_SPEC.m) do
-    local types = {}
-    for t in pairs(m.h) do
-      types[#types + 1] = t
-    end
-    table.sort(types)
     local behavior = 0
-    for _, t in ipairs(types) do
+    for _, th in ipairs(m.h) do
+      local t = th[1]
       local sum = tonumber(f['s:' .. m.n .. ':' .. t])
       if sum and (tonumber(f['n:' .. t]) or 0) > 0 then
-        local h, anchor = m.h[t], tonumber(f['t:' .. t])
+        local h, anchor = th[2], tonumber(f['t:' .. t])
         if h > 0 and anchor then
           sum = sum * 2 ^ ((anchor - now) / h)
         end
@@ -90,8 +125,11 @@ local function p_scores(f, now)
   return out
 end
 
--- Appends a score history entry, unless the scores equal the newest one's.
-local function p_history(lead, scores, now, cause)
+-- Appends a score history entry; with `dedupe`, not when the scores equal
+-- the newest entry's (a profile saved again unchanged). Bounded by count
+-- here; entries past score_history_age are skipped when read, and the
+-- list expires when the lead's score has not changed for that long.
+local function p_history(lead, scores, now, cause, dedupe)
   if P_SPEC.hl <= 0 then return end
   local key = lead .. ':scores'
   local parts = {}
@@ -99,21 +137,16 @@ local function p_history(lead, scores, now, cause)
     parts[#parts + 1] = s[1] .. '=' .. string.format('%.17g', s[2]) .. ',' .. string.format('%.17g', s[3])
   end
   local values = table.concat(parts, P_SEP)
-  local newest = redis.call('LINDEX', key, 0)
-  if newest then
-    local first = string.find(newest, P_SEP, 1, true)
-    local second = first and string.find(newest, P_SEP, first + 1, true)
-    if second and string.sub(newest, second + 1) == values then return end
+  if dedupe then
+    local newest = redis.call('LINDEX', key, 0)
+    if newest then
+      local first = string.find(newest, P_SEP, 1, true)
+      local second = first and string.find(newest, P_SEP, first + 1, true)
+      if second and string.sub(newest, second + 1) == values then return end
+    end
   end
   redis.call('LPUSH', key, string.format('%d', now) .. P_SEP .. cause .. P_SEP .. values)
   redis.call('LTRIM', key, 0, P_SPEC.hl - 1)
-  local cutoff = now - P_SPEC.ha
-  while true do
-    local oldest = redis.call('LINDEX', key, -1)
-    local at = oldest and tonumber(string.match(oldest, '^(%-?%d+)'))
-    if not at or at >= cutoff then break end
-    redis.call('RPOP', key)
-  end
   redis.call('PEXPIRE', key, P_SPEC.ha)
 end
 

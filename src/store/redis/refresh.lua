@@ -33,5 +33,5 @@ for field, value in pairs(fits) do
 end
 local scores = p_scores(f, now)
 p_register(lead, ARGV[2], f, scores)
-if changed then p_history(lead, scores, now, 'rescore:' .. P_SPEC.v) end
+if changed then p_history(lead, scores, now, 'rescore:' .. P_SPEC.v, true) end
 return 1

@@ -38,5 +38,5 @@ end
 local f = p_fields(lead)
 local scores = p_scores(f, now)
 p_register(lead, lead_id, f, scores)
-p_history(lead, scores, now, 'rescore:' .. P_SPEC.v)
+p_history(lead, scores, now, 'rescore:' .. P_SPEC.v, true)
 return 1

@@ -42,5 +42,5 @@ local f = p_fields(lead)
 if created then p_enter(lead, f, { to = 'LEAD', at = tonumber(f.c), created = true }, now) end
 local scores = p_scores(f, now)
 p_register(lead, ARGV[4], f, scores)
-p_history(lead, scores, now, 'profile')
+p_history(lead, scores, now, 'profile', true)
 return { redis.call('HGETALL', lead), redis.call('HGETALL', KEYS[2]), previous_account }

@@ -1,0 +1,114 @@
+//! `GetCohortScoreProfile` over a large population.
+//!
+//!     cargo run --release --example cohort_profile -- http://127.0.0.1:50051 1000000 50
+//!
+//! Loads `N` leads (default 1,000,000) through `RecordSignals` — 1000 new
+//! leads per call, one signal each, of varied types and ages so the scores
+//! spread — unless the service already holds them (pass `0` to skip
+//! loading), then asks for this month's cohort profile `Q` times (default
+//! 50) and prints the latency percentiles and the answer.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use leadscore::api::pb::{self, lead_scoring_client::LeadScoringClient, profiles_client::ProfilesClient};
+
+const TYPES: [&str; 8] = [
+    "page_view",
+    "email_open",
+    "email_click",
+    "content_download",
+    "pricing_page_view",
+    "webinar_attended",
+    "demo_requested",
+    "careers_page_view",
+];
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
+    let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let queries: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
+
+    let client = LeadScoringClient::connect(addr.clone()).await?.max_decoding_message_size(64 << 20);
+    let started = Instant::now();
+    let loaded = futures::stream::iter((0..n).step_by(1000))
+        .map(|first| {
+            let mut client = client.clone();
+            async move {
+                let signals = (first..(first + 1000).min(n))
+                    .map(|i| {
+                        // Deterministic spread: type and age (up to 60 days) per lead.
+                        let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        pb::Signal {
+                            event_id: format!("cohort-bench-{i}"),
+                            lead_id: format!("cohort-bench-lead-{i}"),
+                            r#type: TYPES[(h >> 7) as usize % TYPES.len()].into(),
+                            occurred_at: Some(prost_types::Timestamp {
+                                seconds: now - ((h >> 20) % (60 * 86_400)) as i64,
+                                nanos: 0,
+                            }),
+                            ..Default::default()
+                        }
+                    })
+                    .collect();
+                client.record_signals(pb::RecordSignalsRequest { signals }).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(2)
+        .collect::<Vec<_>>()
+        .await;
+    if let Some(Err(e)) = loaded.into_iter().find(Result::is_err) {
+        return Err(e.into());
+    }
+    if n > 0 {
+        let took = started.elapsed();
+        println!("loaded {n} leads in {took:.1?} ({:.0} leads/s)", n as f64 / took.as_secs_f64());
+    }
+
+    let today = chrono::Utc::now().date_naive();
+    let first = chrono::Datelike::with_day(&today, 1).unwrap_or(today);
+    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+    let at = |d: chrono::NaiveDate| prost_types::Timestamp {
+        seconds: d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()),
+        nanos: 0,
+    };
+    let mut profiles = ProfilesClient::connect(addr).await?;
+    let request = pb::GetCohortScoreProfileRequest {
+        created_from: Some(at(first)),
+        created_to: Some(at(next)),
+        ..Default::default()
+    };
+    let mut samples = Vec::with_capacity(queries);
+    let mut answer = None;
+    for _ in 0..queries.max(1) {
+        let started = Instant::now();
+        answer = Some(profiles.get_cohort_score_profile(request.clone()).await?.into_inner());
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    let answer = answer.unwrap_or_default();
+    println!(
+        "GetCohortScoreProfile over {} leads ({queries} calls): p50 {:?}  p90 {:?}  max {:?}  mean {:?}",
+        answer.lead_count,
+        q(0.5),
+        q(0.9),
+        samples[samples.len() - 1],
+        mean
+    );
+    println!(
+        "  p50 {}  p90 {}  p99 {}  min {}  max {}  buckets {}  MQL rate {}",
+        answer.p50,
+        answer.p90,
+        answer.p99,
+        answer.min,
+        answer.max,
+        answer.histogram.len(),
+        answer.mql_rate
+    );
+    Ok(())
+}
