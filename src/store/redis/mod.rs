@@ -167,7 +167,8 @@ impl LeadStore for RedisStore {
         policy: &IngestPolicy,
     ) -> Result<Vec<LeadOutcome>, StoreError> {
         let spec = self.spec();
-        let invocations: Vec<_> = batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua_args)).collect();
+        let invocations: Vec<_> =
+            batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua_args)).collect();
         let mut pipe = redis::pipe();
         for inv in &invocations {
             pipe.invoke_script(inv);
