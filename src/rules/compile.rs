@@ -37,8 +37,12 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
         toml::from_str(source).map_err(|e| vec![RuleError::at(source, e.span(), e.message().trim_end())])?;
     let mut errors = Errors { source, list: Vec::new() };
 
-    if raw.version.get_ref().trim().is_empty() {
+    let version = raw.version.get_ref();
+    if version.trim().is_empty() {
         errors.push(raw.version.span(), "version must not be empty");
+    } else if version.len() > 128 || version.chars().any(char::is_control) {
+        // It is stored with every stage change and score history entry.
+        errors.push(raw.version.span(), "version: at most 128 bytes, no control characters");
     }
     let agreed_by: Vec<String> = raw.agreed_by.as_ref().map(|a| a.get_ref().clone()).unwrap_or_default();
     let missing: Vec<&str> = required_approvers
@@ -639,6 +643,43 @@ points = 15
         assert!(errors[1].message.contains("invalid duration 'soon'"));
         assert_eq!(errors[2].line, 19);
         assert!(errors[2].message.contains("'webinar', which is not declared"));
+    }
+
+    #[test]
+    fn profiles_and_accounts_sections() {
+        let good = format!(
+            "{MINIMAL}\n[profiles]\ncohort_attributes = [\"industry\"]\n\n[accounts]\naggregate = \"top\"\ntop = 2\n\
+             engaged_at = 10\n\n[[accounts.fit]]\nid = \"big\"\nattribute = \"employees\"\nat_least = 1000\npoints = 5\n\n\
+             [[accounts.qualify]]\nid = \"mqa\"\nmin_score = 50\n"
+        );
+        let rules = compile(&good, &[]).unwrap();
+        assert_eq!(rules.cohort_attributes, ["industry"]);
+        assert_eq!(rules.accounts.aggregate, Aggregate::Top(2));
+        assert_eq!((rules.accounts.model.as_str(), rules.accounts.rules.len()), ("b2b", 1));
+        let defaults = compile(MINIMAL, &[]).unwrap();
+        assert_eq!((defaults.accounts.aggregate, defaults.accounts.rules.len()), (Aggregate::Sum, 0));
+
+        let bad = format!(
+            "{MINIMAL}\n[profiles]\ncohort_attributes = [\"a b\", \"x\", \"x\"]\n\n[accounts]\nmodel = \"nope\"\n\
+             aggregate = \"median\"\ntop = 0\n\n[[accounts.qualify]]\nid = \"empty\"\n"
+        );
+        let messages: Vec<String> = compile(&bad, &[]).unwrap_err().into_iter().map(|e| e.message).collect();
+        for expected in [
+            "cohort attribute 'a b'",
+            "listed twice",
+            "accounts.model 'nope'",
+            "accounts.top must be",
+            "needs min_score",
+        ] {
+            assert!(messages.iter().any(|m| m.contains(expected)), "{expected}: {messages:?}");
+        }
+    }
+
+    #[test]
+    fn versions_are_plain_text() {
+        let bad = MINIMAL.replacen("version = \"1\"", "version = \"1\\u001f2\"", 1);
+        let errors = compile(&bad, &[]).unwrap_err();
+        assert!(errors[0].message.contains("no control characters"), "{errors:?}");
     }
 
     #[test]
