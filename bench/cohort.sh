@@ -24,7 +24,7 @@ trap cleanup EXIT
 redis-server --port "$redis_port" --save '' --appendonly no --dir "$dir" --daemonize yes >/dev/null
 cargo build --release --quiet --bin leadscore --example cohort_profile
 ./target/release/leadscore serve --redis-url "redis://127.0.0.1:$redis_port" \
-  --grpc-addr "127.0.0.1:$grpc_port" >"$dir/service.log" 2>&1 &
+  --grpc-addr "127.0.0.1:$grpc_port" --metrics-addr off >"$dir/service.log" 2>&1 &
 service=$!
 for _ in $(seq 50); do
   (echo >"/dev/tcp/127.0.0.1/$grpc_port") 2>/dev/null && break

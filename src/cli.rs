@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:50051; env LEADSCORE_GRPC_ADDR].
     #[arg(long)]
     pub grpc_addr: Option<std::net::SocketAddr>,
+    /// Prometheus metrics endpoint, host:port or `off` [default:
+    /// 0.0.0.0:9090; env LEADSCORE_METRICS_ADDR].
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
     /// Redis URL; without one the embedded in-memory store is used
     /// [env LEADSCORE_REDIS_URL].
     #[arg(long)]
@@ -335,7 +339,12 @@ pub fn render_simulation(name: &str, version: &str, s: &crate::engine::Simulatio
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let overrides = Overrides { grpc_addr: args.grpc_addr, redis_url: args.redis_url, rules: args.rules };
+    let overrides = Overrides {
+        grpc_addr: args.grpc_addr,
+        metrics_addr: args.metrics_addr,
+        redis_url: args.redis_url,
+        rules: args.rules,
+    };
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(s) => s,
         Err(e) => {

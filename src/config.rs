@@ -40,6 +40,9 @@ impl Millis {
 pub struct Settings {
     /// Address the gRPC server listens on.
     pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus metrics endpoint (`GET /metrics`); `off`
+    /// for none.
+    pub metrics_addr: String,
     /// Redis URL (`redis://[user:password@]host:port[/db]`); unset for the
     /// embedded in-memory store.
     pub redis_url: Option<String>,
@@ -97,6 +100,7 @@ impl Default for Settings {
         const DAY: i64 = 86_400_000;
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_addr: "0.0.0.0:9090".into(),
             redis_url: None,
             rules: None,
             redis_key_prefix: "ls".into(),
@@ -126,8 +130,9 @@ impl Default for Settings {
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 25] = [
+pub const KEYS: [&str; 26] = [
     "grpc_addr",
+    "metrics_addr",
     "redis_url",
     "rules",
     "redis_key_prefix",
@@ -163,6 +168,8 @@ pub struct ConfigError(String);
 pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_addr: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -215,6 +222,12 @@ impl Settings {
         if self.trigger_max_deliveries == 0 {
             return Err(ConfigError("trigger_max_deliveries must be at least 1".into()));
         }
+        if self.metrics_socket().is_err() {
+            return Err(ConfigError(format!(
+                "metrics_addr must be host:port (e.g. 0.0.0.0:9090) or off, not '{}'",
+                self.metrics_addr
+            )));
+        }
         if self.score_history_limit > 10_000 {
             return Err(ConfigError("score_history_limit must be 0 to 10000".into()));
         }
@@ -225,6 +238,16 @@ impl Settings {
             return Err(ConfigError("redis_partitions must be 1 to 16384".into()));
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// Where the metrics endpoint listens; `None` when off.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+        match self.metrics_addr.trim() {
+            "" | "off" => Ok(None),
+            addr => addr.parse().map(Some),
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod metrics;
 pub mod reload;
 pub mod report;
 pub mod rules;

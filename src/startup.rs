@@ -63,6 +63,8 @@ pub fn load_rules(
 pub struct Application {
     listener: TcpListener,
     port: u16,
+    /// The metrics endpoint's listener, unless it is off.
+    metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     settings: Settings,
 }
@@ -126,12 +128,23 @@ impl Application {
             .map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?;
         let port =
             listener.local_addr().map_err(|source| StartupError::Bind { addr: settings.grpc_addr, source })?.port();
-        Ok(Self { listener, port, state, settings })
+        let metrics_listener = match settings.metrics_socket() {
+            Ok(Some(addr)) => {
+                Some(TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?)
+            }
+            _ => None,
+        };
+        Ok(Self { listener, port, metrics_listener, state, settings })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The metrics endpoint's port, unless it is off.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.port())
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -179,7 +192,17 @@ impl Application {
             stopping_tx.subscribe(),
         ));
 
+        let metrics_task = self.metrics_listener.map(|listener| {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
+            let mut stopping = stopping_tx.subscribe();
+            tokio::spawn(crate::metrics::serve(listener, self.state.metrics.clone(), async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }))
+        });
+
         let router = Server::builder()
+            .layer(crate::metrics::MetricsLayer { metrics: self.state.metrics.clone() })
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -211,6 +234,9 @@ impl Application {
             let _ = task.await;
         }
         let _ = sweep_task.await;
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         set_status(&reporter, ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace.duration(), &mut server).await {

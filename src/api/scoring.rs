@@ -115,12 +115,13 @@ impl LeadScoring for ScoringService {
         let results = placement
             .into_iter()
             .map(|(b, i, event_id, visitor_id)| {
-                let status = match outcomes[b].statuses.get(i) {
-                    Some(crate::domain::SignalStatus::Accepted) => pb::SignalStatus::Accepted,
-                    Some(crate::domain::SignalStatus::Duplicate) => pb::SignalStatus::Duplicate,
-                    Some(crate::domain::SignalStatus::Capped) => pb::SignalStatus::Capped,
-                    None => pb::SignalStatus::Unspecified,
+                let (status, outcome) = match outcomes[b].statuses.get(i) {
+                    Some(crate::domain::SignalStatus::Accepted) => (pb::SignalStatus::Accepted, "accepted"),
+                    Some(crate::domain::SignalStatus::Duplicate) => (pb::SignalStatus::Duplicate, "duplicate"),
+                    Some(crate::domain::SignalStatus::Capped) => (pb::SignalStatus::Capped, "capped"),
+                    None => (pb::SignalStatus::Unspecified, "unknown"),
                 };
+                state.metrics.signals.with_label_values(&[outcome]).inc();
                 let lead_id = outcomes[b]
                     .lead
                     .lead_id

@@ -57,6 +57,8 @@ pub struct AppState {
     /// Score history and funnel limits (the rest of the profile spec comes
     /// from the rule set).
     pub profiles: ProfileLimits,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Accounts whose qualification is being checked, and whether one of
     /// their leads changed since the check started.
     pub account_checks: std::sync::Mutex<std::collections::HashMap<crate::domain::AccountId, bool>>,
@@ -97,9 +99,12 @@ impl AppState {
             profiles.history_age_ms,
             profiles.funnel_retention_ms,
         )));
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        metrics.set_rule_set(&rules.version);
         let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
         Self {
             profiles,
+            metrics,
             account_checks: Default::default(),
             store,
             clock,
@@ -126,6 +131,7 @@ impl AppState {
     pub fn replace_rules(&self, rules: RuleSet, origin: String) {
         let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
         self.push_profile_spec(&rules);
+        self.metrics.set_rule_set(&rules.version);
         *guard = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
     }
 

@@ -278,3 +278,50 @@ async fn demo_seed_loads_a_population_through_the_api() {
     let score = score_of(&mut client, "demo-7-00000").await;
     assert_eq!(score.lead_id, "demo-7-00000");
 }
+
+/// `GET /metrics` over a plain TCP connection: the body.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
+    let app = TestApp::spawn(settings(None)).await;
+    let mut client = app.client().await;
+    let now = crate::helpers::now_millis();
+    let signals = vec![signal("m1", "lead-m", "page_view", now), signal("m2", "lead-m", "page_view", now)];
+    client.record_signals(record(signals.clone())).await.unwrap();
+    client.record_signals(record(signals)).await.unwrap();
+    let missing = client.score_lead(pb::ScoreLeadRequest { lead_id: "nobody".into(), ..Default::default() }).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+
+    let text = scrape(app.metrics_port.expect("metrics on")).await;
+    let line = |needle: &str| text.lines().find(|l| l.starts_with(needle)).map(str::to_owned);
+    let value = |needle: &str| line(needle).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(
+        value("leadscore_grpc_requests_total{code=\"OK\",method=\"/leadscore.v1.LeadScoring/RecordSignals\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value("leadscore_grpc_requests_total{code=\"NOT_FOUND\",method=\"/leadscore.v1.LeadScoring/ScoreLead\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(value("leadscore_signals_total{status=\"accepted\"}"), Some(2.0), "{text}");
+    assert_eq!(value("leadscore_signals_total{status=\"duplicate\"}"), Some(2.0), "{text}");
+    assert_eq!(
+        value("leadscore_grpc_request_duration_seconds_count{method=\"/leadscore.v1.LeadScoring/RecordSignals\"}"),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(line("leadscore_rule_set_info{version=\"2026.11.1\"} 1").is_some(), "{text}");
+    assert!(line("leadscore_grpc_requests_in_flight").is_some(), "{text}");
+    app.stop().await;
+}

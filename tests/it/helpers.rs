@@ -102,6 +102,7 @@ impl Drop for RedisServer {
 pub fn settings(redis_url: Option<String>) -> Settings {
     Settings {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".into(),
         redis_url,
         redis_timeout: leadscore::config::Millis(500),
         health_interval: leadscore::config::Millis(100),
@@ -113,6 +114,7 @@ pub fn settings(redis_url: Option<String>) -> Settings {
 /// The service running in this process.
 pub struct TestApp {
     pub port: u16,
+    pub metrics_port: Option<u16>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -149,6 +151,7 @@ impl TestApp {
     pub async fn spawn_with_clock(settings: Settings, clock: std::sync::Arc<dyn leadscore::domain::Clock>) -> Self {
         let app = Application::build_with_clock(settings, clock).await.expect("application builds");
         let port = app.port();
+        let metrics_port = app.metrics_port();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until_stopped(async {
@@ -157,7 +160,7 @@ impl TestApp {
             .await
             .expect("server runs");
         });
-        Self { port, stop: Some(tx), task: Some(task) }
+        Self { port, metrics_port, stop: Some(tx), task: Some(task) }
     }
 
     pub async fn channel(&self) -> Channel {

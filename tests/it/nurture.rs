@@ -415,6 +415,7 @@ async fn two_service_processes_fire_an_inactivity_trigger_once() {
             .map(|port| {
                 std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
                     .args(["serve", "--grpc-addr", &format!("127.0.0.1:{port}"), "--redis-url", &redis.url()])
+                    .args(["--metrics-addr", "127.0.0.1:0"])
                     .arg("--rules")
                     .arg(&rules)
                     .env("LEADSCORE_INACTIVITY_SWEEP_INTERVAL", "100ms")

@@ -1,0 +1,247 @@
+//! Prometheus metrics: one registry per service instance, served as text on
+//! its own HTTP port (`metrics_addr`), and a tower layer that measures every
+//! gRPC call.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric leadscore exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `method` is `/package.Service/Method`; `code` the gRPC status name.
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+    /// Signals by outcome: accepted, duplicate, capped.
+    pub signals: IntCounterVec,
+    rule_set: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("leadscore".into()), None).expect("a valid prefix");
+        let requests = IntCounterVec::new(
+            Opts::new("grpc_requests_total", "gRPC calls handled, by method and status code"),
+            &["method", "code"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("grpc_request_duration_seconds", "gRPC call latency until the response headers")
+                .buckets(vec![0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["method"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new("grpc_requests_in_flight", "gRPC calls being handled").expect("valid metric");
+        let signals = IntCounterVec::new(
+            Opts::new("signals_total", "Signals received by RecordSignals, by outcome"),
+            &["status"],
+        )
+        .expect("valid metric");
+        let rule_set = IntGaugeVec::new(Opts::new("rule_set_info", "The active rule set (value 1)"), &["version"])
+            .expect("valid metric");
+        let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
+            .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(signals.clone()),
+            Box::new(rule_set.clone()),
+            Box::new(build),
+        ] {
+            registry.register(collector).expect("metric names are unique");
+        }
+        Self { registry, requests, duration, in_flight, signals, rule_set }
+    }
+
+    /// Marks `version` as the active rule set (and no other).
+    pub fn set_rule_set(&self, version: &str) {
+        self.rule_set.reset();
+        self.rule_set.with_label_values(&[version]).set(1);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        if TextEncoder::new().encode(&self.registry.gather(), &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+        }),
+    );
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}
+
+/// Measures every gRPC call: count by method and status, latency, calls in
+/// flight. The status is the `grpc-status` of a trailers-only response (how
+/// tonic answers an error) and `OK` otherwise; a stream that fails after
+/// its first message counts as `OK`.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService { inner, metrics: self.metrics.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let method = known_method(request.uri().path());
+        let metrics = self.metrics.clone();
+        metrics.in_flight.inc();
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            metrics.in_flight.dec();
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", code_name),
+                Err(_) => "UNKNOWN",
+            };
+            metrics.requests.with_label_values(&[method, code]).inc();
+            metrics.duration.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// The path of a known RPC, or `other` (paths come from clients: an
+/// unbounded label set would be a memory leak).
+fn known_method(path: &str) -> &'static str {
+    METHODS.iter().find(|m| **m == path).copied().unwrap_or("other")
+}
+
+const METHODS: [&str; 28] = [
+    "/leadscore.v1.LeadScoring/UpsertLead",
+    "/leadscore.v1.LeadScoring/RecordSignals",
+    "/leadscore.v1.LeadScoring/ScoreLead",
+    "/leadscore.v1.LeadScoring/ScoreLeads",
+    "/leadscore.v1.Qualification/GetQualification",
+    "/leadscore.v1.Qualification/SetStage",
+    "/leadscore.v1.Qualification/ListQualificationChanges",
+    "/leadscore.v1.Qualification/WatchQualificationChanges",
+    "/leadscore.v1.Qualification/GetRuleSet",
+    "/leadscore.v1.Qualification/ValidateRuleSet",
+    "/leadscore.v1.Qualification/SimulateRuleSet",
+    "/leadscore.v1.Qualification/Rescore",
+    "/leadscore.v1.Qualification/GetRescoreJob",
+    "/leadscore.v1.Qualification/IdentifyVisitor",
+    "/leadscore.v1.Nurture/StreamTriggers",
+    "/leadscore.v1.Nurture/AckTriggers",
+    "/leadscore.v1.Nurture/ListDeadLetters",
+    "/leadscore.v1.Nurture/ReplayDeadLetters",
+    "/leadscore.v1.Nurture/ListTriggerDefinitions",
+    "/leadscore.v1.Profiles/GetScoreProfile",
+    "/leadscore.v1.Profiles/GetCohortScoreProfile",
+    "/leadscore.v1.Profiles/GetFunnel",
+    "/leadscore.v1.Profiles/UpsertAccount",
+    "/leadscore.v1.Profiles/GetAccountScore",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_with_labels() {
+        let m = Metrics::new();
+        m.requests.with_label_values(&["/leadscore.v1.LeadScoring/ScoreLead", "NOT_FOUND"]).inc();
+        m.set_rule_set("v1");
+        m.set_rule_set("v2");
+        let text = m.render();
+        assert!(
+            text.contains(
+                "leadscore_grpc_requests_total{code=\"NOT_FOUND\",method=\"/leadscore.v1.LeadScoring/ScoreLead\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("leadscore_rule_set_info{version=\"v2\"} 1"), "{text}");
+        assert!(!text.contains("version=\"v1\""), "{text}");
+        assert!(text.contains("leadscore_build_info{version="), "{text}");
+        assert_eq!(known_method("/x.Y/Z"), "other");
+        assert_eq!(code_name(5), "NOT_FOUND");
+    }
+}
