@@ -21,6 +21,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Signals by outcome: accepted, duplicate, capped.
     pub signals: IntCounterVec,
+    /// Stage changes by from, to and what made them (rule, manual).
+    transitions: IntCounterVec,
     rule_set: IntGaugeVec,
 }
 
@@ -44,6 +46,11 @@ impl Metrics {
             &["status"],
         )
         .expect("valid metric");
+        let transitions = IntCounterVec::new(
+            Opts::new("stage_transitions_total", "Stage changes made by this replica"),
+            &["from", "to", "by"],
+        )
+        .expect("valid metric");
         let rule_set = IntGaugeVec::new(Opts::new("rule_set_info", "The active rule set (value 1)"), &["version"])
             .expect("valid metric");
         let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
@@ -54,12 +61,24 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(in_flight.clone()),
             Box::new(signals.clone()),
+            Box::new(transitions.clone()),
             Box::new(rule_set.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, requests, duration, in_flight, signals, rule_set }
+        Self { registry, requests, duration, in_flight, signals, transitions, rule_set }
+    }
+
+    /// Counts stage changes that were written.
+    pub fn stage_changes(&self, changes: &[crate::domain::StageChange]) {
+        for c in changes {
+            let by = match c.cause {
+                crate::domain::Cause::Rule { .. } => "rule",
+                crate::domain::Cause::Manual { .. } => "manual",
+            };
+            self.transitions.with_label_values(&[c.from.as_str(), c.to.as_str(), by]).inc();
+        }
     }
 
     /// Marks `version` as the active rule set (and no other).

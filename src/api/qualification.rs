@@ -182,7 +182,7 @@ impl Qualification for QualificationService {
             .await
             .map_err(ApiError::from)?
         {
-            StageUpdate::Applied { .. } => {}
+            StageUpdate::Applied { .. } => self.state.metrics.stage_changes(std::slice::from_ref(&change)),
             StageUpdate::Conflict { current } => {
                 return Err(stage_changed(&lead_id, lead.stage.as_str(), current.as_str()).into());
             }

@@ -71,6 +71,7 @@ pub async fn identify(
             .change_stage(lead_id, Stage::Anonymous, std::slice::from_ref(&change), &fires, &state.feed)
             .await?
         {
+            state.metrics.stage_changes(std::slice::from_ref(&change));
             lead.stage = Stage::Lead;
             lead.stage_since = now;
         }
@@ -151,6 +152,7 @@ pub async fn commit_ingest(state: &AppState, rules: &ActiveRules, batch: LeadBat
             lead: after,
         };
         if store.commit(&plan, &state.policy, &state.feed).await? {
+            state.metrics.stage_changes(&plan.changes);
             let mut lead = plan.lead;
             if let Some(last) = plan.changes.last() {
                 lead.stage = last.to;

@@ -128,6 +128,7 @@ pub async fn requalify(
         let fires = trigger_fires(rules, &lead, &changes);
         match state.store.change_stage(&lead.lead_id, lead.stage, &changes, &fires, &state.feed).await? {
             StageUpdate::Applied { changes: applied, .. } => {
+                state.metrics.stage_changes(&changes);
                 for c in &applied {
                     tracing::info!(lead_id = %c.lead_id, from = %c.change.from, to = %c.change.to, cause = ?c.change.cause, "stage changed");
                 }

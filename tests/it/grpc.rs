@@ -300,13 +300,21 @@ async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
     client.record_signals(record(signals)).await.unwrap();
     let missing = client.score_lead(pb::ScoreLeadRequest { lead_id: "nobody".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+    // A demo request moves a lead LEAD → MQL → SQL by rule.
+    let vp = pb::Lead {
+        lead_id: "lead-vp".into(),
+        attributes: [("seniority".to_owned(), "vp".to_owned())].into(),
+        ..Default::default()
+    };
+    client.upsert_lead(pb::UpsertLeadRequest { lead: Some(vp) }).await.unwrap();
+    client.record_signals(record(vec![signal("m3", "lead-vp", "demo_requested", now)])).await.unwrap();
 
     let text = scrape(app.metrics_port.expect("metrics on")).await;
     let line = |needle: &str| text.lines().find(|l| l.starts_with(needle)).map(str::to_owned);
     let value = |needle: &str| line(needle).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(
         value("leadscore_grpc_requests_total{code=\"OK\",method=\"/leadscore.v1.LeadScoring/RecordSignals\"}"),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert_eq!(
@@ -314,14 +322,15 @@ async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
         Some(1.0),
         "{text}"
     );
-    assert_eq!(value("leadscore_signals_total{status=\"accepted\"}"), Some(2.0), "{text}");
+    assert_eq!(value("leadscore_signals_total{status=\"accepted\"}"), Some(3.0), "{text}");
     assert_eq!(value("leadscore_signals_total{status=\"duplicate\"}"), Some(2.0), "{text}");
     assert_eq!(
         value("leadscore_grpc_request_duration_seconds_count{method=\"/leadscore.v1.LeadScoring/RecordSignals\"}"),
-        Some(2.0),
+        Some(3.0),
         "{text}"
     );
     assert!(line("leadscore_rule_set_info{version=\"2026.11.1\"} 1").is_some(), "{text}");
+    assert_eq!(value("leadscore_stage_transitions_total{by=\"rule\",from=\"MQL\",to=\"SQL\"}"), Some(1.0), "{text}");
     assert!(line("leadscore_grpc_requests_in_flight").is_some(), "{text}");
     app.stop().await;
 }
