@@ -36,15 +36,10 @@ impl ProfilesService {
     }
 }
 
+/// The model's name (the primary's for ""), or a violation.
 fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) -> String {
-    match rules.model(model) {
-        Some(m) => m.name.clone(),
-        None => {
-            let known: Vec<_> = rules.models.keys().map(String::as_str).collect();
-            v.add("model", format!("unknown model '{model}'; the rule set defines: {}", known.join(", ")));
-            String::new()
-        }
-    }
+    super::scoring::check_model(rules, model, v);
+    rules.model(model).map(|m| m.name.clone()).unwrap_or_default()
 }
 
 fn required_time(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Timestamp> {

@@ -32,7 +32,7 @@ fn score(rules: &RuleSet, model: &str, lead: &LeadSnapshot, now: Timestamp) -> R
     Ok(score_to_proto(lead, &m.score(lead, now), &rules.version))
 }
 
-fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) {
+pub(super) fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) {
     if rules.model(model).is_none() {
         let known: Vec<_> = rules.models.keys().map(String::as_str).collect();
         v.add("model", format!("unknown model '{model}'; the rule set defines: {}", known.join(", ")));

@@ -112,10 +112,7 @@ impl AccountPolicy {
             lead.counted = true;
             behavior += lead.behavior;
         }
-        let fit_rules: Vec<(String, String, f64)> = self
-            .fit_rules
-            .iter()
-            .filter(|r| r.condition.matches(attributes.get(&r.attribute).map(String::as_str)))
+        let fit_rules: Vec<(String, String, f64)> = super::model::matching_fit_rules(&self.fit_rules, attributes)
             .map(|r| (r.id.clone(), r.attribute.clone(), r.points))
             .collect();
         AccountScore {

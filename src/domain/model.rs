@@ -126,7 +126,21 @@ pub struct Score {
     pub as_of: Timestamp,
 }
 
+/// The fit rules whose condition an attribute set meets (a lead's profile
+/// or an account's).
+pub fn matching_fit_rules<'a>(
+    rules: &'a [FitRule],
+    attributes: &'a BTreeMap<String, String>,
+) -> impl Iterator<Item = &'a FitRule> {
+    rules.iter().filter(|r| r.condition.matches(attributes.get(&r.attribute).map(String::as_str)))
+}
+
 impl ScoringModel {
+    /// The fit score of a profile: the points of its matching fit rules.
+    pub fn fit(&self, attributes: &BTreeMap<String, String>) -> f64 {
+        matching_fit_rules(&self.fit_rules, attributes).map(|r| r.points).sum()
+    }
+
     /// Points and decay this model gives a signal, property refinements
     /// applied (first match wins). Zero for a type the model omits.
     pub fn weigh(&self, signal_type: &str, properties: &BTreeMap<String, String>) -> ModelWeight {
@@ -162,15 +176,13 @@ impl ScoringModel {
             });
         }
         let mut fit = 0.0;
-        for rule in &self.fit_rules {
-            if rule.condition.matches(lead.attributes.get(&rule.attribute).map(String::as_str)) {
-                fit += rule.points;
-                contributions.push(Contribution::FitRule {
-                    rule_id: rule.id.clone(),
-                    attribute: rule.attribute.clone(),
-                    points: rule.points,
-                });
-            }
+        for rule in matching_fit_rules(&self.fit_rules, &lead.attributes) {
+            fit += rule.points;
+            contributions.push(Contribution::FitRule {
+                rule_id: rule.id.clone(),
+                attribute: rule.attribute.clone(),
+                points: rule.points,
+            });
         }
         Score {
             model: self.name.clone(),

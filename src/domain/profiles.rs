@@ -293,6 +293,18 @@ pub fn first_touch(properties: &BTreeMap<String, String>) -> [String; 3] {
     })
 }
 
+/// The earliest of some signals: its `occurred_at` and first-touch values.
+pub fn earliest_touch<'a>(
+    signals: impl IntoIterator<Item = (Timestamp, &'a BTreeMap<String, String>)>,
+) -> Option<(Timestamp, [String; 3])> {
+    signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, properties)| (at, first_touch(properties)))
+}
+
+/// First-touch values as the Lua scripts store them (`source␟channel␟campaign`).
+pub fn encode_touch(values: &[String; 3]) -> String {
+    values.join(&SEP.to_string())
+}
+
 /// The funnel groups a lead with these first-touch values counts in.
 pub fn funnel_groups(first_touch: Option<&[String; 3]>) -> Vec<String> {
     let mut groups = vec![ALL_GROUP.to_owned()];

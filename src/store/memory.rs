@@ -89,20 +89,24 @@ impl StoredLead {
             reopened: change.from == Stage::Recycled && matches!(change.cause, Cause::Rule { .. }),
             deal_amount: change.deal_amount,
         };
-        count_entry(funnel, self.first_touch.as_ref().map(|f| &f.1), &entry, change.at);
+        let groups = profiles::funnel_groups(self.first_touch.as_ref().map(|f| &f.1));
+        count_entry(funnel, &groups, &entry, change.at, 1.0);
     }
 }
 
+/// Adds (`sign` 1) or takes back (-1) an entry's counters for some groups on
+/// the day of `at` (profile.lua's `p_count`).
 fn count_entry(
     funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
-    first_touch: Option<&[String; 3]>,
+    groups: &[String],
     entry: &FunnelEntry,
     at: Timestamp,
+    sign: f64,
 ) {
     let day = funnel.entry(at.utc_day()).or_default();
-    for group in profiles::funnel_groups(first_touch) {
-        for (field, by) in entry.increments(&group) {
-            *day.entry(field).or_default() += by;
+    for group in groups {
+        for (field, by) in entry.increments(group) {
+            *day.entry(field).or_default() += sign * by;
         }
     }
 }
@@ -191,20 +195,14 @@ fn entry<'a>(
         let mut lead = StoredLead::new(snapshot);
         lead.first_touch = first_touch;
         let at = created_at.unwrap_or(now);
-        count_entry(funnel, lead.first_touch.as_ref().map(|f| &f.1), &creation_entry(initial_stage), at);
+        let groups = profiles::funnel_groups(lead.first_touch.as_ref().map(|f| &f.1));
+        count_entry(funnel, &groups, &creation_entry(initial_stage), at, 1.0);
         lead.funnel_reached = profiles::funnel_rank(initial_stage);
         if lead.first_touch.is_none() {
             lead.untouched_creation = Some((at, initial_stage));
         }
         lead
     })
-}
-
-/// The earliest signal of a batch: its time and first-touch values.
-fn batch_first_touch<'a>(
-    signals: impl IntoIterator<Item = (Timestamp, &'a BTreeMap<String, String>)>,
-) -> Option<(Timestamp, [String; 3])> {
-    signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, props)| (at, profiles::first_touch(props)))
 }
 
 fn creation_entry(stage: Stage) -> FunnelEntry {
@@ -231,16 +229,12 @@ fn earlier_touch(
     let first = lead.first_touch.is_none();
     lead.first_touch = Some(candidate);
     if let (true, Some((at, stage))) = (first, lead.untouched_creation.take()) {
+        // All leads' group ("*", first) stays; the first-touch groups move.
         let entry = creation_entry(stage);
-        let day = funnel.entry(at.utc_day()).or_default();
-        let (untouched, touched) =
-            (profiles::funnel_groups(None), profiles::funnel_groups(lead.first_touch.as_ref().map(|t| &t.1)));
-        for (group, sign) in untouched.iter().skip(1).map(|g| (g, -1.0)).chain(touched.iter().skip(1).map(|g| (g, 1.0)))
-        {
-            for (field, by) in entry.increments(group) {
-                *day.entry(field).or_default() += sign * by;
-            }
-        }
+        let untouched = profiles::funnel_groups(None);
+        let touched = profiles::funnel_groups(lead.first_touch.as_ref().map(|t| &t.1));
+        count_entry(funnel, &untouched[1..], &entry, at, -1.0);
+        count_entry(funnel, &touched[1..], &entry, at, 1.0);
     }
 }
 
@@ -346,7 +340,7 @@ impl LeadStore for MemoryStore {
                 {
                     return LeadOutcome { statuses: Vec::new(), lead: lead.snapshot.clone(), merged_into: Some(owner) };
                 }
-                let touch = batch_first_touch(batch.signals.iter().map(|s| (s.occurred_at, &s.properties)));
+                let touch = profiles::earliest_touch(batch.signals.iter().map(|s| (s.occurred_at, &s.properties)));
                 let lead = entry(leads, funnel, &batch.lead_id, now, batch.initial_stage, touch.clone(), None);
                 let statuses: Vec<SignalStatus> =
                     batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
@@ -357,7 +351,7 @@ impl LeadStore for MemoryStore {
                     .filter(|(_, st)| **st != SignalStatus::Duplicate)
                     .map(|(s, _)| (s.occurred_at, &s.properties))
                     .collect();
-                earlier_touch(lead, funnel, batch_first_touch(recorded));
+                earlier_touch(lead, funnel, profiles::earliest_touch(recorded));
                 let counted: Vec<&str> = batch
                     .signals
                     .iter()
@@ -476,8 +470,9 @@ impl LeadStore for MemoryStore {
             (Some(expected), Some((recorded, stage, false))) if expected == (recorded, stage) => {}
             _ => return Ok(false),
         }
-        let touch =
-            batch_first_touch(plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)));
+        let touch = profiles::earliest_touch(
+            plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)),
+        );
         let lead = entry(leads, funnel, id, plan.now, plan.initial_stage, touch.clone(), None);
         earlier_touch(lead, funnel, touch);
         lead.snapshot.tallies = plan.lead.tallies.clone();
@@ -529,7 +524,7 @@ impl LeadStore for MemoryStore {
         let mut data = self.data();
         let spec = data.spec();
         let Some(lead) = data.leads.get_mut(&current.lead_id) else { return Ok(()) };
-        let fits = spec.fits(&lead.snapshot);
+        let fits = spec.fits(&lead.snapshot.attributes);
         let changed = fits.len() != lead.scores.len()
             || fits.iter().zip(&lead.scores).any(|((model, fit), s)| *model != s.model || *fit != s.fit);
         lead.touch(&spec, now, changed.then(|| format!("rescore:{}", spec.version)), true);

@@ -1,6 +1,8 @@
 //! What the stores need from the rule set to keep score profiles and cohort
 //! aggregates up to date as leads change.
 
+use std::collections::BTreeMap;
+
 use crate::domain::profiles::{ModelScore, QUALIFIED_STAGES, lua_number};
 use crate::domain::{LeadSnapshot, ScoringModel, Timestamp};
 use crate::rules::RuleSet;
@@ -27,8 +29,6 @@ impl ProfileSpec {
     pub fn new(rules: &RuleSet, history_limit: usize, history_age_ms: i64, funnel_retention_ms: i64) -> Self {
         let mut models = vec![rules.primary().clone()];
         models.extend(rules.models.values().filter(|m| m.name != rules.primary_model).cloned());
-        let empty =
-            LeadSnapshot::new(crate::domain::LeadId::parse("spec").expect("a valid id"), Timestamp::from_millis(0));
         let mut args: Vec<String> = vec![
             history_limit.to_string(),
             history_age_ms.to_string(),
@@ -42,7 +42,7 @@ impl ProfileSpec {
         args.push(models.len().to_string());
         for m in &models {
             args.push(m.name.clone());
-            args.push(lua_number(m.score(&empty, Timestamp::from_millis(0)).fit));
+            args.push(lua_number(m.fit(&BTreeMap::new())));
             args.push(m.signals.len().to_string());
             // In type-name order (BTreeMap), the order the service sums in.
             for (t, s) in &m.signals {
@@ -62,10 +62,10 @@ impl ProfileSpec {
         }
     }
 
-    /// Each model's fit for a profile, `(model, fit)`, primary first.
-    pub fn fits(&self, lead: &LeadSnapshot) -> Vec<(String, f64)> {
-        let now = Timestamp::from_millis(0);
-        self.models.iter().map(|m| (m.name.clone(), m.score(&bare(lead), now).fit)).collect()
+    /// Each model's fit for a profile's attributes, `(model, fit)`, primary
+    /// first.
+    pub fn fits(&self, attributes: &BTreeMap<String, String>) -> Vec<(String, f64)> {
+        self.models.iter().map(|m| (m.name.clone(), m.fit(attributes))).collect()
     }
 
     /// Each model's score of the lead at `now`, primary first.
@@ -83,14 +83,6 @@ impl ProfileSpec {
     pub fn has_model(&self, model: &str) -> bool {
         self.models.iter().any(|m| m.name == model)
     }
-}
-
-/// The lead without its signals: only the fit part of a score.
-fn bare(lead: &LeadSnapshot) -> LeadSnapshot {
-    let mut profile = LeadSnapshot::new(lead.lead_id.clone(), lead.created_at);
-    profile.attributes = lead.attributes.clone();
-    profile.account_id = lead.account_id.clone();
-    profile
 }
 
 /// The built-in rule set's spec with default limits: what a store follows

@@ -77,7 +77,7 @@ async fn load_population(app: &TestApp, n: usize) {
         }
     }
     let mut client = app.client().await;
-    for chunk in signals.chunks(1000) {
+    for chunk in signals.chunks(250) {
         client.record_signals(record(chunk.to_vec())).await.unwrap();
     }
 }
@@ -87,7 +87,9 @@ async fn brute_force(app: &TestApp, n: usize, keep: impl Fn(usize) -> bool) -> V
     let mut client = app.client().await;
     let ids: Vec<String> = (0..n).filter(|i| keep(*i)).map(|i| format!("p{i}")).collect();
     let mut rows = Vec::new();
-    for chunk in ids.chunks(1000) {
+    // Small calls: the test Redis timeout is 500 ms and the suite runs in
+    // parallel on two cores.
+    for chunk in ids.chunks(200) {
         let scores = client
             .score_leads(pb::ScoreLeadsRequest { lead_ids: chunk.to_vec(), model: String::new() })
             .await

@@ -95,7 +95,8 @@ pub(super) async fn profile(store: &RedisStore, query: &CohortQuery) -> Result<C
 
     // Then the percentiles, all four searched side by side.
     let ranks: Vec<u64> = PERCENTILES.iter().map(|p| nearest_rank(*p, profile.lead_count)).collect();
-    profile.percentiles = percentiles(store, &zsets, &ranks, min, max).await?.try_into().unwrap_or_default();
+    profile.percentiles =
+        percentiles(store, &zsets, &ranks, (min, max), profile.lead_count).await?.try_into().unwrap_or_default();
     Ok(profile)
 }
 
@@ -114,10 +115,10 @@ async fn percentiles(
     store: &RedisStore,
     zsets: &[String],
     ranks: &[u64],
-    min: f64,
-    max: f64,
+    (min, max): (f64, f64),
+    n: u64,
 ) -> Result<Vec<f64>, StoreError> {
-    let n: u64 = count_at_most(store, zsets, &[max]).await?.first().copied().unwrap_or(0);
+    // All `n` scores are at most `max`: every search starts with all of them.
     let mut searches: Vec<Search> =
         ranks.iter().map(|&rank| Search { rank, lo: None, hi: max, below: 0, within: n }).collect();
     let mut answers: Vec<Option<f64>> = vec![None; ranks.len()];

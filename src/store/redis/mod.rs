@@ -136,9 +136,7 @@ impl LeadStore for RedisStore {
     async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
         let keys = self.keys.lead(&profile.lead_id);
         let spec = self.spec();
-        let mut fit_lead = LeadSnapshot::new(profile.lead_id.clone(), now);
-        fit_lead.attributes = profile.attributes.clone();
-        let fits = spec.fits(&fit_lead);
+        let fits = spec.fits(&profile.attributes);
         let mut inv = self.upsert.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead).key(&keys.days).key(&keys.index);
         inv.arg(&spec.lua_args)
@@ -442,7 +440,9 @@ impl LeadStore for RedisStore {
         }
         let (expected_recorded, expected_stage) =
             plan.expected.map_or((0, String::new()), |(n, stage)| (n, stage.as_str().to_owned()));
-        let touch = first_touch_of(plan.history.iter().map(|h| (h.occurred_at_ms, &h.properties)));
+        let touch = profiles::earliest_touch(
+            plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)),
+        );
         inv.arg(&self.spec().lua_args)
             .arg(expected_recorded)
             .arg(expected_stage)
@@ -456,8 +456,8 @@ impl LeadStore for RedisStore {
             .arg(feed.retention_ms)
             .arg(feed.trigger_retention_ms)
             .arg(feed.history_limit.max(1))
-            .arg(touch.as_ref().map(|t| t.1.as_str()).unwrap_or_default())
-            .arg(touch.as_ref().map_or(0, |t| t.0))
+            .arg(touch.as_ref().map(|t| profiles::encode_touch(&t.1)).unwrap_or_default())
+            .arg(touch.as_ref().map_or(0, |t| t.0.millis()))
             .arg(plan.score_cause.as_deref().unwrap_or_default());
         let (mut fields, days) = codec::encode_tallies(&plan.lead);
         fields.push(("nr".into(), plan.lead.recorded.to_string()));
@@ -629,7 +629,9 @@ impl LeadStore for RedisStore {
         let keys = self.keys.lead(&rebuilt.lead_id);
         let spec = self.spec();
         let (mut fields, days) = codec::encode_tallies(rebuilt);
-        fields.extend(spec.fits(rebuilt).into_iter().map(|(m, fit)| (format!("f:{m}"), profiles::lua_number(fit))));
+        fields.extend(
+            spec.fits(&rebuilt.attributes).into_iter().map(|(m, fit)| (format!("f:{m}"), profiles::lua_number(fit))),
+        );
         let mut inv = self.rescore.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead).key(&keys.days);
         inv.arg(&spec.lua_args)
@@ -652,7 +654,7 @@ impl LeadStore for RedisStore {
     async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
         let keys = self.keys.lead(&lead.lead_id);
         let spec = self.spec();
-        let fits = spec.fits(lead);
+        let fits = spec.fits(&lead.attributes);
         let mut inv = self.refresh.prepare_invoke();
         inv.key(&keys.base).key(&keys.lead);
         inv.arg(&spec.lua_args).arg(now.millis()).arg(lead.lead_id.as_str()).arg(fits.len());
@@ -818,7 +820,7 @@ impl RedisStore {
         // The batch's earliest signal may be the lead's first touch.
         let earliest = batch.signals.iter().enumerate().min_by_key(|(_, s)| s.occurred_at);
         match earliest {
-            Some((i, s)) => inv.arg(i + 1).arg(profiles::first_touch(&s.properties).join(&profiles::SEP.to_string())),
+            Some((i, s)) => inv.arg(i + 1).arg(profiles::encode_touch(&profiles::first_touch(&s.properties))),
             None => inv.arg(0).arg(""),
         };
         // Every signal carries one weight per model, in the same order.
@@ -841,12 +843,4 @@ impl RedisStore {
         }
         inv
     }
-}
-
-/// The earliest of some signals, `(occurred_at ms, first-touch values)`.
-fn first_touch_of<'a>(
-    signals: impl IntoIterator<Item = (i64, &'a std::collections::BTreeMap<String, String>)>,
-) -> Option<(i64, String)> {
-    let (at, properties) = signals.into_iter().min_by_key(|(at, _)| *at)?;
-    Some((at, profiles::first_touch(properties).join(&profiles::SEP.to_string())))
 }
