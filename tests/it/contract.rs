@@ -492,6 +492,15 @@ macro_rules! contract {
                 super::$name(&store).await;
             })*
         }
+        mod redis_cluster {
+            $(#[tokio::test]
+            async fn $name() {
+                let Some(cluster) = crate::helpers::RedisCluster::start() else { return };
+                let store = super::cluster_store(&cluster);
+                super::$name(&store).await;
+                drop(cluster);
+            })*
+        }
     };
 }
 
@@ -525,6 +534,47 @@ fn redis_store_with_partitions(partitions: u32) -> (RedisServer, RedisStore) {
     })
     .unwrap();
     (server, store)
+}
+
+fn cluster_store(cluster: &crate::helpers::RedisCluster) -> RedisStore {
+    RedisStore::connect(&RedisSettings {
+        url: cluster.url(),
+        key_prefix: "ls".into(),
+        partitions: 256,
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+/// One request over leads of many partitions lands on every node of a
+/// cluster, and reads them back in the request's order.
+#[tokio::test]
+async fn redis_cluster_spreads_partitions_over_its_nodes() {
+    let Some(cluster) = crate::helpers::RedisCluster::start() else { return };
+    let store = cluster_store(&cluster);
+    let rules = rules();
+    let leads: Vec<LeadId> = (0..40).map(|i| id(&format!("spread-{i}"))).collect();
+    let batches = leads
+        .iter()
+        .enumerate()
+        .map(|(i, lead)| {
+            let signals = (0..=i % 3).map(|k| scored(&rules, &format!("e{i}-{k}"), "page_view", NOW, &[])).collect();
+            LeadBatch::new(lead.clone(), signals)
+        })
+        .collect();
+    let outcomes = store.record_signals(batches, NOW, &POLICY).await.unwrap();
+    for (i, (lead, outcome)) in leads.iter().zip(&outcomes).enumerate() {
+        assert_eq!(&outcome.lead.lead_id, lead);
+        assert_eq!(outcome.statuses.len(), i % 3 + 1);
+    }
+    let read = store.load_leads(&leads).await.unwrap();
+    for (i, (lead, snapshot)) in leads.iter().zip(&read).enumerate() {
+        let snapshot = snapshot.as_ref().expect("stored");
+        assert_eq!(&snapshot.lead_id, lead);
+        assert_eq!(snapshot.tallies.values().map(|t| t.counted).sum::<u64>(), (i % 3 + 1) as u64);
+    }
+    let per_node = cluster.keys_per_node();
+    assert!(per_node.iter().all(|keys| !keys.is_empty()), "{:?}", per_node.iter().map(Vec::len).collect::<Vec<_>>());
 }
 
 /// All of a lead's keys share one hash tag (one Redis Cluster slot).

@@ -98,6 +98,126 @@ impl Drop for RedisServer {
     }
 }
 
+/// A three-node Redis Cluster of our own (no replicas), killed on drop.
+/// Each node keeps its cluster state in a temporary directory.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    /// `None` (after saying why on stderr) when `redis-cli`, which creates
+    /// the cluster, is not installed.
+    pub fn start() -> Option<Self> {
+        if Command::new("redis-cli").arg("--version").output().is_err() {
+            eprintln!("SKIPPED: redis-cli is not on PATH, so no Redis Cluster can be created for this test");
+            return None;
+        }
+        for _ in 0..3 {
+            if let Some(cluster) = Self::try_start() {
+                return Some(cluster);
+            }
+        }
+        panic!("could not start a 3-node Redis Cluster on free ports");
+    }
+
+    fn try_start() -> Option<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        // Data and cluster-bus ports, all free (the bus port is not port + 10000,
+        // which may not exist above 55535).
+        let held: Vec<TcpListener> = (0..6).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = held.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(held);
+        let mut cluster = Self { nodes: Vec::new(), ports: ports[..3].to_vec(), _dir: dir };
+        for (port, bus) in ports[..3].iter().zip(&ports[3..]) {
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-port", &bus.to_string()])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .arg("--dir")
+                .arg(cluster._dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server runs");
+            cluster.nodes.push(child);
+        }
+        for port in &cluster.ports {
+            if !ping(&format!("redis://127.0.0.1:{port}")) {
+                return None;
+            }
+        }
+        let create = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        if !create.success() {
+            return None;
+        }
+        // Every node must agree the cluster is up before it takes commands.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ok = cluster.ports.iter().all(|port| {
+                redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("CLUSTER").arg("INFO").query::<String>(&mut c))
+                    .is_ok_and(|info| info.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Some(cluster);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `redis+cluster://` URL naming every node.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Keys stored on each node (KEYS * per node).
+    pub fn keys_per_node(&self) -> Vec<Vec<String>> {
+        self.ports
+            .iter()
+            .map(|port| {
+                let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection().unwrap();
+                redis::cmd("KEYS").arg("*").query(&mut c).unwrap()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn ping(url: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(client) = redis::Client::open(url)
+            && let Ok(mut conn) = client.get_connection()
+            && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Settings for a test: port 0, fast health checks, short Redis timeout.
 pub fn settings(redis_url: Option<String>) -> Settings {
     Settings {

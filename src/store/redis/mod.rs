@@ -4,6 +4,7 @@
 
 mod codec;
 mod cohort;
+pub mod conn;
 pub mod feed;
 pub mod keys;
 mod nurture;
@@ -12,9 +13,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 
+pub use conn::Conn;
 pub use keys::KeySpace;
 
 use super::{
@@ -42,7 +43,7 @@ pub struct RedisSettings {
 }
 
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     keys: KeySpace,
     ingest: Script,
     upsert: Script,
@@ -64,14 +65,7 @@ impl RedisStore {
     /// Prepares a connection without waiting for Redis: a store that is
     /// down at start-up reports `Unavailable` until it answers, then works.
     pub fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let client = redis::Client::open(settings.url.as_str())
-            .map_err(|e| StoreError::Internal(format!("invalid Redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.command_timeout))
-            .set_response_timeout(Some(settings.command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let conn = Conn::open(&settings.url, settings.command_timeout).map_err(StoreError::Internal)?;
         Ok(Self {
             conn,
             keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
@@ -91,7 +85,7 @@ impl RedisStore {
     }
 
     /// Runs `f` on a connection, bounded by the command timeout.
-    async fn call<T, F>(&self, f: impl FnOnce(ConnectionManager) -> F) -> Result<T, StoreError>
+    async fn call<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, RedisError>>,
     {
@@ -109,7 +103,13 @@ fn unavailable(e: RedisError) -> StoreError {
 fn classify(e: RedisError) -> StoreError {
     if e.is_timeout() {
         StoreError::Unavailable(format!("Redis timed out: {e}"))
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
+    {
         unavailable(e)
     } else {
         StoreError::Internal(e.to_string())
