@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// Rule-set file [default: the built-in rules/default.toml; env LEADSCORE_RULES].
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Serve without bearer tokens on a non-loopback address (refused
+    /// otherwise) [env LEADSCORE_INSECURE=true].
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +348,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         metrics_addr: args.metrics_addr,
         redis_url: args.redis_url,
         rules: args.rules,
+        insecure: args.insecure.then_some(true),
     };
     let settings = match Settings::load(args.config.as_deref(), &overrides) {
         Ok(s) => s,

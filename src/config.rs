@@ -93,6 +93,29 @@ pub struct Settings {
     pub score_history_age: Millis,
     /// How long the funnel's daily counters are kept.
     pub funnel_retention: Millis,
+    /// File of bearer tokens (`<name> <scopes> <token>` per line); the
+    /// `LEADSCORE_AUTH_TOKENS` variable may hold the same lines instead.
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address.
+    pub insecure: bool,
+    /// PEM certificate chain and private key: serve gRPC over TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mTLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// Calls handled at once; more are refused with RESOURCE_EXHAUSTED.
+    /// 0: no limit.
+    pub max_in_flight: usize,
+    /// Largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// Calls one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Longest a call may take when its caller sets no shorter deadline
+    /// (`grpc-timeout`).
+    pub request_timeout: Millis,
+    /// HTTP/2 pings on idle connections, and how long to wait for the answer.
+    pub http2_keepalive_interval: Millis,
+    pub http2_keepalive_timeout: Millis,
 }
 
 impl Default for Settings {
@@ -125,12 +148,23 @@ impl Default for Settings {
             score_history_limit: 50,
             score_history_age: Millis(180 * DAY),
             funnel_retention: Millis(800 * DAY),
+            auth_tokens_file: None,
+            insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            max_in_flight: 512,
+            max_message_size: 1 << 20,
+            max_concurrent_streams: 200,
+            request_timeout: Millis(30_000),
+            http2_keepalive_interval: Millis(60_000),
+            http2_keepalive_timeout: Millis(20_000),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 26] = [
+pub const KEYS: [&str; 37] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -157,6 +191,17 @@ pub const KEYS: [&str; 26] = [
     "score_history_limit",
     "score_history_age",
     "funnel_retention",
+    "auth_tokens_file",
+    "insecure",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "max_in_flight",
+    "max_message_size",
+    "max_concurrent_streams",
+    "request_timeout",
+    "http2_keepalive_interval",
+    "http2_keepalive_timeout",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +219,8 @@ pub struct Overrides {
     pub redis_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rules: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
 }
 
 impl Settings {
@@ -212,6 +259,9 @@ impl Settings {
             ("inactivity_sweep_interval", self.inactivity_sweep_interval),
             ("score_history_age", self.score_history_age),
             ("funnel_retention", self.funnel_retention),
+            ("request_timeout", self.request_timeout),
+            ("http2_keepalive_interval", self.http2_keepalive_interval),
+            ("http2_keepalive_timeout", self.http2_keepalive_timeout),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
@@ -233,6 +283,18 @@ impl Settings {
         }
         if self.stage_history_limit == 0 {
             return Err(ConfigError("stage_history_limit must be at least 1".into()));
+        }
+        if !(1024..=64 << 20).contains(&self.max_message_size) {
+            return Err(ConfigError("max_message_size must be 1024 to 67108864 bytes".into()));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err(ConfigError("max_concurrent_streams must be at least 1".into()));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError("tls_cert and tls_key go together: set both or neither".into()));
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError("tls_client_ca (mTLS) needs tls_cert and tls_key".into()));
         }
         if self.redis_partitions == 0 || self.redis_partitions > 16_384 {
             return Err(ConfigError("redis_partitions must be 1 to 16384".into()));
@@ -272,6 +334,10 @@ mod tests {
         let value = serde_json::to_value(Settings {
             redis_url: Some(String::new()),
             rules: Some(PathBuf::new()),
+            auth_tokens_file: Some(PathBuf::new()),
+            tls_cert: Some(PathBuf::new()),
+            tls_key: Some(PathBuf::new()),
+            tls_client_ca: Some(PathBuf::new()),
             ..Default::default()
         })
         .unwrap();

@@ -9,17 +9,24 @@
 //! - `reload`    — hot reload of the rule file (SIGHUP, file change)
 //! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
 //! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
+//! - `auth`      — bearer tokens with scopes (a gate)
+//! - `gate`      — a tower layer that admits or refuses calls up front
+//! - `limits`    — load shedding (a gate)
+//! - `metrics`   — Prometheus registry, endpoint and gRPC layer
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
 //! - `telemetry` — tracing subscriber
 //! - `cli`       — the `leadscore` command line
 //! - `demo`      — `leadscore demo seed`: demo data through the public RPCs
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod domain;
 pub mod engine;
+pub mod gate;
+pub mod limits;
 pub mod metrics;
 pub mod reload;
 pub mod report;

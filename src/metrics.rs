@@ -183,39 +183,8 @@ where
 /// The path of a known RPC, or `other` (paths come from clients: an
 /// unbounded label set would be a memory leak).
 fn known_method(path: &str) -> &'static str {
-    METHODS.iter().find(|m| **m == path).copied().unwrap_or("other")
+    crate::auth::RPCS.iter().map(|(p, _)| *p).find(|m| *m == path).unwrap_or("other")
 }
-
-const METHODS: [&str; 28] = [
-    "/leadscore.v1.LeadScoring/UpsertLead",
-    "/leadscore.v1.LeadScoring/RecordSignals",
-    "/leadscore.v1.LeadScoring/ScoreLead",
-    "/leadscore.v1.LeadScoring/ScoreLeads",
-    "/leadscore.v1.Qualification/GetQualification",
-    "/leadscore.v1.Qualification/SetStage",
-    "/leadscore.v1.Qualification/ListQualificationChanges",
-    "/leadscore.v1.Qualification/WatchQualificationChanges",
-    "/leadscore.v1.Qualification/GetRuleSet",
-    "/leadscore.v1.Qualification/ValidateRuleSet",
-    "/leadscore.v1.Qualification/SimulateRuleSet",
-    "/leadscore.v1.Qualification/Rescore",
-    "/leadscore.v1.Qualification/GetRescoreJob",
-    "/leadscore.v1.Qualification/IdentifyVisitor",
-    "/leadscore.v1.Nurture/StreamTriggers",
-    "/leadscore.v1.Nurture/AckTriggers",
-    "/leadscore.v1.Nurture/ListDeadLetters",
-    "/leadscore.v1.Nurture/ReplayDeadLetters",
-    "/leadscore.v1.Nurture/ListTriggerDefinitions",
-    "/leadscore.v1.Profiles/GetScoreProfile",
-    "/leadscore.v1.Profiles/GetCohortScoreProfile",
-    "/leadscore.v1.Profiles/GetFunnel",
-    "/leadscore.v1.Profiles/UpsertAccount",
-    "/leadscore.v1.Profiles/GetAccountScore",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
 
 fn code_name(code: i32) -> &'static str {
     match code {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -20,6 +20,7 @@ use crate::api::pb::qualification_server::QualificationServer;
 use crate::api::{AppState, Limits, NurtureService, ProfilesService, QualificationService, ScoringService, pb};
 use crate::config::{Settings, redacted_url};
 use crate::domain::{Clock, IngestPolicy, SystemClock};
+use crate::gate::GateLayer;
 use crate::rules::{RuleError, RuleSet};
 use crate::store::redis::{RedisSettings, RedisStore};
 use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore, MemoryStore, StoreError};
@@ -40,6 +41,67 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Security(String),
+}
+
+/// How callers are authenticated and the connection protected.
+pub struct Security {
+    pub tokens: Option<Arc<crate::auth::Tokens>>,
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// Reads the token file (or `LEADSCORE_AUTH_TOKENS`) and the TLS files, and
+/// refuses an unauthenticated service on a non-loopback address unless
+/// `insecure` is set.
+pub fn load_security(settings: &Settings) -> Result<Security, StartupError> {
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartupError::Security(format!("cannot read {key} {}: {e}", path.display())))
+    };
+    let token_text = match &settings.auth_tokens_file {
+        Some(path) => Some(String::from_utf8_lossy(&read("auth_tokens_file", path)?).into_owned()),
+        None => std::env::var("LEADSCORE_AUTH_TOKENS").ok().filter(|t| !t.trim().is_empty()),
+    };
+    let tokens = token_text
+        .map(|text| crate::auth::Tokens::parse(&text).map_err(|e| StartupError::Security(e.to_string())))
+        .transpose()?
+        .map(Arc::new);
+    let tls = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => {
+            let mut config =
+                ServerTlsConfig::new().identity(Identity::from_pem(read("tls_cert", cert)?, read("tls_key", key)?));
+            if let Some(ca) = &settings.tls_client_ca {
+                config = config.client_ca_root(Certificate::from_pem(read("tls_client_ca", ca)?));
+            }
+            // Bad PEM shows now rather than when serving starts.
+            Server::builder()
+                .tls_config(config.clone())
+                .map_err(|e| StartupError::Security(format!("TLS configuration: {e}")))?;
+            Some(config)
+        }
+        _ => None,
+    };
+    let loopback = settings.grpc_addr.ip().is_loopback();
+    if tokens.is_none() && !loopback && !settings.insecure {
+        return Err(StartupError::Security(format!(
+            "refusing to serve on {} without authentication: configure bearer tokens (auth_tokens_file or \
+             LEADSCORE_AUTH_TOKENS), or pass --insecure (LEADSCORE_INSECURE=true) to accept unauthenticated calls \
+             from the network",
+            settings.grpc_addr
+        )));
+    }
+    match (&tokens, &tls) {
+        (None, _) if !loopback => tracing::warn!("serving WITHOUT authentication (--insecure)"),
+        (Some(t), None) if !loopback => {
+            tracing::warn!(tokens = t.len(), "bearer tokens travel in clear text: configure tls_cert/tls_key")
+        }
+        (Some(t), _) => tracing::info!(tokens = t.len(), "bearer-token authentication on"),
+        _ => {}
+    }
+    if tls.is_some() {
+        tracing::info!(mtls = settings.tls_client_ca.is_some(), "serving gRPC over TLS");
+    }
+    Ok(Security { tokens, tls })
 }
 
 /// Loads the configured rule file, or the built-in default.
@@ -67,6 +129,7 @@ pub struct Application {
     metrics_listener: Option<TcpListener>,
     state: Arc<AppState>,
     settings: Settings,
+    security: Security,
 }
 
 impl Application {
@@ -75,6 +138,7 @@ impl Application {
     }
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let security = load_security(&settings)?;
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
         tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
         let store: Arc<dyn LeadStore> = match &settings.redis_url {
@@ -134,7 +198,7 @@ impl Application {
             }
             _ => None,
         };
-        Ok(Self { listener, port, metrics_listener, state, settings })
+        Ok(Self { listener, port, metrics_listener, state, settings, security })
     }
 
     /// The bound port (useful with port 0).
@@ -201,15 +265,38 @@ impl Application {
             }))
         });
 
-        let router = Server::builder()
+        let limits = &self.settings;
+        let mut builder = Server::builder()
+            .timeout(limits.request_timeout.duration())
+            .max_concurrent_streams(Some(limits.max_concurrent_streams))
+            .http2_keepalive_interval(Some(limits.http2_keepalive_interval.duration()))
+            .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout.duration()));
+        if let Some(tls) = self.security.tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let router = builder
             .layer(crate::metrics::MetricsLayer { metrics: self.state.metrics.clone() })
+            .layer(GateLayer(crate::auth::Authenticate(self.security.tokens)))
+            .layer(GateLayer(crate::limits::LoadShed::new(limits.max_in_flight)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(LeadScoringServer::new(ScoringService::new(self.state.clone())))
-            .add_service(QualificationServer::new(QualificationService::new(self.state.clone())))
-            .add_service(NurtureServer::new(NurtureService::new(self.state.clone())))
-            .add_service(ProfilesServer::new(ProfilesService::new(self.state.clone())));
+            .add_service(
+                LeadScoringServer::new(ScoringService::new(self.state.clone()))
+                    .max_decoding_message_size(limits.max_message_size),
+            )
+            .add_service(
+                QualificationServer::new(QualificationService::new(self.state.clone()))
+                    .max_decoding_message_size(limits.max_message_size),
+            )
+            .add_service(
+                NurtureServer::new(NurtureService::new(self.state.clone()))
+                    .max_decoding_message_size(limits.max_message_size),
+            )
+            .add_service(
+                ProfilesServer::new(ProfilesService::new(self.state.clone()))
+                    .max_decoding_message_size(limits.max_message_size),
+            );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         // Small gRPC frames must not wait for Nagle's algorithm.
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));

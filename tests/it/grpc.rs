@@ -279,17 +279,6 @@ async fn demo_seed_loads_a_population_through_the_api() {
     assert_eq!(score.lead_id, "demo-7-00000");
 }
 
-/// `GET /metrics` over a plain TCP connection: the body.
-async fn scrape(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
-}
-
 #[tokio::test]
 async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
     let app = TestApp::spawn(settings(None)).await;
@@ -309,7 +298,7 @@ async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
     client.upsert_lead(pb::UpsertLeadRequest { lead: Some(vp) }).await.unwrap();
     client.record_signals(record(vec![signal("m3", "lead-vp", "demo_requested", now)])).await.unwrap();
 
-    let text = scrape(app.metrics_port.expect("metrics on")).await;
+    let text = app.scrape_metrics().await;
     let line = |needle: &str| text.lines().find(|l| l.starts_with(needle)).map(str::to_owned);
     let value = |needle: &str| line(needle).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(

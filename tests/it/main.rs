@@ -7,6 +7,8 @@ mod contract;
 mod grpc;
 mod helpers;
 mod lifecycle;
+mod limits;
 mod nurture;
 mod profiles;
 mod qualification;
+mod security;
