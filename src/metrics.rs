@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -24,7 +26,16 @@ pub struct Metrics {
     /// Stage changes by from, to and what made them (rule, manual).
     transitions: IntCounterVec,
     rule_set: IntGaugeVec,
+    /// Redis command (or pipeline) latency by operation.
+    pub redis_duration: HistogramVec,
+    /// Per consumer group, as Redis holds them (the same on every replica).
+    triggers: IntGaugeVec,
+    /// Consumer groups this replica served, for `triggers`.
+    trigger_groups: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
+
+/// Most consumer groups reported (group names come from clients).
+const MAX_TRIGGER_GROUPS: usize = 64;
 
 impl Metrics {
     pub fn new() -> Self {
@@ -53,6 +64,23 @@ impl Metrics {
         .expect("valid metric");
         let rule_set = IntGaugeVec::new(Opts::new("rule_set_info", "The active rule set (value 1)"), &["version"])
             .expect("valid metric");
+        let redis_duration = HistogramVec::new(
+            HistogramOpts::new("redis_command_duration_seconds", "Redis command or pipeline latency, by operation")
+                .buckets(vec![
+                    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            &["operation"],
+        )
+        .expect("valid metric");
+        let triggers = IntGaugeVec::new(
+            Opts::new(
+                "triggers",
+                "Nurture triggers of a consumer group by state: fired (all groups alike), delivered, pending, \
+                 dead_letters, acked, redelivered",
+            ),
+            &["group", "state"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
             .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -63,11 +91,24 @@ impl Metrics {
             Box::new(signals.clone()),
             Box::new(transitions.clone()),
             Box::new(rule_set.clone()),
+            Box::new(redis_duration.clone()),
+            Box::new(triggers.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric names are unique");
         }
-        Self { registry, requests, duration, in_flight, signals, transitions, rule_set }
+        Self {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            signals,
+            transitions,
+            rule_set,
+            redis_duration,
+            triggers,
+            trigger_groups: Default::default(),
+        }
     }
 
     /// Counts stage changes that were written.
@@ -78,6 +119,33 @@ impl Metrics {
                 crate::domain::Cause::Manual { .. } => "manual",
             };
             self.transitions.with_label_values(&[c.from.as_str(), c.to.as_str(), by]).inc();
+        }
+    }
+
+    /// Remembers a consumer group to report its triggers.
+    pub fn trigger_group(&self, group: &str) {
+        let mut groups = self.trigger_groups.lock().unwrap_or_else(|p| p.into_inner());
+        if groups.len() < MAX_TRIGGER_GROUPS && !groups.contains(group) {
+            groups.insert(group.to_owned());
+        }
+    }
+
+    /// Reads the trigger figures of the known groups from the store.
+    pub async fn refresh_triggers(&self, store: &dyn crate::store::LeadStore) {
+        let groups: Vec<String> =
+            self.trigger_groups.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        for group in groups {
+            let Ok(stats) = store.trigger_stats(&group).await else { continue };
+            for (state, value) in [
+                ("fired", stats.fired),
+                ("delivered", stats.delivered),
+                ("pending", stats.pending),
+                ("dead_letters", stats.dead_letters),
+                ("acked", stats.acked),
+                ("redelivered", stats.redelivered),
+            ] {
+                self.triggers.with_label_values(&[group.as_str(), state]).set(i64::try_from(value).unwrap_or(i64::MAX));
+            }
         }
     }
 
@@ -103,17 +171,23 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` completes.
+/// Serves `GET /metrics` on `listener` until `stop` completes; trigger
+/// figures are read from the store at each scrape (bounded by a second).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    store: Arc<dyn crate::store::LeadStore>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+            let (metrics, store) = (metrics.clone(), store.clone());
+            async move {
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(1), metrics.refresh_triggers(&*store)).await;
+                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
+            }
         }),
     );
     axum::serve(listener, app).with_graceful_shutdown(stop).await
@@ -157,27 +231,60 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = known_method(request.uri().path());
+        let span = server_span(method, request.headers());
         let metrics = self.metrics.clone();
         metrics.in_flight.inc();
         let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            metrics.in_flight.dec();
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i32>().ok())
-                    .map_or("OK", code_name),
-                Err(_) => "UNKNOWN",
-            };
-            metrics.requests.with_label_values(&[method, code]).inc();
-            metrics.duration.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
-            result
-        })
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let result = future.await;
+                metrics.in_flight.dec();
+                let code = match &result {
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .unwrap_or(0),
+                    Err(_) => 2,
+                };
+                let span = tracing::Span::current();
+                span.record("rpc.grpc.status_code", code);
+                if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+                    span.record("otel.status_code", "ERROR");
+                }
+                metrics.requests.with_label_values(&[method, code_name(code)]).inc();
+                metrics.duration.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
+                result
+            }
+            .instrument(span),
+        )
     }
+}
+
+/// The server span of a call (OpenTelemetry RPC conventions), continuing
+/// the caller's trace from `traceparent`; carries the trace id for logs.
+fn server_span(method: &'static str, headers: &http::HeaderMap) -> tracing::Span {
+    let name = method.trim_start_matches('/');
+    let (service, rpc) = name.split_once('/').unwrap_or((name, ""));
+    let span = tracing::info_span!(
+        "grpc",
+        otel.name = name,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = rpc,
+        rpc.grpc.status_code = tracing::field::Empty,
+        caller = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, headers);
+    if let Some(id) = span.in_scope(crate::telemetry::current_trace_id) {
+        span.record("trace_id", id);
+    }
+    span
 }
 
 /// The path of a known RPC, or `other` (paths come from clients: an

@@ -141,15 +141,19 @@ impl Application {
         let security = load_security(&settings)?;
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
         tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
+        let metrics = Arc::new(crate::metrics::Metrics::new());
         let store: Arc<dyn LeadStore> = match &settings.redis_url {
             Some(url) => {
                 tracing::info!(redis = %redacted_url(url), "using the Redis store");
-                Arc::new(RedisStore::connect(&RedisSettings {
-                    url: url.clone(),
-                    key_prefix: settings.redis_key_prefix.clone(),
-                    partitions: settings.redis_partitions,
-                    command_timeout: settings.redis_timeout.duration(),
-                })?)
+                Arc::new(
+                    RedisStore::connect(&RedisSettings {
+                        url: url.clone(),
+                        key_prefix: settings.redis_key_prefix.clone(),
+                        partitions: settings.redis_partitions,
+                        command_timeout: settings.redis_timeout.duration(),
+                    })?
+                    .with_latency(metrics.redis_duration.clone()),
+                )
             }
             None => {
                 tracing::warn!(
@@ -177,6 +181,8 @@ impl Application {
         let mut state =
             AppState::new(store, clock, rules, rules_name, policy, feed, limits, settings.required_approvers.clone());
         state.rescore_on_reload = settings.rescore_on_reload;
+        metrics.set_rule_set(&state.rules().set.version);
+        state.metrics = metrics;
         state.delivery = DeliveryPolicy {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,
@@ -260,9 +266,14 @@ impl Application {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
             let mut stopping = stopping_tx.subscribe();
-            tokio::spawn(crate::metrics::serve(listener, self.state.metrics.clone(), async move {
-                let _ = stopping.wait_for(|s| *s).await;
-            }))
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                self.state.metrics.clone(),
+                self.state.store.clone(),
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+            ))
         });
 
         let limits = &self.settings;

@@ -113,6 +113,7 @@ impl Nurture for NurtureService {
         }
         v.into_result(())?;
         tracing::Span::current().record("group", req.group.as_str()).record("consumer", req.consumer.as_str());
+        self.state.metrics.trigger_group(&req.group);
         let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
         // Fails now, not in the stream, when the store is down.
         self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;

@@ -43,7 +43,8 @@ const MAX_ATTEMPTS: usize = 5;
 
 /// The rule moves for `lead`, as stage changes stamped with the score.
 pub fn rule_changes(rules: &ActiveRules, lead: &LeadSnapshot, now: Timestamp) -> Vec<StageChange> {
-    let moves = rules.qualify(lead, now);
+    let moves =
+        tracing::info_span!("rules.evaluate", rule_set = %rules.set.version).in_scope(|| rules.qualify(lead, now));
     if moves.is_empty() {
         return Vec::new();
     }

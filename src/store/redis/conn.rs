@@ -17,13 +17,23 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use tracing::Instrument;
 
 /// The URL scheme of a Redis Cluster: `redis+cluster://host1:port,host2:port`
 /// (`rediss+cluster://` for TLS is not supported in this build).
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
+/// A connection to Redis or a Redis Cluster that traces each command or
+/// pipeline (a client span named after the command, never with values) and
+/// measures its latency.
 #[derive(Clone)]
-pub enum Conn {
+pub struct Conn {
+    link: Link,
+    latency: Option<prometheus::HistogramVec>,
+}
+
+#[derive(Clone)]
+enum Link {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -43,7 +53,7 @@ impl Conn {
                 .map_err(|e| format!("invalid Redis Cluster URL: {e}"))?;
             let config =
                 redis::cluster::ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
-            return Ok(Self::Cluster(client.get_pending_async_connection_with_config(config)));
+            return Ok(Self::new(Link::Cluster(client.get_pending_async_connection_with_config(config))));
         }
         let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
         let config = ConnectionManagerConfig::new()
@@ -52,13 +62,56 @@ impl Conn {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         ConnectionManager::new_lazy_with_config(client, config)
-            .map(Self::Single)
+            .map(|c| Self::new(Link::Single(c)))
             .map_err(|e| format!("invalid Redis URL: {e}"))
     }
 
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
+    fn new(link: Link) -> Self {
+        Self { link, latency: None }
     }
+
+    /// Observes every command's (or pipeline's) latency, in seconds, by
+    /// operation.
+    pub fn with_latency(mut self, histogram: prometheus::HistogramVec) -> Self {
+        self.latency = Some(histogram);
+        self
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.link, Link::Cluster(_))
+    }
+}
+
+/// Runs `future` in a client span of `operation`, timing it.
+fn observed<'a, T: Send + 'a>(
+    latency: Option<prometheus::HistogramVec>,
+    operation: &'static str,
+    batch: usize,
+    future: RedisFuture<'a, T>,
+) -> RedisFuture<'a, T> {
+    let span = tracing::info_span!(
+        "redis",
+        otel.name = operation,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system = "redis",
+        db.operation.name = operation,
+        db.operation.batch.size = batch,
+    );
+    Box::pin(
+        async move {
+            let started = std::time::Instant::now();
+            let result = future.await;
+            if let Some(latency) = latency {
+                latency.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+            }
+            if result.is_err() {
+                tracing::Span::current().record("otel.status_code", "ERROR");
+            }
+            result
+        }
+        .instrument(span),
+    )
 }
 
 /// The seed nodes of a `redis+cluster://[user:password@]host:port,host:port`
@@ -89,10 +142,12 @@ pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
 
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
+        let latency = self.latency.clone();
+        let future = match &mut self.link {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        };
+        observed(latency, operation(cmd), 1, future)
     }
 
     fn req_packed_commands<'a>(
@@ -101,23 +156,30 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+        let latency = self.latency.clone();
+        let future = match &mut self.link {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
             // A transaction must be in one slot anyway: Redis says so if not.
-            Self::Cluster(c) => {
+            Link::Cluster(c) => {
                 if pipeline.is_transaction() {
                     c.req_packed_commands(pipeline, offset, count)
                 } else {
                     split_by_slot(c.clone(), pipeline, offset, count).boxed()
                 }
             }
-        }
+        };
+        // Named after its commands when they are all alike (a pipeline of
+        // script calls is "EVALSHA"), else "PIPELINE".
+        let mut names = pipeline.cmd_iter().map(operation);
+        let first = names.next().unwrap_or("PIPELINE");
+        let name = if names.all(|n| n == first) { first } else { "PIPELINE" };
+        observed(latency, name, pipeline.len(), future)
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
+        match &self.link {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
         }
     }
 }
@@ -183,6 +245,44 @@ fn group_by_slot<'a>(keys: impl Iterator<Item = Option<&'a [u8]>>) -> Vec<Vec<us
         None => {}
     }
     groups
+}
+
+/// The commands leadscore sends, as metric labels and span names (a fixed
+/// set: anything else is "OTHER").
+const OPERATIONS: [&str; 26] = [
+    "EVALSHA",
+    "EVAL",
+    "SCRIPT",
+    "PING",
+    "HGETALL",
+    "HMGET",
+    "HGET",
+    "LRANGE",
+    "SMEMBERS",
+    "ZRANGE",
+    "ZRANGEBYSCORE",
+    "ZCOUNT",
+    "ZCARD",
+    "ZMSCORE",
+    "XRANGE",
+    "XREVRANGE",
+    "XREADGROUP",
+    "XPENDING",
+    "XCLAIM",
+    "XACK",
+    "XGROUP",
+    "XINFO",
+    "HINCRBY",
+    "DEL",
+    "EXPIRE",
+    "MEMORY",
+];
+
+fn operation(cmd: &Cmd) -> &'static str {
+    let Some(Arg::Simple(name)) = cmd.args_iter().next() else {
+        return "OTHER";
+    };
+    OPERATIONS.iter().find(|op| op.as_bytes().eq_ignore_ascii_case(name)).copied().unwrap_or("OTHER")
 }
 
 /// The first key of a command leadscore sends, by the command's key

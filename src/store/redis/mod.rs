@@ -84,6 +84,12 @@ impl RedisStore {
         })
     }
 
+    /// Observes each Redis command's latency in `histogram` (by operation).
+    pub fn with_latency(mut self, histogram: prometheus::HistogramVec) -> Self {
+        self.conn = self.conn.with_latency(histogram);
+        self
+    }
+
     /// Runs `f` on a connection, bounded by the command timeout.
     async fn call<T, F>(&self, f: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
