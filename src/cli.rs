@@ -30,6 +30,19 @@ pub enum Command {
         #[command(subcommand)]
         command: DemoCommand,
     },
+    /// Asks a running service's gRPC health check; exit 0 when SERVING (a
+    /// container health probe).
+    Health {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// A service name to check instead of the whole server.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Score profiles and funnel figures of a running service, as tables.
     Report {
         #[command(subcommand)]
@@ -171,6 +184,32 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
+        }
+        Command::Health { addr, service, timeout_ms } => {
+            let check = async {
+                let channel = tonic::transport::Channel::from_shared(addr.clone())?.connect().await?;
+                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+                let reply = client.check(tonic_health::pb::HealthCheckRequest { service }).await?;
+                Ok::<_, Box<dyn std::error::Error>>(reply.into_inner().status())
+            };
+            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), check).await {
+                Ok(Ok(status)) => {
+                    println!("{}", status.as_str_name());
+                    if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Ok(Err(e)) => {
+                    eprintln!("leadscore: health check of {addr} failed: {e}");
+                    ExitCode::FAILURE
+                }
+                Err(_) => {
+                    eprintln!("leadscore: health check of {addr} timed out after {timeout_ms} ms");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Report { command } => match report(command).await {
             Ok(text) => {
