@@ -187,8 +187,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Health { addr, service, timeout_ms } => {
             let check = async {
-                let channel = tonic::transport::Channel::from_shared(addr.clone())?.connect().await?;
-                let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+                let mut client =
+                    tonic_health::pb::health_client::HealthClient::new(crate::client::connect(&addr).await?);
                 let reply = client.check(tonic_health::pb::HealthCheckRequest { service }).await?;
                 Ok::<_, Box<dyn std::error::Error>>(reply.into_inner().status())
             };
@@ -247,7 +247,7 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
                 Some(text) => month(&text)?,
                 None => from.checked_add_months(Months::new(1)).unwrap_or(from),
             };
-            let mut client = pb::profiles_client::ProfilesClient::connect(addr).await?;
+            let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
             let response = client
                 .get_cohort_score_profile(pb::GetCohortScoreProfileRequest {
                     created_from: Some(midnight(from)),
@@ -286,7 +286,7 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
                 Some("campaign") => pb::FunnelGroupBy::Campaign,
                 _ => pb::FunnelGroupBy::Unspecified,
             };
-            let mut client = pb::profiles_client::ProfilesClient::connect(addr).await?;
+            let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
             let response = client
                 .get_funnel(pb::GetFunnelRequest {
                     from: Some(midnight(from)),

@@ -89,9 +89,10 @@ const INDUSTRIES: [&str; 7] =
 /// last 60 days); then plays the sales side: accepts, recycles and wins
 /// some of the qualified ones, with deal amounts.
 pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<dyn std::error::Error>> {
-    let mut client = LeadScoringClient::connect(addr.clone()).await?;
-    let mut profiles = ProfilesClient::connect(addr.clone()).await?;
-    let mut crm = QualificationClient::connect(addr).await?;
+    let connection = crate::client::connect(&addr).await?;
+    let mut client = LeadScoringClient::new(connection.clone());
+    let mut profiles = ProfilesClient::new(connection.clone());
+    let mut crm = QualificationClient::new(connection);
     let mut accounts_seen = std::collections::HashSet::new();
     let mut rng = Rng(seed.max(1));
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;

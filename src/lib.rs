@@ -16,11 +16,13 @@
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
 //! - `telemetry` — tracing subscriber
 //! - `cli`       — the `leadscore` command line
+//! - `client`    — the command line's gRPC connection (LEADSCORE_TOKEN)
 //! - `demo`      — `leadscore demo seed`: demo data through the public RPCs
 
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod domain;

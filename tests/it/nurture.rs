@@ -100,6 +100,42 @@ async fn a_new_mql_reaches_automation_and_comes_back_until_acknowledged() {
     assert_eq!(next(&mut other).await.trigger_id, trigger.trigger_id);
 }
 
+/// The metrics endpoint reports Redis latency by operation and each
+/// consumer group's triggers, as Redis holds them.
+#[tokio::test]
+async fn metrics_show_redis_latency_and_trigger_states() {
+    let (_redis, app) = app().await;
+    let mut stream = open(&app, "automation", "w").await;
+    make_mql(&app, "mia").await;
+    let trigger = next(&mut stream).await;
+    let text = app.scrape_metrics().await;
+    let value = |line_start: &str| {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+    };
+    assert!(value(r#"leadscore_redis_command_duration_seconds_count{operation="EVALSHA"}"#) >= 1.0);
+    assert_eq!(value(r#"leadscore_triggers{group="automation",state="fired"}"#), 1.0);
+    assert_eq!(value(r#"leadscore_triggers{group="automation",state="pending"}"#), 1.0);
+    nurture(&app)
+        .await
+        .ack_triggers(pb::AckTriggersRequest { group: "automation".into(), trigger_ids: vec![trigger.trigger_id] })
+        .await
+        .unwrap();
+    let text = app.scrape_metrics().await;
+    let line = |name: &str| text.lines().find(|l| l.starts_with(name)).map(str::to_owned);
+    assert_eq!(
+        line(r#"leadscore_triggers{group="automation",state="acked"}"#).as_deref(),
+        Some(r#"leadscore_triggers{group="automation",state="acked"} 1"#)
+    );
+    assert_eq!(
+        line(r#"leadscore_triggers{group="automation",state="pending"}"#).as_deref(),
+        Some(r#"leadscore_triggers{group="automation",state="pending"} 0"#)
+    );
+}
+
 #[tokio::test]
 async fn unacknowledged_triggers_become_dead_letters_and_can_be_replayed() {
     let (_redis, app) = app().await;
