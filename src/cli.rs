@@ -30,6 +30,9 @@ pub enum Command {
         #[command(subcommand)]
         command: DemoCommand,
     },
+    /// Load generator: closed or open loop, HDR latency percentiles (see
+    /// the README's Performance section and bench/run.sh).
+    Bench(crate::bench::BenchArgs),
     /// Asks a running service's gRPC health check; exit 0 when SERVING (a
     /// container health probe).
     Health {
@@ -184,6 +187,23 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
+        }
+        Command::Bench(args) => {
+            let json = args.json;
+            match crate::bench::run(args).await {
+                Ok(report) if json => {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Ok(report) => {
+                    print!("{}", crate::bench::table(&report));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leadscore: bench failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Health { addr, service, timeout_ms } => {
             let check = async {

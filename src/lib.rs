@@ -15,12 +15,14 @@
 //! - `metrics`   — Prometheus registry, endpoint and gRPC layer
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
 //! - `telemetry` — tracing subscriber
+//! - `bench`     — `leadscore bench`: the load generator
 //! - `cli`       — the `leadscore` command line
 //! - `client`    — the command line's gRPC connection (LEADSCORE_TOKEN)
 //! - `demo`      — `leadscore demo seed`: demo data through the public RPCs
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -336,6 +336,14 @@ impl Application {
             let _ = task.await;
         }
         set_status(&reporter, ServingStatus::NotServing).await;
+        // Health Watch streams see NOT_SERVING, then end: an open watcher
+        // must not hold the drain until its deadline. (Check answers
+        // NOT_FOUND from here on, which probes treat as not ready too.)
+        let mut reporter = reporter;
+        reporter.clear_service_status("").await;
+        for name in SERVICE_NAMES {
+            reporter.clear_service_status(name).await;
+        }
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.settings.shutdown_grace.duration(), &mut server).await {
             Ok(result) => {

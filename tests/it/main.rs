@@ -4,6 +4,7 @@
 
 mod cluster;
 mod contract;
+mod faults;
 mod grpc;
 mod helpers;
 mod lifecycle;
