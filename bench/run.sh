@@ -16,8 +16,9 @@
 #   - overload: 2x the maximum offered open loop to a service with
 #     max_in_flight = 64 (goodput, refusals);
 #   - Redis memory of a lead with 20 signals (MEMORY USAGE over its keys);
-# and prints every figure with its ratio to the ceilings (and JSON lines in
-# target/bench/results.jsonl).
+# and prints every figure with its ratio to the ceilings. Each run's JSON
+# lines stay in target/bench/results-<time>.jsonl; bench/table.py over
+# several of them prints the median of every figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -107,4 +108,6 @@ for key in $($redis --scan --pattern '*:lead:bench-0*'); do
 done
 echo "{\"name\":\"memory_20_signals\",\"report\":{\"bytes\":$bytes}}" >>"$out/results.jsonl"
 
+cp "$out/results.jsonl" "$out/results-$(date +%Y%m%d-%H%M%S).jsonl"
 python3 bench/table.py "$out/results.jsonl"
+echo "(medians over the runs kept: python3 bench/table.py $out/results-*.jsonl)" >&2

@@ -1,65 +1,98 @@
 #!/usr/bin/env python3
 """Prints bench/run.sh's results (JSON lines) as a table with ratios to the
-ceilings measured in the same run, and each target met or missed."""
+ceilings measured in the same run, and each target met or missed.
+
+    bench/table.py RESULTS.jsonl [MORE.jsonl ...]
+
+With several runs, every figure (ratios included, each computed within its
+own run) is the median over the runs."""
 import json
+import statistics
 import sys
 
-rows = {}
-for line in open(sys.argv[1]):
-    item = json.loads(line)
-    rows[item["name"]] = item["report"]
 
-redis = rows["redis_ceiling"]["calls_per_s"]
-noop = rows["noop_ceiling"]["calls_per_s"]
-record = rows["record"]
-ms = lambda us: f"{us / 1000:.2f} ms"
+def figures(path):
+    rows = {}
+    for line in open(path):
+        item = json.loads(line)
+        rows[item["name"]] = item["report"]
+    f = {}
+    for name in ("redis_ceiling", "noop_ceiling", "record", "record_open_half", "record_batch", "score", "mixed", "overload_2x"):
+        r = rows[name]
+        f[name] = r["calls_per_s"]
+        f[name + ".p50"] = r["ok_latency"]["p50"] / 1000
+        f[name + ".p99"] = r["ok_latency"]["p99"] / 1000
+    f["record/redis"] = rows["record"]["calls_per_s"] / rows["redis_ceiling"]["calls_per_s"]
+    f["record/noop"] = rows["record"]["calls_per_s"] / rows["noop_ceiling"]["calls_per_s"]
+    f["score/noop"] = rows["score"]["calls_per_s"] / rows["noop_ceiling"]["calls_per_s"]
+    f["open.rate"] = rows["record_open_half"]["offered_rate"]
+    f["open.errors"] = sum(rows["record_open_half"]["errors"].values())
+    f["batch.signals"] = rows["record_batch"]["signals_per_s"]
+    over = rows["overload_2x"]
+    f["over.rate"] = over["offered_rate"]
+    f["over.goodput"] = over["calls_per_s"] / rows["record"]["calls_per_s"]
+    f["over.refused"] = over["errors"].get("ResourceExhausted", 0) / over["seconds"]
+    f["over.refused_sent_p99"] = (over.get("shed_sent_latency") or {}).get("p99", 0) / 1000
+    f["over.refused_due_p99"] = (over.get("shed_latency") or {}).get("p99", 0) / 1000
+    f["over.rss_before"] = rows["overload_rss"]["before_kib"] / 1024
+    f["over.rss_after"] = rows["overload_rss"]["after_kib"] / 1024
+    commands = rows["redis_commands"]
+    f["evalsha_per_call"] = commands["evalsha"] / rows["record"]["sent"]
+    f["script_commands_per_call"] = (commands["commands"] - commands["evalsha"]) / rows["record"]["sent"]
+    f["memory_kib"] = rows["memory_20_signals"]["bytes"] / 1024
+    return f
 
 
-def line(what, r, note=""):
-    lat = r["ok_latency"]
-    print(f"| {what} | {r['calls_per_s']:,.0f} | {ms(lat['p50'])} | {ms(lat['p99'])} | {note} |")
-
-
-print("| measurement | calls/s | p50 | p99 | notes |")
+runs = [figures(path) for path in sys.argv[1:]]
+m = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+print(f"({len(runs)} run{'s' if len(runs) > 1 else ''}; median of each figure)\n" if len(runs) > 1 else "")
+print("| measurement | calls/s | p50 | p99 | against the ceilings and targets |")
 print("|---|---|---|---|---|")
-line("Redis ceiling: the ingest script calls of a single-signal call, sent by the store (50 callers)", rows["redis_ceiling"])
-line("no-op RPC ceiling: health Check (50 callers)", rows["noop_ceiling"])
-line(
-    "RecordSignals, 1 signal, 50 callers, closed loop",
-    record,
-    f"{record['calls_per_s'] / redis:.2f}× Redis ceiling (target ≥ 0.5), {record['calls_per_s'] / noop:.2f}× no-op ceiling (target ≥ 0.4)",
+
+
+def verdict(ok):
+    return "met" if ok else "missed"
+
+
+def row(what, key, note=""):
+    print(f"| {what} | {m[key]:,.0f} | {m[key + '.p50']:.2f} ms | {m[key + '.p99']:.2f} ms | {note} |")
+
+
+row("**Redis ceiling**: the ingest script calls of single-signal calls, sent by the store itself (50 callers)", "redis_ceiling")
+row("**no-op RPC ceiling**: health `Check` (50 callers)", "noop_ceiling")
+row(
+    "`RecordSignals`, 1 signal, 50 callers, closed loop",
+    "record",
+    f"{m['record/redis']:.2f}× Redis ceiling (target ≥ 0.5: {verdict(m['record/redis'] >= 0.5)}); "
+    f"{m['record/noop']:.2f}× no-op ceiling (target ≥ 0.4: {verdict(m['record/noop'] >= 0.4)})",
 )
-half = rows["record_open_half"]
-line(
-    f"the same, open loop at {half['offered_rate']:,.0f}/s (50% of max)",
-    half,
-    f"p99 {ms(half['ok_latency']['p99'])} (target ≤ 5 ms); errors {half['errors'] or 'none'}",
+row(
+    f"the same, open loop at {m['open.rate']:,.0f}/s (50% of the maximum)",
+    "record_open_half",
+    f"p99 {m['record_open_half.p99']:.2f} ms (target ≤ 5 ms: {verdict(m['record_open_half.p99'] <= 5)}); "
+    f"{m['open.errors']:.0f} errors",
 )
-batch = rows["record_batch"]
-line(
-    "RecordSignals, 500 signals over 10,000 leads, 4 callers",
-    batch,
-    f"{batch['signals_per_s']:,.0f} signals/s (target ≥ 150,000)",
+row(
+    "`RecordSignals`, 500 signals over 10,000 leads, 4 callers",
+    "record_batch",
+    f"{m['batch.signals']:,.0f} signals/s (target ≥ 150,000: {verdict(m['batch.signals'] >= 150_000)})",
 )
-line("ScoreLead, 50 callers", rows["score"], f"{rows['score']['calls_per_s'] / noop:.2f}× no-op ceiling")
-line("mixed 80% RecordSignals / 20% ScoreLead, 50 callers", rows["mixed"])
-over = rows["overload_2x"]
-shed = over.get("shed_latency") or {}
-shed_sent = over.get("shed_sent_latency") or {}
-refused = over["errors"].get("ResourceExhausted", 0)
-line(
-    f"overload: open loop at {over['offered_rate']:,.0f}/s (2× max), max_in_flight 64",
-    over,
-    f"goodput {over['calls_per_s'] / record['calls_per_s']:.2f}× max (target ≥ 0.9); "
-    f"{refused:,} refused, refusal p99 {ms(shed_sent.get('p99', 0))} from sending, {ms(shed.get('p99', 0))} from due (target ≤ 1 ms); "
-    f"service RSS {rows['overload_rss']['before_kib'] / 1024:.0f} → {rows['overload_rss']['after_kib'] / 1024:.0f} MiB",
+row("`ScoreLead`, 50 callers", "score", f"{m['score/noop']:.2f}× no-op ceiling")
+row("mixed: 80% `RecordSignals`, 20% `ScoreLead`, 50 callers", "mixed")
+row(
+    f"overload: open loop at {m['over.rate']:,.0f}/s (2× the maximum), `max_in_flight` 64, 400 callers",
+    "overload_2x",
+    f"goodput {m['over.goodput']:.2f}× the maximum (target ≥ 0.9: {verdict(m['over.goodput'] >= 0.9)}); {m['over.refused']:,.0f}/s refused "
+    f"`RESOURCE_EXHAUSTED`, refusal p99 {m['over.refused_sent_p99']:.2f} ms from sending "
+    f"(target ≤ 1 ms: {verdict(m['over.refused_sent_p99'] <= 1)}); service RSS {m['over.rss_before']:.0f} → {m['over.rss_after']:.0f} MiB",
 )
-commands, evalsha = rows["redis_commands"]["commands"], rows["redis_commands"]["evalsha"]
-other = commands - evalsha
 print()
 print(
-    f"Redis round trips per single-signal call: {evalsha / record['sent']:.2f} EVALSHA per call "
-    f"({evalsha:,} for {record['sent']:,} calls, warm-up included; target 1); INFO commandstats also counts the "
-    f"commands scripts run: {other / record['sent']:.1f} per call inside the script"
+    f"- Redis round trips per single-signal call: **{m['evalsha_per_call']:.2f}** (`EVALSHA` calls per call over the "
+    f"record run, warm-up included, from `INFO commandstats`; target 1: {verdict(m['evalsha_per_call'] <= 1.005)}). `commandstats` also counts what the "
+    f"script runs inside: {m['script_commands_per_call']:.1f} commands per call."
 )
-print(f"Redis memory of a lead with 20 single-signal calls: {rows['memory_20_signals']['bytes'] / 1024:.1f} KiB (target ≤ 2 KiB)")
+print(
+    f"- Redis memory of a lead with 20 single-signal calls (`MEMORY USAGE` over its keys): **{m['memory_kib']:.1f} KiB** "
+    f"(target ≤ 2 KiB: {verdict(m['memory_kib'] <= 2)})."
+)
