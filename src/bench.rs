@@ -269,6 +269,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error>> 
                 key_prefix: args.redis_key_prefix.clone(),
                 partitions: args.redis_partitions,
                 command_timeout: Duration::from_secs(2),
+                tls: Default::default(),
             })?;
             let rules = RuleSet::parse(crate::DEFAULT_RULES).map_err(|e| format!("{e:?}"))?;
             let defaults = crate::config::Settings::default();

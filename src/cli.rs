@@ -348,12 +348,15 @@ async fn simulate_rules(
             return ExitCode::FAILURE;
         }
     };
-    let store = match crate::store::redis::RedisStore::connect(&crate::store::redis::RedisSettings {
-        url,
-        key_prefix: settings.redis_key_prefix.clone(),
-        partitions: settings.redis_partitions,
-        command_timeout: settings.redis_timeout.duration(),
-    }) {
+    let redis = match crate::startup::redis_settings(&Settings { redis_url: Some(url), ..settings.clone() }) {
+        Ok(Some(redis)) => redis,
+        Ok(None) => return ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("leadscore: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match crate::store::redis::RedisStore::connect(&redis) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("leadscore: {e}");

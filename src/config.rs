@@ -116,6 +116,11 @@ pub struct Settings {
     /// HTTP/2 pings on idle connections, and how long to wait for the answer.
     pub http2_keepalive_interval: Millis,
     pub http2_keepalive_timeout: Millis,
+    /// PEM CA bundle to trust for `rediss://` (default: the system's).
+    pub redis_tls_ca: Option<PathBuf>,
+    /// PEM client certificate and key for Redis servers that require one.
+    pub redis_tls_cert: Option<PathBuf>,
+    pub redis_tls_key: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -159,12 +164,15 @@ impl Default for Settings {
             request_timeout: Millis(30_000),
             http2_keepalive_interval: Millis(60_000),
             http2_keepalive_timeout: Millis(20_000),
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 37] = [
+pub const KEYS: [&str; 40] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -202,6 +210,9 @@ pub const KEYS: [&str; 37] = [
     "request_timeout",
     "http2_keepalive_interval",
     "http2_keepalive_timeout",
+    "redis_tls_ca",
+    "redis_tls_cert",
+    "redis_tls_key",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -293,6 +304,9 @@ impl Settings {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(ConfigError("tls_cert and tls_key go together: set both or neither".into()));
         }
+        if self.redis_tls_cert.is_some() != self.redis_tls_key.is_some() {
+            return Err(ConfigError("redis_tls_cert and redis_tls_key go together: set both or neither".into()));
+        }
         if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
             return Err(ConfigError("tls_client_ca (mTLS) needs tls_cert and tls_key".into()));
         }
@@ -338,6 +352,9 @@ mod tests {
             tls_cert: Some(PathBuf::new()),
             tls_key: Some(PathBuf::new()),
             tls_client_ca: Some(PathBuf::new()),
+            redis_tls_ca: Some(PathBuf::new()),
+            redis_tls_cert: Some(PathBuf::new()),
+            redis_tls_key: Some(PathBuf::new()),
             ..Default::default()
         })
         .unwrap();

@@ -45,6 +45,26 @@ pub enum StartupError {
     Security(String),
 }
 
+/// How to reach Redis, TLS files read; `None` without a Redis URL.
+pub fn redis_settings(settings: &Settings) -> Result<Option<RedisSettings>, StartupError> {
+    let Some(url) = settings.redis_url.clone() else { return Ok(None) };
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| StartupError::Security(format!("cannot read {key} {}: {e}", path.display())))
+    };
+    let ca = settings.redis_tls_ca.as_deref().map(|p| read("redis_tls_ca", p)).transpose()?;
+    let client = match (&settings.redis_tls_cert, &settings.redis_tls_key) {
+        (Some(cert), Some(key)) => Some((read("redis_tls_cert", cert)?, read("redis_tls_key", key)?)),
+        _ => None,
+    };
+    Ok(Some(RedisSettings {
+        url,
+        key_prefix: settings.redis_key_prefix.clone(),
+        partitions: settings.redis_partitions,
+        command_timeout: settings.redis_timeout.duration(),
+        tls: crate::store::redis::RedisTls { ca, client },
+    }))
+}
+
 /// How callers are authenticated and the connection protected.
 pub struct Security {
     pub tokens: Option<Arc<crate::auth::Tokens>>,
@@ -142,18 +162,10 @@ impl Application {
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
         tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
         let metrics = Arc::new(crate::metrics::Metrics::new());
-        let store: Arc<dyn LeadStore> = match &settings.redis_url {
-            Some(url) => {
-                tracing::info!(redis = %redacted_url(url), "using the Redis store");
-                Arc::new(
-                    RedisStore::connect(&RedisSettings {
-                        url: url.clone(),
-                        key_prefix: settings.redis_key_prefix.clone(),
-                        partitions: settings.redis_partitions,
-                        command_timeout: settings.redis_timeout.duration(),
-                    })?
-                    .with_latency(metrics.redis_duration.clone()),
-                )
+        let store: Arc<dyn LeadStore> = match redis_settings(&settings)? {
+            Some(redis) => {
+                tracing::info!(redis = %redacted_url(&redis.url), tls = ?redis.tls, "using the Redis store");
+                Arc::new(RedisStore::connect(&redis)?.with_latency(metrics.redis_duration.clone()))
             }
             None => {
                 tracing::warn!(

@@ -531,6 +531,7 @@ fn redis_store_with_partitions(partitions: u32) -> (RedisServer, RedisStore) {
         key_prefix: "ls".into(),
         partitions,
         command_timeout: Duration::from_secs(2),
+        tls: Default::default(),
     })
     .unwrap();
     (server, store)
@@ -542,6 +543,7 @@ fn cluster_store(cluster: &crate::helpers::RedisCluster) -> RedisStore {
         key_prefix: "ls".into(),
         partitions: 256,
         command_timeout: Duration::from_secs(2),
+        tls: Default::default(),
     })
     .unwrap()
 }

@@ -181,3 +181,96 @@ async fn tls_and_mutual_tls_handshakes() {
     assert!(stranger.is_err(), "a certificate from another CA is refused");
     app.stop().await;
 }
+
+/// A redis-server that speaks only TLS and requires client certificates.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    _files: Vec<tempfile::NamedTempFile>,
+}
+
+impl TlsRedis {
+    fn start(cert: &str, key: &str, ca: &str) -> Self {
+        let files = vec![file(cert), file(key), file(ca)];
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--tls-auth-clients", "yes"])
+            .arg("--tls-cert-file")
+            .arg(files[0].path())
+            .arg("--tls-key-file")
+            .arg(files[1].path())
+            .arg("--tls-ca-cert-file")
+            .arg(files[2].path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server runs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "TLS redis-server did not start (built without TLS?)");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, port, _files: files }
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_store_speaks_tls_and_mutual_tls_to_redis() {
+    let ca = CertifiedIssuer::self_signed(
+        {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, "leadscore test CA");
+            params
+        },
+        KeyPair::generate().unwrap(),
+    )
+    .unwrap();
+    // Distinct names: OpenSSL (Redis) takes a leaf named like its issuer for
+    // a self-signed certificate.
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server, client) = (leaf("127.0.0.1"), leaf("leadscore"));
+    let redis = TlsRedis::start(&server.0, &server.1, &ca.pem());
+    let (ca_file, cert_file, key_file) = (file(&ca.pem()), file(&client.0), file(&client.1));
+
+    let mut s = settings(Some(format!("rediss://127.0.0.1:{}", redis.port)));
+    s.redis_tls_ca = Some(ca_file.path().to_path_buf());
+    s.redis_tls_cert = Some(cert_file.path().to_path_buf());
+    s.redis_tls_key = Some(key_file.path().to_path_buf());
+    let app = TestApp::spawn(s.clone()).await;
+    app.wait_health(tonic_health::pb::health_check_response::ServingStatus::Serving).await;
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("tls1", "sec-1", "page_view", now_millis())])).await.unwrap();
+    assert!(client.score_lead(score_request()).await.unwrap().into_inner().score.unwrap().behavior > 0.0);
+    app.stop().await;
+
+    // Without the client certificate Redis refuses the connection: calls
+    // fail as UNAVAILABLE, never as success.
+    s.redis_tls_cert = None;
+    s.redis_tls_key = None;
+    let app = TestApp::spawn(s.clone()).await;
+    let status = app.client().await.score_lead(score_request()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    app.stop().await;
+
+    // TLS material with a plain redis:// URL is a configuration error.
+    s.redis_url = Some(format!("redis://127.0.0.1:{}", redis.port));
+    s.redis_tls_cert = Some(cert_file.path().to_path_buf());
+    s.redis_tls_key = Some(key_file.path().to_path_buf());
+    let err = Application::build(s).await.err().expect("refused");
+    assert!(err.to_string().contains("rediss://"), "{err}");
+}

@@ -19,9 +19,42 @@ use redis::cluster_routing::Slot;
 use redis::{Arg, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 use tracing::Instrument;
 
-/// The URL scheme of a Redis Cluster: `redis+cluster://host1:port,host2:port`
-/// (`rediss+cluster://` for TLS is not supported in this build).
+/// The URL schemes of a Redis Cluster: `redis+cluster://host1:port,host2:port`,
+/// and `rediss+cluster://…` over TLS.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+pub const CLUSTER_TLS_SCHEME: &str = "rediss+cluster://";
+
+/// TLS material for `rediss://` URLs beyond the system's trust store: a CA
+/// bundle to trust, and a client certificate for servers that ask for one.
+/// All PEM. `Debug` never shows the key.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    pub ca: Option<Vec<u8>>,
+    /// Certificate chain and private key.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTls").field("ca", &self.ca.is_some()).field("client", &self.client.is_some()).finish()
+    }
+}
+
+impl RedisTls {
+    fn is_set(&self) -> bool {
+        self.ca.is_some() || self.client.is_some()
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .clone()
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig { client_cert, client_key }),
+            root_cert: self.ca.clone(),
+        }
+    }
+}
 
 /// A connection to Redis or a Redis Cluster that traces each command or
 /// pipeline (a client span named after the command, never with values) and
@@ -41,9 +74,17 @@ enum Link {
 impl Conn {
     /// Prepares a connection without waiting for Redis; the first command
     /// connects (and a store that is down reports errors until it answers).
-    pub fn open(url: &str, timeout: Duration) -> Result<Self, String> {
+    pub fn open(url: &str, timeout: Duration, tls: &RedisTls) -> Result<Self, String> {
+        let secure = url.starts_with("rediss://") || url.starts_with(CLUSTER_TLS_SCHEME);
+        if tls.is_set() && !secure {
+            return Err("redis_tls_ca / redis_tls_cert need a rediss:// (or rediss+cluster://) URL".into());
+        }
         if let Some(nodes) = cluster_nodes(url)? {
-            let client = redis::cluster::ClusterClient::builder(nodes)
+            let mut builder = redis::cluster::ClusterClient::builder(nodes);
+            if tls.is_set() {
+                builder = builder.certs(tls.certificates());
+            }
+            let client = builder
                 .connection_timeout(timeout)
                 .response_timeout(timeout)
                 .retries(2)
@@ -55,7 +96,12 @@ impl Conn {
                 redis::cluster::ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout);
             return Ok(Self::new(Link::Cluster(client.get_pending_async_connection_with_config(config))));
         }
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let client = if tls.is_set() {
+            redis::Client::build_with_tls(url, tls.certificates())
+        } else {
+            redis::Client::open(url)
+        }
+        .map_err(|e| format!("invalid Redis URL or TLS material: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -117,8 +163,10 @@ fn observed<'a, T: Send + 'a>(
 /// The seed nodes of a `redis+cluster://[user:password@]host:port,host:port`
 /// URL as `redis://` URLs (credentials on each); `None` for any other URL.
 pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
-    let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
-        return Ok(None);
+    let (scheme, rest) = match (url.strip_prefix(CLUSTER_SCHEME), url.strip_prefix(CLUSTER_TLS_SCHEME)) {
+        (Some(rest), _) => ("redis", rest),
+        (_, Some(rest)) => ("rediss", rest),
+        _ => return Ok(None),
     };
     let (credentials, hosts) = match rest.rsplit_once('@') {
         Some((c, h)) => (format!("{c}@"), h),
@@ -129,7 +177,7 @@ pub fn cluster_nodes(url: &str) -> Result<Option<Vec<String>>, String> {
         .split(',')
         .map(str::trim)
         .filter(|h| !h.is_empty())
-        .map(|h| format!("redis://{credentials}{h}"))
+        .map(|h| format!("{scheme}://{credentials}{h}"))
         .collect();
     if nodes.is_empty() {
         return Err("a Redis Cluster URL names at least one node: redis+cluster://host:port[,host:port…]".into());
@@ -322,6 +370,10 @@ mod tests {
             vec!["redis://u:p@a:7000", "redis://u:p@b:7001"]
         );
         assert_eq!(cluster_nodes("redis+cluster://a:7000/").unwrap().unwrap(), vec!["redis://a:7000"]);
+        assert_eq!(
+            cluster_nodes("rediss+cluster://a:7000,b:7001").unwrap().unwrap(),
+            vec!["rediss://a:7000", "rediss://b:7001"]
+        );
         assert!(cluster_nodes("redis+cluster://").is_err());
         assert!(cluster_nodes("redis+cluster://a:7000/2").is_err());
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::{AsyncCommands, RedisError, Script};
 
-pub use conn::Conn;
+pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
 use super::{
@@ -40,6 +40,8 @@ pub struct RedisSettings {
     pub partitions: u32,
     /// Bound on every Redis call, connection included.
     pub command_timeout: Duration,
+    /// CA and client certificate for `rediss://` (default: none).
+    pub tls: conn::RedisTls,
 }
 
 pub struct RedisStore {
@@ -65,7 +67,7 @@ impl RedisStore {
     /// Prepares a connection without waiting for Redis: a store that is
     /// down at start-up reports `Unavailable` until it answers, then works.
     pub fn connect(settings: &RedisSettings) -> Result<Self, StoreError> {
-        let conn = Conn::open(&settings.url, settings.command_timeout).map_err(StoreError::Internal)?;
+        let conn = Conn::open(&settings.url, settings.command_timeout, &settings.tls).map_err(StoreError::Internal)?;
         Ok(Self {
             conn,
             keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
