@@ -101,9 +101,12 @@ impl RuleSet {
         }
         let scores = self.scores(lead, now);
         let mut stage = lead.stage;
+        // Built once: a move changes only the stage, bound in a scope over it.
+        let facts = Facts { lead, stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
+        let base = qualify::base_context(&self.cel_env, &self.needs, &facts);
         loop {
-            let facts = Facts { lead, stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
-            let ctx = qualify::context(&self.cel_env, &self.needs, &facts);
+            let mut ctx = base.new_inner_scope();
+            qualify::set_stage(&mut ctx, stage);
             let next = self.qualification.iter().filter(|r| r.admits(stage) && stage.is_forward(r.to)).find(|r| {
                 match qualify::evaluate(r, &ctx) {
                     Verdict::Holds => true,

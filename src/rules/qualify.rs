@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use cel::objects::Key;
+use cel::common::types::{CelDouble, CelInt, CelMap, CelMapKey, CelString, CelTimestamp};
 use cel::{Context, ExecutionError, Program, Value};
 
 use crate::domain::{Grade, LeadSnapshot, Score, Stage, Timestamp};
@@ -182,11 +182,6 @@ fn check_fields(id: &str, source: &str, root: &str, allowed: &[&str]) -> Result<
     Ok(())
 }
 
-fn timestamp(t: Timestamp) -> Value {
-    let at = chrono::DateTime::from_timestamp_millis(t.millis()).unwrap_or_default();
-    Value::Timestamp(at.fixed_offset())
-}
-
 fn grade_str(grade: Grade) -> &'static str {
     match grade {
         Grade::A => "A",
@@ -196,18 +191,35 @@ fn grade_str(grade: Grade) -> &'static str {
     }
 }
 
-/// A CEL map built directly (no intermediate map to convert).
-fn map(entries: impl IntoIterator<Item = (String, Value)>) -> Value {
-    let map: HashMap<Key, Value> = entries.into_iter().map(|(k, v)| (Key::String(Arc::new(k)), v)).collect();
-    Value::Map(cel::objects::Map { map: Arc::new(map) })
+/// A CEL value built as the interpreter holds it (a `Value` would be
+/// converted, map by map, when bound).
+type CelVal = Box<dyn cel::common::value::Val + 'static>;
+
+fn cel_map(entries: impl IntoIterator<Item = (String, CelVal)>) -> CelVal {
+    let map: HashMap<CelMapKey<'static>, CelVal> =
+        entries.into_iter().map(|(k, v)| (CelMapKey::String(CelString::from(k)), v)).collect();
+    Box::new(CelMap::from(map))
 }
 
-fn score_value(score: &Score) -> Value {
-    map([
-        ("total".to_owned(), score.total.into()),
-        ("behavior".to_owned(), score.behavior.into()),
-        ("fit".to_owned(), score.fit.into()),
-        ("grade".to_owned(), grade_str(score.grade).to_owned().into()),
+fn cel_int(n: i64) -> CelVal {
+    Box::new(CelInt::from(n))
+}
+
+fn cel_string(s: String) -> CelVal {
+    Box::new(CelString::from(s))
+}
+
+fn cel_timestamp(t: Timestamp) -> CelVal {
+    let at = chrono::DateTime::from_timestamp_millis(t.millis()).unwrap_or_default();
+    Box::new(CelTimestamp::from(at.fixed_offset()))
+}
+
+fn score_value(score: &Score) -> CelVal {
+    cel_map([
+        ("total".to_owned(), Box::new(CelDouble::from(score.total)) as CelVal),
+        ("behavior".to_owned(), Box::new(CelDouble::from(score.behavior))),
+        ("fit".to_owned(), Box::new(CelDouble::from(score.fit))),
+        ("grade".to_owned(), cel_string(grade_str(score.grade).to_owned())),
     ])
 }
 
@@ -223,40 +235,55 @@ pub struct Facts<'a> {
 
 /// Builds the CEL context for `facts`, with only what `needs` says is read.
 pub fn context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -> Context<'c, 'c> {
+    let mut ctx = base_context(env, needs, facts);
+    set_stage(&mut ctx, facts.stage);
+    ctx
+}
+
+/// Binds `stage`: in a scope over a base context, it is all that changes
+/// between the rounds of one qualification.
+pub fn set_stage(ctx: &mut Context<'_, '_>, stage: Stage) {
+    ctx.add_variable_as_val("stage", cel_string(stage.as_str().to_owned()));
+}
+
+/// Everything of the context but `stage` (`facts.stage` is not read).
+pub fn base_context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -> Context<'c, 'c> {
     let mut ctx = Context::with_env(env.clone());
-    ctx.add_variable_from_value("score", score_value(facts.primary));
-    ctx.add_variable_from_value("grade", grade_str(facts.primary.grade).to_owned());
-    ctx.add_variable_from_value("stage", facts.stage.as_str().to_owned());
-    ctx.add_variable_from_value("now", timestamp(facts.now));
+    ctx.add_variable_as_val("score", score_value(facts.primary));
+    ctx.add_variable_as_val("grade", cel_string(grade_str(facts.primary.grade).to_owned()));
+    ctx.add_variable_as_val("now", cel_timestamp(facts.now));
     if needs.scores {
-        ctx.add_variable_from_value("scores", map(facts.scores.iter().map(|s| (s.model.clone(), score_value(s)))));
+        ctx.add_variable_as_val("scores", cel_map(facts.scores.iter().map(|s| (s.model.clone(), score_value(s)))));
     }
     if !needs.signal_types.is_empty() {
-        let signals = map(needs.signal_types.iter().map(|t| {
+        let signals = cel_map(needs.signal_types.iter().map(|t| {
             let tally = facts.lead.tallies.get(t);
             let cap = facts.daily_caps.get(t).copied().flatten();
             let fields = [
-                ("count".to_owned(), Value::from(tally.map_or(0, |t| t.counted) as i64)),
-                ("last_at".to_owned(), timestamp(tally.and_then(|t| t.last_at).unwrap_or(Timestamp::from_millis(0)))),
+                ("count".to_owned(), cel_int(tally.map_or(0, |t| t.counted) as i64)),
+                (
+                    "last_at".to_owned(),
+                    cel_timestamp(tally.and_then(|t| t.last_at).unwrap_or(Timestamp::from_millis(0))),
+                ),
             ]
             .into_iter()
             .chain(needs.windows.iter().map(|days| {
                 let n = facts.lead.count_within(t, *days, cap, facts.now);
-                (format!("count_{days}d"), Value::from(n as i64))
+                (format!("count_{days}d"), cel_int(n as i64))
             }));
-            (t.clone(), map(fields))
+            (t.clone(), cel_map(fields))
         }));
-        ctx.add_variable_from_value("signals", signals);
+        ctx.add_variable_as_val("signals", signals);
     }
     if needs.lead {
-        let attributes = map(facts.lead.attributes.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))));
+        let attributes = cel_map(facts.lead.attributes.iter().map(|(k, v)| (k.clone(), cel_string(v.clone()))));
         let account = facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default();
-        let lead = map([
+        let lead = cel_map([
             ("attributes".to_owned(), attributes),
-            ("created_at".to_owned(), timestamp(facts.lead.created_at)),
-            ("account_id".to_owned(), account.into()),
+            ("created_at".to_owned(), cel_timestamp(facts.lead.created_at)),
+            ("account_id".to_owned(), cel_string(account)),
         ]);
-        ctx.add_variable_from_value("lead", lead);
+        ctx.add_variable_as_val("lead", lead);
     }
     if needs.days {
         // Fails only if `days` were declared already; the standard library has none.
