@@ -12,8 +12,20 @@ use leadscore::rules::RuleSet;
 
 const DAY: i64 = 86_400_000;
 
-/// A lead with 20 signals over 15 types and a full profile.
+/// A lead with 20 signals over 15 types and a full profile (it matches the
+/// first rule: one of its types is an unsubscribe).
 fn busy_lead(rules: &RuleSet, now: Timestamp) -> LeadSnapshot {
+    let types: Vec<String> = rules.signal_types.keys().cloned().collect();
+    lead_with(rules, now, &types)
+}
+
+/// The same profile with 20 page views: no rule holds, so every condition
+/// of the stage is evaluated (the worst case).
+fn quiet_lead(rules: &RuleSet, now: Timestamp) -> LeadSnapshot {
+    lead_with(rules, now, &["page_view".to_string()])
+}
+
+fn lead_with(rules: &RuleSet, now: Timestamp, types: &[String]) -> LeadSnapshot {
     let mut lead = LeadSnapshot::new(LeadId::parse("bench").unwrap(), now);
     lead.attributes = [("seniority", "director"), ("company_size", "800"), ("country", "de"), ("industry", "saas")]
         .into_iter()
@@ -21,7 +33,6 @@ fn busy_lead(rules: &RuleSet, now: Timestamp) -> LeadSnapshot {
         .collect();
     let policy = IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 0 };
     let mut ledger = LeadLedger::default();
-    let types: Vec<&String> = rules.signal_types.keys().collect();
     for i in 0..20 {
         let t = types[i % types.len()].clone();
         let properties = BTreeMap::new();
@@ -47,6 +58,11 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("qualify a lead (default rule set)", |b| {
         b.iter(|| black_box(rules.qualify(black_box(&lead), now)))
+    });
+    let quiet = quiet_lead(&rules, now);
+    assert!(rules.qualify(&quiet, now).is_empty(), "no rule holds for the quiet lead");
+    c.bench_function("qualify a lead no rule moves (default rule set)", |b| {
+        b.iter(|| black_box(rules.qualify(black_box(&quiet), now)))
     });
 }
 

@@ -101,9 +101,13 @@ impl RuleSet {
         }
         let scores = self.scores(lead, now);
         let mut stage = lead.stage;
-        // Built once: a move changes only the stage, bound in a scope over it.
+        // Variables are built when a condition first reads them, once: a
+        // move changes only the stage, bound in a scope over the base.
         let facts = Facts { lead, stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
-        let base = qualify::base_context(&self.cel_env, &self.needs, &facts);
+        let lazy = qualify::LazyFacts::new(&self.needs, facts);
+        let mut base = cel::Context::with_env(self.cel_env.clone());
+        base.set_variable_resolver(&lazy);
+        qualify::add_functions(&mut base, &self.needs);
         loop {
             let mut ctx = base.new_inner_scope();
             qualify::set_stage(&mut ctx, stage);

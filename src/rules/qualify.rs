@@ -249,14 +249,34 @@ pub fn set_stage(ctx: &mut Context<'_, '_>, stage: Stage) {
 /// Everything of the context but `stage` (`facts.stage` is not read).
 pub fn base_context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -> Context<'c, 'c> {
     let mut ctx = Context::with_env(env.clone());
-    ctx.add_variable_as_val("score", score_value(facts.primary));
-    ctx.add_variable_as_val("grade", cel_string(grade_str(facts.primary.grade).to_owned()));
-    ctx.add_variable_as_val("now", cel_timestamp(facts.now));
-    if needs.scores {
-        ctx.add_variable_as_val("scores", cel_map(facts.scores.iter().map(|s| (s.model.clone(), score_value(s)))));
+    for name in VARIABLES {
+        if let Some(value) = variable(name, needs, facts) {
+            ctx.add_variable_as_val(name, value);
+        }
     }
-    if !needs.signal_types.is_empty() {
-        let signals = cel_map(needs.signal_types.iter().map(|t| {
+    add_functions(&mut ctx, needs);
+    ctx
+}
+
+/// The functions conditions may call beyond CEL's own.
+pub fn add_functions(ctx: &mut Context<'_, '_>, needs: &Needs) {
+    if needs.days {
+        // Fails only if `days` were declared already; the standard library has none.
+        let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
+    }
+}
+
+/// The variables of a context, `stage` aside.
+const VARIABLES: [&str; 6] = ["score", "grade", "now", "scores", "signals", "lead"];
+
+/// One variable's value; `None` for names conditions do not read.
+fn variable(name: &str, needs: &Needs, facts: &Facts<'_>) -> Option<CelVal> {
+    Some(match name {
+        "score" => score_value(facts.primary),
+        "grade" => cel_string(grade_str(facts.primary.grade).to_owned()),
+        "now" => cel_timestamp(facts.now),
+        "scores" if needs.scores => cel_map(facts.scores.iter().map(|s| (s.model.clone(), score_value(s)))),
+        "signals" if !needs.signal_types.is_empty() => cel_map(needs.signal_types.iter().map(|t| {
             let tally = facts.lead.tallies.get(t);
             let cap = facts.daily_caps.get(t).copied().flatten();
             let fields = [
@@ -272,24 +292,42 @@ pub fn base_context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -
                 (format!("count_{days}d"), cel_int(n as i64))
             }));
             (t.clone(), cel_map(fields))
-        }));
-        ctx.add_variable_as_val("signals", signals);
+        })),
+        "lead" if needs.lead => {
+            let attributes = cel_map(facts.lead.attributes.iter().map(|(k, v)| (k.clone(), cel_string(v.clone()))));
+            let account = facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default();
+            cel_map([
+                ("attributes".to_owned(), attributes),
+                ("created_at".to_owned(), cel_timestamp(facts.lead.created_at)),
+                ("account_id".to_owned(), cel_string(account)),
+            ])
+        }
+        _ => return None,
+    })
+}
+
+/// The context's variables, each built the first time a condition reads
+/// it and kept for the next: a lead that one cheap condition moves never
+/// has its profile or signal windows built. Bind `stage` in the context
+/// (or a scope over it) as usual.
+pub struct LazyFacts<'a> {
+    needs: &'a Needs,
+    facts: Facts<'a>,
+    built: [std::sync::OnceLock<Option<CelVal>>; 6],
+}
+
+impl<'a> LazyFacts<'a> {
+    pub fn new(needs: &'a Needs, facts: Facts<'a>) -> Self {
+        Self { needs, facts, built: Default::default() }
     }
-    if needs.lead {
-        let attributes = cel_map(facts.lead.attributes.iter().map(|(k, v)| (k.clone(), cel_string(v.clone()))));
-        let account = facts.lead.account_id.as_ref().map(|a| a.to_string()).unwrap_or_default();
-        let lead = cel_map([
-            ("attributes".to_owned(), attributes),
-            ("created_at".to_owned(), cel_timestamp(facts.lead.created_at)),
-            ("account_id".to_owned(), cel_string(account)),
-        ]);
-        ctx.add_variable_as_val("lead", lead);
+}
+
+impl cel::context::VariableResolver for LazyFacts<'_> {
+    fn resolve<'b>(&'b self, name: &str) -> Option<cel::common::value::CowVal<'b, 'b>> {
+        let index = VARIABLES.iter().position(|v| *v == name)?;
+        let value = self.built[index].get_or_init(|| variable(name, self.needs, &self.facts)).as_ref()?;
+        Some(cel::common::value::CowVal::Borrowed(value.as_ref()))
     }
-    if needs.days {
-        // Fails only if `days` were declared already; the standard library has none.
-        let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
-    }
-    ctx
 }
 
 /// Outcome of one condition.
