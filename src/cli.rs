@@ -337,10 +337,10 @@ async fn simulate_rules(
             return ExitCode::from(2);
         }
     };
-    let Some(url) = settings.redis_url.clone() else {
+    if settings.redis_url.is_none() {
         eprintln!("leadscore: simulate reads the leads stored in Redis: give --redis-url or LEADSCORE_REDIS_URL");
         return ExitCode::from(2);
-    };
+    }
     let candidate = match crate::startup::load_rules(Some(file), &settings.required_approvers) {
         Ok((rules, _)) => rules,
         Err(e) => {
@@ -348,9 +348,9 @@ async fn simulate_rules(
             return ExitCode::FAILURE;
         }
     };
-    let redis = match crate::startup::redis_settings(&Settings { redis_url: Some(url), ..settings.clone() }) {
+    let redis = match crate::startup::redis_settings(&settings) {
         Ok(Some(redis)) => redis,
-        Ok(None) => return ExitCode::FAILURE,
+        Ok(None) => return ExitCode::from(2),
         Err(e) => {
             eprintln!("leadscore: {e}");
             return ExitCode::FAILURE;

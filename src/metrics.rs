@@ -193,10 +193,11 @@ pub async fn serve(
     axum::serve(listener, app).with_graceful_shutdown(stop).await
 }
 
-/// Measures every gRPC call: count by method and status, latency, calls in
-/// flight. The status is the `grpc-status` of a trailers-only response (how
-/// tonic answers an error) and `OK` otherwise; a stream that fails after
-/// its first message counts as `OK`.
+/// Measures every gRPC call (count by method and status, latency, calls in
+/// flight) and runs it in its server span (see `server_span`). The status
+/// is the `grpc-status` of a trailers-only response (how tonic answers an
+/// error) and `OK` otherwise; a stream that fails after its first message
+/// counts as `OK`.
 #[derive(Clone)]
 pub struct MetricsLayer {
     pub metrics: Arc<Metrics>,

@@ -45,12 +45,14 @@ pub enum StartupError {
     Security(String),
 }
 
+/// The bytes of a configured file (`key` names the setting in the error).
+fn read(key: &str, path: &std::path::Path) -> Result<Vec<u8>, StartupError> {
+    std::fs::read(path).map_err(|e| StartupError::Security(format!("cannot read {key} {}: {e}", path.display())))
+}
+
 /// How to reach Redis, TLS files read; `None` without a Redis URL.
 pub fn redis_settings(settings: &Settings) -> Result<Option<RedisSettings>, StartupError> {
     let Some(url) = settings.redis_url.clone() else { return Ok(None) };
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| StartupError::Security(format!("cannot read {key} {}: {e}", path.display())))
-    };
     let ca = settings.redis_tls_ca.as_deref().map(|p| read("redis_tls_ca", p)).transpose()?;
     let client = match (&settings.redis_tls_cert, &settings.redis_tls_key) {
         (Some(cert), Some(key)) => Some((read("redis_tls_cert", cert)?, read("redis_tls_key", key)?)),
@@ -75,9 +77,6 @@ pub struct Security {
 /// refuses an unauthenticated service on a non-loopback address unless
 /// `insecure` is set.
 pub fn load_security(settings: &Settings) -> Result<Security, StartupError> {
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| StartupError::Security(format!("cannot read {key} {}: {e}", path.display())))
-    };
     let token_text = match &settings.auth_tokens_file {
         Some(path) => Some(String::from_utf8_lossy(&read("auth_tokens_file", path)?).into_owned()),
         None => std::env::var("LEADSCORE_AUTH_TOKENS").ok().filter(|t| !t.trim().is_empty()),
@@ -190,11 +189,18 @@ impl Application {
             retention_ms: settings.feed_retention.0,
             trigger_retention_ms: settings.trigger_retention.0,
         };
-        let mut state =
-            AppState::new(store, clock, rules, rules_name, policy, feed, limits, settings.required_approvers.clone());
+        let mut state = AppState::new(
+            store,
+            clock,
+            rules,
+            rules_name,
+            policy,
+            feed,
+            limits,
+            settings.required_approvers.clone(),
+            metrics,
+        );
         state.rescore_on_reload = settings.rescore_on_reload;
-        metrics.set_rule_set(&state.rules().set.version);
-        state.metrics = metrics;
         state.delivery = DeliveryPolicy {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,

@@ -91,6 +91,7 @@ impl AppState {
         feed: FeedPolicy,
         limits: Limits,
         required_approvers: Vec<String>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let profiles = ProfileLimits::default();
         store.set_profile_spec(Arc::new(ProfileSpec::new(
@@ -99,7 +100,6 @@ impl AppState {
             profiles.history_age_ms,
             profiles.funnel_retention_ms,
         )));
-        let metrics = Arc::new(crate::metrics::Metrics::new());
         metrics.set_rule_set(&rules.version);
         let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
         Self {
