@@ -21,6 +21,7 @@ use crate::domain::{AccountId, LeadId, LeadSnapshot, Stage, Timestamp};
 use crate::store::StoreError;
 
 /// Decodes a lead's hash and its per-day counters (`<type>:<day>` → n).
+/// Errors name the field, never the stored value (it reaches callers).
 pub fn decode_lead(
     lead_id: &LeadId,
     fields: HashMap<String, String>,
@@ -56,7 +57,10 @@ pub fn decode_lead(
                     lead.merged_into = Some(LeadId::parse(value).map_err(|e| corrupt(format!("merged-into id {e}")))?)
                 }
                 "nr" => lead.recorded = u64::try_from(int()?).map_err(|_| corrupt("field 'nr' is negative".into()))?,
-                "st" => lead.stage = value.parse::<Stage>().map_err(|e| corrupt(e.to_string()))?,
+                "st" => {
+                    lead.stage =
+                        value.parse::<Stage>().map_err(|_| corrupt("field 'st' is not a known stage".into()))?
+                }
                 "acc" => {
                     lead.account_id = Some(AccountId::parse(value).map_err(|e| corrupt(format!("account id {e}")))?)
                 }
@@ -68,7 +72,7 @@ pub fn decode_lead(
     for (field, value) in days {
         let parsed =
             field.rsplit_once(':').and_then(|(t, day)| Some((t, day.parse::<i64>().ok()?, value.parse::<u32>().ok()?)));
-        let (t, day, n) = parsed.ok_or_else(|| corrupt(format!("day counter '{field}' = '{value}' is malformed")))?;
+        let (t, day, n) = parsed.ok_or_else(|| corrupt(format!("day counter '{field}' is malformed")))?;
         lead.daily.entry(t.to_owned()).or_default().insert(day, n);
     }
     if let Some((t, _)) = lead.tallies.iter().find(|(_, tally)| tally.counted > 0 && tally.last_at.is_none()) {

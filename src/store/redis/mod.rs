@@ -686,10 +686,10 @@ impl LeadStore for RedisStore {
         let oldest = now.millis() - self.spec().history_age_ms;
         let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
         let mut history = Vec::with_capacity(entries.len());
-        for e in &entries {
+        for (i, e) in entries.iter().enumerate() {
             let entry = ScoreHistoryEntry::decode(e).ok_or_else(|| StoreError::Corrupt {
                 lead_id: lead_id.to_string(),
-                detail: format!("score history entry '{e}' is malformed"),
+                detail: format!("score history entry {i} is malformed"),
             })?;
             // Newest first: the rest are older still.
             if entry.at.millis() < oldest {
