@@ -390,6 +390,17 @@ pub fn render_simulation(name: &str, version: &str, s: &crate::engine::Simulatio
         "{name} (version {version}) against {} stored leads ({} rescored from their raw history)",
         s.leads_evaluated, s.leads_rebuilt
     );
+    for e in &s.rule_errors {
+        let examples: Vec<_> = e.examples.iter().map(|e| e.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "rule {} failed to evaluate on {} leads ({}), e.g. {}",
+            e.rule_id,
+            e.leads,
+            e.error,
+            examples.join(", ")
+        );
+    }
     if s.transitions.is_empty() {
         let _ = writeln!(out, "no lead would change stage");
         return out;

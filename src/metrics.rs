@@ -32,6 +32,47 @@ pub struct Metrics {
     triggers: IntGaugeVec,
     /// Consumer groups this replica served, for `triggers`.
     trigger_groups: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// Conditions that failed to evaluate, by rule and rule-set version.
+    pub rule_errors: IntCounterVec,
+    /// When each rule's failures were last logged, and how many since.
+    rule_error_log: std::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
+}
+
+/// A rule's evaluation failures are logged at most this often.
+const RULE_ERROR_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The hook a rule set tells of conditions that fail to evaluate: counted
+/// in `leadscore_rule_evaluation_errors_total{rule, rule_set_version}` and
+/// logged at WARN, at most once per rule every 10 s with the count since.
+pub fn rule_failure_hook(metrics: Arc<Metrics>) -> crate::rules::FailureHook {
+    Arc::new(move |version, failure| {
+        metrics.rule_errors.with_label_values(&[failure.rule_id.as_str(), version]).inc();
+        let now = Instant::now();
+        let mut log = metrics.rule_error_log.lock().unwrap_or_else(|p| p.into_inner());
+        let due = match log.get_mut(&failure.rule_id) {
+            Some((at, count)) => {
+                *count += 1;
+                (now.duration_since(*at) >= RULE_ERROR_LOG_EVERY).then(|| {
+                    *at = now;
+                    std::mem::take(count)
+                })
+            }
+            None => {
+                // Bounded: one entry per rule id of the loaded rule sets.
+                log.insert(failure.rule_id.clone(), (now, 0));
+                Some(1)
+            }
+        };
+        if let Some(count) = due {
+            tracing::warn!(
+                rule = %failure.rule_id,
+                rule_set = %version,
+                error = %failure.error,
+                failures = count,
+                "a rule's condition failed to evaluate and was read as not holding"
+            );
+        }
+    })
 }
 
 /// Most consumer groups reported (group names come from clients).
@@ -81,6 +122,14 @@ impl Metrics {
             &["group", "state"],
         )
         .expect("valid metric");
+        let rule_errors = IntCounterVec::new(
+            Opts::new(
+                "rule_evaluation_errors_total",
+                "Conditions that failed to evaluate for a lead (read as not holding), by rule and rule-set version",
+            ),
+            &["rule", "rule_set_version"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
             .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -93,6 +142,7 @@ impl Metrics {
             Box::new(rule_set.clone()),
             Box::new(redis_duration.clone()),
             Box::new(triggers.clone()),
+            Box::new(rule_errors.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -108,6 +158,8 @@ impl Metrics {
             redis_duration,
             triggers,
             trigger_groups: Default::default(),
+            rule_errors,
+            rule_error_log: Default::default(),
         }
     }
 

@@ -77,7 +77,9 @@ pub async fn watch_rule_file(
     interval: Duration,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let mut last = std::fs::read_to_string(&path).map(|s| fingerprint(&s)).unwrap_or_default();
+    // From the rules in force, not the file now: a change made between
+    // start-up and this watcher is seen.
+    let mut last = fingerprint(&state.rules().set.source);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {

@@ -183,6 +183,138 @@ fn the_splice_keeps_a_valid_file_valid() {
     assert!(RuleSet::parse(&with_condition("score.behavior >=")).is_err());
 }
 
+/// Stack of the thread the bounded-expression checks run on: Tokio's
+/// default 2 MiB, a quarter of what the service gives its runtime threads,
+/// in a debug build (frames several times deeper than release).
+const SMALL_STACK: usize = 2 * 1024 * 1024;
+
+/// Runs `f` on a thread with `SMALL_STACK`; a stack overflow aborts the
+/// whole test binary, which fails the run.
+fn on_small_stack(f: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new().stack_size(SMALL_STACK).spawn(f).expect("a thread").join().expect("no panic");
+}
+
+/// Every shape the rule language nests or chains, `n` deep or long.
+fn shapes(n: usize) -> Vec<(&'static str, String)> {
+    let chain = |term: &str, op: &str| vec![term; n].join(op);
+    let mut shapes = Vec::new();
+    for op in [" + ", " - ", " * ", " / "] {
+        shapes.push(("arithmetic", format!("{} > 1.0", chain("score.total", op))));
+    }
+    shapes.push(("modulo", format!("{} > 0", chain("signals.demo_requested.count", " % "))));
+    for op in [" == ", " != ", " < ", " <= ", " > ", " >= ", " && ", " || ", " in "] {
+        shapes.push(("relation or logic", chain("true", op)));
+    }
+    shapes.extend([
+        ("or of comparisons", chain("grade == 'A'", " || ")),
+        ("parentheses", format!("{}true{}", "(".repeat(n), ")".repeat(n))),
+        ("parenthesised sums", format!("{}score.total{} > 1.0", "(score.total + ".repeat(n), ")".repeat(n))),
+        ("not", format!("{}true", "!".repeat(n))),
+        ("negation", format!("{}1 > 0", "-".repeat(n))),
+        ("negation in brackets", format!("{}1{} > 0", "-(".repeat(n), ")".repeat(n))),
+        ("lists", format!("{}1{} != []", "[".repeat(n), "]".repeat(n))),
+        ("maps", format!("{}1{} != {{}}", "{'a': ".repeat(n), "}".repeat(n))),
+        ("ternary, right", format!("{} : false", chain("true ? true", " : "))),
+        ("ternary, left", format!("{}true{}", "(true ? ".repeat(n), " : false)".repeat(n))),
+        ("member", format!("lead.attributes{} == 'x'", ".a".repeat(n))),
+        ("index", format!("lead.attributes{} == 'x'", "['a']".repeat(n))),
+        ("calls", format!("{}'a'{} > 0", "size(".repeat(n), ")".repeat(n))),
+        ("conversions", format!("{}1{} == '1'", "string(".repeat(n), ")".repeat(n))),
+        ("comprehensions", format!("{}true{}", "[1].all(x, ".repeat(n), ")".repeat(n))),
+        ("has", format!("{}lead.attributes.a{}", "has(".repeat(n), ")".repeat(n))),
+    ]);
+    shapes
+}
+
+/// A lead for the conditions to run on.
+fn sample_lead() -> leadscore::domain::LeadSnapshot {
+    let id = leadscore::domain::LeadId::parse("deep").unwrap();
+    let mut lead = leadscore::domain::LeadSnapshot::new(id, NOW);
+    lead.attributes.insert("a".into(), "x".into());
+    lead
+}
+
+/// Deep and long expressions of every shape are refused with the line of
+/// their rule, or compile and evaluate: on a small stack, nothing overflows.
+#[test]
+fn deep_and_long_expressions_are_bounded_on_a_small_stack() {
+    on_small_stack(|| {
+        let mut accepted = std::collections::BTreeSet::new();
+        for n in [1, 2, 8, 16, 24, 25, 31, 32, 33, 48, 64, 100, 400, 1400, 4000] {
+            for (shape, expr) in shapes(n) {
+                let file = with_condition(&expr);
+                let line =
+                    file.lines().position(|l| l.starts_with("when = ") && l.contains(&expr[..expr.len().min(20)]));
+                match RuleSet::parse(&file) {
+                    Ok(rules) => {
+                        let _ = rules.qualify(&sample_lead(), NOW);
+                        accepted.insert((shape, n.min(8)));
+                    }
+                    Err(errors) => {
+                        let line = line.expect("the condition's line") + 1;
+                        assert!(
+                            errors.iter().any(|e| e.line == line),
+                            "{shape} × {n}: no error on line {line}: {:?}",
+                            errors.iter().map(|e| format!("{}:{} {}", e.line, e.column, e.message)).collect::<Vec<_>>()
+                        );
+                    }
+                }
+            }
+        }
+        // The bounds leave room for real conditions (member, index and call
+        // chains of 8 are type errors here: a string has no fields).
+        for shape in
+            ["arithmetic", "parentheses", "not", "lists", "maps", "ternary, left", "ternary, right", "conversions"]
+        {
+            assert!(accepted.contains(&(shape, 8)), "{shape} × 8 refused; accepted: {accepted:?}");
+        }
+    });
+}
+
+/// Random nestings of every shape, on a small stack.
+fn nested() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("true".to_string()),
+        Just("score.total".to_string()),
+        Just("1".to_string()),
+        Just("'a'".to_string()),
+        Just("lead.attributes".to_string()),
+    ];
+    leaf.prop_recursive(64, 4096, 3, |inner| {
+        prop_oneof![
+            (
+                inner.clone(),
+                prop_oneof![Just("+"), Just("&&"), Just("||"), Just("<"), Just("=="), Just("in")],
+                inner.clone()
+            )
+                .prop_map(|(a, op, b)| format!("{a} {op} {b}")),
+            inner.clone().prop_map(|a| format!("({a})")),
+            inner.clone().prop_map(|a| format!("!{a}")),
+            inner.clone().prop_map(|a| format!("[{a}, {a}]")),
+            inner.clone().prop_map(|a| format!("{{'k': {a}}}")),
+            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(a, b, c)| format!("{a} ? {b} : {c}")),
+            inner.clone().prop_map(|a| format!("{a}.a")),
+            inner.clone().prop_map(|a| format!("{a}['a']")),
+            inner.clone().prop_map(|a| format!("size({a})")),
+            inner.prop_map(|a| format!("[1].exists(x, {a})")),
+        ]
+    })
+}
+
+#[test]
+fn random_nestings_never_overflow_a_small_stack() {
+    on_small_stack(|| {
+        TestRunner::new(config(200))
+            .run(&nested(), |expr| {
+                if let Ok(rules) = RuleSet::parse(&with_condition(&expr)) {
+                    let _ = rules.qualify(&sample_lead(), NOW);
+                }
+                Ok(())
+            })
+            .unwrap();
+    });
+}
+
 /// The long run: fresh random cases for every target until
 /// `LEADSCORE_FUZZ_SECS` (default 60) is up.
 #[test]

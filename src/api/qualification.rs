@@ -388,5 +388,15 @@ pub fn simulation_to_proto(version: &str, s: &crate::engine::Simulation) -> pb::
                 example_lead_ids: t.examples.iter().map(ToString::to_string).collect(),
             })
             .collect(),
+        rule_errors: s
+            .rule_errors
+            .iter()
+            .map(|e| pb::RuleEvaluationErrors {
+                rule_id: e.rule_id.clone(),
+                leads: e.leads,
+                example_lead_ids: e.examples.iter().map(ToString::to_string).collect(),
+                error: e.error.clone(),
+            })
+            .collect(),
     }
 }

@@ -101,6 +101,8 @@ impl AppState {
             profiles.funnel_retention_ms,
         )));
         metrics.set_rule_set(&rules.version);
+        let mut rules = rules;
+        rules.set_failure_hook(crate::metrics::rule_failure_hook(metrics.clone()));
         let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
         Self {
             profiles,
@@ -128,7 +130,8 @@ impl AppState {
     }
 
     /// Activates a new rule set atomically.
-    pub fn replace_rules(&self, rules: RuleSet, origin: String) {
+    pub fn replace_rules(&self, mut rules: RuleSet, origin: String) {
+        rules.set_failure_hook(crate::metrics::rule_failure_hook(self.metrics.clone()));
         let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
         self.push_profile_spec(&rules);
         self.metrics.set_rule_set(&rules.version);

@@ -36,7 +36,7 @@ mod rescore;
 
 pub use inactivity::{inactivity_watch, sweep_inactivity};
 pub use ingest::{Identified, commit_ingest, identify, record_batches};
-pub use rescore::{RescoreProgress, Simulation, Transition, rebuild, rescore, simulate, start_rescore};
+pub use rescore::{RescoreProgress, RuleErrors, Simulation, Transition, rebuild, rescore, simulate, start_rescore};
 
 /// Attempts before giving up on a lead that keeps changing under us.
 const MAX_ATTEMPTS: usize = 5;

@@ -78,6 +78,18 @@ pub struct Simulation {
     pub leads_rebuilt: u64,
     /// Ordered by (from, to).
     pub transitions: Vec<Transition>,
+    /// Conditions that failed to evaluate, by rule id.
+    pub rule_errors: Vec<RuleErrors>,
+}
+
+/// The leads on which one rule's condition failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleErrors {
+    pub rule_id: String,
+    pub leads: u64,
+    pub examples: Vec<LeadId>,
+    /// The first failure's description.
+    pub error: String,
 }
 
 /// What `candidate` would do to every stored lead now, writing nothing: each
@@ -93,6 +105,7 @@ pub async fn simulate(
 ) -> Result<Simulation, StoreError> {
     let mut result = Simulation::default();
     let mut moves: std::collections::BTreeMap<(Stage, Stage), Transition> = std::collections::BTreeMap::new();
+    let mut errors: std::collections::BTreeMap<String, RuleErrors> = std::collections::BTreeMap::new();
     for_each_lead(store, |batch| {
         for (lead, history) in batch {
             result.leads_evaluated += 1;
@@ -103,7 +116,24 @@ pub async fn simulate(
                 }
                 None => lead,
             };
-            if let Some(last) = candidate.qualify(&lead, now).last() {
+            let (rule_moves, failures) = candidate.qualify_reporting(&lead, now);
+            let mut seen = std::collections::BTreeSet::new();
+            for failure in failures {
+                if !seen.insert(failure.rule_id.clone()) {
+                    continue;
+                }
+                let e = errors.entry(failure.rule_id.clone()).or_insert_with(|| RuleErrors {
+                    rule_id: failure.rule_id,
+                    leads: 0,
+                    examples: Vec::new(),
+                    error: failure.error,
+                });
+                e.leads += 1;
+                if e.examples.len() < sample_limit {
+                    e.examples.push(lead.lead_id.clone());
+                }
+            }
+            if let Some(last) = rule_moves.last() {
                 let t = moves.entry((lead.stage, last.to)).or_insert_with(|| Transition {
                     from: lead.stage,
                     to: last.to,
@@ -120,6 +150,7 @@ pub async fn simulate(
     })
     .await?;
     result.transitions = moves.into_values().collect();
+    result.rule_errors = errors.into_values().collect();
     Ok(result)
 }
 

@@ -30,6 +30,17 @@ impl Errors<'_> {
     fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.list.push(RuleError::at(self.source, Some(span), message));
     }
+
+    /// Where `part` of a condition is written in the file: within the
+    /// condition's `span` (a multi-line condition names the right line);
+    /// the condition itself when the part is not found as written.
+    fn locate(&self, span: Range<usize>, part: Option<&str>) -> Range<usize> {
+        let found = part.and_then(|p| Some((self.source.get(span.clone())?.find(p)?, p.len())));
+        match found {
+            Some((at, len)) => span.start + at..span.start + at + len,
+            None => span,
+        }
+    }
 }
 
 pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<RuleSet, Vec<RuleError>> {
@@ -174,6 +185,7 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
             needs,
             daily_caps,
             cel_env: env,
+            on_failure: None,
             source: source.to_owned(),
         })
     } else {
@@ -267,7 +279,7 @@ fn qualification_rule(
     match qualify::compile_condition(&raw.id, when, signal_types, models, needs) {
         Ok(program) => Some(qualify::build(raw.id.clone(), to, from, when.clone(), program)),
         Err(e) => {
-            errors.push(raw.when.span(), e);
+            errors.push(errors.locate(raw.when.span(), e.snippet.as_deref()), e.message);
             None
         }
     }
@@ -306,7 +318,10 @@ fn trigger(
         Some(when) => match qualify::compile_condition(&raw.id, when.get_ref(), signal_types, models, needs) {
             Ok(program) => Some((when.get_ref().clone(), program)),
             Err(e) => {
-                errors.push(when.span(), e.replacen("rule '", "trigger '", 1));
+                errors.push(
+                    errors.locate(when.span(), e.snippet.as_deref()),
+                    e.message.replacen("rule '", "trigger '", 1),
+                );
                 return None;
             }
         },

@@ -5,6 +5,7 @@
 mod compile;
 mod duration;
 mod error;
+pub mod expr;
 mod file;
 pub mod qualify;
 pub mod triggers;
@@ -54,12 +55,52 @@ pub struct RuleSet {
     needs: Needs,
     daily_caps: BTreeMap<String, Option<u32>>,
     cel_env: Arc<cel::Env>,
+    /// Told of every condition that fails to evaluate (see `RuleFailure`).
+    on_failure: Option<FailureHook>,
 }
+
+/// A condition that could not be evaluated for a lead (a missing attribute
+/// read without `has()`, a number that is not one…). It is treated as not
+/// holding, and never in silence: the hook counts and logs it, and
+/// simulation reports the leads it happened on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleFailure {
+    /// The qualification rule's or trigger's id.
+    pub rule_id: String,
+    /// What went wrong, without the lead's values (they may be personal).
+    pub error: String,
+}
+
+/// Receives the rule set's version and each failure.
+pub type FailureHook = Arc<dyn Fn(&str, &RuleFailure) + Send + Sync>;
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleSet").field("version", &self.version).field("models", &self.models.keys()).finish()
     }
+}
+
+/// Stack of the thread rule files are compiled on, whoever asks (a Tokio
+/// worker has 2 MiB): the CEL parser recurses per bracket level — about
+/// 130 KiB a level in a debug build, far less in release — and conditions
+/// nest at most `expr::MAX_NESTING` deep. Only the pages used are touched.
+const COMPILE_STACK: usize = 32 * 1024 * 1024;
+
+/// Compiles on a thread of its own with `COMPILE_STACK`, so the verdict on a
+/// file is the same from `rules check`, an RPC, a reload or start-up.
+fn compile_on_own_stack(source: &str, approvers: &[String]) -> Result<RuleSet, Vec<RuleError>> {
+    std::thread::scope(|scope| {
+        let compiler = std::thread::Builder::new()
+            .name("rules-compile".into())
+            .stack_size(COMPILE_STACK)
+            .spawn_scoped(scope, || compile::compile(source, approvers));
+        match compiler {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|_| Err(vec![RuleError::at(source, None, "the rule file could not be compiled")])),
+            Err(e) => Err(vec![RuleError::at(source, None, format!("cannot start the rule compiler: {e}"))]),
+        }
+    })
 }
 
 /// A stage change a qualification rule makes.
@@ -75,12 +116,12 @@ impl RuleSet {
     /// line and column.
     pub fn parse(source: &str) -> Result<RuleSet, Vec<RuleError>> {
         let approvers: Vec<String> = DEFAULT_APPROVERS.iter().map(|a| a.to_string()).collect();
-        compile::compile(source, &approvers)
+        compile_on_own_stack(source, &approvers)
     }
 
     /// As `parse`, with the teams that must appear in `agreed_by`.
     pub fn parse_with_approvers(source: &str, required_approvers: &[String]) -> Result<RuleSet, Vec<RuleError>> {
-        compile::compile(source, required_approvers)
+        compile_on_own_stack(source, required_approvers)
     }
 
     /// Every model's score of `lead` at `now`, primary first.
@@ -90,14 +131,37 @@ impl RuleSet {
         scores
     }
 
+    /// Installs the hook told of conditions that fail to evaluate.
+    pub fn set_failure_hook(&mut self, hook: FailureHook) {
+        self.on_failure = Some(hook);
+    }
+
+    fn report(&self, failures: &[RuleFailure]) {
+        if let Some(hook) = &self.on_failure {
+            for f in failures {
+                hook(&self.version, f);
+            }
+        }
+    }
+
     /// The stage changes the qualification rules make to `lead` now, in
     /// order: each move is forward, from a stage its rule admits, by the
     /// first rule (file order) whose condition holds; then again from the
     /// new stage. A recycled lead moves only after new engagement.
+    /// Conditions that fail to evaluate do not hold and go to the hook.
     pub fn qualify(&self, lead: &LeadSnapshot, now: Timestamp) -> Vec<RuleMove> {
+        let (moves, failures) = self.qualify_reporting(lead, now);
+        self.report(&failures);
+        moves
+    }
+
+    /// As `qualify`, returning the conditions that failed to evaluate
+    /// instead of telling the hook.
+    pub fn qualify_reporting(&self, lead: &LeadSnapshot, now: Timestamp) -> (Vec<RuleMove>, Vec<RuleFailure>) {
         let mut moves = Vec::new();
+        let mut failures = Vec::new();
         if self.qualification.is_empty() || (lead.stage == Stage::Recycled && !lead.engaged_since_stage_change()) {
-            return moves;
+            return (moves, failures);
         }
         let scores = self.scores(lead, now);
         let mut stage = lead.stage;
@@ -115,8 +179,8 @@ impl RuleSet {
                 match qualify::evaluate(r, &ctx) {
                     Verdict::Holds => true,
                     Verdict::DoesNotHold => false,
-                    Verdict::Failed(e) => {
-                        tracing::debug!(rule = %r.id, lead_id = %lead.lead_id, error = %e, "condition failed; not applied");
+                    Verdict::Failed(error) => {
+                        failures.push(RuleFailure { rule_id: r.id.clone(), error });
                         false
                     }
                 }
@@ -127,7 +191,7 @@ impl RuleSet {
                     moves.push(RuleMove { to: rule.to, rule_id: rule.id.clone() });
                     stage = rule.to;
                 }
-                None => return moves,
+                None => return (moves, failures),
             }
         }
     }
@@ -152,7 +216,7 @@ impl RuleSet {
             .into_iter()
             .filter(|t| match &t.when {
                 None => true,
-                Some((_, program)) => matches!(program.execute(&ctx), Ok(cel::Value::Bool(true))),
+                Some((_, program)) => self.holds(&t.id, program, &ctx),
             })
             .collect()
     }
@@ -219,7 +283,19 @@ impl RuleSet {
         let facts =
             Facts { lead, stage: lead.stage, primary: &scores[0], scores: &scores, daily_caps: &self.daily_caps, now };
         let ctx = qualify::context(&self.cel_env, &self.needs, &facts);
-        matches!(program.execute(&ctx), Ok(cel::Value::Bool(true)))
+        self.holds(&def.id, program, &ctx)
+    }
+
+    /// Whether a trigger's condition holds; a failure goes to the hook.
+    fn holds(&self, id: &str, program: &cel::Program, ctx: &cel::Context<'_, '_>) -> bool {
+        match qualify::evaluate_program(program, ctx) {
+            Verdict::Holds => true,
+            Verdict::DoesNotHold => false,
+            Verdict::Failed(error) => {
+                self.report(&[RuleFailure { rule_id: id.to_owned(), error }]);
+                false
+            }
+        }
     }
 
     /// Stages `SetStage` may move a lead to from `from`.
@@ -474,7 +550,7 @@ when = "signals.email_click.count_7d >= 2"
             ("signals.form_fill.count_400d > 0", "windows are 1 to 365 days"),
             ("score.totl > 1", "score.totl"),
             ("budget > 1", "unknown name 'budget'"),
-            ("lead.attributes.company_size > 200", "type error"),
+            ("lead.attributes.company_size > 200", "'>' cannot be applied to a string and an int"),
             ("score.total", "must be true or false"),
             ("scores.b2c.total > 1", "no such model"),
         ] {

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use cel::common::types::{CelDouble, CelInt, CelMap, CelMapKey, CelString, CelTimestamp};
 use cel::{Context, ExecutionError, Program, Value};
 
+use super::expr;
 use crate::domain::{Grade, LeadSnapshot, Score, Stage, Timestamp};
 
 /// Longest condition accepted, in bytes.
@@ -73,24 +74,62 @@ pub struct Needs {
     pub days: bool,
 }
 
-/// Checks one condition and compiles it. `Err` holds a message for the user.
+/// Why a condition is refused: a message for the user and, when one part
+/// of the condition is at fault, that part as written (to locate it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionError {
+    pub message: String,
+    pub snippet: Option<String>,
+}
+
+impl From<String> for ConditionError {
+    fn from(message: String) -> Self {
+        Self { message, snippet: None }
+    }
+}
+
+/// Checks one condition and compiles it: bounded in depth, size and cost
+/// (see [`super::expr`]), every name known, every sub-expression typed.
 pub fn compile_condition(
     id: &str,
     when: &str,
     signal_types: &BTreeSet<String>,
     models: &BTreeSet<String>,
     needs: &mut Needs,
-) -> Result<Program, String> {
+) -> Result<Program, ConditionError> {
     if when.trim().is_empty() {
-        return Err(format!("rule '{id}': 'when' must not be empty"));
+        return Err(format!("rule '{id}': 'when' must not be empty").into());
     }
     if when.len() > MAX_CONDITION_BYTES {
-        return Err(format!("rule '{id}': 'when' is longer than {MAX_CONDITION_BYTES} bytes"));
+        return Err(format!("rule '{id}': 'when' is longer than {MAX_CONDITION_BYTES} bytes").into());
     }
+    let refused = |e: expr::ExprError| ConditionError {
+        message: match &e.snippet {
+            Some(part) => format!("rule '{id}': `{part}`: {}", e.message),
+            None => format!("rule '{id}': {}", e.message),
+        },
+        snippet: e.snippet,
+    };
+    expr::scan(when).map_err(refused)?;
     let program = Program::compile(when).map_err(|e| {
         let first = e.to_string().lines().next().unwrap_or_default().replace("ERROR: <input>:", "at ");
         format!("rule '{id}': CEL syntax error {first}")
     })?;
+    expr::bound(&program).map_err(refused)?;
+    check_names(id, when, &program, signal_types, models, needs)?;
+    expr::check_types(&program, &expr::Names { signal_types, models }).map_err(refused)?;
+    Ok(program)
+}
+
+/// Every name a condition reads is known; records what it reads in `needs`.
+fn check_names(
+    id: &str,
+    when: &str,
+    program: &Program,
+    signal_types: &BTreeSet<String>,
+    models: &BTreeSet<String>,
+    needs: &mut Needs,
+) -> Result<(), String> {
     let references = program.references();
     for name in references.variables() {
         let bound_by_macro = when.contains(&format!("({name},")) || when.contains(&format!("({name} ,"));
@@ -132,7 +171,7 @@ pub fn compile_condition(
         }
         needs.signal_types.insert(signal_type);
     }
-    Ok(program)
+    Ok(())
 }
 
 /// `count_30d` → 30.
@@ -340,11 +379,31 @@ pub enum Verdict {
 }
 
 pub fn evaluate(rule: &QualificationRule, ctx: &Context<'_, '_>) -> Verdict {
-    match rule.program.execute(ctx) {
+    evaluate_program(&rule.program, ctx)
+}
+
+/// Runs a condition; a failure is described without the lead's values.
+pub fn evaluate_program(program: &Program, ctx: &Context<'_, '_>) -> Verdict {
+    match program.execute(ctx) {
         Ok(Value::Bool(true)) => Verdict::Holds,
         Ok(Value::Bool(false)) => Verdict::DoesNotHold,
-        Ok(other) => Verdict::Failed(format!("result is {:?}, not a boolean", other.type_of())),
-        Err(e) => Verdict::Failed(e.to_string()),
+        Ok(other) => Verdict::Failed(format!("the result is a {:?}, not true or false", other.type_of())),
+        Err(e) => Verdict::Failed(describe(&e)),
+    }
+}
+
+/// An evaluation error in words, naming keys and functions of the rule but
+/// no value of the lead's (`ExecutionError`'s own text quotes them).
+fn describe(e: &ExecutionError) -> String {
+    match e {
+        ExecutionError::NoSuchKey(key) => format!("no such key '{key}' (guard it with has(...))"),
+        ExecutionError::FunctionError { function, .. } => format!("{function}() failed on this lead's value"),
+        ExecutionError::NoSuchOverload(o) => format!("no overload of '{}' for these values", o.function()),
+        ExecutionError::DivisionByZero(_) | ExecutionError::RemainderByZero(_) => "division by zero".to_owned(),
+        ExecutionError::Overflow(op, ..) => format!("overflow in '{op}'"),
+        ExecutionError::IndexOutOfBounds(_) => "index out of bounds".to_owned(),
+        ExecutionError::UndeclaredReference(name) => format!("undeclared reference to '{name}'"),
+        _ => "a value of the wrong type".to_owned(),
     }
 }
 

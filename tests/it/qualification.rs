@@ -635,3 +635,111 @@ async fn activating_a_reloaded_rule_set_rescores_every_lead() {
         [("auto-2".to_string(), "2026.11.4".to_string()), ("auto-3".to_string(), "2026.11.4".to_string())]
     );
 }
+
+/// The default rules with the MQL condition replaced by `when`.
+fn with_mql_condition(version: &str, when: &str) -> String {
+    leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", &format!("version = \"{version}\""))
+        .replace("\"score.behavior >= 30.0 && grade in ['A', 'B', 'C']\"", &format!("{when:?}"))
+}
+
+/// A condition too long to evaluate safely (a chain of 1,400 terms) and one
+/// that can never type-check get the same verdict, with their line, from
+/// `rules check`, `ValidateRuleSet`, `SimulateRuleSet`, a reload and
+/// start-up; the service keeps serving.
+#[tokio::test]
+async fn hostile_conditions_get_one_verdict_everywhere() {
+    let RulesApp { redis, dir, path, app } = app_with_rule_file(false).await;
+    let chain = format!("{} > 1.0", vec!["score.total"; 1400].join("+"));
+    assert!(chain.len() < 4096 * 5, "the 4 KiB limit is checked after the depth");
+    let short_chain = format!("{} > 1.0", vec!["score.total"; 300].join("+"));
+    for (version, when, expected) in [
+        ("9.1", short_chain.as_str(), "too deep"),
+        ("9.2", "score.behavior >= '30' && grade in ['A','B','C']", "`score.behavior >= '30'`: '>=' cannot be applied"),
+    ] {
+        let file = with_mql_condition(version, when);
+        let line = file.lines().position(|l| l.contains(&when[..20])).unwrap() as u32 + 1;
+        let mut client = qualification(&app).await;
+        let checked =
+            client.validate_rule_set(pb::ValidateRuleSetRequest { source: file.clone() }).await.unwrap().into_inner();
+        assert!(!checked.valid, "{version}");
+        assert_eq!(checked.errors.len(), 1, "{:?}", checked.errors);
+        assert_eq!(checked.errors[0].line, line, "{:?}", checked.errors);
+        assert!(checked.errors[0].message.contains(expected), "{:?}", checked.errors);
+        let simulated = client
+            .simulate_rule_set(pb::SimulateRuleSetRequest { source: file.clone(), sample_limit: 1 })
+            .await
+            .unwrap_err();
+        assert_eq!(simulated.code(), tonic::Code::InvalidArgument, "{simulated:?}");
+
+        let candidate = dir.path().join(format!("{version}.toml"));
+        std::fs::write(&candidate, &file).unwrap();
+        let check = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+            .args(["rules", "check"])
+            .arg(&candidate)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&check.stderr).to_string() + &String::from_utf8_lossy(&check.stdout);
+        assert!(!check.status.success(), "rules check: {stderr}");
+        assert!(stderr.contains(&format!("{line}:")) && stderr.contains(expected), "rules check: {stderr}");
+
+        let serve = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+            .args(["serve", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "off", "--redis-url", &redis.url()])
+            .arg("--rules")
+            .arg(&candidate)
+            .env("RUST_LOG", "error")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&serve.stderr);
+        assert!(!serve.status.success(), "start-up with {version}: {stderr}");
+        assert!(stderr.contains(expected), "start-up: {stderr}");
+
+        std::fs::write(&path, &file).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(active_version(&app).await, "2026.11.1", "the reload of {version} is refused");
+    }
+    // The longest chain is refused by its length or depth, never by a crash.
+    let checked = qualification(&app)
+        .await
+        .validate_rule_set(pb::ValidateRuleSetRequest { source: with_mql_condition("9.3", &chain) })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.valid && checked.errors.len() == 1, "{:?}", checked.errors);
+    upsert(&app, "still-serving", &[]).await;
+}
+
+/// A condition that fails on some leads (an attribute read without has())
+/// is counted by rule and version, and simulation names those leads.
+#[tokio::test]
+async fn evaluation_failures_are_counted_and_simulated() {
+    let RulesApp { redis: _redis, dir: _dir, path, app } = app_with_rule_file(false).await;
+    let file = with_mql_condition("9.4", "lead.attributes.industry == 'saas'");
+    std::fs::write(&path, &file).unwrap();
+    wait_for_version(&app, "9.4").await;
+    upsert(&app, "no-industry", &[("seniority", "vp")]).await;
+    upsert(&app, "saas", &[("industry", "saas")]).await;
+    app.client().await.record_signals(record(downloads("no-industry", "f"))).await.unwrap();
+    assert_eq!(stage_of(&app, "saas").await, pb::Stage::Mql);
+    assert_eq!(stage_of(&app, "no-industry").await, pb::Stage::Lead);
+    let metrics = app.scrape_metrics().await;
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("leadscore_rule_evaluation_errors_total{")
+                && l.contains("rule=\"mql_engaged_and_fit\"")
+                && l.contains("rule_set_version=\"9.4\"")
+        })
+        .unwrap_or_else(|| panic!("no failure counted: {metrics}"));
+    assert!(counted.rsplit(' ').next().unwrap().parse::<f64>().unwrap() >= 1.0, "{counted}");
+
+    let sim = qualification(&app)
+        .await
+        .simulate_rule_set(pb::SimulateRuleSetRequest { source: file.replace("9.4", "9.5"), sample_limit: 10 })
+        .await
+        .unwrap()
+        .into_inner();
+    let errors = sim.rule_errors.iter().find(|e| e.rule_id == "mql_engaged_and_fit").expect("reported");
+    assert_eq!(errors.example_lead_ids, ["no-industry"], "{errors:?}");
+    assert!(errors.error.contains("industry") && errors.error.contains("has("), "{errors:?}");
+}
