@@ -246,20 +246,26 @@ pub async fn serve(
 }
 
 /// Measures every gRPC call (count by method and status, latency, calls in
-/// flight) and runs it in its server span (see `server_span`). The status
-/// is the `grpc-status` of a trailers-only response (how tonic answers an
-/// error) and `OK` otherwise; a stream that fails after its first message
-/// counts as `OK`.
+/// flight), runs it in its server span (see `server_span`) and ends it at
+/// its deadline: the caller's `grpc-timeout` or `request_timeout`,
+/// whichever is sooner, answered `DEADLINE_EXCEEDED`.
+///
+/// Every call ends in exactly one counted outcome: the `grpc-status` of a
+/// trailers-only response (how tonic answers an error), `OK` otherwise,
+/// `DEADLINE_EXCEEDED` at the deadline, and `CANCELLED` when the call is
+/// dropped before it answers (the client reset the stream or went away).
+/// A stream that fails after its first message counts as `OK`.
 #[derive(Clone)]
 pub struct MetricsLayer {
     pub metrics: Arc<Metrics>,
+    pub request_timeout: std::time::Duration,
 }
 
 impl<S> tower::Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MetricsService { inner, metrics: self.metrics.clone() }
+        MetricsService { inner, metrics: self.metrics.clone(), request_timeout: self.request_timeout }
     }
 }
 
@@ -267,12 +273,37 @@ impl<S> tower::Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    request_timeout: std::time::Duration,
+}
+
+/// One call's outcome, counted exactly once: when it answers, or when it
+/// is dropped unanswered.
+struct Outcome {
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    started: Instant,
+    /// When the call's deadline passes; a call dropped this close to it
+    /// was given up by a caller whose own clock ran out first.
+    deadline: tokio::time::Instant,
+    slack: std::time::Duration,
+    code: Option<i32>,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        let given_up_at_deadline = tokio::time::Instant::now() + self.slack >= self.deadline;
+        let code = self.code.unwrap_or(if given_up_at_deadline { 4 } else { 1 });
+        self.metrics.in_flight.dec();
+        self.metrics.requests.with_label_values(&[self.method, code_name(code)]).inc();
+        self.metrics.duration.with_label_values(&[self.method]).observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
+    R: Default,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -285,14 +316,23 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let method = known_method(request.uri().path());
         let span = server_span(method, request.headers());
-        let metrics = self.metrics.clone();
-        metrics.in_flight.inc();
+        let caller = caller_timeout(request.headers());
+        let timeout = caller.map_or(self.request_timeout, |t| t.min(self.request_timeout));
+        // The caller's clock started before ours: it gives up a little sooner.
+        let slack = caller.map_or(std::time::Duration::ZERO, |t| (t / 10).max(std::time::Duration::from_millis(20)));
+        self.metrics.in_flight.inc();
         let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut outcome = Outcome { metrics: self.metrics.clone(), method, started, deadline, slack, code: None };
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
-                let result = future.await;
-                metrics.in_flight.dec();
+                let result =
+                    match tokio::time::timeout_at(deadline, future).await {
+                        Ok(result) => result,
+                        Err(_) => Ok(tonic::Status::deadline_exceeded("the call's deadline passed before it finished")
+                            .into_http()),
+                    };
                 let code = match &result {
                     Ok(response) => response
                         .headers()
@@ -307,13 +347,34 @@ where
                 if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
                     span.record("otel.status_code", "ERROR");
                 }
-                metrics.requests.with_label_values(&[method, code_name(code)]).inc();
-                metrics.duration.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
+                outcome.code = Some(code);
+                drop(outcome);
                 result
             }
             .instrument(span),
         )
     }
+}
+
+/// The caller's deadline from `grpc-timeout` (`<up to 8 digits><unit>`,
+/// units H, M, S, m, u, n); `None` when absent or malformed.
+fn caller_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    use std::time::Duration;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The server span of a call (OpenTelemetry RPC conventions), continuing
@@ -390,6 +451,16 @@ mod tests {
         assert!(!text.contains("version=\"v1\""), "{text}");
         assert!(text.contains("leadscore_build_info{version="), "{text}");
         assert_eq!(known_method("/x.Y/Z"), "other");
+        let timeout = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("grpc-timeout", v.parse().unwrap());
+            caller_timeout(&h)
+        };
+        assert_eq!(timeout("50m"), Some(std::time::Duration::from_millis(50)));
+        assert_eq!(timeout("2S"), Some(std::time::Duration::from_secs(2)));
+        assert_eq!(timeout("123456789S"), None);
+        assert_eq!(timeout("m"), None);
+        assert_eq!(timeout("5x"), None);
         assert_eq!(code_name(5), "NOT_FOUND");
     }
 }

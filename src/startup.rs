@@ -295,8 +295,9 @@ impl Application {
         });
 
         let limits = &self.settings;
+        // Deadlines are the metrics layer's (it answers DEADLINE_EXCEEDED and
+        // counts it); tonic's own timeout would answer CANCELLED uncounted.
         let mut builder = Server::builder()
-            .timeout(limits.request_timeout.duration())
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_keepalive_interval(Some(limits.http2_keepalive_interval.duration()))
             .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout.duration()));
@@ -304,7 +305,10 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
         let router = builder
-            .layer(crate::metrics::MetricsLayer { metrics: self.state.metrics.clone() })
+            .layer(crate::metrics::MetricsLayer {
+                metrics: self.state.metrics.clone(),
+                request_timeout: limits.request_timeout.duration(),
+            })
             .layer(GateLayer(crate::auth::Authenticate(self.security.tokens)))
             .layer(GateLayer(crate::limits::LoadShed::new(limits.max_in_flight)))
             .add_service(health_service)

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::error::{ApiError, Violations};
+use super::error::{self, ApiError, Violations};
 use super::pb;
 use crate::domain::account::AccountProfile;
 use crate::domain::{
@@ -168,10 +168,8 @@ pub fn signals(
             Some(def) => def.daily_cap,
             None => {
                 let known: Vec<_> = rules.signal_types.keys().map(String::as_str).collect();
-                v.add(
-                    field("type"),
-                    format!("unknown signal type '{}'; the rule set declares: {}", s.r#type, known.join(", ")),
-                );
+                v.hint(format!("declared signal types: {}", known.join(", ")));
+                v.add(field("type"), format!("unknown signal type '{}'", error::bounded(&s.r#type, 64)));
                 None
             }
         };

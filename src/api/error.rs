@@ -8,8 +8,10 @@ use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The violations, and a hint said once in the message (e.g. the
+    /// valid values).
     #[error("invalid request")]
-    InvalidArgument(Vec<FieldViolation>),
+    InvalidArgument(Vec<FieldViolation>, Option<String>),
     #[error("{0}")]
     NotFound(String),
     /// The operation does not apply to the current state; `reason` and
@@ -20,39 +22,95 @@ pub enum ApiError {
     Store(#[from] StoreError),
 }
 
-/// Collects field violations while a request is converted.
+/// Collects field violations while a request is converted. Bounded, so a
+/// huge bad batch still gets a small error (clients cap the trailers: grpcio
+/// at 16 KiB, and reports a larger error as RESOURCE_EXHAUSTED): each field
+/// and description is cut to a few hundred bytes, and after about 3 KiB in
+/// all the rest are only counted. A hint (e.g. the valid values) is given
+/// once, in the message.
 #[derive(Debug, Default)]
-pub struct Violations(Vec<FieldViolation>);
+pub struct Violations {
+    list: Vec<FieldViolation>,
+    bytes: usize,
+    omitted: usize,
+    hint: Option<String>,
+}
+
+/// Longest field path kept, in bytes.
+const MAX_FIELD_BYTES: usize = 160;
+/// Longest description kept, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 320;
+/// Bytes of fields and descriptions returned in all.
+const MAX_VIOLATION_BYTES: usize = 3072;
+
+/// `text` cut to at most `max` bytes (at a character boundary, marked with
+/// "..."), control characters escaped: it may quote a caller's value.
+pub fn bounded(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let piece: std::borrow::Cow<'_, str> = if c.is_control() || is_invisible(c) {
+            c.escape_unicode().to_string().into()
+        } else {
+            c.to_string().into()
+        };
+        if out.len() + piece.len() > max.saturating_sub(3) {
+            out.push_str("...");
+            return out;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
+/// Characters that change how a line reads without showing: line and
+/// paragraph separators, bidirectional controls.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
 
 impl Violations {
-    /// Longest list returned; a huge bad batch should not make a huge error.
-    const MAX: usize = 100;
-
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        if self.0.len() < Self::MAX {
-            self.0.push(FieldViolation::new(field, description));
+        let field = bounded(&field.into(), MAX_FIELD_BYTES);
+        let description = bounded(&description.into(), MAX_DESCRIPTION_BYTES);
+        if self.bytes + field.len() + description.len() > MAX_VIOLATION_BYTES {
+            self.omitted += 1;
+            return;
+        }
+        self.bytes += field.len() + description.len();
+        self.list.push(FieldViolation::new(field, description));
+    }
+
+    /// Says something once for all violations, in the message, e.g. which
+    /// values are valid (the first call wins).
+    pub fn hint(&mut self, hint: impl Into<String>) {
+        if self.hint.is_none() {
+            self.hint = Some(bounded(&hint.into(), 2 * MAX_DESCRIPTION_BYTES));
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.list.is_empty() && self.omitted == 0
     }
 
     /// The violations as an error (call when some were added).
     pub fn into_error(self) -> ApiError {
-        ApiError::InvalidArgument(self.0)
+        let mut list = self.list;
+        if self.omitted > 0 {
+            list.push(FieldViolation::new("...", format!("{} more violations not listed", self.omitted)));
+        }
+        ApiError::InvalidArgument(list, self.hint)
     }
 
     /// `Ok(value)` when nothing was violated.
     pub fn into_result<T>(self, value: T) -> Result<T, ApiError> {
-        if self.0.is_empty() { Ok(value) } else { Err(ApiError::InvalidArgument(self.0)) }
+        if self.is_empty() { Ok(value) } else { Err(self.into_error()) }
     }
 }
 
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match error {
-            ApiError::InvalidArgument(violations) => {
+            ApiError::InvalidArgument(violations, hint) => {
                 let summary = violations
                     .iter()
                     .take(3)
@@ -61,7 +119,8 @@ impl From<ApiError> for Status {
                     .join("; ");
                 Status::with_error_details(
                     Code::InvalidArgument,
-                    format!("invalid request: {summary}"),
+                    bounded(&format!("invalid request: {summary}"), 512)
+                        + &hint.map(|h| format!("; {h}")).unwrap_or_default(),
                     ErrorDetails::with_bad_request(violations),
                 )
             }

@@ -300,3 +300,94 @@ async fn hostile_input_gets_clear_errors_and_writes_nothing_elsewhere() {
     assert!(more.is_err(), "a corrupt lead is not written over silently");
     assert!(client.record_signals(record(vec![signal("ok2", "a:b", "page_view", now)])).await.is_ok());
 }
+
+/// However bad a request, its error stays small (well under 8 KiB of
+/// trailers: grpcio refuses more than 16 KiB and reports RESOURCE_EXHAUSTED),
+/// says INVALID_ARGUMENT, lists the valid signal types once and cuts the
+/// caller's long values.
+#[tokio::test]
+async fn errors_stay_small_whatever_the_request() {
+    let (_redis, app) = app().await;
+    let mut client = app.client().await;
+    let now = now_millis();
+    // 1000 signals of ~700 bytes: under the 1 MiB message limit.
+    let long = "y".repeat(300);
+    let misspelled: Vec<_> = (0..1000)
+        .map(|i| {
+            let mut s = signal(&format!("e{i}"), "lead", &format!("page_veiw_{i}_{long}"), now);
+            s.properties.insert(format!("\u{202e}{long}"), "v".into());
+            s
+        })
+        .collect();
+    for batch in [misspelled.clone(), misspelled[..50].to_vec(), misspelled[..1].to_vec()] {
+        let n = batch.len();
+        let status = client.record_signals(record(batch)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{n} signals");
+        let size = status.message().len() + status.details().len();
+        assert!(size < 6 * 1024, "{n} signals: {size} bytes of error");
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let violations = &details.bad_request().expect("field violations").field_violations;
+        assert!(violations.iter().all(|v| !v.description.contains("page_view")), "{violations:?}");
+        assert_eq!(status.message().matches("declared signal types").count(), 1, "once: {}", status.message());
+        assert!(violations.iter().all(|v| v.field.len() <= 160 && v.description.len() <= 640), "{violations:?}");
+        assert!(violations.iter().all(|v| !v.field.contains('\u{202e}')), "bidi controls are escaped");
+        if n > 1 {
+            assert!(violations.last().unwrap().description.contains("more violations not listed"), "{n}");
+        }
+    }
+}
+
+/// The value of one metric line, 0 when absent.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Calls that end by their deadline or are cancelled by the client are
+/// counted (DEADLINE_EXCEEDED, CANCELLED), and the in-flight gauge returns
+/// to 0 once the service is idle.
+#[tokio::test]
+async fn deadlines_and_cancellations_are_counted_and_leave_nothing_in_flight() {
+    let redis = RedisServer::start();
+    let mut s = settings(Some(redis.url()));
+    s.request_timeout = leadscore::config::Millis(200);
+    let app = TestApp::spawn(s).await;
+    app.wait_health(ServingStatus::Serving).await;
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("p1", "paused", "page_view", now_millis())])).await.unwrap();
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(2_000).arg("ALL").query(&mut redis.connection()).unwrap();
+    // The server's own limit: answered DEADLINE_EXCEEDED.
+    let status = client.score_lead(pb::ScoreLeadRequest { lead_id: "paused".into(), ..Default::default() }).await;
+    assert_eq!(status.unwrap_err().code(), Code::DeadlineExceeded);
+    // The caller's deadlines (the client gives up on its side at the same time).
+    for _ in 0..2 {
+        let mut request = tonic::Request::new(pb::ScoreLeadRequest { lead_id: "paused".into(), ..Default::default() });
+        request.set_timeout(Duration::from_millis(50));
+        let status = client.score_lead(request).await.unwrap_err();
+        assert!(matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled), "{status:?}");
+    }
+    // Two calls the client gives up on (no deadline sent).
+    for _ in 0..2 {
+        let mut c = client.clone();
+        let call = tokio::spawn(async move {
+            c.score_lead(pb::ScoreLeadRequest { lead_id: "paused".into(), ..Default::default() }).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        call.abort();
+    }
+    let method = "method=\"/leadscore.v1.LeadScoring/ScoreLead\"";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = app.scrape_metrics().await;
+        let exceeded = metric(&text, &format!("leadscore_grpc_requests_total{{code=\"DEADLINE_EXCEEDED\",{method}}}"));
+        let cancelled = metric(&text, &format!("leadscore_grpc_requests_total{{code=\"CANCELLED\",{method}}}"));
+        let in_flight = metric(&text, "leadscore_grpc_requests_in_flight ");
+        if exceeded == 3.0 && cancelled == 2.0 && in_flight == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deadline exceeded {exceeded}, cancelled {cancelled}, in flight {in_flight}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -23,13 +23,20 @@ fn free_port() -> u16 {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// More `redis-server` arguments, e.g. `--dir`.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         for _ in 0..5 {
             let port = free_port();
-            let mut server = Self { child: None, port };
+            let mut server = Self { child: None, port, extra: extra.iter().map(|a| a.to_string()).collect() };
             server.spawn();
             if server.wait_ready() {
                 return server;
@@ -38,9 +45,23 @@ impl RedisServer {
         panic!("could not start redis-server on a free port");
     }
 
+    /// Starts again on the same port with these arguments instead, without
+    /// waiting for it to answer (it may be loading its data).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        self.stop();
+        self.extra = extra.iter().map(|a| a.to_string()).collect();
+        self.spawn();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen again on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

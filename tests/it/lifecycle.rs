@@ -99,3 +99,57 @@ async fn shutdown_ends_open_streams_promptly() {
     assert!(matches!(watch.message().await, Ok(None) | Err(_)));
     assert!(matches!(triggers.message().await, Ok(None) | Err(_)));
 }
+
+/// While a restarted Redis loads its data (`LOADING`), calls are
+/// UNAVAILABLE — which callers retry — never INTERNAL; then they succeed.
+#[tokio::test]
+async fn redis_loading_its_data_is_unavailable_then_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_owned();
+    let mut redis = RedisServer::start_with(&["--dir", &dir_arg]);
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    app.wait_health(ServingStatus::Serving).await;
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("e1", "lead-1", "form_fill", now_millis())])).await.unwrap();
+    // 20,000 keys at 100 µs each: the restarted server loads for seconds.
+    let mut conn = redis.connection();
+    redis::cmd("EVAL")
+        .arg("for i = 1, 20000 do redis.call('SET', 'filler:' .. i, 'x') end")
+        .arg(0)
+        .query::<()>(&mut conn)
+        .unwrap();
+    redis::cmd("SAVE").query::<()>(&mut conn).unwrap();
+    redis.restart_with(&[
+        "--dir",
+        &dir_arg,
+        "--key-load-delay",
+        "100",
+        "--loading-process-events-interval-bytes",
+        "1024",
+    ]);
+    let mut loading = redis.connection();
+    let err = redis::cmd("GET").arg("x").query::<Option<String>>(&mut loading).unwrap_err();
+    assert_eq!(err.code(), Some("LOADING"), "the server is loading: {err:?}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut unavailable = 0;
+    let mut n = 2;
+    loop {
+        n += 1;
+        let call = client.record_signals(record(vec![signal(&format!("e{n}"), "lead-1", "form_fill", now_millis())]));
+        match call.await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "while Redis loads: {status:?}");
+                if let Err(status) = total(&app, "lead-1").await {
+                    assert_eq!(status.code(), Code::Unavailable, "while Redis loads: {status:?}");
+                }
+                unavailable += 1;
+            }
+        }
+        assert!(Instant::now() < deadline, "Redis did not finish loading");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(unavailable > 0, "no call met the loading server");
+    assert!(total(&app, "lead-1").await.unwrap() > 0.0, "the data was loaded back");
+}

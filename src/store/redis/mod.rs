@@ -111,17 +111,29 @@ fn unavailable(e: RedisError) -> StoreError {
 fn classify(e: RedisError) -> StoreError {
     if e.is_timeout() {
         StoreError::Unavailable(format!("Redis timed out: {e}"))
-    } else if e.is_io_error()
+    } else if is_transient(&e) {
+        unavailable(e)
+    } else {
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// Conditions that pass by themselves, so the caller should retry: the
+/// connection is down, refused or reset; the server is loading its data
+/// (`LOADING`), busy with a script (`BUSY`), out of memory until eviction
+/// (`OOM`), a replica after a failover (`READONLY`), or the cluster is
+/// resharding or failing over (`TRYAGAIN`, `MASTERDOWN`, `CLUSTERDOWN`,
+/// `MOVED`, `ASK`). Everything else is a fault of ours: INTERNAL.
+pub(crate) fn is_transient(e: &RedisError) -> bool {
+    const CODES: [&str; 9] =
+        ["LOADING", "BUSY", "OOM", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "MOVED", "ASK"];
+    e.is_io_error()
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.is_unrecoverable_error()
         || e.is_cluster_error()
         || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
-    {
-        unavailable(e)
-    } else {
-        StoreError::Internal(e.to_string())
-    }
+        || e.code().is_some_and(|code| CODES.contains(&code))
 }
 
 fn is_noscript(e: &RedisError) -> bool {

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Checks the service through clients other than our own: grpcio (Python)
+# sees bad requests as INVALID_ARGUMENT with small trailers. Starts the debug
+# binary (built by scripts/test.sh) on a free port with the embedded store;
+# grpcio in a virtualenv under target/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=target/clients-venv
+if [ ! -x "$venv/bin/python" ]; then
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "python3-venv is missing: installing it with apt-get" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q grpcio==1.85.3 grpcio-tools==1.85.1
+fi
+stubs=target/clients-stubs
+mkdir -p "$stubs"
+"$venv/bin/python" -m grpc_tools.protoc -Iproto --python_out="$stubs" --grpc_python_out="$stubs" proto/leadscore/v1/leadscore.proto
+
+[ -x target/debug/leadscore ] || cargo build --locked
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+RUST_LOG=warn target/debug/leadscore serve --grpc-addr "127.0.0.1:$port" --metrics-addr off 2>target/client-check.log &
+service=$!
+trap 'kill $service 2>/dev/null; wait $service 2>/dev/null || true' EXIT
+PYTHONPATH="$stubs" "$venv/bin/python" tests/clients/grpcio_errors.py "127.0.0.1:$port"
