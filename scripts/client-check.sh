@@ -7,18 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=target/clients-venv
-if [ ! -x "$venv/bin/python" ]; then
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    echo "python3-venv is missing: installing it with apt-get" >&2
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install -q grpcio==1.85.3 grpcio-tools==1.85.1
-fi
+scripts/venv.sh "$venv" grpcio==1.85.3 grpcio-tools==1.85.1
 stubs=target/clients-stubs
 mkdir -p "$stubs"
 "$venv/bin/python" -m grpc_tools.protoc -Iproto --python_out="$stubs" --grpc_python_out="$stubs" proto/leadscore/v1/leadscore.proto
