@@ -94,6 +94,13 @@ struct Token {
 /// The known tokens. Its `Debug` shows names and scopes only.
 pub struct Tokens {
     tokens: Vec<Token>,
+    /// Reflection answers without a token (`reflection = "open"`).
+    reflection_open: bool,
+}
+
+/// The reflection services' paths.
+fn is_reflection(path: &str) -> bool {
+    path.starts_with("/grpc.reflection.")
 }
 
 impl std::fmt::Debug for Tokens {
@@ -147,7 +154,13 @@ impl Tokens {
         if tokens.is_empty() {
             return Err(TokenFileError { line: 0, message: "no tokens: at least one line is needed".into() });
         }
-        Ok(Self { tokens })
+        Ok(Self { tokens, reflection_open: false })
+    }
+
+    /// Lets reflection answer without a token.
+    pub fn with_open_reflection(mut self, open: bool) -> Self {
+        self.reflection_open = open;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -161,9 +174,12 @@ impl Tokens {
     /// Checks the `authorization` header value for a call to `path`;
     /// returns the token's name.
     pub fn authorize(&self, authorization: Option<&[u8]>, path: &str) -> Result<Option<&str>, tonic::Status> {
-        let Some(scope) = required_scope(path) else {
+        let scope = required_scope(path);
+        // Open paths (health; reflection when so configured) need no token;
+        // reflection otherwise needs any valid one.
+        if scope.is_none() && (self.reflection_open || !is_reflection(path)) {
             return Ok(None);
-        };
+        }
         let secret = authorization.and_then(bearer).ok_or_else(|| {
             tonic::Status::unauthenticated("missing bearer token: send the metadata `authorization: Bearer <token>`")
         })?;
@@ -176,7 +192,9 @@ impl Tokens {
             }
         }
         let token = found.ok_or_else(|| tonic::Status::unauthenticated("unknown bearer token"))?;
-        if token.scopes & (scope.bit() | Scope::Admin.bit()) == 0 {
+        if let Some(scope) = scope
+            && token.scopes & (scope.bit() | Scope::Admin.bit()) == 0
+        {
             return Err(tonic::Status::permission_denied(format!(
                 "token '{}' lacks the scope '{}' that {path} needs",
                 token.name,
@@ -256,8 +274,14 @@ mod tests {
             tokens.authorize(Some(&automation), "/leadscore.v1.Unknown/Thing").unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
-        // Health and reflection are open.
+        // Health is open; reflection takes any valid token unless opened.
         assert_eq!(tokens.authorize(None, "/grpc.health.v1.Health/Check").unwrap(), None);
+        let reflection = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+        assert_eq!(tokens.authorize(None, reflection).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let ops = bearer_of("ops-secret-000000001");
+        assert_eq!(tokens.authorize(Some(&ops), reflection).unwrap(), Some("ops"));
+        let open = Tokens::parse(FILE).unwrap().with_open_reflection(true);
+        assert_eq!(open.authorize(None, reflection).unwrap(), None);
     }
 
     #[test]

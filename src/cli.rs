@@ -122,7 +122,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub grpc_addr: Option<std::net::SocketAddr>,
     /// Prometheus metrics endpoint, host:port or `off` [default:
-    /// 0.0.0.0:9090; env LEADSCORE_METRICS_ADDR].
+    /// 127.0.0.1:9090; env LEADSCORE_METRICS_ADDR].
     #[arg(long)]
     pub metrics_addr: Option<String>,
     /// Redis URL; without one the embedded in-memory store is used

@@ -116,6 +116,16 @@ pub struct Settings {
     /// HTTP/2 pings on idle connections, and how long to wait for the answer.
     pub http2_keepalive_interval: Millis,
     pub http2_keepalive_timeout: Millis,
+    /// gRPC connections open at once; one more is closed at once. 0: no limit.
+    pub max_connections: usize,
+    /// Time a new connection has to send its first bytes.
+    pub handshake_timeout: Millis,
+    /// Time a connection may send nothing (not even a keepalive answer)
+    /// before it is closed; longer than `http2_keepalive_interval`.
+    pub idle_timeout: Millis,
+    /// gRPC reflection: `open` (no token needed), `authenticated` (any
+    /// valid token) or `off`.
+    pub reflection: Reflection,
     /// PEM CA bundle to trust for `rediss://` (default: the system's).
     pub redis_tls_ca: Option<PathBuf>,
     /// PEM client certificate and key for Redis servers that require one.
@@ -128,7 +138,7 @@ impl Default for Settings {
         const DAY: i64 = 86_400_000;
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            metrics_addr: "0.0.0.0:9090".into(),
+            metrics_addr: "127.0.0.1:9090".into(),
             redis_url: None,
             rules: None,
             redis_key_prefix: "ls".into(),
@@ -164,6 +174,10 @@ impl Default for Settings {
             request_timeout: Millis(30_000),
             http2_keepalive_interval: Millis(60_000),
             http2_keepalive_timeout: Millis(20_000),
+            max_connections: 4096,
+            handshake_timeout: Millis(10_000),
+            idle_timeout: Millis(300_000),
+            reflection: Reflection::Authenticated,
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
@@ -172,7 +186,7 @@ impl Default for Settings {
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 40] = [
+pub const KEYS: [&str; 44] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -210,6 +224,10 @@ pub const KEYS: [&str; 40] = [
     "request_timeout",
     "http2_keepalive_interval",
     "http2_keepalive_timeout",
+    "max_connections",
+    "handshake_timeout",
+    "idle_timeout",
+    "reflection",
     "redis_tls_ca",
     "redis_tls_cert",
     "redis_tls_key",
@@ -273,6 +291,8 @@ impl Settings {
             ("request_timeout", self.request_timeout),
             ("http2_keepalive_interval", self.http2_keepalive_interval),
             ("http2_keepalive_timeout", self.http2_keepalive_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("idle_timeout", self.idle_timeout),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
@@ -285,9 +305,15 @@ impl Settings {
         }
         if self.metrics_socket().is_err() {
             return Err(ConfigError(format!(
-                "metrics_addr must be host:port (e.g. 0.0.0.0:9090) or off, not '{}'",
+                "metrics_addr must be host:port (e.g. 127.0.0.1:9090, or 0.0.0.0:9090 for every interface) or off, \
+                 not '{}'",
                 self.metrics_addr
             )));
+        }
+        if self.idle_timeout.0 <= self.http2_keepalive_interval.0 {
+            return Err(ConfigError(
+                "idle_timeout must be longer than http2_keepalive_interval (live clients answer the pings)".into(),
+            ));
         }
         if self.score_history_limit > 10_000 {
             return Err(ConfigError("score_history_limit must be 0 to 10000".into()));
@@ -321,10 +347,23 @@ impl Settings {
     /// Where the metrics endpoint listens; `None` when off.
     pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
         match self.metrics_addr.trim() {
-            "" | "off" => Ok(None),
+            "off" => Ok(None),
+            // Empty is an error, not a quiet way to turn metrics off.
             addr => addr.parse().map(Some),
         }
     }
+}
+
+/// Who may use gRPC reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reflection {
+    /// Anyone, without a token (the API's shape is no secret).
+    Open,
+    /// Any caller with a valid token, whatever its scopes.
+    Authenticated,
+    /// Not served.
+    Off,
 }
 
 /// A Redis URL fit for logs: scheme, host and port, never credentials.
@@ -391,6 +430,12 @@ mod tests {
         writeln!(file, "dedupe_window = \"soon\"").unwrap();
         let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("invalid duration"), "{err}");
+        // An empty metrics address is a mistake, not a way to turn metrics off.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "metrics_addr = \"\"").unwrap();
+        let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("metrics_addr"), "{err}");
+        assert_eq!(Settings::default().metrics_addr, "127.0.0.1:9090", "loopback, like gRPC");
     }
 
     #[test]

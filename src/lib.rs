@@ -31,6 +31,7 @@ pub mod domain;
 pub mod engine;
 pub mod gate;
 pub mod limits;
+pub mod listener;
 pub mod metrics;
 pub mod reload;
 pub mod report;

@@ -34,6 +34,10 @@ pub struct Metrics {
     trigger_groups: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Conditions that failed to evaluate, by rule and rule-set version.
     pub rule_errors: IntCounterVec,
+    /// gRPC connections open now.
+    pub connections_open: IntGauge,
+    /// Connections closed by the service, and accept errors, by reason.
+    pub connections_closed: IntCounterVec,
     /// When each rule's failures were last logged, and how many since.
     rule_error_log: std::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
 }
@@ -130,6 +134,16 @@ impl Metrics {
             &["rule", "rule_set_version"],
         )
         .expect("valid metric");
+        let connections_open = IntGauge::new("connections_open", "gRPC connections open now").expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "connections_closed_total",
+                "gRPC connections closed by the service, by reason: limit (max_connections reached), \
+                 handshake_timeout, idle, accept_error (accepting failed, e.g. out of descriptors)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
             .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -143,6 +157,8 @@ impl Metrics {
             Box::new(redis_duration.clone()),
             Box::new(triggers.clone()),
             Box::new(rule_errors.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_closed.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -160,6 +176,8 @@ impl Metrics {
             trigger_groups: Default::default(),
             rule_errors,
             rule_error_log: Default::default(),
+            connections_open,
+            connections_closed,
         }
     }
 

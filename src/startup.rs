@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -73,6 +72,41 @@ pub struct Security {
     pub tls: Option<ServerTlsConfig>,
 }
 
+/// Refuses a TLS file that holds no PEM object of the kind `key` names,
+/// naming the file and what is wrong.
+fn check_pem(key: &str, path: &std::path::Path, pem: &[u8]) -> Result<(), StartupError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let problem = if key == "tls_key" {
+        PrivateKeyDer::from_pem_slice(pem).err().map(|e| format!("no PEM private key: {e}"))
+    } else {
+        let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+        match certs {
+            Ok(certs) if certs.is_empty() => Some("no PEM certificate in it".to_owned()),
+            Ok(_) => None,
+            Err(e) => Some(format!("not a PEM certificate: {e}")),
+        }
+    };
+    match problem {
+        Some(why) => Err(StartupError::Security(format!("{key} {}: {why}", path.display()))),
+        None => Ok(()),
+    }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    text
+}
+
 /// Reads the token file (or `LEADSCORE_AUTH_TOKENS`) and the TLS files, and
 /// refuses an unauthenticated service on a non-loopback address unless
 /// `insecure` is set.
@@ -81,21 +115,32 @@ pub fn load_security(settings: &Settings) -> Result<Security, StartupError> {
         Some(path) => Some(String::from_utf8_lossy(&read("auth_tokens_file", path)?).into_owned()),
         None => std::env::var("LEADSCORE_AUTH_TOKENS").ok().filter(|t| !t.trim().is_empty()),
     };
+    let open_reflection = settings.reflection == crate::config::Reflection::Open;
     let tokens = token_text
         .map(|text| crate::auth::Tokens::parse(&text).map_err(|e| StartupError::Security(e.to_string())))
         .transpose()?
-        .map(Arc::new);
+        .map(|t| Arc::new(t.with_open_reflection(open_reflection)));
     let tls = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => {
-            let mut config =
-                ServerTlsConfig::new().identity(Identity::from_pem(read("tls_cert", cert)?, read("tls_key", key)?));
+            let (cert_pem, key_pem) = (read("tls_cert", cert)?, read("tls_key", key)?);
+            check_pem("tls_cert", cert, &cert_pem)?;
+            check_pem("tls_key", key, &key_pem)?;
+            let mut config = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, key_pem));
             if let Some(ca) = &settings.tls_client_ca {
-                config = config.client_ca_root(Certificate::from_pem(read("tls_client_ca", ca)?));
+                let ca_pem = read("tls_client_ca", ca)?;
+                check_pem("tls_client_ca", ca, &ca_pem)?;
+                config = config.client_ca_root(Certificate::from_pem(ca_pem));
             }
-            // Bad PEM shows now rather than when serving starts.
-            Server::builder()
-                .tls_config(config.clone())
-                .map_err(|e| StartupError::Security(format!("TLS configuration: {e}")))?;
+            // Bad PEM shows now rather than when serving starts, with the
+            // reason (e.g. a key that does not match the certificate).
+            Server::builder().tls_config(config.clone()).map_err(|e| {
+                StartupError::Security(format!(
+                    "TLS configuration ({} and {}): {}",
+                    cert.display(),
+                    key.display(),
+                    error_chain(&e)
+                ))
+            })?;
             Some(config)
         }
         _ => None,
@@ -295,6 +340,7 @@ impl Application {
         });
 
         let limits = &self.settings;
+        let reflection = limits.reflection != crate::config::Reflection::Off;
         // Deadlines are the metrics layer's (it answers DEADLINE_EXCEEDED and
         // counts it); tonic's own timeout would answer CANCELLED uncounted.
         let mut builder = Server::builder()
@@ -312,8 +358,8 @@ impl Application {
             .layer(GateLayer(crate::auth::Authenticate(self.security.tokens)))
             .layer(GateLayer(crate::limits::LoadShed::new(limits.max_in_flight)))
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
+            .add_optional_service(reflection.then_some(reflection_v1))
+            .add_optional_service(reflection.then_some(reflection_v1alpha))
             .add_service(
                 LeadScoringServer::new(ScoringService::new(self.state.clone()))
                     .max_decoding_message_size(limits.max_message_size),
@@ -331,8 +377,17 @@ impl Application {
                     .max_decoding_message_size(limits.max_message_size),
             );
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        // Small gRPC frames must not wait for Nagle's algorithm.
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
+        // Bounded connections (cap, handshake and idle timeouts, accept
+        // back-off); small gRPC frames do not wait for Nagle's algorithm.
+        let incoming = crate::listener::incoming(
+            self.listener,
+            crate::listener::ConnectionLimits {
+                max_connections: limits.max_connections,
+                handshake_timeout: limits.handshake_timeout.duration(),
+                idle_timeout: limits.idle_timeout.duration(),
+            },
+            self.state.metrics.clone(),
+        );
         let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         }));

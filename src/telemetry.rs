@@ -155,7 +155,7 @@ pub fn subscriber(
     filter: EnvFilter,
 ) -> impl tracing::Subscriber + Send + Sync {
     let otel = provider.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("leadscore")));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(|| EscapingWriter(std::io::stderr()));
     let logs = if json { fmt.json().with_current_span(false).with_span_list(true).boxed() } else { fmt.boxed() };
     Registry::default().with(filter).with(otel).with(logs)
 }
@@ -244,5 +244,49 @@ mod tests {
         );
         let bad = vars(&[("LEADSCORE_OTLP_ENDPOINT", "http://c:4317"), ("LEADSCORE_TRACE_SAMPLE_RATIO", "2")]);
         assert!(TraceSettings::from_vars(bad).unwrap_err().contains("from 0 to 1"));
+    }
+}
+
+/// Writes log lines with every control character but the final newline,
+/// and every character that changes how a line reads (line and paragraph
+/// separators, bidirectional controls), escaped as `\u{…}`: an id or
+/// message from a caller cannot forge or disguise log lines.
+pub struct EscapingWriter<W>(pub W);
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let body = text.strip_suffix('\n');
+        let mut out = String::with_capacity(text.len());
+        for c in body.unwrap_or(&text).chars() {
+            // Tabs, and the ESC of the formatter's own colours (it escapes
+            // ESC in field values itself), pass.
+            if (c.is_control() && !matches!(c, '\t' | '\x1b')) || crate::api::error::is_invisible(c) {
+                out.extend(c.escape_unicode());
+            } else {
+                out.push(c);
+            }
+        }
+        if body.is_some() {
+            out.push('\n');
+        }
+        self.0.write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[cfg(test)]
+mod escaping_tests {
+    use std::io::Write;
+
+    #[test]
+    fn forged_lines_and_bidi_controls_are_escaped() {
+        let mut out = super::EscapingWriter(Vec::new());
+        out.write_all("lead_id=a\nFAKE LINE\u{2028}x\u{202e}y\n".as_bytes()).unwrap();
+        assert_eq!(String::from_utf8(out.0).unwrap(), "lead_id=a\\u{a}FAKE LINE\\u{2028}x\\u{202e}y\n");
     }
 }

@@ -80,3 +80,135 @@ async fn oversized_requests_are_refused_and_write_nothing() {
     let missing = client.score_lead(pb::ScoreLeadRequest { lead_id: "heavy".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), Code::NotFound);
 }
+
+/// Whether the server closed `socket` within `within` (a read sees EOF or
+/// a reset).
+async fn closed_by_server(socket: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            // Server SETTINGS and pings: keep reading.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+fn metric_value(text: &str, line_start: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}
+
+/// Connections that never send the HTTP/2 preface are closed after
+/// `handshake_timeout`; connections that go silent after it, after
+/// `idle_timeout`; past `max_connections` a new one is closed at once. Each
+/// shows in `leadscore_connections_closed_total`; the service keeps serving.
+#[tokio::test]
+async fn silent_connections_are_closed_and_connections_are_capped() {
+    let mut s = settings(None);
+    s.handshake_timeout = Millis(300);
+    s.http2_keepalive_interval = Millis(200);
+    s.http2_keepalive_timeout = Millis(30_000);
+    s.idle_timeout = Millis(700);
+    s.max_connections = 6;
+    let app = TestApp::spawn(s).await;
+    let addr = format!("127.0.0.1:{}", app.port);
+
+    // Silent from the start.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    for socket in &mut silent {
+        assert!(closed_by_server(socket, Duration::from_secs(3)).await, "a silent connection stays open");
+    }
+    // The preface, then silence (no answer to the pings).
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+    let started = Instant::now();
+    assert!(closed_by_server(&mut idle, Duration::from_secs(5)).await, "an idle connection stays open");
+    assert!(started.elapsed() >= Duration::from_millis(600), "closed before idle_timeout: {:?}", started.elapsed());
+
+    // The cap: 6 open (one is the client's), the next is closed at once.
+    let mut client = app.client().await;
+    client.record_signals(record(vec![signal("c1", "capped", "page_view", now_millis())])).await.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    assert!(closed_by_server(&mut extra, Duration::from_millis(250)).await, "the connection past the cap is served");
+    // The open client connection keeps working.
+    client.record_signals(record(vec![signal("c2", "capped", "page_view", now_millis())])).await.unwrap();
+    drop(held);
+
+    let text = app.scrape_metrics().await;
+    let closed =
+        |reason: &str| metric_value(&text, &format!("leadscore_connections_closed_total{{reason=\"{reason}\"}}"));
+    assert!(closed("handshake_timeout") >= 3.0, "{text}");
+    assert!(closed("idle") >= 1.0, "{text}");
+    assert!(closed("limit") >= 1.0, "{text}");
+}
+
+/// Out of descriptors, `accept` fails: the service backs off instead of
+/// spinning (its CPU stays low), says so in its log, and serves again once
+/// descriptors are free.
+#[tokio::test]
+async fn accept_errors_back_off() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64; exec {} serve --grpc-addr 127.0.0.1:{port} --metrics-addr off",
+            env!("CARGO_BIN_EXE_leadscore")
+        ))
+        .env("RUST_LOG", "warn")
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the service did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Exhaust its descriptors with connections it must accept.
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        if let Ok(s) = tokio::net::TcpStream::connect(&addr).await {
+            held.push(s);
+        }
+    }
+    let cpu = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let pid = child.0.id();
+    let before = cpu(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks = cpu(pid) - before;
+    assert!(ticks < 30, "the accept loop spins: {ticks} clock ticks of CPU in 1 s");
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(text.contains("accepting a connection failed"), "{text}");
+    drop(held);
+    // Descriptors free again: it serves (silent ones were closed too).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut client = pb::lead_scoring_client::LeadScoringClient::connect(format!("http://{addr}")).await.unwrap();
+    client.record_signals(record(vec![signal("a1", "after", "page_view", now_millis())])).await.unwrap();
+}

@@ -274,3 +274,71 @@ async fn the_store_speaks_tls_and_mutual_tls_to_redis() {
     let err = Application::build(s).await.err().expect("refused");
     assert!(err.to_string().contains("rediss://"), "{err}");
 }
+
+/// Reflection lists the services to any valid token by default; it can be
+/// opened to all or turned off. Health stays open either way.
+#[tokio::test]
+async fn reflection_is_authenticated_open_or_off() {
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::{ServerReflectionRequest, server_reflection_response::MessageResponse};
+
+    async fn list(app: &TestApp, token: Option<&str>) -> Result<usize, Code> {
+        let mut client = ServerReflectionClient::new(app.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut call = tonic::Request::new(futures::stream::iter(vec![request]));
+        if let Some(token) = token {
+            call.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let mut stream = client.server_reflection_info(call).await.map_err(|s| s.code())?.into_inner();
+        let reply = stream.message().await.map_err(|s| s.code())?.ok_or(Code::Unknown)?;
+        match reply.message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => Ok(list.service.len()),
+            _ => Err(Code::Unknown),
+        }
+    }
+    let tokens = file(TOKENS);
+    for (setting, anonymous, analyst) in [
+        (leadscore::config::Reflection::Authenticated, Err(Code::Unauthenticated), Ok(())),
+        (leadscore::config::Reflection::Open, Ok(()), Ok(())),
+        // Off: no such service (a caller without a token learns nothing).
+        (leadscore::config::Reflection::Off, Err(Code::Unauthenticated), Err(Code::Unimplemented)),
+    ] {
+        let mut s = settings(None);
+        s.auth_tokens_file = Some(tokens.path().to_path_buf());
+        s.reflection = setting;
+        let app = TestApp::spawn(s).await;
+        assert_eq!(list(&app, None).await.map(|_| ()), anonymous, "{setting:?}, no token");
+        let with_token = list(&app, Some("analyst-token-000001")).await;
+        assert_eq!(with_token.map(|n| assert!(n >= 4, "{n} services")), analyst, "{setting:?}");
+        let health = HealthClient::new(app.channel().await).check(HealthCheckRequest { service: String::new() }).await;
+        assert!(health.is_ok(), "{setting:?}: health stays open");
+    }
+}
+
+/// A bad TLS file stops start-up with its setting, its path and the reason.
+#[tokio::test]
+async fn bad_tls_files_are_named_with_the_reason() {
+    let pki = pki();
+    let (cert, key) = (file(&pki.server.0), file(&pki.server.1));
+    let garbage = file("not a certificate\n");
+    let other_key = file(&pki.client.1);
+    let build = |cert: &tempfile::NamedTempFile, key: &tempfile::NamedTempFile| {
+        let mut s = settings(None);
+        s.tls_cert = Some(cert.path().to_path_buf());
+        s.tls_key = Some(key.path().to_path_buf());
+        Application::build(s)
+    };
+    let err = build(&garbage, &key).await.err().expect("refused").to_string();
+    assert!(err.contains("tls_cert") && err.contains(&garbage.path().display().to_string()), "{err}");
+    assert!(err.contains("no PEM certificate"), "{err}");
+    let err = build(&cert, &garbage).await.err().expect("refused").to_string();
+    assert!(err.contains("tls_key") && err.contains("no PEM private key"), "{err}");
+    // Valid PEM, but the key is not the certificate's.
+    let err = build(&cert, &other_key).await.err().expect("refused").to_string();
+    assert!(err.contains(&cert.path().display().to_string()) && !err.ends_with("transport error"), "{err}");
+    assert!(build(&cert, &key).await.is_ok());
+}
