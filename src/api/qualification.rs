@@ -320,10 +320,11 @@ impl Qualification for QualificationService {
             .get(&id)
             .ok_or_else(|| ApiError::NotFound(format!("no rescore job '{id}' on this replica")))?;
         let (state, finished_at) = job.state();
-        let (state, error) = match state {
-            JobState::Running => (pb::RescoreState::Running, String::new()),
-            JobState::Done => (pb::RescoreState::Done, String::new()),
-            JobState::Failed(e) => (pb::RescoreState::Failed, e),
+        let (state, error, superseded_by) = match state {
+            JobState::Running => (pb::RescoreState::Running, String::new(), String::new()),
+            JobState::Done => (pb::RescoreState::Done, String::new(), String::new()),
+            JobState::Failed(e) => (pb::RescoreState::Failed, e, String::new()),
+            JobState::Superseded(by) => (pb::RescoreState::Superseded, String::new(), by),
         };
         let p = &job.progress;
         Ok(Response::new(pb::GetRescoreJobResponse {
@@ -337,6 +338,7 @@ impl Qualification for QualificationService {
             started_at: Some(timestamp_to_proto(job.started_at)),
             finished_at: finished_at.map(timestamp_to_proto),
             error,
+            superseded_by,
         }))
     }
 

@@ -45,21 +45,24 @@ pub fn rebuild(
 /// Leads read per store round trip when walking all leads.
 const CHUNK: usize = 200;
 
-/// Calls `visit` with every stored lead and its raw history, chunk by chunk.
-async fn for_each_lead<F, Fut>(store: &dyn LeadStore, mut visit: F) -> Result<(), StoreError>
+/// Calls `visit` with every stored lead and its raw history, chunk by
+/// chunk, until it answers `false` (then returns `false`).
+async fn for_each_lead<F, Fut>(store: &dyn LeadStore, mut visit: F) -> Result<bool, StoreError>
 where
     F: FnMut(Vec<(LeadSnapshot, Vec<HistoryEntry>)>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), StoreError>>,
+    Fut: std::future::Future<Output = Result<bool, StoreError>>,
 {
     for partition in 0..store.partitions() {
         let ids = store.lead_ids(partition).await?;
         for chunk in ids.chunks(CHUNK) {
             let (leads, histories) = futures::try_join!(store.load_leads(chunk), store.signal_histories(chunk))?;
             let batch = leads.into_iter().zip(histories).filter_map(|(lead, h)| lead.map(|l| (l, h))).collect();
-            visit(batch).await?;
+            if !visit(batch).await? {
+                return Ok(false);
+            }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// How many leads would move from one stage to another.
@@ -146,7 +149,7 @@ pub async fn simulate(
                 }
             }
         }
-        std::future::ready(Ok(()))
+        std::future::ready(Ok(true))
     })
     .await?;
     result.transitions = moves.into_values().collect();
@@ -163,21 +166,30 @@ pub struct RescoreProgress {
     pub stage_changes: AtomicU64,
 }
 
-/// Recomputes every stored lead under the active rule set: tallies from
-/// complete raw histories (compare-and-set against signals arriving
-/// meanwhile), then qualification. Safe to run again: an up-to-date lead is
-/// neither rewritten nor moved.
-pub async fn rescore(state: &AppState, progress: &RescoreProgress) -> Result<(), StoreError> {
+/// Recomputes every stored lead under `rules`: tallies from complete raw
+/// histories (compare-and-set against signals arriving meanwhile), then
+/// qualification. Safe to run again: an up-to-date lead is neither
+/// rewritten nor moved. Stops between chunks once `stop` says so (a newer
+/// rule set's rescore took over); returns whether it went through.
+pub async fn rescore(
+    state: &AppState,
+    rules: Arc<ActiveRules>,
+    progress: &RescoreProgress,
+    stop: impl Fn() -> bool,
+) -> Result<bool, StoreError> {
     let store = state.store.as_ref();
     let mut total = 0;
     for partition in 0..store.partitions() {
         total += store.lead_ids(partition).await?.len() as u64;
     }
     progress.total.store(total, Ordering::Relaxed);
-    let rules = state.rules();
     for_each_lead(store, |batch| {
         let rules = rules.clone();
+        let stopped = stop();
         async move {
+            if stopped {
+                return Ok(false);
+            }
             let work = batch.into_iter().map(|(lead, history)| {
                 let rules = rules.clone();
                 async move {
@@ -191,7 +203,7 @@ pub async fn rescore(state: &AppState, progress: &RescoreProgress) -> Result<(),
                     Ok::<_, StoreError>(())
                 }
             });
-            futures::stream::iter(work).buffer_unordered(16).try_collect::<Vec<()>>().await.map(|_| ())
+            futures::stream::iter(work).buffer_unordered(16).try_collect::<Vec<()>>().await.map(|_| true)
         }
     })
     .await
@@ -253,18 +265,27 @@ async fn rescore_lead(
 }
 
 /// Starts a background rescore under the active rule set, unless one is
-/// running (then returns that one, and `false`).
+/// running under it (then returns that one, and `false`). One running
+/// under an older rule set is superseded: it stops at its next chunk.
 pub fn start_rescore(state: Arc<AppState>) -> (Arc<RescoreJob>, bool) {
-    let version = state.rules().version.clone();
-    let (job, started) = state.jobs.start(&version, state.clock.now());
+    let rules = state.rules();
+    let (job, started) = state.jobs.start(&rules.version, state.clock.now());
     if started {
         let job = job.clone();
         tokio::spawn(async move {
+            if let Some(previous) = job.take_previous() {
+                previous.wait_finished().await;
+            }
             tracing::info!(job_id = %job.id, version = %job.rule_set_version, "rescore started");
-            let outcome = rescore(&state, &job.progress).await;
+            let outcome = rescore(&state, rules, &job.progress, || job.superseded_by().is_some()).await;
             let now = state.clock.now();
             match outcome {
-                Ok(()) => {
+                Ok(false) => {
+                    let by = job.superseded_by().unwrap_or_default();
+                    tracing::info!(job_id = %job.id, superseded_by = %by, "rescore superseded by a newer rule set's");
+                    job.finish(JobState::Superseded(by), now);
+                }
+                Ok(true) => {
                     let p = &job.progress;
                     tracing::info!(
                         job_id = %job.id,

@@ -743,3 +743,54 @@ async fn evaluation_failures_are_counted_and_simulated() {
     assert_eq!(errors.example_lead_ids, ["no-industry"], "{errors:?}");
     assert!(errors.error.contains("industry") && errors.error.contains("has("), "{errors:?}");
 }
+
+/// The default rules with `content_download` worth `points`.
+fn with_download_points(version: &str, points: u32) -> String {
+    leadscore::DEFAULT_RULES
+        .replace("version = \"2026.11.1\"", &format!("version = \"{version}\""))
+        .replace("content_download = { points = 8 }", &format!("content_download = {{ points = {points} }}"))
+}
+
+/// Rule set N+1 is activated while the rescore under N runs, on two
+/// replicas: every stored lead ends scored under N+1.
+#[tokio::test]
+async fn a_reload_during_a_rescore_leaves_every_lead_under_the_newest_rules() {
+    let RulesApp { redis, dir: _dir, path, app } = app_with_rule_file(true).await;
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(path.clone());
+    s.rules_reload_interval = leadscore::config::Millis(100);
+    let replica = TestApp::spawn(s).await;
+    const LEADS: usize = 3000;
+    let now = now_millis();
+    let ids: Vec<String> = (0..LEADS).map(|i| format!("bulk-{i}")).collect();
+    for chunk in ids.chunks(1000) {
+        let signals = chunk.iter().map(|id| signal(&format!("{id}-d"), id, "content_download", now)).collect();
+        app.client().await.record_signals(record(signals)).await.unwrap();
+    }
+    std::fs::write(&path, with_download_points("2026.11.2", 3)).unwrap();
+    wait_for_version(&app, "2026.11.2").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(&path, with_download_points("2026.11.3", 5)).unwrap();
+    wait_for_version(&app, "2026.11.3").await;
+    wait_for_version(&replica, "2026.11.3").await;
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut stale = 0;
+        for chunk in ids.chunks(1000) {
+            let scores = app
+                .client()
+                .await
+                .score_leads(pb::ScoreLeadsRequest { lead_ids: chunk.to_vec(), ..Default::default() })
+                .await
+                .unwrap()
+                .into_inner();
+            stale += scores.scores.iter().filter(|s| (s.behavior - 5.0).abs() > 0.01).count();
+        }
+        if stale == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{stale} leads are not scored under 2026.11.3");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
