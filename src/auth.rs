@@ -228,17 +228,28 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 #[derive(Clone)]
 pub struct Authenticate(pub Option<Arc<Tokens>>);
 
-impl crate::gate::Gate for Authenticate {
-    type Ticket = ();
+/// The name of the token a call came with, in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller(pub String);
 
-    fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<(), tonic::Status> {
+impl crate::gate::Gate for Authenticate {
+    type Ticket = Option<Caller>;
+
+    fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Self::Ticket, tonic::Status> {
         if let Some(tokens) = &self.0 {
             let header = headers.get(http::header::AUTHORIZATION).map(|v| v.as_bytes());
             if let Some(name) = tokens.authorize(header, path)? {
                 tracing::Span::current().record("caller", name);
+                return Ok(Some(Caller(name.to_owned())));
             }
         }
-        Ok(())
+        Ok(None)
+    }
+
+    fn extend(&self, ticket: &Self::Ticket, extensions: &mut http::Extensions) {
+        if let Some(caller) = ticket {
+            extensions.insert(caller.clone());
+        }
     }
 }
 

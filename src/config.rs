@@ -123,6 +123,10 @@ pub struct Settings {
     /// Time a connection may send nothing (not even a keepalive answer)
     /// before it is closed; longer than `http2_keepalive_interval`.
     pub idle_timeout: Millis,
+    /// `StreamTriggers` calls open at once per connection and per token
+    /// (callers without a token share one count).
+    pub max_trigger_streams_per_connection: usize,
+    pub max_trigger_streams_per_token: usize,
     /// gRPC reflection: `open` (no token needed), `authenticated` (any
     /// valid token) or `off`.
     pub reflection: Reflection,
@@ -178,6 +182,8 @@ impl Default for Settings {
             handshake_timeout: Millis(10_000),
             idle_timeout: Millis(300_000),
             reflection: Reflection::Authenticated,
+            max_trigger_streams_per_connection: 16,
+            max_trigger_streams_per_token: 100,
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
@@ -186,7 +192,7 @@ impl Default for Settings {
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 44] = [
+pub const KEYS: [&str; 46] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -228,6 +234,8 @@ pub const KEYS: [&str; 44] = [
     "handshake_timeout",
     "idle_timeout",
     "reflection",
+    "max_trigger_streams_per_connection",
+    "max_trigger_streams_per_token",
     "redis_tls_ca",
     "redis_tls_cert",
     "redis_tls_key",
@@ -323,6 +331,9 @@ impl Settings {
         }
         if !(1024..=64 << 20).contains(&self.max_message_size) {
             return Err(ConfigError("max_message_size must be 1024 to 67108864 bytes".into()));
+        }
+        if self.max_trigger_streams_per_connection == 0 || self.max_trigger_streams_per_token == 0 {
+            return Err(ConfigError("max_trigger_streams_per_connection and _per_token must be at least 1".into()));
         }
         if self.max_concurrent_streams == 0 {
             return Err(ConfigError("max_concurrent_streams must be at least 1".into()));

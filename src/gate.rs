@@ -12,6 +12,10 @@ pub trait Gate: Clone {
     type Ticket: Send + 'static;
 
     fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Self::Ticket, tonic::Status>;
+
+    /// Tells the service what the gate learned (e.g. who calls), through
+    /// the request's extensions.
+    fn extend(&self, _ticket: &Self::Ticket, _extensions: &mut http::Extensions) {}
 }
 
 /// The tower layer of a gate.
@@ -48,9 +52,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match self.gate.admit(request.uri().path(), request.headers()) {
             Ok(ticket) => {
+                self.gate.extend(&ticket, request.extensions_mut());
                 let future = self.inner.call(request);
                 Box::pin(async move {
                     let response = future.await;

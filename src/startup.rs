@@ -246,6 +246,10 @@ impl Application {
             metrics,
         );
         state.rescore_on_reload = settings.rescore_on_reload;
+        state.trigger_streams = Arc::new(crate::api::streams::TriggerStreams::new(crate::api::streams::StreamLimits {
+            per_connection: settings.max_trigger_streams_per_connection,
+            per_token: settings.max_trigger_streams_per_token,
+        }));
         state.delivery = DeliveryPolicy {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,

@@ -10,6 +10,7 @@ mod profiles;
 mod qualification;
 mod scoring;
 mod state;
+pub mod streams;
 
 pub use nurture::NurtureService;
 pub use profiles::ProfilesService;

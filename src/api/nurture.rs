@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -104,6 +105,8 @@ impl Nurture for NurtureService {
         &self,
         request: Request<pb::StreamTriggersRequest>,
     ) -> Result<Response<Self::StreamTriggersStream>, Status> {
+        let connection = request.remote_addr().map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let token = request.extensions().get::<crate::auth::Caller>().map_or("anonymous", |c| c.0.as_str()).to_owned();
         let req = request.into_inner();
         let mut v = Violations::default();
         name(&req.group, "group", &mut v);
@@ -117,9 +120,16 @@ impl Nurture for NurtureService {
         let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
         // Fails now, not in the stream, when the store is down.
         self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
+        let slot = self.state.trigger_streams.open(&connection, &token)?;
         let poller =
             TriggerPoller { state: self.state.clone(), group: req.group, consumer: req.consumer, max_in_flight };
-        let stream = super::polling::stream(&self.state, 64, poller);
+        // Woken when a trigger is fired anywhere; on its own only to take
+        // over triggers another consumer held past the visibility timeout.
+        let visibility = Duration::from_millis(self.state.delivery.visibility_timeout_ms.max(0) as u64);
+        let fallback = (visibility / 2).clamp(self.state.limits.feed_poll_interval, Duration::from_secs(15));
+        let wake = self.state.trigger_streams.subscribe(self.state.store.clone(), self.state.limits.feed_poll_interval);
+        let stream =
+            super::polling::stream(&self.state, 64, poller, super::polling::Wait::Wake { wake, fallback, slot });
         Ok(Response::new(Box::pin(stream) as TriggerStream))
     }
 

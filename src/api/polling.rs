@@ -18,15 +18,36 @@ pub trait Poller: Send + 'static {
     fn next(&mut self) -> BoxFuture<'_, Result<Vec<Self::Item>, StoreError>>;
 }
 
-/// Streams what `poller` yields. After an empty batch it waits
-/// `feed_poll_interval` before asking again. Ends when the client goes away,
-/// when the server shuts down, or on an error (sent to the client first).
-pub fn stream<P: Poller>(state: &AppState, capacity: usize, mut poller: P) -> ReceiverStream<Result<P::Item, Status>> {
+/// How a stream waits after an empty batch.
+pub enum Wait {
+    /// `feed_poll_interval`, then asks again.
+    Poll,
+    /// Until `wake` changes, or `fallback` passes at the latest. `slot`
+    /// is held while the stream is open.
+    Wake { wake: tokio::sync::watch::Receiver<u64>, fallback: std::time::Duration, slot: super::streams::Slot },
+}
+
+/// Streams what `poller` yields, waiting as `wait` says after an empty
+/// batch. Ends when the client goes away, when the server shuts down, or on
+/// an error (sent to the client first).
+pub fn stream<P: Poller>(
+    state: &AppState,
+    capacity: usize,
+    mut poller: P,
+    wait: Wait,
+) -> ReceiverStream<Result<P::Item, Status>> {
     let (tx, rx) = mpsc::channel(capacity);
     let interval = state.limits.feed_poll_interval;
     let mut stopping = state.stopping.subscribe();
     tokio::spawn(async move {
+        let (mut wake, fallback, _slot) = match wait {
+            Wait::Poll => (None, interval, None),
+            Wait::Wake { wake, fallback, slot } => (Some(wake), fallback, Some(slot)),
+        };
         loop {
+            if let Some(wake) = wake.as_mut() {
+                wake.mark_unchanged();
+            }
             match poller.next().await {
                 Ok(items) => {
                     let idle = items.is_empty();
@@ -36,8 +57,20 @@ pub fn stream<P: Poller>(state: &AppState, capacity: usize, mut poller: P) -> Re
                         }
                     }
                     if idle {
+                        let woken = async {
+                            match wake.as_mut() {
+                                Some(w) => {
+                                    if w.changed().await.is_err() {
+                                        // The signal is gone: wait for the fallback only.
+                                        std::future::pending::<()>().await;
+                                    }
+                                }
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
-                            _ = tokio::time::sleep(interval) => {}
+                            _ = tokio::time::sleep(fallback) => {}
+                            _ = woken => {}
                             _ = tx.closed() => return,
                             _ = stopping.changed() => return,
                         }

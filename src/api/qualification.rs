@@ -234,7 +234,7 @@ impl Qualification for QualificationService {
         // Reject a bad cursor now rather than in the stream.
         self.state.store.list_changes(&after, 1).await.map_err(ApiError::from)?;
         let poller = FeedPoller { state: self.state.clone(), cursor: after };
-        let stream = super::polling::stream(&self.state, DEFAULT_PAGE as usize, poller);
+        let stream = super::polling::stream(&self.state, DEFAULT_PAGE as usize, poller, super::polling::Wait::Poll);
         Ok(Response::new(Box::pin(stream) as WatchStream))
     }
 

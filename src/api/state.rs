@@ -62,6 +62,8 @@ pub struct AppState {
     /// Accounts whose qualification is being checked, and whether one of
     /// their leads changed since the check started.
     pub account_checks: std::sync::Mutex<std::collections::HashMap<crate::domain::AccountId, bool>>,
+    /// Open `StreamTriggers` calls and their wake-up signal.
+    pub trigger_streams: Arc<super::streams::TriggerStreams>,
     rules: RwLock<Arc<ActiveRules>>,
 }
 
@@ -119,6 +121,7 @@ impl AppState {
             delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
             commit_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             stopping: tokio::sync::watch::channel(false).0,
+            trigger_streams: Default::default(),
             rules: RwLock::new(Arc::new(active)),
         }
     }

@@ -591,6 +591,10 @@ impl LeadStore for MemoryStore {
             .map_or(0, |g| g.pending.values().filter(|p| p.consumer.as_deref() == Some(consumer)).count() as u64))
     }
 
+    async fn trigger_heads(&self) -> Result<Vec<String>, StoreError> {
+        Ok(vec![self.data().triggers.len().to_string()])
+    }
+
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let data = self.data();
         let Some(g) = data.groups.get(group) else { return Ok(Vec::new()) };

@@ -273,6 +273,11 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Triggers delivered to `consumer` and not yet acknowledged.
     async fn triggers_in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError>;
 
+    /// A mark of the newest trigger of every partition: it changes whenever
+    /// a trigger is fired, on any replica. One cheap read for all waiting
+    /// consumers of a replica, instead of each polling every partition.
+    async fn trigger_heads(&self) -> Result<Vec<String>, StoreError>;
+
     /// The group's dead letters, oldest first.
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError>;
 

@@ -492,3 +492,79 @@ async fn two_service_processes_fire_an_inactivity_trigger_once() {
     assert_eq!(inactivity.len(), 1, "{got:?}");
     assert_eq!(inactivity[0].lead_id, "sleepy");
 }
+
+/// Commands Redis has processed so far.
+fn redis_commands(redis: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut redis.connection()).unwrap();
+    info.lines().find_map(|l| l.strip_prefix("total_commands_processed:")).unwrap().trim().parse().unwrap()
+}
+
+/// Fifty idle consumers cost Redis close to nothing (one watcher per
+/// replica reads the trigger heads; nobody polls every partition), and
+/// each still gets a new trigger at once.
+#[tokio::test]
+async fn idle_consumers_cost_redis_close_to_nothing() {
+    let redis = RedisServer::start();
+    let mut s = settings(Some(redis.url()));
+    s.feed_poll_interval = leadscore::config::Millis(250);
+    s.max_trigger_streams_per_connection = 64;
+    let app = TestApp::spawn(s).await;
+    let mut streams = Vec::new();
+    for i in 0..50 {
+        streams.push(open(&app, &format!("g{i}"), "c").await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = redis_commands(&redis);
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let idle = redis_commands(&redis) - before;
+    println!("{idle} Redis commands in 16 s for 50 idle consumers");
+    // Each polling every partition (64) every 250 ms would be ~600,000; one
+    // watcher (64 reads every 250 ms) and one look per consumer every 15 s
+    // (for triggers held past the visibility timeout) stay near 15,000.
+    assert!(idle < 25_000, "{idle} Redis commands in 16 s for 50 idle consumers");
+    make_mql(&app, "woken").await;
+    for stream in &mut streams {
+        assert_eq!(next(stream).await.lead_id, "woken");
+    }
+}
+
+/// Open streams are bounded per connection and per token: the next one is
+/// RESOURCE_EXHAUSTED and says which bound.
+#[tokio::test]
+async fn open_trigger_streams_are_bounded_per_connection_and_per_token() {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "crm qualify crm-token-00000000001\nother qualify other-token-000000001\n").unwrap();
+    let mut s = settings(None);
+    s.auth_tokens_file = Some(tokens.path().to_path_buf());
+    s.max_trigger_streams_per_connection = 3;
+    s.max_trigger_streams_per_token = 5;
+    let app = TestApp::spawn(s).await;
+    let call = |channel: Channel, token: &'static str, i: usize| async move {
+        let mut request = tonic::Request::new(pb::StreamTriggersRequest {
+            group: format!("g{i}"),
+            consumer: "c".into(),
+            max_in_flight: 0,
+        });
+        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        NurtureClient::new(channel).stream_triggers(request).await
+    };
+    let one = app.channel().await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(call(one.clone(), "crm-token-00000000001", i).await.unwrap());
+    }
+    let status = call(one.clone(), "crm-token-00000000001", 3).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    assert!(status.message().contains("per connection"), "{}", status.message());
+    // Another connection of the same token: up to 5 in all.
+    let two = app.channel().await;
+    open.push(call(two.clone(), "crm-token-00000000001", 4).await.unwrap());
+    open.push(call(two.clone(), "crm-token-00000000001", 5).await.unwrap());
+    let status = call(two.clone(), "crm-token-00000000001", 6).await.unwrap_err();
+    assert!(status.message().contains("per token"), "{}", status.message());
+    // Another token is counted apart; a closed stream frees its place.
+    call(app.channel().await, "other-token-000000001", 7).await.unwrap();
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call(two, "crm-token-00000000001", 8).await.unwrap();
+}

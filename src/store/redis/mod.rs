@@ -541,6 +541,10 @@ impl LeadStore for RedisStore {
         self.in_flight(group, consumer).await
     }
 
+    async fn trigger_heads(&self) -> Result<Vec<String>, StoreError> {
+        self.heads().await
+    }
+
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.dead(group, limit).await
     }

@@ -269,6 +269,18 @@ impl RedisStore {
         Ok(acked.into_iter().sum())
     }
 
+    /// The id of every partition's newest trigger ("" for none), in one
+    /// pipelined read (split by slot on a cluster).
+    pub(super) async fn heads(&self) -> Result<Vec<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..self.keys.partitions() {
+            pipe.cmd("XREVRANGE").arg(self.keys.triggers(p)).arg("+").arg("-").arg("COUNT").arg(1);
+        }
+        let replies: Vec<redis::streams::StreamRangeReply> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(replies.into_iter().map(|r| r.ids.into_iter().next().map(|e| e.id).unwrap_or_default()).collect())
+    }
+
     pub(super) async fn in_flight(&self, group: &str, consumer: &str) -> Result<u64, StoreError> {
         self.grouped(group, || self.in_flight_once(group, consumer)).await
     }
