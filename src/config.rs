@@ -123,6 +123,9 @@ pub struct Settings {
     /// Time a connection may send nothing (not even a keepalive answer)
     /// before it is closed; longer than `http2_keepalive_interval`.
     pub idle_timeout: Millis,
+    /// Consumer groups that receive nurture triggers. Each is created on
+    /// first use; any other name is NOT_FOUND (a typo creates nothing).
+    pub trigger_groups: Vec<String>,
     /// `StreamTriggers` calls open at once per connection and per token
     /// (callers without a token share one count).
     pub max_trigger_streams_per_connection: usize,
@@ -182,6 +185,7 @@ impl Default for Settings {
             handshake_timeout: Millis(10_000),
             idle_timeout: Millis(300_000),
             reflection: Reflection::Authenticated,
+            trigger_groups: vec!["automation".to_owned()],
             max_trigger_streams_per_connection: 16,
             max_trigger_streams_per_token: 100,
             redis_tls_ca: None,
@@ -192,7 +196,7 @@ impl Default for Settings {
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 46] = [
+pub const KEYS: [&str; 47] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -234,6 +238,7 @@ pub const KEYS: [&str; 46] = [
     "handshake_timeout",
     "idle_timeout",
     "reflection",
+    "trigger_groups",
     "max_trigger_streams_per_connection",
     "max_trigger_streams_per_token",
     "redis_tls_ca",
@@ -331,6 +336,22 @@ impl Settings {
         }
         if !(1024..=64 << 20).contains(&self.max_message_size) {
             return Err(ConfigError("max_message_size must be 1024 to 67108864 bytes".into()));
+        }
+        let group_name = |g: &String| {
+            !g.is_empty()
+                && g.len() <= 64
+                && !g.starts_with("__")
+                && g.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        };
+        if self.trigger_groups.is_empty()
+            || self.trigger_groups.len() > 64
+            || !self.trigger_groups.iter().all(group_name)
+        {
+            return Err(ConfigError(
+                "trigger_groups: 1 to 64 names of letters, digits, '_', '-', '.', ':' (up to 64 bytes, not starting \
+                 with '__')"
+                    .into(),
+            ));
         }
         if self.max_trigger_streams_per_connection == 0 || self.max_trigger_streams_per_token == 0 {
             return Err(ConfigError("max_trigger_streams_per_connection and _per_token must be at least 1".into()));

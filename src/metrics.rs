@@ -321,7 +321,7 @@ impl<S, B, R> tower::Service<http::Request<B>> for MetricsService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<R>>,
     S::Future: Send + 'static,
-    R: Default,
+    R: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -332,6 +332,13 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if !is_grpc(request.headers()) {
+            // The gRPC-over-HTTP/2 spec: not gRPC, so not a call to count.
+            let mut response = http::Response::new(R::default());
+            *response.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+            response.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static("application/grpc"));
+            return Box::pin(async move { Ok(response) });
+        }
         let method = known_method(request.uri().path());
         let span = server_span(method, request.headers());
         let caller = caller_timeout(request.headers());
@@ -345,12 +352,15 @@ where
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
-                let result =
+                let mut result =
                     match tokio::time::timeout_at(deadline, future).await {
                         Ok(result) => result,
                         Err(_) => Ok(tonic::Status::deadline_exceeded("the call's deadline passed before it finished")
                             .into_http()),
                     };
+                if let Ok(response) = &mut result {
+                    undecodable_is_invalid_argument(response.headers_mut());
+                }
                 let code = match &result {
                     Ok(response) => response
                         .headers()
@@ -371,6 +381,31 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// Whether a request says it is gRPC (`application/grpc`, `+proto`, …).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v == "application/grpc" || v.starts_with("application/grpc+") || v.starts_with("application/grpc;")
+    })
+}
+
+/// A request that is not a valid message of its method's type is the
+/// caller's mistake: INVALID_ARGUMENT with a plain message, not INTERNAL
+/// with the decoder's text (how the codec answers it).
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let undecodable = headers.get("grpc-status").is_some_and(|s| s == "13")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.replace("%20", " ").contains("failed to decode Protobuf message"));
+    if undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("the request is not a valid protobuf message of this method's request type"),
+        );
     }
 }
 

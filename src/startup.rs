@@ -246,6 +246,7 @@ impl Application {
             metrics,
         );
         state.rescore_on_reload = settings.rescore_on_reload;
+        state.trigger_groups = settings.trigger_groups.clone();
         state.trigger_streams = Arc::new(crate::api::streams::TriggerStreams::new(crate::api::streams::StreamLimits {
             per_connection: settings.max_trigger_streams_per_connection,
             per_token: settings.max_trigger_streams_per_token,

@@ -39,6 +39,20 @@ fn name(raw: &str, field: &str, v: &mut Violations) {
     }
 }
 
+/// A group the operator configured (`trigger_groups`): a misspelled name
+/// must not create a consumer group that keeps every trigger forever.
+fn configured(state: &AppState, group: &str) -> Result<(), Status> {
+    if state.trigger_groups.iter().any(|g| g == group) {
+        return Ok(());
+    }
+    Err(ApiError::NotFound(format!(
+        "no consumer group '{}'; the configured groups (trigger_groups) are: {}",
+        super::error::bounded(group, 64),
+        state.trigger_groups.join(", ")
+    ))
+    .into())
+}
+
 fn ids(raw: &[String], v: &mut Violations) {
     if raw.is_empty() || raw.len() > MAX_IDS {
         v.add("trigger_ids", format!("send 1 to {MAX_IDS} ids (got {})", raw.len()));
@@ -115,6 +129,7 @@ impl Nurture for NurtureService {
             v.add("max_in_flight", format!("at most {MAX_IN_FLIGHT}"));
         }
         v.into_result(())?;
+        configured(&self.state, &req.group)?;
         tracing::Span::current().record("group", req.group.as_str()).record("consumer", req.consumer.as_str());
         self.state.metrics.trigger_group(&req.group);
         let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
@@ -143,6 +158,7 @@ impl Nurture for NurtureService {
         name(&req.group, "group", &mut v);
         ids(&req.trigger_ids, &mut v);
         v.into_result(())?;
+        configured(&self.state, &req.group)?;
         let acknowledged = self.state.store.ack_triggers(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::AckTriggersResponse { acknowledged }))
     }
@@ -159,6 +175,7 @@ impl Nurture for NurtureService {
             v.add("limit", "at most 1000");
         }
         v.into_result(())?;
+        configured(&self.state, &req.group)?;
         let limit = if req.limit == 0 { 100 } else { req.limit as usize };
         let dead = self.state.store.dead_letters(&req.group, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListDeadLettersResponse { triggers: dead.iter().map(trigger_to_proto).collect() }))
@@ -174,6 +191,7 @@ impl Nurture for NurtureService {
         name(&req.group, "group", &mut v);
         ids(&req.trigger_ids, &mut v);
         v.into_result(())?;
+        configured(&self.state, &req.group)?;
         let replayed =
             self.state.store.replay_dead_letters(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
         tracing::info!(group = %req.group, replayed, "dead letters replayed");

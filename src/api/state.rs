@@ -62,6 +62,8 @@ pub struct AppState {
     /// Accounts whose qualification is being checked, and whether one of
     /// their leads changed since the check started.
     pub account_checks: std::sync::Mutex<std::collections::HashMap<crate::domain::AccountId, bool>>,
+    /// Consumer groups that may receive triggers (`trigger_groups`).
+    pub trigger_groups: Vec<String>,
     /// Open `StreamTriggers` calls and their wake-up signal.
     pub trigger_streams: Arc<super::streams::TriggerStreams>,
     rules: RwLock<Arc<ActiveRules>>,
@@ -122,6 +124,7 @@ impl AppState {
             commit_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
             stopping: tokio::sync::watch::channel(false).0,
             trigger_streams: Default::default(),
+            trigger_groups: vec!["automation".to_owned()],
             rules: RwLock::new(Arc::new(active)),
         }
     }

@@ -323,3 +323,36 @@ async fn metrics_count_calls_by_method_and_status_and_signals_by_outcome() {
     assert!(line("leadscore_grpc_requests_in_flight").is_some(), "{text}");
     app.stop().await;
 }
+
+/// Sends a raw HTTP/2 request to the service: `content_type` and `body`
+/// as given. Returns the HTTP status and the `grpc-status` and
+/// `grpc-message` headers.
+async fn raw_call(app: &TestApp, content_type: &str, body: Vec<u8>) -> (u16, Option<String>, Option<String>) {
+    use tower::Service;
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://127.0.0.1:{}/leadscore.v1.LeadScoring/ScoreLead", app.port))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+        .unwrap();
+    let mut channel = app.channel().await;
+    futures::future::poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
+    let response = channel.call(request).await.unwrap();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), header("grpc-status"), header("grpc-message"))
+}
+
+/// A body that is not the method's message is INVALID_ARGUMENT without the
+/// decoder's text; a request that is not gRPC at all gets HTTP 415.
+#[tokio::test]
+async fn malformed_messages_and_non_grpc_requests_get_clear_answers() {
+    let (_redis, app) = app().await;
+    // A gRPC frame (uncompressed, 3 bytes) holding an invalid field tag.
+    let frame = vec![0, 0, 0, 0, 3, 0xff, 0xff, 0xff];
+    let (status, code, message) = raw_call(&app, "application/grpc", frame.clone()).await;
+    assert_eq!((status, code.as_deref()), (200, Some("3")), "{message:?}");
+    assert!(!message.unwrap_or_default().contains("decode"), "no decoder text");
+    let (status, code, _) = raw_call(&app, "application/json", frame).await;
+    assert_eq!((status, code), (415, None));
+}

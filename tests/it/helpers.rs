@@ -248,6 +248,12 @@ pub fn settings(redis_url: Option<String>) -> Settings {
         redis_timeout: leadscore::config::Millis(500),
         health_interval: leadscore::config::Millis(100),
         shutdown_grace: leadscore::config::Millis(2_000),
+        // The groups the tests consume as: g0 … g63 for many at once.
+        trigger_groups: ["automation", "crm-tasks", "inactivity-check", "g"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain((0..60).map(|i| format!("g{i}")))
+            .collect(),
         ..Settings::default()
     }
 }

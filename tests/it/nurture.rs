@@ -208,6 +208,41 @@ async fn definitions_are_listed_and_bad_names_refused() {
     assert_eq!(replayed.into_inner().replayed, 0);
 }
 
+/// A misspelled group is NOT_FOUND everywhere, naming the configured ones,
+/// and leaves nothing behind in Redis.
+#[tokio::test]
+async fn a_misspelled_group_creates_nothing() {
+    let (redis, app) = app().await;
+    let mut client = nurture(&app).await;
+    let typo = "automaton";
+    let stream = client
+        .stream_triggers(pb::StreamTriggersRequest { group: typo.into(), consumer: "w".into(), max_in_flight: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(stream.code(), tonic::Code::NotFound);
+    assert!(stream.message().contains("automation"), "{}", stream.message());
+    let dead = client.list_dead_letters(pb::ListDeadLettersRequest { group: typo.into(), limit: 0 }).await;
+    assert_eq!(dead.unwrap_err().code(), tonic::Code::NotFound);
+    let replay = client
+        .replay_dead_letters(pb::ReplayDeadLettersRequest { group: typo.into(), trigger_ids: vec!["0/1-1".into()] })
+        .await;
+    assert_eq!(replay.unwrap_err().code(), tonic::Code::NotFound);
+    let ack =
+        client.ack_triggers(pb::AckTriggersRequest { group: typo.into(), trigger_ids: vec!["0/1-1".into()] }).await;
+    assert_eq!(ack.unwrap_err().code(), tonic::Code::NotFound);
+    // No stream of any partition knows the group.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut redis.connection()).unwrap();
+    for key in keys.iter().filter(|k| k.contains("trig")) {
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut redis.connection()).unwrap();
+        if kind == "stream" {
+            let groups: Vec<redis::Value> =
+                redis::cmd("XINFO").arg("GROUPS").arg(key).query(&mut redis.connection()).unwrap();
+            assert!(!format!("{groups:?}").contains(typo), "{key}: {groups:?}");
+        }
+    }
+    assert!(!keys.iter().any(|k| k.contains(typo)), "{keys:?}");
+}
+
 /// Two replicas on one Redis, sharing a clock the test moves, sweeping
 /// every 50 ms.
 async fn replicas(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (TestApp, TestApp) {
@@ -456,6 +491,7 @@ async fn two_service_processes_fire_an_inactivity_trigger_once() {
                     .arg(&rules)
                     .env("LEADSCORE_INACTIVITY_SWEEP_INTERVAL", "100ms")
                     .env("LEADSCORE_FEED_POLL_INTERVAL", "50ms")
+                    .env("LEADSCORE_TRIGGER_GROUPS", "[\"g\"]")
                     .env_remove("LEADSCORE_CONFIG")
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
