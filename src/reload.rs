@@ -29,9 +29,36 @@ fn fingerprint(source: &str) -> u64 {
     h.finish()
 }
 
+/// Why a rule set may not be activated: its version already names other
+/// rules (on any replica, ever).
+pub fn version_taken(rules: &RuleSet, known: &str) -> String {
+    format!(
+        "version '{}' already names different rules (sha256 {}…; this file {}…): give the changed file a new version",
+        rules.version,
+        &known[..known.len().min(12)],
+        &rules.digest[..12]
+    )
+}
+
+/// Records the rule set's version with its content, or says why it cannot
+/// be activated. `Err(None)`: the store could not be asked.
+pub async fn claim_version(state_store: &dyn crate::store::LeadStore, rules: &RuleSet) -> Result<(), Option<String>> {
+    match state_store.claim_rule_set_version(&rules.version, &rules.digest).await {
+        Ok(None) => Ok(()),
+        Ok(Some(known)) if known == rules.digest => Ok(()),
+        Ok(Some(known)) => Err(Some(version_taken(rules, &known))),
+        Err(e) => {
+            tracing::warn!(error = %e, version = %rules.version, "cannot record the rule-set version");
+            Err(None)
+        }
+    }
+}
+
 /// Reads the file and activates it if it changed and is valid (then
-/// rescores every lead under it, when so configured).
-pub fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) -> Reload {
+/// rescores every lead under it, when so configured). A version already
+/// used for other content is refused; so is any file while the store
+/// cannot confirm its version (tried again next time).
+pub async fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) -> Reload {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
@@ -45,7 +72,16 @@ pub fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) -> Rel
     }
     *last = print;
     match RuleSet::parse_with_approvers(&source, &state.required_approvers) {
+        Ok(rules) if rules.digest == state.rules().digest => Reload::Unchanged,
         Ok(rules) => {
+            if let Err(why) = claim_version(state.store.as_ref(), &rules).await {
+                match why {
+                    Some(why) => tracing::error!(path = %path.display(), "new rule file refused: {why}"),
+                    // Not confirmed: try again at the next check.
+                    None => *last = 0,
+                }
+                return Reload::Refused { errors: 1 };
+            }
             let version = rules.version.clone();
             let previous = state.rules().version.clone();
             state.replace_rules(rules, path.display().to_string());
@@ -103,6 +139,6 @@ pub async fn watch_rule_file(
             _ = tokio::time::sleep(interval) => {}
             _ = stopping.changed() => return,
         }
-        reload_once(&state, &path, &mut last);
+        reload_once(&state, &path, &mut last).await;
     }
 }

@@ -204,7 +204,7 @@ impl Application {
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let security = load_security(&settings)?;
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
-        tracing::info!(rules = %rules_name, version = %rules.version, "rule set loaded");
+        tracing::info!(rules = %rules_name, version = %rules.version, digest = %&rules.digest[..12], "rule set loaded");
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let store: Arc<dyn LeadStore> = match redis_settings(&settings)? {
             Some(redis) => {
@@ -234,6 +234,15 @@ impl Application {
             retention_ms: settings.feed_retention.0,
             trigger_retention_ms: settings.trigger_retention.0,
         };
+        // A version names one content for good: refuse to serve other rules
+        // under a version already used. When the store cannot be asked yet,
+        // start anyway (health waits for the store) and say so.
+        if let Err(Some(why)) = crate::reload::claim_version(store.as_ref(), &rules).await {
+            return Err(StartupError::RulesInvalid {
+                path: rules_name,
+                errors: vec![RuleError::at(&rules.source, None, why)],
+            });
+        }
         let mut state = AppState::new(
             store,
             clock,

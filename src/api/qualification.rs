@@ -259,7 +259,26 @@ impl Qualification for QualificationService {
         request: Request<pb::ValidateRuleSetRequest>,
     ) -> Result<Response<pb::ValidateRuleSetResponse>, Status> {
         let source = request.into_inner().source;
-        let response = match RuleSet::parse_with_approvers(&source, &self.state.required_approvers) {
+        let parsed = RuleSet::parse_with_approvers(&source, &self.state.required_approvers);
+        // A version already used for other content would be refused.
+        let parsed = match parsed {
+            Ok(rules) => {
+                match self.state.store.rule_set_version_digest(&rules.version).await.map_err(ApiError::from)? {
+                    Some(known) if known != rules.digest => {
+                        let line = source.lines().position(|l| l.trim_start().starts_with("version")).unwrap_or(0);
+                        let offset: usize = source.lines().take(line).map(|l| l.len() + 1).sum();
+                        Err(vec![crate::rules::RuleError::at(
+                            &source,
+                            Some(offset..offset),
+                            crate::reload::version_taken(&rules, &known),
+                        )])
+                    }
+                    _ => Ok(rules),
+                }
+            }
+            Err(errors) => Err(errors),
+        };
+        let response = match parsed {
             Ok(rules) => pb::ValidateRuleSetResponse { valid: true, errors: Vec::new(), summary: rules.summary() },
             Err(errors) => pb::ValidateRuleSetResponse {
                 valid: false,

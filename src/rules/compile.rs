@@ -186,6 +186,10 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
             daily_caps,
             cel_env: env,
             on_failure: None,
+            digest: {
+                use sha2::Digest as _;
+                sha2::Sha256::digest(source.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+            },
             source: source.to_owned(),
         })
     } else {

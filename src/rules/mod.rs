@@ -50,6 +50,8 @@ pub struct RuleSet {
     pub accounts: crate::domain::account::AccountPolicy,
     /// The file as written.
     pub source: String,
+    /// SHA-256 of `source`, hex: what `version` must always name.
+    pub digest: String,
     /// Default half-life per model, for the summary.
     half_lives: BTreeMap<String, Decay>,
     needs: Needs,

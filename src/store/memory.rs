@@ -125,6 +125,8 @@ struct Data {
     feed: Vec<(LeadId, StageChange)>,
     /// Fired triggers; a trigger's id is `t<index>`.
     triggers: Vec<FiredTrigger>,
+    /// Rule-set version → content digest.
+    rule_set_versions: HashMap<String, String>,
     /// Consumer groups of the trigger log.
     groups: HashMap<String, Group>,
     /// UTC day → funnel counter fields (see `FunnelEntry::increments`).
@@ -684,6 +686,21 @@ impl LeadStore for MemoryStore {
 
     fn set_profile_spec(&self, spec: Arc<ProfileSpec>) {
         self.data().spec = Some(spec);
+    }
+
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
+        let mut data = self.data();
+        match data.rule_set_versions.get(version) {
+            Some(known) => Ok(Some(known.clone())),
+            None => {
+                data.rule_set_versions.insert(version.to_owned(), digest.to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.data().rule_set_versions.get(version).cloned())
     }
 
     async fn score_history(

@@ -349,6 +349,15 @@ pub trait LeadStore: Send + Sync + 'static {
     /// cohort aggregates; every later write follows it.
     fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>);
 
+    /// Records that rule-set `version` has content `digest`, unless the
+    /// version is already recorded: then returns the recorded digest (the
+    /// same or not). Kept for good, so a version names one content across
+    /// replicas and restarts.
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError>;
+
+    /// The digest recorded for `version`, if any.
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
+
     /// The lead's score history, newest first, without entries older than
     /// the spec's history age at `now`.
     async fn score_history(

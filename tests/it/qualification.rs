@@ -763,7 +763,8 @@ async fn a_reload_during_a_rescore_leaves_every_lead_under_the_newest_rules() {
     const LEADS: usize = 3000;
     let now = now_millis();
     let ids: Vec<String> = (0..LEADS).map(|i| format!("bulk-{i}")).collect();
-    for chunk in ids.chunks(1000) {
+    // Small calls: each stays well within the tests' 500 ms Redis timeout.
+    for chunk in ids.chunks(200) {
         let signals = chunk.iter().map(|id| signal(&format!("{id}-d"), id, "content_download", now)).collect();
         app.client().await.record_signals(record(signals)).await.unwrap();
     }
@@ -793,4 +794,45 @@ async fn a_reload_during_a_rescore_leaves_every_lead_under_the_newest_rules() {
         assert!(std::time::Instant::now() < deadline, "{stale} leads are not scored under 2026.11.3");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A version names one content for good: different rules under a version
+/// already used are refused by a reload, by ValidateRuleSet and at
+/// start-up of another replica.
+#[tokio::test]
+async fn a_version_names_one_content() {
+    let RulesApp { redis, dir, path, app } = app_with_rule_file(false).await;
+    let first = with_download_points("2026.12.1", 3);
+    std::fs::write(&path, &first).unwrap();
+    wait_for_version(&app, "2026.12.1").await;
+    let same_version = with_download_points("2026.12.1", 30);
+    let checked = qualification(&app)
+        .await
+        .validate_rule_set(pb::ValidateRuleSetRequest { source: same_version.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!checked.valid, "{checked:?}");
+    assert!(checked.errors[0].message.contains("already names different rules"), "{:?}", checked.errors);
+    assert_eq!(checked.errors[0].line, 5, "the version line");
+    // The same file again is fine.
+    let again = qualification(&app)
+        .await
+        .validate_rule_set(pb::ValidateRuleSetRequest { source: first.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.valid, "{again:?}");
+
+    std::fs::write(&path, &same_version).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let active = qualification(&app).await.get_rule_set(pb::GetRuleSetRequest {}).await.unwrap().into_inner();
+    assert_eq!(active.source, first, "the reload was refused");
+
+    let other = dir.path().join("other.toml");
+    std::fs::write(&other, &same_version).unwrap();
+    let mut s = settings(Some(redis.url()));
+    s.rules = Some(other);
+    let err = leadscore::startup::Application::build(s).await.err().expect("refused at start-up").to_string();
+    assert!(err.contains("already names different rules"), "{err}");
 }

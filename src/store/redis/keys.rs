@@ -121,6 +121,11 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
     }
 
+    /// Rule-set versions and their content digests (one small hash).
+    pub fn rule_set_versions(&self) -> String {
+        format!("{}:rulesets", self.prefix)
+    }
+
     /// The ids of a partition's leads, by created_at.
     pub fn index(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:leads", self.prefix)

@@ -675,6 +675,20 @@ impl LeadStore for RedisStore {
         *self.spec.write().unwrap_or_else(|p| p.into_inner()) = spec;
     }
 
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.rule_set_versions();
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&key, version, digest).hget(&key, version);
+        let (claimed, known): (bool, Option<String>) =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(if claimed { None } else { known })
+    }
+
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.rule_set_versions();
+        self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
+    }
+
     async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
         let keys = self.keys.lead(&lead.lead_id);
         let spec = self.spec();
