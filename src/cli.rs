@@ -492,3 +492,29 @@ fn check_rules(file: &std::path::Path) -> ExitCode {
         }
     }
 }
+
+/// Stack of every runtime thread: rule conditions are evaluated on them and
+/// the interpreter recurses once per level of a condition (bounded by
+/// `rules::expr::MAX_DEPTH`); Tokio's default is 2 MiB.
+const THREAD_STACK: usize = 8 * 1024 * 1024;
+
+/// The `leadscore` command: parses the command line, runs it on a
+/// multi-threaded runtime, flushes buffered spans.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK).build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("leadscore: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = crate::telemetry::init();
+        let code = run(cli).await;
+        // Flush buffered spans before exiting.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+        code
+    })
+}
