@@ -7,8 +7,9 @@
 //! tokens are hashed and compared with every known digest in constant time;
 //! tokens are never logged, only their names.
 //!
-//! Every RPC needs one scope; `admin` grants them all. Health and
-//! reflection are open, so probes and tools work without a token.
+//! Every RPC needs one scope; `admin` grants them all. Health is open, so
+//! probes work without a token; reflection needs any valid token unless
+//! `reflection = "open"`.
 
 use std::sync::Arc;
 
