@@ -1,7 +1,8 @@
 //! Accepting gRPC connections with bounds: at most `max_connections` open
-//! (one more is closed at once, logged and counted), a connection that sends
-//! nothing within `handshake_timeout` is closed, so is one that sends
-//! nothing for `idle_timeout` (a live client answers the HTTP/2 keepalive
+//! (one more is closed at once, logged and counted), a connection that does
+//! not send its first 24 bytes (the HTTP/2 preface) within
+//! `handshake_timeout` is closed, so is one that sends nothing for
+//! `idle_timeout` (a live client answers the HTTP/2 keepalive
 //! pings, so it is never idle that long), and a failing `accept` (out of
 //! descriptors) backs off instead of spinning.
 
@@ -30,6 +31,11 @@ pub struct ConnectionLimits {
     /// Time a connection may send nothing before it is closed.
     pub idle_timeout: Duration,
 }
+
+/// Bytes a client must send within `handshake_timeout`: the HTTP/2
+/// connection preface (a TLS ClientHello is longer), so a client cannot
+/// hold a place by trickling single bytes.
+const GREETING: usize = 24;
 
 /// Longest pause after a failed `accept`.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -116,9 +122,10 @@ pub struct Bounded {
     /// Runs out at the handshake deadline, then at each idle deadline.
     timer: Pin<Box<Sleep>>,
     limits: ConnectionLimits,
-    /// Bytes were received since the timer was last reset.
-    heard: bool,
-    greeted: bool,
+    /// Bytes received, counted up to `GREETING` (then the handshake is over).
+    received: usize,
+    /// When the last byte arrived.
+    last_heard: Instant,
     metrics: Arc<Metrics>,
     open: Arc<AtomicUsize>,
 }
@@ -131,27 +138,33 @@ impl Bounded {
             inner,
             timer: Box::pin(tokio::time::sleep(limits.handshake_timeout)),
             limits,
-            heard: false,
-            greeted: false,
+            received: 0,
+            last_heard: Instant::now(),
             metrics,
             open,
         }
     }
 
-    /// Whether the connection stayed silent past its deadline; re-arms the
-    /// idle deadline when it was heard from meanwhile.
+    fn greeted(&self) -> bool {
+        self.received >= GREETING
+    }
+
+    /// Whether the connection stayed silent past its deadline: the whole
+    /// greeting within `handshake_timeout` of opening, then a byte at least
+    /// every `idle_timeout`.
     fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if self.heard {
-                self.heard = false;
-                let next = Instant::now() + self.limits.idle_timeout;
-                self.timer.as_mut().reset(next);
-                continue;
+            if self.greeted() {
+                let deadline = self.last_heard + self.limits.idle_timeout;
+                if Instant::now() < deadline {
+                    self.timer.as_mut().reset(deadline);
+                    continue;
+                }
             }
-            let (reason, what) = if self.greeted {
+            let (reason, what) = if self.greeted() {
                 ("idle", "idle connection closed")
             } else {
                 ("handshake_timeout", "handshake timed out")
@@ -183,13 +196,15 @@ impl AsyncRead for Bounded {
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    if !self.greeted {
-                        self.greeted = true;
-                        let next = Instant::now() + self.limits.idle_timeout;
+                let n = buf.filled().len() - before;
+                if n > 0 {
+                    let was_greeted = self.greeted();
+                    self.received = (self.received + n).min(GREETING);
+                    self.last_heard = Instant::now();
+                    if !was_greeted && self.greeted() {
+                        let next = self.last_heard + self.limits.idle_timeout;
                         self.timer.as_mut().reset(next);
                     }
-                    self.heard = true;
                 }
                 Poll::Ready(Ok(()))
             }

@@ -35,8 +35,8 @@ pub fn version_taken(rules: &RuleSet, known: &str) -> String {
     format!(
         "version '{}' already names different rules (sha256 {}…; this file {}…): give the changed file a new version",
         rules.version,
-        &known[..known.len().min(12)],
-        &rules.digest[..12]
+        known.get(..12).unwrap_or(known),
+        rules.digest.get(..12).unwrap_or(&rules.digest)
     )
 }
 

@@ -194,6 +194,8 @@ pub struct Application {
     state: Arc<AppState>,
     settings: Settings,
     security: Security,
+    /// The rule set's version was recorded with its digest at start-up.
+    version_recorded: bool,
 }
 
 impl Application {
@@ -204,7 +206,7 @@ impl Application {
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let security = load_security(&settings)?;
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
-        tracing::info!(rules = %rules_name, version = %rules.version, digest = %&rules.digest[..12], "rule set loaded");
+        tracing::info!(rules = %rules_name, version = %rules.version, digest = %rules.digest.get(..12).unwrap_or_default(), "rule set loaded");
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let store: Arc<dyn LeadStore> = match redis_settings(&settings)? {
             Some(redis) => {
@@ -237,12 +239,17 @@ impl Application {
         // A version names one content for good: refuse to serve other rules
         // under a version already used. When the store cannot be asked yet,
         // start anyway (health waits for the store) and say so.
-        if let Err(Some(why)) = crate::reload::claim_version(store.as_ref(), &rules).await {
-            return Err(StartupError::RulesInvalid {
-                path: rules_name,
-                errors: vec![RuleError::at(&rules.source, None, why)],
-            });
-        }
+        let version_recorded = match crate::reload::claim_version(store.as_ref(), &rules).await {
+            Ok(()) => true,
+            Err(Some(why)) => {
+                return Err(StartupError::RulesInvalid {
+                    path: rules_name,
+                    errors: vec![RuleError::at(&rules.source, None, why)],
+                });
+            }
+            // Recorded in the background once the store answers.
+            Err(None) => false,
+        };
         let mut state = AppState::new(
             store,
             clock,
@@ -281,7 +288,7 @@ impl Application {
             }
             _ => None,
         };
-        Ok(Self { listener, port, metrics_listener, state, settings, security })
+        Ok(Self { listener, port, metrics_listener, state, settings, security, version_recorded })
     }
 
     /// The bound port (useful with port 0).
@@ -333,6 +340,9 @@ impl Application {
             ))
         });
 
+        if !self.version_recorded {
+            tokio::spawn(record_version_when_possible(self.state.clone(), stopping_tx.subscribe()));
+        }
         let sweep_task = tokio::spawn(sweep_inactivity_every(
             self.state.clone(),
             self.settings.inactivity_sweep_interval.duration(),
@@ -499,6 +509,29 @@ async fn watch_store_health(
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = stopping.changed() => return,
+        }
+    }
+}
+
+/// Records the active rule set's version once the store answers (it did
+/// not at start-up); a version already used for other rules is logged as
+/// an error for the operator: this replica serves them anyway.
+async fn record_version_when_possible(state: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
+    loop {
+        match crate::reload::claim_version(state.store.as_ref(), &state.rules().set).await {
+            Ok(()) => {
+                tracing::info!(version = %state.rules().version, "rule-set version recorded");
+                return;
+            }
+            Err(Some(why)) => {
+                tracing::error!("{why}; this replica serves these rules until a new version is activated");
+                return;
+            }
+            Err(None) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = stopping.changed() => return,
         }
     }

@@ -249,7 +249,7 @@ mod tests {
 
 /// Writes log lines with every control character but the final newline,
 /// and every character that changes how a line reads (line and paragraph
-/// separators, bidirectional controls), escaped as `\u{…}`: an id or
+/// separators, bidirectional controls), escaped as `\uXXXX`: an id or
 /// message from a caller cannot forge or disguise log lines.
 pub struct EscapingWriter<W>(pub W);
 
@@ -262,7 +262,9 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
             // Tabs, and the ESC of the formatter's own colours (it escapes
             // ESC in field values itself), pass.
             if (c.is_control() && !matches!(c, '\t' | '\x1b')) || crate::api::error::is_invisible(c) {
-                out.extend(c.escape_unicode());
+                // `\uXXXX`: valid inside a JSON string too (all such
+                // characters are in the Basic Multilingual Plane).
+                out.push_str(&format!("\\u{:04x}", c as u32));
             } else {
                 out.push(c);
             }
@@ -287,6 +289,12 @@ mod escaping_tests {
     fn forged_lines_and_bidi_controls_are_escaped() {
         let mut out = super::EscapingWriter(Vec::new());
         out.write_all("lead_id=a\nFAKE LINE\u{2028}x\u{202e}y\n".as_bytes()).unwrap();
-        assert_eq!(String::from_utf8(out.0).unwrap(), "lead_id=a\\u{a}FAKE LINE\\u{2028}x\\u{202e}y\n");
+        assert_eq!(String::from_utf8(out.0).unwrap(), "lead_id=a\\u000aFAKE LINE\\u2028x\\u202ey\n");
+        // In a JSON log line the escapes stay valid JSON.
+        let mut out = super::EscapingWriter(Vec::new());
+        out.write_all("{\"lead_id\":\"a\u{2028}b\"}\n".as_bytes()).unwrap();
+        let line = String::from_utf8(out.0).unwrap();
+        let parsed: serde_json::Value = serde_json::from_str(line.trim_end()).unwrap();
+        assert_eq!(parsed["lead_id"], "a\u{2028}b");
     }
 }

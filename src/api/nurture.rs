@@ -89,16 +89,23 @@ struct TriggerPoller {
     group: String,
     consumer: String,
     max_in_flight: u64,
+    /// The consumer held `max_in_flight` unacknowledged triggers last time.
+    full: bool,
 }
 
 impl super::polling::Poller for TriggerPoller {
     type Item = pb::StreamTriggersResponse;
+
+    fn full(&self) -> bool {
+        self.full
+    }
 
     fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, crate::store::StoreError>> {
         Box::pin(async move {
             let store = &self.state.store;
             let in_flight = store.triggers_in_flight(&self.group, &self.consumer).await?;
             let room = self.max_in_flight.saturating_sub(in_flight) as usize;
+            self.full = room == 0;
             if room == 0 {
                 return Ok(Vec::new());
             }
@@ -136,12 +143,17 @@ impl Nurture for NurtureService {
         // Fails now, not in the stream, when the store is down.
         self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
         let slot = self.state.trigger_streams.open(&connection, &token)?;
-        let poller =
-            TriggerPoller { state: self.state.clone(), group: req.group, consumer: req.consumer, max_in_flight };
+        let poller = TriggerPoller {
+            state: self.state.clone(),
+            group: req.group,
+            consumer: req.consumer,
+            max_in_flight,
+            full: false,
+        };
         // Woken when a trigger is fired anywhere; on its own only to take
         // over triggers another consumer held past the visibility timeout.
         let visibility = Duration::from_millis(self.state.delivery.visibility_timeout_ms.max(0) as u64);
-        let fallback = (visibility / 2).clamp(self.state.limits.feed_poll_interval, Duration::from_secs(15));
+        let fallback = (visibility / 2).min(Duration::from_secs(15)).max(self.state.limits.feed_poll_interval);
         let wake = self.state.trigger_streams.subscribe(self.state.store.clone(), self.state.limits.feed_poll_interval);
         let stream =
             super::polling::stream(&self.state, 64, poller, super::polling::Wait::Wake { wake, fallback, slot });

@@ -16,6 +16,14 @@ pub trait Poller: Send + 'static {
 
     /// The next items; an empty batch means "nothing yet".
     fn next(&mut self) -> BoxFuture<'_, Result<Vec<Self::Item>, StoreError>>;
+
+    /// Whether the last empty batch came from the consumer being full (it
+    /// must acknowledge first) rather than from nothing being there: then
+    /// the stream asks again after `feed_poll_interval`, since a wake-up
+    /// only comes with new items.
+    fn full(&self) -> bool {
+        false
+    }
 }
 
 /// How a stream waits after an empty batch.
@@ -68,8 +76,9 @@ pub fn stream<P: Poller>(
                                 None => std::future::pending().await,
                             }
                         };
+                        let pause = if poller.full() { interval } else { fallback };
                         tokio::select! {
-                            _ = tokio::time::sleep(fallback) => {}
+                            _ = tokio::time::sleep(pause) => {}
                             _ = woken => {}
                             _ = tx.closed() => return,
                             _ = stopping.changed() => return,

@@ -273,6 +273,9 @@ pub fn start_rescore(state: Arc<AppState>) -> (Arc<RescoreJob>, bool) {
     if started {
         let job = job.clone();
         tokio::spawn(async move {
+            // Should the task end without finishing the job (a panic), the
+            // job fails rather than holding every later rescore back.
+            let _unfinished = Unfinished(job.clone(), state.clock.clone());
             if let Some(previous) = job.take_previous() {
                 previous.wait_finished().await;
             }
@@ -304,4 +307,16 @@ pub fn start_rescore(state: Arc<AppState>) -> (Arc<RescoreJob>, bool) {
         });
     }
     (job, started)
+}
+
+/// Finishes a job still running when dropped, as failed.
+struct Unfinished(Arc<RescoreJob>, Arc<dyn crate::domain::Clock>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if self.0.state().0 == JobState::Running {
+            tracing::error!(job_id = %self.0.id, "rescore stopped unexpectedly");
+            self.0.finish(JobState::Failed("the rescore stopped unexpectedly".into()), self.1.now());
+        }
+    }
 }

@@ -301,8 +301,14 @@ pub fn base_context<'c>(env: &Arc<cel::Env>, needs: &Needs, facts: &Facts<'_>) -
 pub fn add_functions(ctx: &mut Context<'_, '_>, needs: &Needs) {
     if needs.days {
         // Fails only if `days` were declared already; the standard library has none.
-        let _ = ctx.add_function("days", |n: i64| chrono::Duration::days(n));
+        let _ = ctx.add_function("days", days);
     }
+}
+
+/// `days(n)`: `n` × 24 h; an error, not a panic, past what a duration holds
+/// (`n` may come from a lead's attribute).
+pub fn days(n: i64) -> Result<chrono::Duration, ExecutionError> {
+    chrono::Duration::try_days(n).ok_or_else(|| ExecutionError::function_error("days", "out of range"))
 }
 
 /// The variables of a context, `stage` aside.
@@ -434,6 +440,12 @@ pub fn referenced_attributes(when: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_out_of_range_is_an_error_not_a_panic() {
+        assert!(days(i64::MAX).is_err());
+        assert_eq!(days(2).unwrap(), chrono::Duration::hours(48));
+    }
 
     #[test]
     fn finds_member_paths() {

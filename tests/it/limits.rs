@@ -121,6 +121,15 @@ async fn silent_connections_are_closed_and_connections_are_capped() {
     for _ in 0..3 {
         silent.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
+    // Trickling single bytes does not complete the handshake.
+    let mut trickle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        trickle.write_all(b"P").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        trickle.write_all(b"R").await.unwrap();
+    }
+    silent.push(trickle);
     for socket in &mut silent {
         assert!(closed_by_server(socket, Duration::from_secs(3)).await, "a silent connection stays open");
     }
@@ -151,7 +160,7 @@ async fn silent_connections_are_closed_and_connections_are_capped() {
     let text = app.scrape_metrics().await;
     let closed =
         |reason: &str| metric_value(&text, &format!("leadscore_connections_closed_total{{reason=\"{reason}\"}}"));
-    assert!(closed("handshake_timeout") >= 3.0, "{text}");
+    assert!(closed("handshake_timeout") >= 4.0, "{text}");
     assert!(closed("idle") >= 1.0, "{text}");
     assert!(closed("limit") >= 1.0, "{text}");
 }

@@ -604,3 +604,35 @@ async fn open_trigger_streams_are_bounded_per_connection_and_per_token() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     call(two, "crm-token-00000000001", 8).await.unwrap();
 }
+
+/// A consumer at its `max_in_flight` gets the next trigger soon after it
+/// acknowledges one: a full consumer asks again every `feed_poll_interval`
+/// (a wake-up only comes with a new trigger, and the fallback is 15 s here).
+#[tokio::test]
+async fn a_full_consumer_gets_the_next_trigger_soon_after_acking() {
+    let redis = RedisServer::start();
+    let mut s = settings(Some(redis.url()));
+    s.trigger_visibility_timeout = leadscore::config::Millis(60_000);
+    s.feed_poll_interval = leadscore::config::Millis(50);
+    let app = TestApp::spawn(s).await;
+    for lead in ["full-1", "full-2"] {
+        make_mql(&app, lead).await;
+    }
+    let mut stream = nurture(&app)
+        .await
+        .stream_triggers(pb::StreamTriggersRequest { group: "g".into(), consumer: "w".into(), max_in_flight: 1 })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = next(&mut stream).await;
+    nothing_within(&mut stream, 300).await;
+    nurture(&app)
+        .await
+        .ack_triggers(pb::AckTriggersRequest { group: "g".into(), trigger_ids: vec![first.trigger_id] })
+        .await
+        .unwrap();
+    let acked = std::time::Instant::now();
+    let second = next(&mut stream).await;
+    assert_ne!(second.lead_id, first.lead_id);
+    assert!(acked.elapsed() < Duration::from_secs(2), "the next trigger came {:?} after the ack", acked.elapsed());
+}
