@@ -449,7 +449,7 @@ fn trial(source: &str, kinds: &[Kind]) -> Trial {
             ctx.add_variable_from_value(*name, sample(*kind)?);
         }
         let _ = ctx.add_function("days", super::qualify::days);
-        Some(match program.execute(&ctx) {
+        Some(match super::qualify::execute(&program, &ctx) {
             Ok(v) => Trial::Gives(Kind::of(v.type_of())),
             Err(
                 e @ (ExecutionError::NoSuchOverload(_)

@@ -390,7 +390,7 @@ pub fn evaluate(rule: &QualificationRule, ctx: &Context<'_, '_>) -> Verdict {
 
 /// Runs a condition; a failure is described without the lead's values.
 pub fn evaluate_program(program: &Program, ctx: &Context<'_, '_>) -> Verdict {
-    match program.execute(ctx) {
+    match execute(program, ctx) {
         Ok(Value::Bool(true)) => Verdict::Holds,
         Ok(Value::Bool(false)) => Verdict::DoesNotHold,
         Ok(other) => Verdict::Failed(format!("the result is a {:?}, not true or false", other.type_of())),
@@ -398,11 +398,22 @@ pub fn evaluate_program(program: &Program, ctx: &Context<'_, '_>) -> Verdict {
     }
 }
 
+/// Runs a program; a panic inside the interpreter (e.g. chrono's on a
+/// timestamp past year 262,143) is an evaluation error, not a dead task.
+pub fn execute(program: &Program, ctx: &Context<'_, '_>) -> cel::ResolveResult {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(ctx))).unwrap_or_else(|_| {
+        Err(ExecutionError::function_error("condition", "the interpreter failed on this lead's values"))
+    })
+}
+
 /// An evaluation error in words, naming keys and functions of the rule but
 /// no value of the lead's (`ExecutionError`'s own text quotes them).
 fn describe(e: &ExecutionError) -> String {
     match e {
         ExecutionError::NoSuchKey(key) => format!("no such key '{key}' (guard it with has(...))"),
+        ExecutionError::FunctionError { function, .. } if function == "condition" => {
+            "the interpreter failed on this lead's values".to_owned()
+        }
         ExecutionError::FunctionError { function, .. } => format!("{function}() failed on this lead's value"),
         ExecutionError::NoSuchOverload(o) => format!("no overload of '{}' for these values", o.function()),
         ExecutionError::DivisionByZero(_) | ExecutionError::RemainderByZero(_) => "division by zero".to_owned(),
@@ -417,7 +428,7 @@ fn describe(e: &ExecutionError) -> String {
 /// errors: every referenced attribute is set to "0" so comparisons of a
 /// string with a number show up. Missing keys are not errors.
 pub fn dry_run_program(program: &Program, ctx: &Context<'_, '_>) -> Result<(), String> {
-    match program.execute(ctx) {
+    match execute(program, ctx) {
         Ok(Value::Bool(_)) | Err(ExecutionError::NoSuchKey(_)) => Ok(()),
         Ok(other) => Err(format!("the condition must be true or false, not {:?}", other.type_of())),
         Err(e) => Err(format!("type error: {e}")),
@@ -445,6 +456,12 @@ mod tests {
     fn days_out_of_range_is_an_error_not_a_panic() {
         assert!(days(i64::MAX).is_err());
         assert_eq!(days(2).unwrap(), chrono::Duration::hours(48));
+        // chrono panics past year 262,143: an evaluation error instead.
+        let program = Program::compile("now + days(100000000) > now").unwrap();
+        let mut ctx = Context::default();
+        ctx.add_variable_as_val("now", cel_timestamp(Timestamp::from_millis(0)));
+        let _ = ctx.add_function("days", days);
+        assert!(matches!(evaluate_program(&program, &ctx), Verdict::Failed(_)));
     }
 
     #[test]
