@@ -337,21 +337,14 @@ impl Settings {
         if !(1024..=64 << 20).contains(&self.max_message_size) {
             return Err(ConfigError("max_message_size must be 1024 to 67108864 bytes".into()));
         }
-        let group_name = |g: &String| {
-            !g.is_empty()
-                && g.len() <= 64
-                && !g.starts_with("__")
-                && g.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
-        };
         if self.trigger_groups.is_empty()
             || self.trigger_groups.len() > 64
-            || !self.trigger_groups.iter().all(group_name)
+            || !self.trigger_groups.iter().all(|g| crate::domain::nurture::is_consumer_name(g))
         {
-            return Err(ConfigError(
-                "trigger_groups: 1 to 64 names of letters, digits, '_', '-', '.', ':' (up to 64 bytes, not starting \
-                 with '__')"
-                    .into(),
-            ));
+            return Err(ConfigError(format!(
+                "trigger_groups: 1 to 64 names, each of {}",
+                crate::domain::nurture::CONSUMER_NAME_RULE
+            )));
         }
         if self.max_trigger_streams_per_connection == 0 || self.max_trigger_streams_per_token == 0 {
             return Err(ConfigError("max_trigger_streams_per_connection and _per_token must be at least 1".into()));

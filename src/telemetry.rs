@@ -261,12 +261,9 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
         for c in body.unwrap_or(&text).chars() {
             // Tabs, and the ESC of the formatter's own colours (it escapes
             // ESC in field values itself), pass.
-            if (c.is_control() && !matches!(c, '\t' | '\x1b')) || crate::api::error::is_invisible(c) {
-                // `\uXXXX`: valid inside a JSON string too (all such
-                // characters are in the Basic Multilingual Plane).
-                out.push_str(&format!("\\u{:04x}", c as u32));
-            } else {
-                out.push(c);
+            match crate::api::error::escaped(c).filter(|_| !matches!(c, '\t' | '\x1b')) {
+                Some(escape) => out.push_str(&escape),
+                None => out.push(c),
             }
         }
         if body.is_some() {

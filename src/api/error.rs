@@ -48,10 +48,9 @@ const MAX_VIOLATION_BYTES: usize = 3072;
 pub fn bounded(text: &str, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     for c in text.chars() {
-        let piece: std::borrow::Cow<'_, str> = if c.is_control() || is_invisible(c) {
-            c.escape_unicode().to_string().into()
-        } else {
-            c.to_string().into()
+        let piece: std::borrow::Cow<'_, str> = match escaped(c) {
+            Some(escape) => escape.into(),
+            None => c.to_string().into(),
         };
         if out.len() + piece.len() > max.saturating_sub(3) {
             out.push_str("...");
@@ -62,9 +61,16 @@ pub fn bounded(text: &str, max: usize) -> String {
     out
 }
 
-/// Characters that change how a line reads without showing: line and
-/// paragraph separators, bidirectional controls.
-pub fn is_invisible(c: char) -> bool {
+/// `c` as `\uXXXX` when it is a control character or changes how a line
+/// reads without showing (line and paragraph separators, bidirectional
+/// controls): text from callers in error messages and log lines. The escape
+/// is valid inside a JSON string too (all such characters are in the Basic
+/// Multilingual Plane).
+pub fn escaped(c: char) -> Option<String> {
+    (c.is_control() || is_invisible(c)).then(|| format!("\\u{:04x}", c as u32))
+}
+
+fn is_invisible(c: char) -> bool {
     matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 

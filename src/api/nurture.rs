@@ -27,15 +27,10 @@ impl NurtureService {
     }
 }
 
-/// Group and consumer names: letters, digits, `_-.:`, 1 to 64 bytes, not
-/// starting with `__` (reserved).
+/// Group and consumer names (`domain::nurture::is_consumer_name`).
 fn name(raw: &str, field: &str, v: &mut Violations) {
-    let ok = !raw.is_empty()
-        && raw.len() <= 64
-        && !raw.starts_with("__")
-        && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
-    if !ok {
-        v.add(field, "letters, digits, '_', '-', '.', ':' (1 to 64 bytes, not starting with '__')");
+    if !crate::domain::nurture::is_consumer_name(raw) {
+        v.add(field, crate::domain::nurture::CONSUMER_NAME_RULE);
     }
 }
 

@@ -65,3 +65,15 @@ pub struct Delivery {
     pub delivery_count: u64,
     pub lead_id: LeadId,
 }
+
+/// Consumer group and consumer names: letters, digits, `_-.:`, 1 to 64
+/// bytes, not starting with `__` (reserved for the service's own).
+pub fn is_consumer_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with("__")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// How `is_consumer_name` reads to a user.
+pub const CONSUMER_NAME_RULE: &str = "letters, digits, '_', '-', '.', ':' (1 to 64 bytes, not starting with '__')";

@@ -412,7 +412,7 @@ enum Trial {
     /// It fails for these values only (division by zero, a bad number text…).
     Depends,
     /// It can never evaluate for operands of these kinds.
-    Never(String),
+    Never,
 }
 
 fn sample(k: Kind) -> Option<Value> {
@@ -452,7 +452,7 @@ fn trial(source: &str, kinds: &[Kind]) -> Trial {
         Some(match super::qualify::execute(&program, &ctx) {
             Ok(v) => Trial::Gives(Kind::of(v.type_of())),
             Err(
-                e @ (ExecutionError::NoSuchOverload(_)
+                ExecutionError::NoSuchOverload(_)
                 | ExecutionError::UnsupportedBinaryOperator(..)
                 | ExecutionError::ValuesNotComparable(..)
                 | ExecutionError::UnexpectedType { .. }
@@ -461,8 +461,8 @@ fn trial(source: &str, kinds: &[Kind]) -> Trial {
                 | ExecutionError::UnsupportedIndex(..)
                 | ExecutionError::UnsupportedKeyType(_)
                 | ExecutionError::UndeclaredReference(_)
-                | ExecutionError::InvalidArgumentCount { .. }),
-            ) => Trial::Never(e.to_string()),
+                | ExecutionError::InvalidArgumentCount { .. },
+            ) => Trial::Never,
             Err(_) => Trial::Depends,
         })
     })()
@@ -723,7 +723,7 @@ impl Checker<'_, '_> {
         match trial(&source, &kinds) {
             Trial::Gives(k) => Ok(Ty::Of(k)),
             Trial::Depends => Ok(known_result(name)),
-            Trial::Never(_) => {
+            Trial::Never => {
                 let described: Vec<&str> = kinds.iter().map(|k| kind_name(*k)).collect();
                 let message = match operator_source(name) {
                     Some(_) if described.len() == 2 => format!(

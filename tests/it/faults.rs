@@ -10,7 +10,7 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{DAY, RedisServer, TestApp, now_millis, record, settings, signal, violated_fields};
+use crate::helpers::{DAY, RedisServer, TestApp, metric_value, now_millis, record, settings, signal, violated_fields};
 
 async fn app() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
@@ -337,11 +337,6 @@ async fn errors_stay_small_whatever_the_request() {
     }
 }
 
-/// The value of one metric line, 0 when absent.
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
-}
-
 /// Calls that end by their deadline or are cancelled by the client are
 /// counted (DEADLINE_EXCEEDED, CANCELLED), and the in-flight gauge returns
 /// to 0 once the service is idle.
@@ -378,9 +373,10 @@ async fn deadlines_and_cancellations_are_counted_and_leave_nothing_in_flight() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = app.scrape_metrics().await;
-        let exceeded = metric(&text, &format!("leadscore_grpc_requests_total{{code=\"DEADLINE_EXCEEDED\",{method}}}"));
-        let cancelled = metric(&text, &format!("leadscore_grpc_requests_total{{code=\"CANCELLED\",{method}}}"));
-        let in_flight = metric(&text, "leadscore_grpc_requests_in_flight ");
+        let exceeded =
+            metric_value(&text, &format!("leadscore_grpc_requests_total{{code=\"DEADLINE_EXCEEDED\",{method}}}"));
+        let cancelled = metric_value(&text, &format!("leadscore_grpc_requests_total{{code=\"CANCELLED\",{method}}}"));
+        let in_flight = metric_value(&text, "leadscore_grpc_requests_in_flight ");
         if exceeded == 3.0 && cancelled == 2.0 && in_flight == 0.0 {
             break;
         }

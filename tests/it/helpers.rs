@@ -413,3 +413,9 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
         .map(|v| v.field)
         .collect()
 }
+
+/// The value of the metric line that starts with `line_start` (name and
+/// labels) in a Prometheus scrape; 0 when there is none.
+pub fn metric_value(text: &str, line_start: &str) -> f64 {
+    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
+}

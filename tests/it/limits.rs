@@ -7,7 +7,7 @@ use leadscore::config::Millis;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::helpers::{RedisServer, TestApp, now_millis, record, settings, signal};
+use crate::helpers::{RedisServer, TestApp, metric_value, now_millis, record, settings, signal};
 
 #[tokio::test]
 async fn a_burst_past_the_in_flight_limit_is_shed_fast_and_no_call_outlives_its_deadline() {
@@ -95,10 +95,6 @@ async fn closed_by_server(socket: &mut tokio::net::TcpStream, within: Duration) 
             Ok(Ok(_)) => {}
         }
     }
-}
-
-fn metric_value(text: &str, line_start: &str) -> f64 {
-    text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
 
 /// Connections that never send the HTTP/2 preface are closed after

@@ -806,22 +806,23 @@ async fn a_version_names_one_content() {
     std::fs::write(&path, &first).unwrap();
     wait_for_version(&app, "2026.12.1").await;
     let same_version = with_download_points("2026.12.1", 30);
-    let checked = qualification(&app)
-        .await
-        .validate_rule_set(pb::ValidateRuleSetRequest { source: same_version.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let validate = |source: String| {
+        let app = &app;
+        async move {
+            qualification(app)
+                .await
+                .validate_rule_set(pb::ValidateRuleSetRequest { source })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let checked = validate(same_version.clone()).await;
     assert!(!checked.valid, "{checked:?}");
     assert!(checked.errors[0].message.contains("already names different rules"), "{:?}", checked.errors);
     assert_eq!(checked.errors[0].line, 5, "the version line");
     // The same file again is fine.
-    let again = qualification(&app)
-        .await
-        .validate_rule_set(pb::ValidateRuleSetRequest { source: first.clone() })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = validate(first.clone()).await;
     assert!(again.valid, "{again:?}");
 
     std::fs::write(&path, &same_version).unwrap();
