@@ -19,10 +19,11 @@ use serde::Serialize;
 
 use crate::api::pb;
 use crate::api::pb::lead_scoring_client::LeadScoringClient;
+use crate::domain::Stage;
 use crate::domain::{Clock, IngestPolicy, LeadId, SystemClock};
 use crate::rules::RuleSet;
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{LeadBatch, LeadStore};
+use crate::store::{FeedPolicy, LeadStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -225,12 +226,28 @@ impl Caller {
                         Ok(p) => p,
                         Err(e) => return Outcome::Failed(format!("{e:?}")),
                     };
-                let watch = crate::engine::inactivity_watch(rules);
-                let batches: Vec<LeadBatch> = parsed
-                    .into_iter()
-                    .map(|(lead_id, s): (LeadId, _)| LeadBatch::new(lead_id, vec![s]).watching(watch.clone()))
-                    .collect();
-                match store.record_signals(batches, now, policy).await {
+                // The service's own write path without gRPC: read the lead,
+                // compute with the scoring core, write.
+                let settings = crate::transition::Settings::new(*policy);
+                let Some((lead_id, signal)) = parsed.into_iter().next() else {
+                    return Outcome::Failed("no signal".into());
+                };
+                let lead_id: LeadId = lead_id;
+                let stored = match store.load(std::slice::from_ref(&lead_id)).await {
+                    Ok(mut s) => s.pop().flatten(),
+                    Err(e) => return Outcome::Failed(format!("{e}")),
+                };
+                let stage = if lead_id.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
+                let recorded =
+                    crate::transition::record_signals(rules, &settings, now, stored, &lead_id, stage, &[signal]);
+                let changes: Vec<_> = recorded.change.into_iter().collect();
+                let defaults = crate::config::Settings::default();
+                let feed = FeedPolicy {
+                    history_limit: defaults.stage_history_limit,
+                    retention_ms: defaults.feed_retention.0,
+                    trigger_retention_ms: defaults.trigger_retention.0,
+                };
+                match store.apply(&changes, &feed).await {
                     Ok(_) => Outcome::Ok { signals: 1 },
                     Err(e) => Outcome::Failed(format!("{e}")),
                 }
@@ -273,12 +290,6 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error>> 
             })?;
             let rules = RuleSet::parse(crate::DEFAULT_RULES).map_err(|e| format!("{e:?}"))?;
             let defaults = crate::config::Settings::default();
-            store.set_profile_spec(Arc::new(crate::store::ProfileSpec::new(
-                &rules,
-                defaults.score_history_limit,
-                defaults.score_history_age.0,
-                defaults.funnel_retention.0,
-            )));
             let policy = IngestPolicy {
                 dedupe_window_ms: defaults.dedupe_window.0,
                 retention_ms: defaults.signal_retention.0,

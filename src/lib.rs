@@ -39,6 +39,7 @@ pub mod rules;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod transition;
 
 /// The rule set shipped with leadscore (`rules/default.toml`), used when no
 /// rule file is configured.

@@ -127,17 +127,16 @@ impl Profiles for ProfilesService {
         let store = &self.state.store;
         let now = self.state.clock.now();
         let ids = std::slice::from_ref(&lead_id);
-        let (leads, history, stages) = futures::try_join!(
-            store.load_leads(ids),
-            store.score_history(&lead_id, limit, now),
-            store.stage_history(&lead_id, limit)
-        )
-        .map_err(ApiError::from)?;
-        let lead = leads
+        let max_age = self.state.profiles.history_age_ms;
+        let (leads, history) = futures::try_join!(store.load(ids), store.score_history(&lead_id, limit, now, max_age))
+            .map_err(ApiError::from)?;
+        let stored = leads
             .into_iter()
             .flatten()
             .next()
             .ok_or_else(|| ApiError::NotFound(format!("{lead_id} was never seen")))?;
+        let stages: Vec<_> = stored.stages.iter().take(limit).cloned().collect();
+        let lead = stored.lead;
         let now = self.state.clock.now();
         let m = rules.model(&model).unwrap_or_else(|| rules.primary());
         let score = m.score(&lead, now);

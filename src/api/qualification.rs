@@ -11,9 +11,11 @@ use super::error::{ApiError, Violations};
 use super::jobs::JobState;
 use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
-use crate::domain::{Cause, LeadId, LeadSnapshot, ScoreSnapshot, Stage, StageChange};
+use crate::domain::state::LeadState;
+use crate::domain::{LeadId, Stage};
+use crate::engine::SetStageError;
 use crate::rules::RuleSet;
-use crate::store::StageUpdate;
+use crate::transition::{StageRefusal, StageRequest};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The cursor that means "the end of the feed now".
@@ -34,20 +36,21 @@ impl QualificationService {
         Self { state }
     }
 
-    async fn load(&self, lead_id: &LeadId) -> Result<LeadSnapshot, ApiError> {
+    async fn load(&self, lead_id: &LeadId) -> Result<LeadState, ApiError> {
         self.state
             .store
-            .load_leads(std::slice::from_ref(lead_id))
+            .load(std::slice::from_ref(lead_id))
             .await?
             .pop()
             .flatten()
             .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))
     }
+}
 
-    async fn qualification(&self, lead: &LeadSnapshot, history_limit: u32) -> Result<pb::LeadQualification, ApiError> {
-        let history = self.state.store.stage_history(&lead.lead_id, history_limit as usize).await?;
-        Ok(qualification_to_proto(lead, &history))
-    }
+/// A lead's qualification with its newest `history_limit` stage changes.
+fn qualification(state: &LeadState, history_limit: u32) -> pb::LeadQualification {
+    let history: Vec<_> = state.stages.iter().take(history_limit as usize).cloned().collect();
+    qualification_to_proto(&state.lead, &history)
 }
 
 fn stage_changed(lead_id: &LeadId, expected: &str, current: &str) -> ApiError {
@@ -106,8 +109,7 @@ impl Qualification for QualificationService {
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
         let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit };
         let lead = self.load(&lead_id).await?;
-        let qualification = self.qualification(&lead, limit).await?;
-        Ok(Response::new(pb::GetQualificationResponse { qualification: Some(qualification) }))
+        Ok(Response::new(pb::GetQualificationResponse { qualification: Some(qualification(&lead, limit)) }))
     }
 
     #[tracing::instrument(name = "SetStage", skip_all, fields(lead_id))]
@@ -139,62 +141,44 @@ impl Qualification for QualificationService {
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
 
         let rules = self.state.rules();
-        let lead = self.load(&lead_id).await?;
-        if let Some(expected) = expected
-            && expected != lead.stage
-        {
-            return Err(stage_changed(&lead_id, expected.as_str(), lead.stage.as_str()).into());
-        }
-        let allowed = rules.manual_targets(lead.stage);
-        if !allowed.contains(&to) {
-            let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
-            return Err(ApiError::FailedPrecondition {
-                message: format!(
-                    "the rule set does not allow moving a lead from {} to {to}; allowed: {}",
-                    lead.stage,
-                    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
-                ),
-                reason: "TRANSITION_NOT_ALLOWED",
-                metadata: vec![
-                    ("from".into(), lead.stage.as_str().into()),
-                    ("to".into(), to.as_str().into()),
-                    ("allowed_targets".into(), names.join(",")),
-                ],
-            }
-            .into());
-        }
-        let now = self.state.clock.now();
-        let change = StageChange {
-            from: lead.stage,
+        let request = StageRequest {
             to,
-            cause: Cause::Manual { actor: req.actor.trim().to_owned() },
+            expected,
+            actor: req.actor.trim().to_owned(),
             reason: req.reason,
-            rule_set_version: rules.version.clone(),
-            score: ScoreSnapshot::of(&rules.primary().score(&lead, now)),
-            at: now,
             deal_amount: req.deal_amount,
         };
-        let fires = crate::engine::trigger_fires(&rules, &lead, std::slice::from_ref(&change));
-        match self
-            .state
-            .store
-            .change_stage(&lead_id, lead.stage, std::slice::from_ref(&change), &fires, &self.state.feed)
-            .await
-            .map_err(ApiError::from)?
-        {
-            StageUpdate::Applied { .. } => self.state.metrics.stage_changes(std::slice::from_ref(&change)),
-            StageUpdate::Conflict { current } => {
-                return Err(stage_changed(&lead_id, lead.stage.as_str(), current.as_str()).into());
+        let lead = match crate::engine::set_stage(&self.state, &rules, &lead_id, request).await {
+            Ok((lead, change)) => {
+                tracing::info!(lead_id = %lead_id, from = %change.from, to = %change.to, "stage set");
+                lead
             }
-            StageUpdate::NotFound => return Err(ApiError::NotFound(format!("lead '{lead_id}' was never seen")).into()),
-        }
-        tracing::info!(lead_id = %lead_id, from = %lead.stage, to = %to, "stage set");
-        // The lead is as read, in its new stage: no need to read it again.
-        let mut lead = lead;
-        lead.stage = change.to;
-        lead.stage_since = change.at;
-        let qualification = self.qualification(&lead, DEFAULT_HISTORY).await?;
-        Ok(Response::new(pb::SetStageResponse { qualification: Some(qualification) }))
+            Err(SetStageError::Store(e)) => return Err(ApiError::from(e).into()),
+            Err(SetStageError::Refused(StageRefusal::NotFound)) => {
+                return Err(ApiError::NotFound(format!("lead '{lead_id}' was never seen")).into());
+            }
+            Err(SetStageError::Refused(StageRefusal::Changed { expected, current })) => {
+                return Err(stage_changed(&lead_id, expected.as_str(), current.as_str()).into());
+            }
+            Err(SetStageError::Refused(StageRefusal::NotAllowed { from, to, allowed })) => {
+                let names: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
+                return Err(ApiError::FailedPrecondition {
+                    message: format!(
+                        "the rule set does not allow moving a lead from {from} to {to}; allowed: {}",
+                        if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+                    ),
+                    reason: "TRANSITION_NOT_ALLOWED",
+                    metadata: vec![
+                        ("from".into(), from.as_str().into()),
+                        ("to".into(), to.as_str().into()),
+                        ("allowed_targets".into(), names.join(",")),
+                    ],
+                }
+                .into());
+            }
+        };
+        let state = self.load(&lead.lead_id).await?;
+        Ok(Response::new(pb::SetStageResponse { qualification: Some(qualification(&state, DEFAULT_HISTORY)) }))
     }
 
     #[tracing::instrument(name = "ListQualificationChanges", skip_all)]

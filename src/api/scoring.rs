@@ -11,8 +11,8 @@ use super::pb::{self, lead_scoring_server::LeadScoring};
 use super::state::AppState;
 use crate::domain::ScoredSignal;
 use crate::domain::{LeadId, LeadSnapshot, Timestamp};
+use crate::engine::LeadBatch;
 use crate::rules::RuleSet;
-use crate::store::LeadBatch;
 
 pub struct ScoringService {
     state: Arc<AppState>,
@@ -49,8 +49,7 @@ impl LeadScoring for ScoringService {
         let profile = convert::lead_profile(request.into_inner().lead)?;
         tracing::Span::current().record("lead_id", profile.lead_id.as_str());
         let rules = self.state.rules();
-        let lead = self.state.store.upsert_lead(profile, self.state.clock.now()).await.map_err(ApiError::from)?;
-        let lead = crate::engine::requalify(&self.state, &rules, lead).await.map_err(ApiError::from)?;
+        let lead = crate::engine::upsert_lead(&self.state, &rules, profile).await.map_err(ApiError::from)?;
         crate::engine::accounts::check_soon(&self.state, lead.account_id.clone());
         Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
     }
@@ -76,13 +75,12 @@ impl LeadScoring for ScoringService {
 
         // One batch per lead, leads in order of first appearance; remember
         // where each signal went to answer in request order.
-        let watch = crate::engine::inactivity_watch(&rules);
         let mut batches: Vec<LeadBatch> = Vec::new();
         let mut batch_of: HashMap<LeadId, usize> = HashMap::new();
         let mut placement = Vec::with_capacity(parsed.len());
         for (lead_id, signal) in parsed {
             let b = *batch_of.entry(lead_id.clone()).or_insert_with(|| {
-                batches.push(LeadBatch::new(lead_id, Vec::new()).watching(watch.clone()));
+                batches.push(LeadBatch::new(lead_id, Vec::new()));
                 batches.len() - 1
             });
             let visitor = batches[b].lead_id.visitor().unwrap_or_default().to_owned();
@@ -102,7 +100,7 @@ impl LeadScoring for ScoringService {
             .enumerate()
             .filter_map(|(i, o)| {
                 let owner = o.merged_into.clone()?;
-                Some((i, LeadBatch::new(owner, visitor_batches.get(&o.lead.lead_id)?.clone()).watching(watch.clone())))
+                Some((i, LeadBatch::new(owner, visitor_batches.get(&o.lead.lead_id)?.clone())))
             })
             .collect();
         if !redirected.is_empty() {
@@ -130,12 +128,8 @@ impl LeadScoring for ScoringService {
                 pb::SignalResult { event_id, lead_id, status: status.into(), visitor_id }
             })
             .collect();
-        // Qualification runs on every lead the batch touched, concurrently.
-        let leads = futures::future::try_join_all(
-            outcomes.iter().map(|o| crate::engine::requalify(state, &rules, o.lead.clone())),
-        )
-        .await
-        .map_err(ApiError::from)?;
+        // Qualification ran with each lead's write.
+        let leads: Vec<_> = outcomes.into_iter().map(|o| o.lead).collect();
         let accounts: std::collections::BTreeSet<_> = leads.iter().filter_map(|l| l.account_id.clone()).collect();
         crate::engine::accounts::check_soon(state, accounts);
         let scores = leads.iter().map(|lead| score(&rules, "", lead, now)).collect::<Result<_, _>>()?;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::domain::{Clock, IngestPolicy, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore, ProfileSpec};
+use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore};
 
 /// Request-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -98,12 +98,6 @@ impl AppState {
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let profiles = ProfileLimits::default();
-        store.set_profile_spec(Arc::new(ProfileSpec::new(
-            &rules,
-            profiles.history_limit,
-            profiles.history_age_ms,
-            profiles.funnel_retention_ms,
-        )));
         metrics.set_rule_set(&rules.version);
         let mut rules = rules;
         rules.set_failure_hook(crate::metrics::rule_failure_hook(metrics.clone()));
@@ -121,7 +115,7 @@ impl AppState {
             jobs: Default::default(),
             rescore_on_reload: false,
             delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
-            commit_locks: (0..256).map(|_| tokio::sync::Mutex::new(())).collect(),
+            commit_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             stopping: tokio::sync::watch::channel(false).0,
             trigger_streams: Default::default(),
             trigger_groups: vec!["automation".to_owned()],
@@ -139,25 +133,12 @@ impl AppState {
     pub fn replace_rules(&self, mut rules: RuleSet, origin: String) {
         rules.set_failure_hook(crate::metrics::rule_failure_hook(self.metrics.clone()));
         let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
-        self.push_profile_spec(&rules);
         self.metrics.set_rule_set(&rules.version);
         *guard = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
     }
 
-    /// Sets the profile limits and tells the store.
+    /// Sets the profile limits.
     pub fn set_profile_limits(&mut self, limits: ProfileLimits) {
         self.profiles = limits;
-        let rules = self.rules();
-        self.push_profile_spec(&rules);
-    }
-
-    fn push_profile_spec(&self, rules: &RuleSet) {
-        let p = self.profiles;
-        self.store.set_profile_spec(Arc::new(ProfileSpec::new(
-            rules,
-            p.history_limit,
-            p.history_age_ms,
-            p.funnel_retention_ms,
-        )));
     }
 }

@@ -1,6 +1,6 @@
 //! Recording signals on one lead: de-duplication by `event_id`, per-UTC-day
-//! caps, and the bounded raw history. The embedded store uses this directly;
-//! `store/redis/ingest.lua` is its Redis twin.
+//! caps, and the bounded raw history. The one implementation: both stores
+//! only keep what this computes (see `crate::transition`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -39,19 +39,14 @@ pub struct IngestPolicy {
 }
 
 /// One raw signal as kept in a lead's history.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
-    #[serde(rename = "e")]
     pub event_id: String,
-    #[serde(rename = "y")]
     pub signal_type: String,
-    #[serde(rename = "t")]
     pub occurred_at_ms: i64,
-    #[serde(rename = "p", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
     /// When it was recorded: replaying the history in arrival order
     /// reproduces caps and de-duplication exactly.
-    #[serde(rename = "a")]
     pub arrived_at_ms: i64,
 }
 
@@ -65,47 +60,40 @@ impl HistoryEntry {
             arrived_at_ms: arrived_at.millis(),
         }
     }
+}
 
-    pub fn encode(&self) -> String {
-        serde_json::to_string(self).expect("a map of strings always serializes")
-    }
+/// A 64-bit fingerprint of an event id (FNV-1a): what the dedupe window
+/// remembers instead of the id itself. Stable across versions and machines.
+pub fn fingerprint(event_id: &str) -> u64 {
+    event_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// De-duplication and history state of one lead.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LeadLedger {
-    /// event id → when it was recorded.
-    seen: HashMap<String, Timestamp>,
+    /// Event-id fingerprint → when it was recorded (within the window).
+    seen: HashMap<u64, Timestamp>,
     /// Newest first.
     history: VecDeque<HistoryEntry>,
 }
 
 impl LeadLedger {
-    /// A ledger that knows these event ids were recorded (id, when).
-    pub fn with_seen(seen: impl IntoIterator<Item = (String, Timestamp)>) -> Self {
-        Self { seen: seen.into_iter().collect(), history: VecDeque::new() }
+    /// A ledger as stored: fingerprints with when they were recorded, and
+    /// the raw history newest first.
+    pub fn from_parts(seen: impl IntoIterator<Item = (u64, Timestamp)>, history: VecDeque<HistoryEntry>) -> Self {
+        Self { seen: seen.into_iter().collect(), history }
     }
 
-    /// When this event id was recorded, if it is remembered.
-    pub fn seen_at(&self, event_id: &str) -> Option<Timestamp> {
-        self.seen.get(event_id).copied()
+    /// Fingerprints remembered, with when they were recorded, oldest first.
+    pub fn seen(&self) -> Vec<(u64, Timestamp)> {
+        let mut seen: Vec<(u64, Timestamp)> = self.seen.iter().map(|(f, at)| (*f, *at)).collect();
+        seen.sort_by_key(|(f, at)| (*at, *f));
+        seen
     }
 
-    /// Remembers signals recorded elsewhere (oldest first): their ids, and
-    /// their raw entries in the bounded history.
-    pub fn remember(&mut self, entries: &[HistoryEntry], history_limit: usize) {
-        for entry in entries {
-            self.seen.insert(entry.event_id.clone(), Timestamp::from_millis(entry.arrived_at_ms));
-            if history_limit > 0 {
-                self.history.push_front(entry.clone());
-            }
-        }
-        self.history.truncate(history_limit);
-    }
-
-    /// The history entries recorded by this ledger, oldest first.
-    pub fn recorded_oldest_first(&self) -> Vec<HistoryEntry> {
-        self.history.iter().rev().cloned().collect()
+    /// Whether this event id was recorded within the window ending `now`.
+    pub fn has_seen(&self, event_id: &str, now: Timestamp, policy: &IngestPolicy) -> bool {
+        self.seen.get(&fingerprint(event_id)).is_some_and(|at| at.millis() > now.millis() - policy.dedupe_window_ms)
     }
 
     /// Records `signal` on `lead`.
@@ -118,10 +106,11 @@ impl LeadLedger {
     ) -> SignalStatus {
         let window_start = now.millis() - policy.dedupe_window_ms;
         self.seen.retain(|_, at| at.millis() > window_start);
-        if self.seen.contains_key(signal.event_id.as_str()) {
+        let print = fingerprint(signal.event_id.as_str());
+        if self.seen.contains_key(&print) {
             return SignalStatus::Duplicate;
         }
-        self.seen.insert(signal.event_id.as_str().to_owned(), now);
+        self.seen.insert(print, now);
         lead.recorded += 1;
 
         let per_day = lead.daily.entry(signal.signal_type.clone()).or_default();
@@ -151,7 +140,7 @@ impl LeadLedger {
     }
 
     /// Newest first.
-    pub fn history(&self) -> impl Iterator<Item = &HistoryEntry> {
+    pub fn history(&self) -> impl DoubleEndedIterator<Item = &HistoryEntry> + ExactSizeIterator {
         self.history.iter()
     }
 }

@@ -13,6 +13,7 @@ pub mod profiles;
 mod properties;
 pub mod qualification;
 pub mod stage;
+pub mod state;
 pub mod time;
 
 pub use decay::{Decay, ModelWeight, TypeTally};

@@ -127,6 +127,15 @@ impl Month {
         format!("{:04}{:02}", self.0.div_euclid(12), self.0.rem_euclid(12) + 1)
     }
 
+    /// The month of a `YYYYMM` key.
+    pub fn parse_key(key: &str) -> Option<Self> {
+        if key.len() != 6 || !key.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let (year, month): (i64, i64) = (key[..4].parse().ok()?, key[4..].parse().ok()?);
+        (1..=12).contains(&month).then_some(Self(year * 12 + month - 1))
+    }
+
     /// Months from `self` up to (excluding) `end`.
     pub fn until(self, end: Month) -> impl Iterator<Item = Month> {
         (self.0..end.0).map(Month)

@@ -2,11 +2,6 @@
 
 use super::*;
 
-/// The `inactive(…)` definitions whose index counted signals maintain.
-pub fn inactivity_watch(rules: &RuleSet) -> Arc<[String]> {
-    rules.inactivity_triggers().map(|(def, _)| def.id.clone()).collect()
-}
-
 /// Leads looked at per store round trip by the inactivity sweep.
 const SWEEP_PAGE: usize = 200;
 
@@ -15,6 +10,7 @@ const SWEEP_PAGE: usize = 200;
 /// once: each trigger fires once per quiet spell. Returns how many fired.
 pub async fn sweep_inactivity(state: &AppState) -> Result<u64, StoreError> {
     let rules = state.rules();
+    let settings = settings(state);
     let now = state.clock.now();
     let store = state.store.as_ref();
     let mut fired = 0;
@@ -29,20 +25,17 @@ pub async fn sweep_inactivity(state: &AppState) -> Result<u64, StoreError> {
                     break;
                 }
                 previous_first = ids.first().cloned();
-                let leads = store.load_leads(&ids).await?;
-                for (id, lead) in ids.iter().zip(leads) {
-                    // Gone, or never engaged: nothing to fire.
-                    let Some(lead) = lead else { continue };
-                    let Some(engaged_at) = lead.last_engaged_at else { continue };
-                    let fire = rules.trigger_condition_holds(def, &lead, now).then(|| {
-                        let quiet = crate::rules::format_duration(now.millis() - engaged_at.millis());
-                        let score = ScoreSnapshot::of(&rules.primary().score(&lead, now));
-                        fire(def, &lead, now, format!("no counted signal for {quiet}"), score, lead.stage)
-                    });
-                    if store.fire_inactivity(id, engaged_at, &def.id, fire.as_ref(), &state.feed).await? {
-                        fired += 1;
-                    }
-                }
+                let steps: Vec<_> = store
+                    .load(&ids)
+                    .await?
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|stored| transition::inactivity(&rules, &settings, now, stored, def, quiet_ms))
+                    .collect();
+                let changes: Vec<LeadChange> = steps.iter().map(|s| s.change.clone()).collect();
+                // A lead that changed meanwhile is left to the next sweep.
+                let written = write(state, &changes).await?;
+                fired += steps.iter().zip(written).filter(|(s, ok)| *ok && s.answer).count() as u64;
                 if ids.len() < SWEEP_PAGE {
                     break;
                 }

@@ -1,16 +1,15 @@
-//! Applying the qualification rules to stored leads: after every score or
-//! profile change, in the same request.
+//! The application layer: one module per use case. Each reads the leads it
+//! touches (one round trip), lets the scoring core (`crate::transition`)
+//! compute every change, and writes them (one round trip per request: the
+//! store groups them by partition). A write lands only if the lead is still
+//! at the version it was read at; otherwise the lead is read again and the
+//! step computed again (bounded, with jittered back-off). So a stage move
+//! is written with the score change that caused it, and fed to the CRM,
+//! exactly once.
 //!
-//! The lead is updated first (one round trip); the rules run on what the
-//! store returned; a move, when one is due, is written with a
-//! compare-and-set on the stage (a second round trip, only then). Two
-//! requests racing on one lead both see the old stage, both compute the
-//! move, and only the first write lands: the other finds the stage changed,
-//! re-reads the lead and re-evaluates from the new stage. So each move is
-//! made, and fed to the CRM, exactly once.
-//!
-//! - `rescore`    — rebuilding tallies from raw history; simulate; rescore
-//! - `ingest`     — the read-compute-commit ingest path; identifying visitors
+//! - `ingest`     — recording signals; identifying visitors
+//! - `leads`      — profile upserts and sales decisions
+//! - `rescore`    — simulate and rescore under a rule set
 //! - `inactivity` — the sweep that fires `inactive(…)` triggers
 
 use std::sync::Arc;
@@ -20,133 +19,124 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::api::jobs::{JobState, RescoreJob};
 use crate::api::{ActiveRules, AppState};
-use crate::domain::ledger::HistoryEntry;
-use crate::domain::{
-    Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, ScoredSignal,
-    SignalStatus, Stage, StageChange, Timestamp, TriggerFire, VisitorId,
-};
+use crate::domain::state::{LeadChange, LeadState};
+use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
 use crate::rules::RuleSet;
-use crate::rules::triggers::TriggerDefinition;
-use crate::store::{CommitPlan, IdentifyMark, LeadBatch, LeadOutcome, LeadStore, StageUpdate, StoreError};
+use crate::store::{Applied, StoreError};
+use crate::transition::{self, Settings};
 
 pub mod accounts;
 mod inactivity;
 mod ingest;
+mod leads;
 mod rescore;
 
-pub use inactivity::{inactivity_watch, sweep_inactivity};
-pub use ingest::{Identified, commit_ingest, identify, record_batches};
-pub use rescore::{RescoreProgress, RuleErrors, Simulation, Transition, rebuild, rescore, simulate, start_rescore};
+pub use inactivity::sweep_inactivity;
+pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
+pub use leads::{SetStageError, set_stage, upsert_lead};
+pub use rescore::{RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, start_rescore};
 
 /// Attempts before giving up on a lead that keeps changing under us.
-const MAX_ATTEMPTS: usize = 5;
+const MAX_ATTEMPTS: u32 = 8;
 
-/// The rule moves for `lead`, as stage changes stamped with the score.
-pub fn rule_changes(rules: &ActiveRules, lead: &LeadSnapshot, now: Timestamp) -> Vec<StageChange> {
-    let moves =
-        tracing::info_span!("rules.evaluate", rule_set = %rules.set.version).in_scope(|| rules.qualify(lead, now));
-    if moves.is_empty() {
-        return Vec::new();
+/// What a lead keeps, from the service's configuration.
+pub fn settings(state: &AppState) -> Settings {
+    Settings {
+        ingest: state.policy,
+        stage_history: state.feed.history_limit,
+        score_history: state.profiles.history_limit,
+        score_history_age_ms: state.profiles.history_age_ms,
+        funnel_retention_ms: state.profiles.funnel_retention_ms,
     }
-    let score = ScoreSnapshot::of(&rules.primary().score(lead, now));
-    let mut from = lead.stage;
-    moves
+}
+
+/// Waits a little before attempt `attempt` (1, 2, …): another writer won
+/// the lead; a random share of a growing delay keeps retries apart.
+async fn back_off(attempt: u32) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let ceiling_us = 500u64 << attempt.min(8);
+    tokio::time::sleep(std::time::Duration::from_micros(h.finish() % ceiling_us + 100)).await;
+}
+
+/// Serialises the writes of leads within this replica (striped by lead id),
+/// so that concurrent requests on one lead queue instead of retrying. The
+/// stripes are taken in ascending order: no deadlock.
+async fn lock_leads<'a>(
+    state: &'a AppState,
+    ids: impl IntoIterator<Item = &'a LeadId>,
+) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
+    use std::hash::{Hash, Hasher};
+    let mut stripes: Vec<usize> = ids
         .into_iter()
-        .map(|m| {
-            let reason =
-                rules.qualification.iter().find(|r| r.id == m.rule_id).map(|r| r.when.clone()).unwrap_or_default();
-            let change = StageChange {
-                from,
-                to: m.to,
-                cause: Cause::Rule { rule_id: m.rule_id },
-                reason,
-                rule_set_version: rules.version.clone(),
-                score: score.clone(),
-                at: now,
-                deal_amount: None,
-            };
-            from = m.to;
-            change
+        .map(|id| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            id.hash(&mut h);
+            (h.finish() % state.commit_locks.len() as u64) as usize
         })
-        .collect()
-}
-
-/// A trigger of `def` for `lead`, fired at `at`.
-fn fire(
-    def: &TriggerDefinition,
-    lead: &LeadSnapshot,
-    at: Timestamp,
-    reason: String,
-    score: ScoreSnapshot,
-    stage: Stage,
-) -> TriggerFire {
-    TriggerFire {
-        cooldown_ms: def.cooldown_ms,
-        trigger: FiredTrigger {
-            definition_id: def.id.clone(),
-            program: def.program.clone(),
-            lead_id: lead.lead_id.as_str().to_owned(),
-            fired_at: at,
-            reason,
-            score,
-            stage,
-        },
+        .collect();
+    stripes.sort_unstable();
+    stripes.dedup();
+    let mut guards = Vec::with_capacity(stripes.len());
+    for stripe in stripes {
+        guards.push(state.commit_locks[stripe].lock().await);
     }
+    guards
 }
 
-/// The nurture triggers each change fires: the `stage_entered` definitions
-/// of the stage it enters whose condition holds for the lead in that stage.
-pub fn trigger_fires(rules: &ActiveRules, lead: &LeadSnapshot, changes: &[StageChange]) -> Vec<Vec<TriggerFire>> {
-    changes
+/// Writes changes; counts the stage changes of those written. Returns which
+/// were written.
+async fn write(state: &AppState, changes: &[LeadChange]) -> Result<Vec<bool>, StoreError> {
+    let applied = state.store.apply(changes, &state.feed).await?;
+    Ok(changes
         .iter()
-        .map(|change| {
-            rules
-                .stage_entered_triggers(lead, change.to, change.at)
-                .into_iter()
-                .map(|def| {
-                    let reason = match &change.cause {
-                        Cause::Rule { rule_id } => format!("entered {} by rule {rule_id}", change.to),
-                        Cause::Manual { actor } => format!("entered {} set by {actor}", change.to),
-                    };
-                    fire(def, lead, change.at, reason, change.score.clone(), change.to)
-                })
-                .collect()
+        .zip(applied)
+        .map(|(change, applied)| match applied {
+            Applied::Written { .. } => {
+                state.metrics.stage_changes(&change.feed);
+                for c in &change.feed {
+                    tracing::info!(lead_id = %change.state.lead.lead_id, from = %c.from, to = %c.to, cause = ?c.cause, "stage changed");
+                }
+                true
+            }
+            Applied::Conflict => false,
         })
-        .collect()
+        .collect())
 }
 
-/// Applies whatever moves the rules make to `lead`; returns the lead as it
-/// is afterwards.
-pub async fn requalify(
+/// Reads one lead, computes its change with `step` and writes it, until it
+/// lands. `step` answers `Ok(None)` when there is nothing to write.
+async fn change_one<T>(
     state: &AppState,
-    rules: &ActiveRules,
-    mut lead: LeadSnapshot,
-) -> Result<LeadSnapshot, StoreError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let now = state.clock.now();
-        let changes = rule_changes(rules, &lead, now);
-        let Some(last) = changes.last() else { return Ok(lead) };
-        let fires = trigger_fires(rules, &lead, &changes);
-        match state.store.change_stage(&lead.lead_id, lead.stage, &changes, &fires, &state.feed).await? {
-            StageUpdate::Applied { changes: applied, .. } => {
-                state.metrics.stage_changes(&changes);
-                for c in &applied {
-                    tracing::info!(lead_id = %c.lead_id, from = %c.change.from, to = %c.change.to, cause = ?c.change.cause, "stage changed");
-                }
-                lead.stage = last.to;
-                lead.stage_since = last.at;
-                return Ok(lead);
-            }
-            StageUpdate::Conflict { .. } => {
-                // Someone else moved the lead: start again from what is stored.
-                match state.store.load_leads(std::slice::from_ref(&lead.lead_id)).await?.pop().flatten() {
-                    Some(fresh) => lead = fresh,
-                    None => return Ok(lead),
-                }
-            }
-            StageUpdate::NotFound => return Ok(lead),
+    lead_id: &LeadId,
+    mut step: impl FnMut(Option<LeadState>, Timestamp) -> Result<(Option<LeadChange>, T), StoreError>,
+) -> Result<T, StoreError> {
+    let _serialised = lock_leads(state, [lead_id]).await;
+    for attempt in 0..MAX_ATTEMPTS {
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
+        let stored = state.store.load(std::slice::from_ref(lead_id)).await?.pop().flatten();
+        let (change, answer) = step(stored, state.clock.now())?;
+        let Some(change) = change else { return Ok(answer) };
+        if write(state, std::slice::from_ref(&change)).await?[0] {
+            return Ok(answer);
         }
     }
-    tracing::warn!(lead_id = %lead.lead_id, "lead kept changing during qualification; left for its next change");
-    Ok(lead)
+    Err(kept_changing(lead_id))
+}
+
+fn kept_changing(lead_id: &LeadId) -> StoreError {
+    StoreError::Unavailable(format!("lead {lead_id} kept changing while it was written; retry"))
+}
+
+/// A lead's stage history, newest first.
+pub async fn stage_history(
+    state: &AppState,
+    lead_id: &LeadId,
+    limit: usize,
+) -> Result<Vec<crate::domain::StageChange>, StoreError> {
+    let stored = state.store.load(std::slice::from_ref(lead_id)).await?.pop().flatten();
+    Ok(stored.map(|s| s.stages.into_iter().take(limit).collect()).unwrap_or_default())
 }

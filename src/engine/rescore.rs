@@ -1,62 +1,21 @@
-//! Rebuilding tallies from raw histories: simulation and rescoring.
+//! Simulating a rule set over every stored lead, and rescoring under one.
 
 use super::*;
 
-/// The lead's tallies recomputed under `rules` by replaying its raw history
-/// in arrival order — when the history holds every signal the lead ever
-/// recorded (`history_limit` and `signal_retention` bound it). `None` when
-/// it does not: the stored tallies then stay as they were computed.
-pub fn rebuild(
-    rules: &RuleSet,
-    lead: &LeadSnapshot,
-    history: &[HistoryEntry],
-    policy: &IngestPolicy,
-) -> Option<LeadSnapshot> {
-    if history.len() as u64 != lead.recorded {
-        return None;
-    }
-    let mut fresh = lead.clone();
-    fresh.tallies.clear();
-    fresh.daily.clear();
-    fresh.recorded = 0;
-    fresh.last_engaged_at = None;
-    let mut ledger = LeadLedger::default();
-    let replay = IngestPolicy { history_limit: 0, ..*policy };
-    for entry in history.iter().rev() {
-        let (Ok(event_id), Some(def)) = (EventId::parse(entry.event_id.clone()), rules.signal_type(&entry.signal_type))
-        else {
-            // A type the rule set no longer declares counts nothing.
-            fresh.recorded += 1;
-            continue;
-        };
-        let signal = ScoredSignal {
-            event_id,
-            signal_type: entry.signal_type.clone(),
-            occurred_at: Timestamp::from_millis(entry.occurred_at_ms),
-            daily_cap: def.daily_cap,
-            weights: rules.weigh(&entry.signal_type, &entry.properties),
-            properties: entry.properties.clone(),
-        };
-        ledger.record(&mut fresh, &signal, Timestamp::from_millis(entry.arrived_at_ms), &replay);
-    }
-    Some(fresh)
-}
-
 /// Leads read per store round trip when walking all leads.
-const CHUNK: usize = 200;
+const CHUNK: usize = 500;
 
-/// Calls `visit` with every stored lead and its raw history, chunk by
-/// chunk, until it answers `false` (then returns `false`).
-async fn for_each_lead<F, Fut>(store: &dyn LeadStore, mut visit: F) -> Result<bool, StoreError>
+/// Calls `visit` with every stored lead, partition by partition, chunk by
+/// chunk (bounded memory), until it answers `false` (then returns `false`).
+async fn for_each_lead<F, Fut>(store: &dyn crate::store::LeadStore, mut visit: F) -> Result<bool, StoreError>
 where
-    F: FnMut(Vec<(LeadSnapshot, Vec<HistoryEntry>)>) -> Fut,
+    F: FnMut(Vec<LeadState>) -> Fut,
     Fut: std::future::Future<Output = Result<bool, StoreError>>,
 {
     for partition in 0..store.partitions() {
         let ids = store.lead_ids(partition).await?;
         for chunk in ids.chunks(CHUNK) {
-            let (leads, histories) = futures::try_join!(store.load_leads(chunk), store.signal_histories(chunk))?;
-            let batch = leads.into_iter().zip(histories).filter_map(|(lead, h)| lead.map(|l| (l, h))).collect();
+            let batch = store.load(chunk).await?.into_iter().flatten().collect();
             if !visit(batch).await? {
                 return Ok(false);
             }
@@ -100,9 +59,9 @@ pub struct RuleErrors {
 /// complete) and its rules run from the lead's current stage. A lead is
 /// counted once, from its stage to where the candidate's rules would leave it.
 pub async fn simulate(
-    store: &dyn LeadStore,
+    store: &dyn crate::store::LeadStore,
     candidate: &RuleSet,
-    policy: &IngestPolicy,
+    policy: &crate::domain::IngestPolicy,
     now: Timestamp,
     sample_limit: usize,
 ) -> Result<Simulation, StoreError> {
@@ -110,14 +69,14 @@ pub async fn simulate(
     let mut moves: std::collections::BTreeMap<(Stage, Stage), Transition> = std::collections::BTreeMap::new();
     let mut errors: std::collections::BTreeMap<String, RuleErrors> = std::collections::BTreeMap::new();
     for_each_lead(store, |batch| {
-        for (lead, history) in batch {
+        for stored in batch {
             result.leads_evaluated += 1;
-            let lead = match rebuild(candidate, &lead, &history, policy) {
+            let lead = match transition::rebuild(candidate, &stored, policy) {
                 Some(rebuilt) => {
                     result.leads_rebuilt += 1;
                     rebuilt
                 }
-                None => lead,
+                None => stored.lead,
             };
             let (rule_moves, failures) = candidate.qualify_reporting(&lead, now);
             let mut seen = std::collections::BTreeSet::new();
@@ -167,8 +126,9 @@ pub struct RescoreProgress {
 }
 
 /// Recomputes every stored lead under `rules`: tallies from complete raw
-/// histories (compare-and-set against signals arriving meanwhile), then
-/// qualification. Safe to run again: an up-to-date lead is neither
+/// histories, fit, cohort place and qualification, in one write per lead
+/// (compare-and-set against signals arriving meanwhile), a chunk of leads
+/// per round trip. Safe to run again: an up-to-date lead is neither
 /// rewritten nor moved. Stops between chunks once `stop` says so (a newer
 /// rule set's rescore took over); returns whether it went through.
 pub async fn rescore(
@@ -178,6 +138,7 @@ pub async fn rescore(
     stop: impl Fn() -> bool,
 ) -> Result<bool, StoreError> {
     let store = state.store.as_ref();
+    let settings = settings(state);
     let mut total = 0;
     for partition in 0..store.partitions() {
         total += store.lead_ids(partition).await?.len() as u64;
@@ -190,16 +151,38 @@ pub async fn rescore(
             if stopped {
                 return Ok(false);
             }
-            let work = batch.into_iter().map(|(lead, history)| {
+            let now = state.clock.now();
+            let mut steps = Vec::new();
+            let mut retry = Vec::new();
+            for stored in batch {
+                match transition::rescore(&rules, &settings, now, stored) {
+                    Some(step) => steps.push(step),
+                    None => {
+                        progress.processed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let changes: Vec<LeadChange> = steps.iter().map(|s| s.change.clone()).collect();
+            let written = write(state, &changes).await?;
+            for (step, ok) in steps.into_iter().zip(written) {
+                if ok {
+                    count(progress, step.answer);
+                } else {
+                    retry.push(step.change.state.lead.lead_id);
+                }
+            }
+            // Leads that changed meanwhile: one at a time, read again.
+            let work = retry.into_iter().map(|lead_id| {
                 let rules = rules.clone();
                 async move {
-                    let lead = rescore_lead(state, &rules, lead, history, progress).await?;
-                    let before = lead.stage;
-                    let after = requalify(state, &rules, lead).await?;
-                    if after.stage != before {
-                        progress.stage_changes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    progress.processed.fetch_add(1, Ordering::Relaxed);
+                    let answer = change_one(state, &lead_id, |stored, now| {
+                        Ok(match stored.and_then(|s| transition::rescore(&rules, &settings, now, s)) {
+                            Some(step) => (Some(step.change), step.answer),
+                            None => (None, transition::Rescored::default()),
+                        })
+                    })
+                    .await?;
+                    count(progress, answer);
                     Ok::<_, StoreError>(())
                 }
             });
@@ -209,59 +192,14 @@ pub async fn rescore(
     .await
 }
 
-/// Whether two leads hold the same tallies, sums compared to within floating
-/// point noise (Redis' Lua and Rust may round `2^x` differently in the last
-/// bit).
-fn same_tallies(a: &LeadSnapshot, b: &LeadSnapshot) -> bool {
-    a.daily == b.daily
-        && a.tallies.len() == b.tallies.len()
-        && a.tallies.iter().zip(&b.tallies).all(|((ta, x), (tb, y))| {
-            ta == tb
-                && x.counted == y.counted
-                && x.last_at == y.last_at
-                && x.sums.len() == y.sums.len()
-                && x.sums
-                    .iter()
-                    .zip(&y.sums)
-                    .all(|((ma, sa), (mb, sb))| ma == mb && (sa - sb).abs() <= 1e-9 * (1.0 + sa.abs().max(sb.abs())))
-        })
-}
-
-/// Rewrites one lead's tallies if its history rebuilds them differently.
-async fn rescore_lead(
-    state: &AppState,
-    rules: &ActiveRules,
-    mut lead: LeadSnapshot,
-    mut history: Vec<HistoryEntry>,
-    progress: &RescoreProgress,
-) -> Result<LeadSnapshot, StoreError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let now = state.clock.now();
-        let unchanged = match rebuild(rules, &lead, &history, &state.policy) {
-            None => true,
-            Some(rebuilt) if same_tallies(&rebuilt, &lead) => true,
-            Some(rebuilt) => {
-                if state.store.replace_tallies(&rebuilt, now).await? {
-                    progress.rebuilt.fetch_add(1, Ordering::Relaxed);
-                    return Ok(rebuilt);
-                }
-                false
-            }
-        };
-        if unchanged {
-            state.store.refresh_fit(&lead, now).await?;
-            return Ok(lead);
-        }
-        // A signal arrived meanwhile: read again.
-        let ids = std::slice::from_ref(&lead.lead_id);
-        let (mut leads, mut histories) =
-            futures::try_join!(state.store.load_leads(ids), state.store.signal_histories(ids))?;
-        match (leads.pop().flatten(), histories.pop()) {
-            (Some(l), Some(h)) => (lead, history) = (l, h),
-            _ => return Ok(lead),
-        }
+fn count(progress: &RescoreProgress, answer: transition::Rescored) {
+    if answer.rebuilt {
+        progress.rebuilt.fetch_add(1, Ordering::Relaxed);
     }
-    Ok(lead)
+    if answer.stage_changed {
+        progress.stage_changes.fetch_add(1, Ordering::Relaxed);
+    }
+    progress.processed.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Starts a background rescore under the active rule set, unless one is

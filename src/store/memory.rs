@@ -1,115 +1,15 @@
 //! Embedded store: everything in process memory, lost on exit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{
-    CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
-    ProfileSpec, StageUpdate, StoreError, StoredAccount, TriggerStats,
-};
+use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::account::AccountProfile;
-use crate::domain::ledger::HistoryEntry;
-use crate::domain::profiles::{
-    self, CohortProfile, CohortQuery, FunnelCounters, FunnelEntry, ModelScore, ScoreHistoryEntry,
-};
-use crate::domain::{AccountId, Cause, SignalStatus};
-use crate::domain::{
-    Delivery, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, QualificationChange, Stage,
-    StageChange, Timestamp, TriggerFire,
-};
-
-#[derive(Debug)]
-struct StoredLead {
-    snapshot: LeadSnapshot,
-    ledger: LeadLedger,
-    /// Newest first.
-    stages: VecDeque<StageChange>,
-    /// Inactivity definition → the engagement time it was last swept at.
-    swept: HashMap<String, Timestamp>,
-    /// Scores as of the lead's last change (what cohorts read).
-    scores: Vec<ModelScore>,
-    /// Ever reached MQL or a later sales stage.
-    reached_mql: bool,
-    /// The earliest signal's `occurred_at` and its source, channel, campaign.
-    first_touch: Option<(Timestamp, [String; 3])>,
-    /// The furthest funnel stage reached (`profiles::funnel_rank`).
-    funnel_reached: usize,
-    /// The creation entry, counted before any first touch was known: moved
-    /// under the first touch when it arrives.
-    untouched_creation: Option<(Timestamp, Stage)>,
-    /// Newest first.
-    score_history: VecDeque<ScoreHistoryEntry>,
-}
-
-impl StoredLead {
-    fn new(snapshot: LeadSnapshot) -> Self {
-        Self {
-            snapshot,
-            ledger: LeadLedger::default(),
-            stages: VecDeque::new(),
-            swept: HashMap::new(),
-            scores: Vec::new(),
-            reached_mql: false,
-            first_touch: None,
-            funnel_reached: 0,
-            untouched_creation: None,
-            score_history: VecDeque::new(),
-        }
-    }
-
-    /// After every change: the scores as of `now`, and a history entry when
-    /// the change was to the score (`cause`); with `dedupe`, not when the
-    /// scores equal the newest entry's.
-    fn touch(&mut self, spec: &ProfileSpec, now: Timestamp, cause: Option<String>, dedupe: bool) {
-        self.scores = spec.scores(&self.snapshot, now);
-        let Some(cause) = cause else { return };
-        if spec.history_limit == 0 || (dedupe && self.score_history.front().is_some_and(|e| e.scores == self.scores)) {
-            return;
-        }
-        self.score_history.push_front(ScoreHistoryEntry { at: now, cause, scores: self.scores.clone() });
-        self.score_history.truncate(spec.history_limit);
-        while self.score_history.back().is_some_and(|e| e.at.millis() < now.millis() - spec.history_age_ms) {
-            self.score_history.pop_back();
-        }
-    }
-
-    /// The funnel entry of the lead entering `stage` at `at`.
-    fn enter(&mut self, funnel: &mut BTreeMap<i64, HashMap<String, f64>>, change: &StageChange) {
-        if profiles::QUALIFIED_STAGES.contains(&change.to) {
-            self.reached_mql = true;
-        }
-        let passed = profiles::newly_passed(self.funnel_reached, change.to);
-        self.funnel_reached = self.funnel_reached.max(profiles::funnel_rank(change.to));
-        let entry = FunnelEntry {
-            passed,
-            stage: change.to,
-            since_created_ms: change.at.millis() - self.snapshot.created_at.millis(),
-            reopened: change.from == Stage::Recycled && matches!(change.cause, Cause::Rule { .. }),
-            deal_amount: change.deal_amount,
-        };
-        let groups = profiles::funnel_groups(self.first_touch.as_ref().map(|f| &f.1));
-        count_entry(funnel, &groups, &entry, change.at, 1.0);
-    }
-}
-
-/// Adds (`sign` 1) or takes back (-1) an entry's counters for some groups on
-/// the day of `at` (profile.lua's `p_count`).
-fn count_entry(
-    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
-    groups: &[String],
-    entry: &FunnelEntry,
-    at: Timestamp,
-    sign: f64,
-) {
-    let day = funnel.entry(at.utc_day()).or_default();
-    for group in groups {
-        for (field, by) in entry.increments(group) {
-            *day.entry(field).or_default() += sign * by;
-        }
-    }
-}
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month, SEP, ScoreHistoryEntry};
+use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
+use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, Stage, StageChange, Timestamp};
 
 #[derive(Debug, Default)]
 struct StoredAccountData {
@@ -120,7 +20,13 @@ struct StoredAccountData {
 
 #[derive(Debug, Default)]
 struct Data {
-    leads: HashMap<LeadId, StoredLead>,
+    leads: HashMap<LeadId, LeadState>,
+    /// The partition's lead index: lead id → created_at.
+    index: BTreeMap<LeadId, Timestamp>,
+    /// Inactivity definition → lead id → last engagement.
+    inactive: HashMap<String, HashMap<LeadId, Timestamp>>,
+    /// Newest first.
+    score_histories: HashMap<LeadId, VecDeque<ScoreHistoryEntry>>,
     /// The change feed; a cursor is `m<number of changes consumed>`.
     feed: Vec<(LeadId, StageChange)>,
     /// Fired triggers; a trigger's id is `t<index>`.
@@ -131,13 +37,75 @@ struct Data {
     groups: HashMap<String, Group>,
     /// UTC day → funnel counter fields (see `FunnelEntry::increments`).
     funnel: BTreeMap<i64, HashMap<String, f64>>,
+    /// Cohort month → counter fields.
+    cohort_counts: BTreeMap<Month, HashMap<String, i64>>,
+    /// (month, model, group) → lead id → score.
+    cohort_scores: HashMap<(Month, String, String), HashMap<LeadId, f64>>,
     accounts: HashMap<AccountId, StoredAccountData>,
-    spec: Option<Arc<ProfileSpec>>,
 }
 
 impl Data {
-    fn spec(&self) -> Arc<ProfileSpec> {
-        self.spec.clone().unwrap_or_else(|| super::spec::default_spec().clone())
+    /// Writes one change if the lead is at the expected version.
+    fn apply(&mut self, change: &LeadChange) -> Applied {
+        let id = &change.state.lead.lead_id;
+        let version = self.leads.get(id).map_or(0, |l| l.version);
+        if version != change.expected_version {
+            return Applied::Conflict;
+        }
+        self.leads.insert(id.clone(), change.state.clone());
+        let mut feed_ids = Vec::new();
+        for c in &change.feed {
+            self.feed.push((id.clone(), c.clone()));
+            feed_ids.push(cursor(self.feed.len()));
+        }
+        let mut trigger_ids = Vec::new();
+        for t in &change.triggers {
+            self.triggers.push(t.clone());
+            trigger_ids.push(format!("t{}", self.triggers.len() - 1));
+        }
+        if let Some(log) = &change.score_log {
+            let history = self.score_histories.entry(id.clone()).or_default();
+            history.push_front(log.entry.clone());
+            history.truncate(log.keep);
+        }
+        for delta in &change.aggregates {
+            match delta {
+                AggregateDelta::Funnel { day, field, by, .. } => {
+                    *self.funnel.entry(*day).or_default().entry(field.clone()).or_default() += by;
+                }
+                AggregateDelta::CohortCount { month, field, by } => {
+                    *self.cohort_counts.entry(*month).or_default().entry(field.clone()).or_default() += by;
+                }
+                AggregateDelta::CohortScore { month, model, group, score } => {
+                    let scores = self.cohort_scores.entry((*month, model.clone(), group.clone())).or_default();
+                    match score {
+                        Some(score) => scores.insert(id.clone(), *score),
+                        None => scores.remove(id),
+                    };
+                }
+            }
+        }
+        if let Some(at) = change.indexed_at {
+            self.index.insert(id.clone(), at);
+        }
+        for (definition, at) in &change.inactivity {
+            let index = self.inactive.entry(definition.clone()).or_default();
+            match at {
+                Some(at) => index.insert(id.clone(), *at),
+                None => index.remove(id),
+            };
+        }
+        if let Some((left, joined)) = &change.account {
+            if let Some(left) = left.as_ref().filter(|l| Some(*l) != joined.as_ref())
+                && let Some(account) = self.accounts.get_mut(left)
+            {
+                account.leads.remove(id);
+            }
+            if let Some(joined) = joined {
+                self.accounts.entry(joined.clone()).or_default().leads.insert(id.clone());
+            }
+        }
+        Applied::Written { feed_ids, trigger_ids }
     }
 }
 
@@ -180,117 +148,6 @@ impl MemoryStore {
     }
 }
 
-/// The lead, created (and counted as entering its first stage at
-/// `created_at`, `now` if unknown) if new.
-fn entry<'a>(
-    leads: &'a mut HashMap<LeadId, StoredLead>,
-    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
-    id: &LeadId,
-    now: Timestamp,
-    initial_stage: Stage,
-    first_touch: Option<(Timestamp, [String; 3])>,
-    created_at: Option<Timestamp>,
-) -> &'a mut StoredLead {
-    leads.entry(id.clone()).or_insert_with(|| {
-        let mut snapshot = LeadSnapshot::new(id.clone(), now);
-        snapshot.stage = initial_stage;
-        let mut lead = StoredLead::new(snapshot);
-        lead.first_touch = first_touch;
-        let at = created_at.unwrap_or(now);
-        let groups = profiles::funnel_groups(lead.first_touch.as_ref().map(|f| &f.1));
-        count_entry(funnel, &groups, &creation_entry(initial_stage), at, 1.0);
-        lead.funnel_reached = profiles::funnel_rank(initial_stage);
-        if lead.first_touch.is_none() {
-            lead.untouched_creation = Some((at, initial_stage));
-        }
-        lead
-    })
-}
-
-fn creation_entry(stage: Stage) -> FunnelEntry {
-    FunnelEntry {
-        passed: profiles::newly_passed(0, stage),
-        stage,
-        since_created_ms: 0,
-        reopened: false,
-        deal_amount: None,
-    }
-}
-
-/// Takes the candidate as the lead's first touch if it is earlier, moving a
-/// creation entry counted before any touch under it.
-fn earlier_touch(
-    lead: &mut StoredLead,
-    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
-    candidate: Option<(Timestamp, [String; 3])>,
-) {
-    let Some(candidate) = candidate else { return };
-    if lead.first_touch.as_ref().is_some_and(|(at, _)| candidate.0 >= *at) {
-        return;
-    }
-    let first = lead.first_touch.is_none();
-    lead.first_touch = Some(candidate);
-    if let (true, Some((at, stage))) = (first, lead.untouched_creation.take()) {
-        // All leads' group ("*", first) stays; the first-touch groups move.
-        let entry = creation_entry(stage);
-        let untouched = profiles::funnel_groups(None);
-        let touched = profiles::funnel_groups(lead.first_touch.as_ref().map(|t| &t.1));
-        count_entry(funnel, &untouched[1..], &entry, at, -1.0);
-        count_entry(funnel, &touched[1..], &entry, at, 1.0);
-    }
-}
-
-/// Moves the lead through `changes`, firing their triggers (cooldowns
-/// permitting) and recording each change in its history and the feed.
-#[allow(clippy::too_many_arguments)]
-fn apply_changes(
-    lead: &mut StoredLead,
-    lead_id: &LeadId,
-    feed: &mut Vec<(LeadId, StageChange)>,
-    triggers: &mut Vec<FiredTrigger>,
-    funnel: &mut BTreeMap<i64, HashMap<String, f64>>,
-    changes: &[StageChange],
-    fires: &[Vec<TriggerFire>],
-    history_limit: usize,
-) -> (Vec<QualificationChange>, Vec<String>) {
-    let mut applied = Vec::with_capacity(changes.len());
-    let mut fired = Vec::new();
-    for (i, change) in changes.iter().enumerate() {
-        for fire in fires.get(i).map_or(&[][..], Vec::as_slice) {
-            fired.extend(fire_unless_cooling(lead, triggers, fire, change.at));
-        }
-        lead.snapshot.stage = change.to;
-        lead.snapshot.stage_since = change.at;
-        lead.enter(funnel, change);
-        lead.stages.push_front(change.clone());
-        feed.push((lead_id.clone(), change.clone()));
-        applied.push(QualificationChange {
-            lead_id: lead_id.clone(),
-            change: change.clone(),
-            id: cursor(feed.len()),
-            cursor: cursor(feed.len()),
-        });
-    }
-    lead.stages.truncate(history_limit);
-    (applied, fired)
-}
-
-/// Fires `fire` unless its cooldown for the lead still runs at `at`.
-fn fire_unless_cooling(
-    lead: &mut StoredLead,
-    triggers: &mut Vec<FiredTrigger>,
-    fire: &TriggerFire,
-    at: Timestamp,
-) -> Option<String> {
-    let last = lead.snapshot.trigger_fired.get(&fire.trigger.definition_id);
-    if last.is_some_and(|last| at.millis() - last.millis() < fire.cooldown_ms) {
-        return None;
-    }
-    lead.snapshot.trigger_fired.insert(fire.trigger.definition_id.clone(), at);
-    triggers.push(fire.trigger.clone());
-    Some(format!("t{}", triggers.len() - 1))
-}
-
 fn cursor(position: usize) -> String {
     format!("m{position}")
 }
@@ -305,112 +162,14 @@ impl LeadStore for MemoryStore {
         Ok(())
     }
 
-    async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
-        let mut data = self.data();
-        let spec = data.spec();
-        let Data { leads, funnel, accounts, .. } = &mut *data;
-        let lead = entry(leads, funnel, &profile.lead_id.clone(), now, Stage::Lead, None, profile.created_at);
-        let previous = lead.snapshot.account_id.clone();
-        lead.snapshot.apply_profile(profile);
-        lead.touch(&spec, now, Some("profile".into()), true);
-        let lead_id = lead.snapshot.lead_id.clone();
-        if let Some(previous) = previous.filter(|p| Some(p) != lead.snapshot.account_id.as_ref())
-            && let Some(account) = accounts.get_mut(&previous)
-        {
-            account.leads.remove(&lead_id);
-        }
-        if let Some(account) = &lead.snapshot.account_id {
-            accounts.entry(account.clone()).or_default().leads.insert(lead_id);
-        }
-        Ok(lead.snapshot.clone())
-    }
-
-    async fn record_signals(
-        &self,
-        batches: Vec<LeadBatch>,
-        now: Timestamp,
-        policy: &IngestPolicy,
-    ) -> Result<Vec<LeadOutcome>, StoreError> {
-        let mut data = self.data();
-        let spec = data.spec();
-        let Data { leads, funnel, .. } = &mut *data;
-        Ok(batches
-            .into_iter()
-            .map(|batch| {
-                if let Some(lead) = leads.get(&batch.lead_id)
-                    && let Some(owner) = lead.snapshot.merged_into.clone()
-                {
-                    return LeadOutcome { statuses: Vec::new(), lead: lead.snapshot.clone(), merged_into: Some(owner) };
-                }
-                let touch = profiles::earliest_touch(batch.signals.iter().map(|s| (s.occurred_at, &s.properties)));
-                let lead = entry(leads, funnel, &batch.lead_id, now, batch.initial_stage, touch.clone(), None);
-                let statuses: Vec<SignalStatus> =
-                    batch.signals.iter().map(|s| lead.ledger.record(&mut lead.snapshot, s, now, policy)).collect();
-                let recorded: Vec<(Timestamp, &BTreeMap<String, String>)> = batch
-                    .signals
-                    .iter()
-                    .zip(&statuses)
-                    .filter(|(_, st)| **st != SignalStatus::Duplicate)
-                    .map(|(s, _)| (s.occurred_at, &s.properties))
-                    .collect();
-                earlier_touch(lead, funnel, profiles::earliest_touch(recorded));
-                let counted: Vec<&str> = batch
-                    .signals
-                    .iter()
-                    .zip(&statuses)
-                    .filter(|(_, st)| **st == SignalStatus::Accepted)
-                    .map(|(s, _)| s.signal_type.as_str())
-                    .collect();
-                let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted));
-                lead.touch(&spec, now, cause, false);
-                LeadOutcome { statuses, lead: lead.snapshot.clone(), merged_into: None }
-            })
-            .collect())
-    }
-
-    async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
+    async fn load(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadState>>, StoreError> {
         let data = self.data();
-        Ok(ids.iter().map(|id| data.leads.get(id).map(|l| l.snapshot.clone())).collect())
+        Ok(ids.iter().map(|id| data.leads.get(id).cloned()).collect())
     }
 
-    async fn change_stage(
-        &self,
-        lead_id: &LeadId,
-        expected: Stage,
-        changes: &[StageChange],
-        fires: &[Vec<TriggerFire>],
-        policy: &FeedPolicy,
-    ) -> Result<StageUpdate, StoreError> {
+    async fn apply(&self, changes: &[LeadChange], _feed: &FeedPolicy) -> Result<Vec<Applied>, StoreError> {
         let mut data = self.data();
-        let spec = data.spec();
-        let Data { leads, feed, triggers, funnel, .. } = &mut *data;
-        let Some(lead) = leads.get_mut(lead_id) else { return Ok(StageUpdate::NotFound) };
-        if lead.snapshot.stage != expected {
-            return Ok(StageUpdate::Conflict { current: lead.snapshot.stage });
-        }
-        let (applied, fired) =
-            apply_changes(lead, lead_id, feed, triggers, funnel, changes, fires, policy.history_limit);
-        if let Some(last) = changes.last() {
-            lead.touch(&spec, last.at, None, false);
-        }
-        Ok(StageUpdate::Applied { changes: applied, triggers: fired })
-    }
-
-    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError> {
-        let mut data = self.data();
-        let Some(subject) = data.leads.get_mut(visitor) else { return Ok(IdentifyMark::NotFound) };
-        match &subject.snapshot.merged_into {
-            Some(owner) if owner != lead => Ok(IdentifyMark::AlreadyIdentified(owner.clone())),
-            _ => {
-                subject.snapshot.merged_into = Some(lead.clone());
-                Ok(IdentifyMark::Marked)
-            }
-        }
-    }
-
-    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {
-        let data = self.data();
-        Ok(data.leads.get(lead_id).map(|l| l.stages.iter().take(limit).cloned().collect()).unwrap_or_default())
+        Ok(changes.iter().map(|c| data.apply(c)).collect())
     }
 
     async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
@@ -441,96 +200,15 @@ impl LeadStore for MemoryStore {
         Ok(cursor(self.data().feed.len()))
     }
 
-    async fn read_for_commit(
-        &self,
-        lead_id: &LeadId,
-        event_ids: &[String],
-        seen_since: Timestamp,
-    ) -> Result<CommitRead, StoreError> {
-        let data = self.data();
-        let Some(stored) = data.leads.get(lead_id) else { return Ok(CommitRead { lead: None, seen: Vec::new() }) };
-        let seen = event_ids
-            .iter()
-            .filter_map(|id| stored.ledger.seen_at(id).filter(|at| *at > seen_since).map(|at| (id.clone(), at)))
-            .collect();
-        Ok(CommitRead { lead: Some(stored.snapshot.clone()), seen })
-    }
-
-    async fn commit(
-        &self,
-        plan: &CommitPlan,
-        policy: &IngestPolicy,
-        feed_policy: &FeedPolicy,
-    ) -> Result<bool, StoreError> {
-        let mut data = self.data();
-        let spec = data.spec();
-        let Data { leads, feed, triggers, funnel, .. } = &mut *data;
-        let id = &plan.lead.lead_id;
-        let current = leads.get(id).map(|l| (l.snapshot.recorded, l.snapshot.stage, l.snapshot.merged_into.is_some()));
-        match (plan.expected, current) {
-            (None, None) => {}
-            (Some(expected), Some((recorded, stage, false))) if expected == (recorded, stage) => {}
-            _ => return Ok(false),
-        }
-        let touch = profiles::earliest_touch(
-            plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)),
-        );
-        let lead = entry(leads, funnel, id, plan.now, plan.initial_stage, touch.clone(), None);
-        earlier_touch(lead, funnel, touch);
-        lead.snapshot.tallies = plan.lead.tallies.clone();
-        lead.snapshot.daily = plan.lead.daily.clone();
-        lead.snapshot.recorded = plan.lead.recorded;
-        lead.snapshot.last_engaged_at = plan.lead.last_engaged_at;
-        lead.ledger.remember(&plan.history, policy.history_limit);
-        for fire in &plan.fires {
-            fire_unless_cooling(lead, triggers, fire, plan.now);
-        }
-        apply_changes(lead, id, feed, triggers, funnel, &plan.changes, &plan.change_fires, feed_policy.history_limit);
-        lead.touch(&spec, plan.now, plan.score_cause.clone(), false);
-        Ok(true)
-    }
-
     fn partitions(&self) -> u32 {
         1
     }
 
     async fn lead_ids(&self, _partition: u32) -> Result<Vec<LeadId>, StoreError> {
-        let mut ids: Vec<LeadId> = self.data().leads.keys().cloned().collect();
-        ids.sort();
-        Ok(ids)
-    }
-
-    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError> {
         let data = self.data();
-        Ok(ids
-            .iter()
-            .map(|id| data.leads.get(id).map(|l| l.ledger.history().cloned().collect()).unwrap_or_default())
-            .collect())
-    }
-
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError> {
-        let mut data = self.data();
-        let spec = data.spec();
-        let Some(lead) = data.leads.get_mut(&rebuilt.lead_id) else { return Ok(false) };
-        if lead.snapshot.recorded != rebuilt.recorded {
-            return Ok(false);
-        }
-        lead.snapshot.tallies = rebuilt.tallies.clone();
-        lead.snapshot.daily = rebuilt.daily.clone();
-        lead.snapshot.last_engaged_at = rebuilt.last_engaged_at;
-        lead.touch(&spec, now, Some(format!("rescore:{}", spec.version)), true);
-        Ok(true)
-    }
-
-    async fn refresh_fit(&self, current: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
-        let mut data = self.data();
-        let spec = data.spec();
-        let Some(lead) = data.leads.get_mut(&current.lead_id) else { return Ok(()) };
-        let fits = spec.fits(&lead.snapshot.attributes);
-        let changed = fits.len() != lead.scores.len()
-            || fits.iter().zip(&lead.scores).any(|((model, fit), s)| *model != s.model || *fit != s.fit);
-        lead.touch(&spec, now, changed.then(|| format!("rescore:{}", spec.version)), true);
-        Ok(())
+        let mut ids: Vec<(Timestamp, LeadId)> = data.index.iter().map(|(id, at)| (*at, id.clone())).collect();
+        ids.sort();
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
 
     async fn deliver_triggers(
@@ -616,42 +294,11 @@ impl LeadStore for MemoryStore {
         limit: usize,
     ) -> Result<Vec<LeadId>, StoreError> {
         let data = self.data();
-        let mut due: Vec<(Timestamp, LeadId)> = data
-            .leads
-            .values()
-            .filter_map(|l| {
-                let engaged = l.snapshot.last_engaged_at.filter(|at| *at <= before)?;
-                (l.swept.get(definition) != Some(&engaged)).then(|| (engaged, l.snapshot.lead_id.clone()))
-            })
-            .collect();
+        let Some(index) = data.inactive.get(definition) else { return Ok(Vec::new()) };
+        let mut due: Vec<(Timestamp, LeadId)> =
+            index.iter().filter(|(_, at)| **at <= before).map(|(id, at)| (*at, id.clone())).collect();
         due.sort();
         Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
-    }
-
-    async fn fire_inactivity(
-        &self,
-        lead_id: &LeadId,
-        engaged_at: Timestamp,
-        definition: &str,
-        fire: Option<&TriggerFire>,
-        _policy: &FeedPolicy,
-    ) -> Result<bool, StoreError> {
-        let mut data = self.data();
-        let Data { leads, triggers, .. } = &mut *data;
-        let Some(lead) = leads.get_mut(lead_id) else { return Ok(false) };
-        if lead.snapshot.last_engaged_at != Some(engaged_at) {
-            return Ok(false);
-        }
-        lead.swept.insert(definition.to_owned(), engaged_at);
-        let Some(fire) = fire else { return Ok(false) };
-        let due = lead.snapshot.trigger_fired.get(definition).is_none_or(|last| {
-            *last < engaged_at && fire.trigger.fired_at.millis() - last.millis() >= fire.cooldown_ms
-        });
-        if due {
-            lead.snapshot.trigger_fired.insert(definition.to_owned(), fire.trigger.fired_at);
-            triggers.push(fire.trigger.clone());
-        }
-        Ok(due)
     }
 
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
@@ -684,10 +331,6 @@ impl LeadStore for MemoryStore {
         Ok(replayed)
     }
 
-    fn set_profile_spec(&self, spec: Arc<ProfileSpec>) {
-        self.data().spec = Some(spec);
-    }
-
     async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
         let mut data = self.data();
         match data.rule_set_versions.get(version) {
@@ -708,33 +351,42 @@ impl LeadStore for MemoryStore {
         lead_id: &LeadId,
         limit: usize,
         now: Timestamp,
+        max_age_ms: i64,
     ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
         let data = self.data();
-        let oldest = now.millis() - data.spec().history_age_ms;
+        let oldest = now.millis() - max_age_ms;
         Ok(data
-            .leads
+            .score_histories
             .get(lead_id)
-            .map(|l| l.score_history.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect())
+            .map(|h| h.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect())
             .unwrap_or_default())
     }
 
-    /// O(all leads): the embedded store scans; the Redis store reads its
-    /// aggregates instead.
+    /// From the same aggregates the Redis store keeps: the scores of the
+    /// cohort's months, and their stage counters.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
         let data = self.data();
-        let (from, to) = (query.from.start(), query.to.start());
-        let leads = data.leads.values().filter(|l| {
-            let s = &l.snapshot;
-            s.lead_id.visitor().is_none()
-                && s.merged_into.is_none()
-                && (from..to).contains(&s.created_at)
-                && query.filter.as_ref().is_none_or(|(name, value)| s.attributes.get(name) == Some(value))
-        });
-        let rows = leads.filter_map(|l| {
-            let score = l.scores.iter().find(|m| m.model == query.model)?;
-            Some((score.total(), l.snapshot.stage, l.reached_mql))
-        });
-        Ok(CohortProfile::from_leads(rows, query.buckets))
+        let group = query.group();
+        let mut scores = Vec::new();
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for month in query.from.until(query.to) {
+            if let Some(s) = data.cohort_scores.get(&(month, query.model.clone(), group.clone())) {
+                scores.extend(s.values().copied());
+            }
+            for (field, n) in data.cohort_counts.get(&month).into_iter().flatten() {
+                *counts.entry(field.as_str()).or_default() += n;
+            }
+        }
+        let mut profile = CohortProfile::from_leads(scores.into_iter().map(|s| (s, Stage::Lead, false)), query.buckets);
+        profile.by_stage.clear();
+        for stage in Stage::ALL {
+            let n = counts.get(format!("{group}{SEP}{}", stage.as_str()).as_str()).copied().unwrap_or(0);
+            if n > 0 {
+                profile.by_stage.insert(stage, n as u64);
+            }
+        }
+        profile.reached_mql = counts.get(format!("{group}{SEP}q").as_str()).copied().unwrap_or(0).max(0) as u64;
+        Ok(profile)
     }
 
     async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError> {

@@ -4,23 +4,18 @@
 
 mod memory;
 pub mod redis;
-mod spec;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryStore;
-pub use spec::ProfileSpec;
 
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
-use crate::domain::{
-    Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, ScoredSignal, SignalStatus, Stage,
-    StageChange, Timestamp, TriggerFire,
-};
+use crate::domain::state::{LeadChange, LeadState};
+use crate::domain::{Delivery, LeadId, LeadSnapshot, QualificationChange, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,20 +34,15 @@ pub enum StoreError {
     Internal(String),
 }
 
-/// What an attempt to change a lead's stage did.
+/// What writing one lead's change did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StageUpdate {
-    /// Applied; the changes as the feed holds them, in order, and the ids
-    /// of the triggers fired.
-    Applied {
-        changes: Vec<QualificationChange>,
-        triggers: Vec<String>,
-    },
-    /// The lead was no longer in the expected stage; nothing was written.
-    Conflict {
-        current: Stage,
-    },
-    NotFound,
+pub enum Applied {
+    /// Written; the ids the feed and the trigger stream gave the change's
+    /// entries, in order.
+    Written { feed_ids: Vec<String>, trigger_ids: Vec<String> },
+    /// The lead was no longer at the version it was read at: nothing of
+    /// this change was written.
+    Conflict,
 }
 
 /// How long stage history and the change feed are kept.
@@ -64,43 +54,6 @@ pub struct FeedPolicy {
     pub retention_ms: i64,
     /// Triggers older than this may be trimmed from the trigger stream.
     pub trigger_retention_ms: i64,
-}
-
-/// A lead as read for the read-compute-commit ingest path.
-#[derive(Debug, Clone)]
-pub struct CommitRead {
-    /// `None`: never seen.
-    pub lead: Option<LeadSnapshot>,
-    /// The batch's event ids already recorded within the dedupe window,
-    /// with when they were recorded.
-    pub seen: Vec<(String, Timestamp)>,
-}
-
-/// Everything a batch of signals does to one lead, computed outside the
-/// store, written in one atomic step if the lead is still as it was read.
-#[derive(Debug, Clone)]
-pub struct CommitPlan {
-    /// The lead afterwards: its tallies, day counters, recorded count and
-    /// last engagement are written.
-    pub lead: LeadSnapshot,
-    /// `None` when the lead is new (it must still not exist); otherwise
-    /// the (recorded count, stage) it was read with.
-    pub expected: Option<(u64, Stage)>,
-    pub initial_stage: Stage,
-    /// Newly recorded signals, oldest first.
-    pub history: Vec<HistoryEntry>,
-    /// Whether a counted signal arrived (the inactivity indexes move).
-    pub engaged: bool,
-    pub watch_inactivity: std::sync::Arc<[String]>,
-    /// Triggers the signals fire (cooldowns checked when written).
-    pub fires: Vec<TriggerFire>,
-    /// Stage changes the rules make, and the triggers each fires.
-    pub changes: Vec<StageChange>,
-    pub change_fires: Vec<Vec<TriggerFire>>,
-    pub now: Timestamp,
-    /// The score history entry's cause when counted signals changed the
-    /// score (`None`: they did not).
-    pub score_cause: Option<String>,
 }
 
 /// How triggers are redelivered.
@@ -139,53 +92,6 @@ pub struct FeedPage {
     pub next_cursor: String,
 }
 
-/// Signals for one lead, in arrival order.
-#[derive(Debug, Clone)]
-pub struct LeadBatch {
-    pub lead_id: LeadId,
-    pub signals: Vec<ScoredSignal>,
-    /// The stage the lead gets if this batch creates it.
-    pub initial_stage: Stage,
-    /// `inactive(…)` trigger definitions whose index a counted signal
-    /// (re)enters the lead in.
-    pub watch_inactivity: std::sync::Arc<[String]>,
-}
-
-impl LeadBatch {
-    /// A batch for `lead_id`, which starts as `ANONYMOUS` if it is a visitor
-    /// and as `LEAD` otherwise.
-    pub fn new(lead_id: LeadId, signals: Vec<ScoredSignal>) -> Self {
-        let initial_stage = if lead_id.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
-        Self { lead_id, signals, initial_stage, watch_inactivity: std::sync::Arc::from(Vec::new()) }
-    }
-
-    pub fn watching(mut self, definitions: std::sync::Arc<[String]>) -> Self {
-        self.watch_inactivity = definitions;
-        self
-    }
-}
-
-/// What recording a `LeadBatch` did, and the lead afterwards.
-#[derive(Debug, Clone)]
-pub struct LeadOutcome {
-    /// One per signal of the batch, in order.
-    pub statuses: Vec<SignalStatus>,
-    pub lead: LeadSnapshot,
-    /// The batch was for a visitor already identified as this lead: nothing
-    /// was written, and the signals belong to that lead.
-    pub merged_into: Option<LeadId>,
-}
-
-/// What marking a visitor as identified did.
-#[derive(Debug, Clone, PartialEq)]
-pub enum IdentifyMark {
-    /// Marked (or already marked as this lead): its signals now go there.
-    Marked,
-    /// The visitor was identified as another lead before.
-    AlreadyIdentified(LeadId),
-    NotFound,
-}
-
 /// An account as stored: its profile (if upserted), its leads and whether
 /// it qualified.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,43 +113,21 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Succeeds when the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Creates the lead or replaces its profile; returns the stored lead.
-    async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError>;
+    /// The leads' stored states, in the order asked; `None` for a lead
+    /// never written. One round trip, whatever the number of leads.
+    async fn load(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadState>>, StoreError>;
 
-    /// Records each batch atomically per lead (a lead never shows half a
-    /// batch). Leads are independent: a failure part-way may leave some
-    /// leads recorded, and replaying the call is safe (duplicates are
-    /// recognised by `event_id`). Creates leads never seen before.
-    async fn record_signals(
-        &self,
-        batches: Vec<LeadBatch>,
-        now: Timestamp,
-        policy: &IngestPolicy,
-    ) -> Result<Vec<LeadOutcome>, StoreError>;
+    /// Writes each change — the lead's new state, its feed and trigger
+    /// entries, its score history entry, its aggregate deltas and index
+    /// moves — atomically per lead, if the lead is still at the version it
+    /// was read at (`Applied::Conflict` otherwise, nothing of it written).
+    /// Leads are independent; changes of one partition go in one step.
+    async fn apply(&self, changes: &[LeadChange], feed: &FeedPolicy) -> Result<Vec<Applied>, StoreError>;
 
     /// The leads, in the order asked; `None` for a lead never seen.
-    async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError>;
-
-    /// Moves the lead through `changes` (in order) if its stage is still
-    /// `expected`, recording each in its stage history and in the change
-    /// feed, and firing each change's triggers (`fires[i]` for `changes[i]`;
-    /// one whose cooldown for this lead still runs is skipped) — all
-    /// atomically. Otherwise writes nothing.
-    async fn change_stage(
-        &self,
-        lead_id: &LeadId,
-        expected: Stage,
-        changes: &[StageChange],
-        fires: &[Vec<TriggerFire>],
-        policy: &FeedPolicy,
-    ) -> Result<StageUpdate, StoreError>;
-
-    /// Marks the visitor subject as identified as `lead`: from then on its
-    /// signals are refused with `merged_into` (see `LeadOutcome`).
-    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError>;
-
-    /// The lead's stage changes, newest first.
-    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError>;
+    async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
+        Ok(self.load(ids).await?.into_iter().map(|s| s.map(|s| s.lead)).collect())
+    }
 
     /// Changes after `cursor` (empty: from the oldest kept), at most `limit`.
     async fn list_changes(&self, cursor: &str, limit: usize) -> Result<FeedPage, StoreError>;
@@ -288,8 +172,8 @@ pub trait LeadStore: Send + Sync + 'static {
     /// Counts for a consumer group (metrics).
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError>;
 
-    /// Leads of a partition, engaged last before `before`, that have not had
-    /// the inactivity trigger `definition` since (at most `limit`).
+    /// Leads of a partition listed under the inactivity trigger
+    /// `definition`, engaged last at or before `before` (at most `limit`).
     async fn inactive_leads(
         &self,
         definition: &str,
@@ -298,56 +182,11 @@ pub trait LeadStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<LeadId>, StoreError>;
 
-    /// Fires an inactivity trigger (`fire`; `None` when its condition did
-    /// not hold) if the lead is still as it was read: no counted signal
-    /// since `engaged_at`, the trigger not fired since, its cooldown over.
-    /// Either way the lead leaves the definition's index until its next
-    /// counted signal. Returns whether it fired.
-    async fn fire_inactivity(
-        &self,
-        lead_id: &LeadId,
-        engaged_at: Timestamp,
-        definition: &str,
-        fire: Option<&TriggerFire>,
-        policy: &FeedPolicy,
-    ) -> Result<bool, StoreError>;
-
-    /// Reads a lead and which of `event_ids` it recorded since
-    /// `seen_since`.
-    async fn read_for_commit(
-        &self,
-        lead_id: &LeadId,
-        event_ids: &[String],
-        seen_since: Timestamp,
-    ) -> Result<CommitRead, StoreError>;
-
-    /// Writes `plan` if the lead is still as it was read (and is not an
-    /// identified visitor). Returns whether it did.
-    async fn commit(&self, plan: &CommitPlan, policy: &IngestPolicy, feed: &FeedPolicy) -> Result<bool, StoreError>;
-
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;
 
     /// Every lead id of one partition (for rule simulation and rescoring).
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError>;
-
-    /// Each lead's raw signal history, newest first.
-    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError>;
-
-    /// Replaces the lead's tallies, day counters and last engagement with
-    /// `rebuilt`'s, if it still has `rebuilt.recorded` signals (no signal
-    /// arrived meanwhile). Returns whether it did.
-    /// The score history gets a `rescore:<version>` entry.
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError>;
-
-    /// After a rule change: brings the lead's stored fit scores and its
-    /// cohort aggregates up to the active rule set, with a
-    /// `rescore:<version>` score history entry if its fit changed.
-    async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError>;
-
-    /// Activates what a (re)loaded rule set says about score profiles and
-    /// cohort aggregates; every later write follows it.
-    fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>);
 
     /// Records that rule-set `version` has content `digest`, unless the
     /// version is already recorded: then returns the recorded digest (the
@@ -359,12 +198,13 @@ pub trait LeadStore: Send + Sync + 'static {
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
 
     /// The lead's score history, newest first, without entries older than
-    /// the spec's history age at `now`.
+    /// `max_age_ms` at `now`.
     async fn score_history(
         &self,
         lead_id: &LeadId,
         limit: usize,
         now: Timestamp,
+        max_age_ms: i64,
     ) -> Result<Vec<ScoreHistoryEntry>, StoreError>;
 
     /// The cohort's figures, from the aggregates kept at write time.

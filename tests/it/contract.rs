@@ -1,18 +1,21 @@
-//! The store contract: every `LeadStore` behaves the same. Each test runs
-//! against the embedded store and against Redis, and the numbers are held to
-//! the pure domain's reference computation.
+//! The store contract: every `LeadStore` keeps and applies the scoring
+//! core's changes the same way. Each test runs against the embedded store,
+//! Redis and a 3-node Redis Cluster, and the numbers are held to the pure
+//! domain's reference computation.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leadscore::domain::state::{LeadChange, LeadState};
 use leadscore::domain::{
     AccountId, Cause, Delivery, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot,
-    ScoreSnapshot, ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
+    ScoreSnapshot, ScoredSignal, SignalStatus, Stage, StageChange, Timestamp,
 };
 use leadscore::rules::RuleSet;
 use leadscore::store::redis::{RedisSettings, RedisStore};
-use leadscore::store::{DeliveryPolicy, FeedPolicy, LeadBatch, LeadStore, MemoryStore, StageUpdate};
+use leadscore::store::{Applied, DeliveryPolicy, FeedPolicy, LeadStore, MemoryStore};
+use leadscore::transition::{self, Settings};
 
 use crate::helpers::{DAY, RedisServer};
 
@@ -56,41 +59,112 @@ fn assert_same_score(rules: &RuleSet, a: &LeadSnapshot, b: &LeadSnapshot) {
     }
 }
 
+fn settings() -> Settings {
+    Settings { stage_history: FEED.history_limit, ..Settings::new(POLICY) }
+}
+
+/// Records batches of signals (one per lead) the way the service does:
+/// one read, the scoring core, one write. Every write must land.
+async fn record_many(
+    store: &dyn LeadStore,
+    batches: Vec<(LeadId, Vec<ScoredSignal>)>,
+) -> Vec<(Vec<SignalStatus>, LeadSnapshot)> {
+    let rules = rules();
+    let ids: Vec<LeadId> = batches.iter().map(|b| b.0.clone()).collect();
+    let stored = store.load(&ids).await.unwrap();
+    let mut changes = Vec::new();
+    let mut out = Vec::new();
+    for ((lead, signals), stored) in batches.iter().zip(stored) {
+        let stage = if lead.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
+        let recorded = transition::record_signals(&rules, &settings(), NOW, stored, lead, stage, signals);
+        changes.extend(recorded.change);
+        out.push((recorded.statuses, recorded.lead));
+    }
+    for applied in store.apply(&changes, &FEED).await.unwrap() {
+        assert!(matches!(applied, Applied::Written { .. }), "{applied:?}");
+    }
+    out
+}
+
 async fn record(store: &dyn LeadStore, lead: &LeadId, signals: Vec<ScoredSignal>) -> (Vec<SignalStatus>, LeadSnapshot) {
-    let mut out = store.record_signals(vec![LeadBatch::new(lead.clone(), signals)], NOW, &POLICY).await.unwrap();
-    let o = out.pop().unwrap();
-    (o.statuses, o.lead)
+    record_many(store, vec![(lead.clone(), signals)]).await.pop().unwrap()
+}
+
+async fn upsert(store: &dyn LeadStore, profile: LeadProfile) -> LeadSnapshot {
+    let stored = store.load(std::slice::from_ref(&profile.lead_id)).await.unwrap().pop().unwrap();
+    let change = transition::upsert_profile(&rules(), &settings(), NOW, stored, profile);
+    let applied = store.apply(std::slice::from_ref(&change), &FEED).await.unwrap();
+    assert!(matches!(applied[0], Applied::Written { .. }));
+    change.state.lead
+}
+
+async fn load_state(store: &dyn LeadStore, lead: &LeadId) -> Option<LeadState> {
+    store.load(std::slice::from_ref(lead)).await.unwrap().pop().unwrap()
+}
+
+/// A change made by hand (stores keep whatever the core computes): the
+/// lead moves through `changes`, `triggers` fire with them.
+fn moved(state: &LeadState, changes: &[StageChange], triggers: Vec<FiredTrigger>) -> LeadChange {
+    let mut next = state.clone();
+    for c in changes {
+        next.lead.stage = c.to;
+        next.lead.stage_since = c.at;
+        next.stages.push_front(c.clone());
+    }
+    next.stages.truncate(FEED.history_limit);
+    next.version = state.version + 1;
+    LeadChange {
+        expected_version: state.version,
+        state: next,
+        feed: changes.to_vec(),
+        triggers,
+        score_log: None,
+        aggregates: Vec::new(),
+        indexed_at: None,
+        inactivity: Vec::new(),
+        account: None,
+    }
+}
+
+/// Applies one change; `None` for a conflict.
+async fn apply_one(store: &dyn LeadStore, change: &LeadChange) -> Option<(Vec<String>, Vec<String>)> {
+    match store.apply(std::slice::from_ref(change), &FEED).await.unwrap().pop().unwrap() {
+        Applied::Written { feed_ids, trigger_ids } => Some((feed_ids, trigger_ids)),
+        Applied::Conflict => None,
+    }
+}
+
+/// Moves a stored lead through `changes` (which must land).
+async fn move_stage(store: &dyn LeadStore, lead: &LeadId, changes: &[StageChange], triggers: Vec<FiredTrigger>) {
+    let state = load_state(store, lead).await.expect("stored");
+    apply_one(store, &moved(&state, changes, triggers)).await.expect("written");
 }
 
 async fn upsert_replaces_the_profile(store: &dyn LeadStore) {
     let lead = id("crm-1");
     let attrs = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-    let first = store
-        .upsert_lead(
-            LeadProfile {
-                lead_id: lead.clone(),
-                account_id: Some(AccountId::parse("acme").unwrap()),
-                attributes: attrs(&[("seniority", "vp"), ("country", "de")]),
-                created_at: Some(Timestamp::from_millis(19_000 * DAY)),
-            },
-            NOW,
-        )
-        .await
-        .unwrap();
+    let first = upsert(
+        store,
+        LeadProfile {
+            lead_id: lead.clone(),
+            account_id: Some(AccountId::parse("acme").unwrap()),
+            attributes: attrs(&[("seniority", "vp"), ("country", "de")]),
+            created_at: Some(Timestamp::from_millis(19_000 * DAY)),
+        },
+    )
+    .await;
     assert_eq!(first.created_at, Timestamp::from_millis(19_000 * DAY));
     assert_eq!(first.account_id.as_ref().unwrap().as_str(), "acme");
-    let second = store
-        .upsert_lead(
-            LeadProfile {
-                lead_id: lead.clone(),
-                account_id: None,
-                attributes: attrs(&[("seniority", "director")]),
-                created_at: None,
-            },
-            NOW,
-        )
-        .await
-        .unwrap();
+    let second = upsert(
+        store,
+        LeadProfile {
+            lead_id: lead.clone(),
+            account_id: None,
+            attributes: attrs(&[("seniority", "director")]),
+            created_at: None,
+        },
+    )
+    .await;
     assert_eq!(second.attributes, attrs(&[("seniority", "director")]), "attributes are replaced as a whole");
     assert_eq!(second.created_at, first.created_at, "created_at is kept when not sent");
     assert_eq!(second.account_id, None);
@@ -183,16 +257,15 @@ async fn batching_does_not_change_the_score(store: &dyn LeadStore) {
 async fn several_leads_in_one_call(store: &dyn LeadStore) {
     let rules = rules();
     let batches = vec![
-        LeadBatch::new(id("multi-a"), vec![scored(&rules, "x", "form_fill", NOW, &[])]),
-        LeadBatch::new(
-            id("multi-b"),
-            vec![scored(&rules, "x", "form_fill", NOW, &[]), scored(&rules, "x", "form_fill", NOW, &[])],
-        ),
+        (id("multi-a"), vec![scored(&rules, "x", "form_fill", NOW, &[])]),
+        (id("multi-b"), vec![scored(&rules, "x", "form_fill", NOW, &[]), scored(&rules, "x", "form_fill", NOW, &[])]),
     ];
-    let out = store.record_signals(batches, NOW, &POLICY).await.unwrap();
-    assert_eq!(out[0].statuses, [SignalStatus::Accepted]);
-    assert_eq!(out[1].statuses, [SignalStatus::Accepted, SignalStatus::Duplicate]);
-    assert_eq!(out[1].lead.lead_id.as_str(), "multi-b");
+    let out = record_many(store, batches).await;
+    assert_eq!(out[0].0, [SignalStatus::Accepted]);
+    assert_eq!(out[1].0, [SignalStatus::Accepted, SignalStatus::Duplicate]);
+    assert_eq!(out[1].1.lead_id.as_str(), "multi-b");
+    let loaded = store.load_leads(&[id("multi-a"), id("multi-b")]).await.unwrap();
+    assert_eq!(loaded[1].as_ref(), Some(&out[1].1));
 }
 
 async fn unknown_leads_are_none(store: &dyn LeadStore) {
@@ -231,38 +304,32 @@ fn change(from: Stage, to: Stage, rule: &str, minute: i64) -> StageChange {
     }
 }
 
-async fn stage_changes_compare_and_set(store: &dyn LeadStore) {
+async fn changes_apply_only_onto_the_lead_as_read(store: &dyn LeadStore) {
     let rules = rules();
     let lead = id("stage-lead");
-    assert_eq!(
-        store.change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "r", 0)], &[], &FEED).await.unwrap(),
-        StageUpdate::NotFound
-    );
     record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
+    let read = load_state(store, &lead).await.unwrap();
+    assert_eq!(read.version, 1);
     let two = [change(Stage::Lead, Stage::Mql, "to_mql", 1), change(Stage::Mql, Stage::Sql, "to_sql", 1)];
-    let StageUpdate::Applied { changes: applied, .. } =
-        store.change_stage(&lead, Stage::Lead, &two, &[], &FEED).await.unwrap()
-    else {
-        panic!("not applied")
-    };
-    assert_eq!(applied.len(), 2);
-    assert_ne!(applied[0].id, applied[1].id);
-    let now = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
-    assert_eq!((now.stage, now.stage_since), (Stage::Sql, NOW.plus_millis(60_000)));
-    // A stale expectation writes nothing.
-    let stale = store
-        .change_stage(&lead, Stage::Lead, &[change(Stage::Lead, Stage::Mql, "again", 2)], &[], &FEED)
-        .await
-        .unwrap();
-    assert_eq!(stale, StageUpdate::Conflict { current: Stage::Sql });
-    let history = store.stage_history(&lead, 10).await.unwrap();
-    assert_eq!(history.iter().map(|c| c.to).collect::<Vec<_>>(), [Stage::Sql, Stage::Mql]);
-    assert_eq!(history[1], two[0]);
-    // History is bounded.
-    for (i, (from, to)) in [(Stage::Sql, Stage::Recycled), (Stage::Recycled, Stage::Mql)].into_iter().enumerate() {
-        store.change_stage(&lead, from, &[change(from, to, "more", 3 + i as i64)], &[], &FEED).await.unwrap();
-    }
-    assert_eq!(store.stage_history(&lead, 10).await.unwrap().len(), 3);
+    let alert = trigger("mql_alert", &lead, &two[0]);
+    let (feed_ids, trigger_ids) = apply_one(store, &moved(&read, &two, vec![alert.clone()])).await.unwrap();
+    assert_eq!((feed_ids.len(), trigger_ids.len()), (2, 1));
+    assert_ne!(feed_ids[0], feed_ids[1]);
+    let now = load_state(store, &lead).await.unwrap();
+    assert_eq!((now.lead.stage, now.lead.stage_since, now.version), (Stage::Sql, NOW.plus_millis(60_000), 2));
+    assert_eq!(now.stages.iter().map(|c| c.to).collect::<Vec<_>>(), [Stage::Sql, Stage::Mql]);
+    assert_eq!(now.stages[1], two[0]);
+    // A change computed from what was read before is refused whole: no
+    // stage, no feed entry, no trigger.
+    let stale = moved(&read, &[change(Stage::Lead, Stage::Mql, "again", 2)], vec![alert]);
+    assert_eq!(apply_one(store, &stale).await, None);
+    assert_eq!(load_state(store, &lead).await.unwrap(), now);
+    assert_eq!(store.list_changes("", 100).await.unwrap().changes.len(), 2);
+    assert_eq!(store.trigger_stats("g").await.unwrap().fired, 1);
+    // A lead read as new must still not exist.
+    let fresh = LeadState::new(LeadSnapshot::new(lead.clone(), NOW));
+    assert_eq!(apply_one(store, &moved(&fresh, &[], Vec::new())).await, None);
+    assert_eq!(load_state(store, &lead).await.unwrap(), now);
 }
 
 async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
@@ -271,7 +338,7 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
     for (i, lead) in leads.iter().enumerate() {
         record(store, lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
         let changes = [change(Stage::Lead, Stage::Mql, "a", i as i64), change(Stage::Mql, Stage::Sql, "b", i as i64)];
-        store.change_stage(lead, Stage::Lead, &changes, &[], &FEED).await.unwrap();
+        move_stage(store, lead, &changes, Vec::new()).await;
     }
     let mut seen = Vec::new();
     let mut cursor = String::new();
@@ -296,56 +363,23 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
     assert_eq!(store.feed_end().await.unwrap(), cursor, "the end of the feed is where paging stopped");
     // New changes after the last cursor, and only those.
     record(store, &id("late"), vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
-    store.change_stage(&id("late"), Stage::Lead, &[change(Stage::Lead, Stage::Mql, "a", 9)], &[], &FEED).await.unwrap();
+    move_stage(store, &id("late"), &[change(Stage::Lead, Stage::Mql, "a", 9)], Vec::new()).await;
     let page = store.list_changes(&cursor, 100).await.unwrap();
     assert_eq!(page.changes.len(), 1);
     assert_eq!(page.changes[0].lead_id.as_str(), "late");
     assert!(matches!(store.list_changes("garbage", 10).await, Err(leadscore::store::StoreError::BadCursor(_))));
 }
 
-fn fire(definition: &str, cooldown_days: i64, lead: &LeadId, change: &StageChange) -> TriggerFire {
-    TriggerFire {
-        cooldown_ms: cooldown_days * DAY,
-        trigger: FiredTrigger {
-            definition_id: definition.into(),
-            program: "p".into(),
-            lead_id: lead.to_string(),
-            fired_at: change.at,
-            reason: "r".into(),
-            score: change.score.clone(),
-            stage: change.to,
-        },
+fn trigger(definition: &str, lead: &LeadId, change: &StageChange) -> FiredTrigger {
+    FiredTrigger {
+        definition_id: definition.into(),
+        program: "p".into(),
+        lead_id: lead.to_string(),
+        fired_at: change.at,
+        reason: "r".into(),
+        score: change.score.clone(),
+        stage: change.to,
     }
-}
-
-async fn triggers_fire_with_their_change_and_respect_cooldowns(store: &dyn LeadStore) {
-    let rules = rules();
-    let lead = id("trig");
-    record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
-    let up = change(Stage::Lead, Stage::Mql, "up", 0);
-    let fires = vec![vec![fire("mql_alert", 7, &lead, &up)]];
-    let StageUpdate::Applied { triggers, .. } =
-        store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&up), &fires, &FEED).await.unwrap()
-    else {
-        panic!("not applied")
-    };
-    assert_eq!(triggers.len(), 1);
-    // Recycled and back within the cooldown: the move happens, the trigger does not.
-    let down = change(Stage::Mql, Stage::Recycled, "down", 60);
-    store.change_stage(&lead, Stage::Mql, std::slice::from_ref(&down), &[], &FEED).await.unwrap();
-    let again = change(Stage::Recycled, Stage::Mql, "again", 120);
-    let fires = vec![vec![fire("mql_alert", 7, &lead, &again)]];
-    let StageUpdate::Applied { triggers, .. } =
-        store.change_stage(&lead, Stage::Recycled, std::slice::from_ref(&again), &fires, &FEED).await.unwrap()
-    else {
-        panic!("not applied")
-    };
-    assert!(triggers.is_empty(), "within the cooldown");
-    // A refused move fires nothing.
-    let stale = change(Stage::Lead, Stage::Mql, "stale", 180);
-    let fires = vec![vec![fire("other", 0, &lead, &stale)]];
-    let refused = store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&stale), &fires, &FEED).await.unwrap();
-    assert_eq!(refused, StageUpdate::Conflict { current: Stage::Mql });
 }
 
 /// Fires `n` MQL triggers on `n` new leads.
@@ -355,8 +389,7 @@ async fn fire_triggers(store: &dyn LeadStore, prefix: &str, n: usize) {
         let lead = id(&format!("{prefix}-{i}"));
         record(store, &lead, vec![scored(&rules, "s", "form_fill", NOW, &[])]).await;
         let up = change(Stage::Lead, Stage::Mql, "up", 0);
-        let fires = vec![vec![fire("mql_alert", 0, &lead, &up)]];
-        store.change_stage(&lead, Stage::Lead, std::slice::from_ref(&up), &fires, &FEED).await.unwrap();
+        move_stage(store, &lead, std::slice::from_ref(&up), vec![trigger("mql_alert", &lead, &up)]).await;
     }
 }
 
@@ -427,56 +460,6 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!((b.delivered, b.pending), (4, 4));
 }
 
-async fn commits_only_onto_the_lead_as_read(store: &dyn LeadStore) {
-    let rules = rules();
-    let lead = id("commit");
-    let s1 = scored(&rules, "c1", "form_fill", NOW, &[]);
-    let plan_for = |read: &leadscore::store::CommitRead, signal: &ScoredSignal| {
-        let mut before = read.lead.clone().unwrap_or_else(|| LeadSnapshot::new(lead.clone(), NOW));
-        let expected = read.lead.as_ref().map(|l| (l.recorded, l.stage));
-        let mut ledger = LeadLedger::with_seen(read.seen.clone());
-        let status = ledger.record(&mut before, signal, NOW, &POLICY);
-        let up = change(before.stage, Stage::Mql, "up", 0);
-        let fires = vec![vec![fire("mql_alert", 0, &lead, &up)]];
-        let plan = leadscore::store::CommitPlan {
-            history: ledger.recorded_oldest_first(),
-            expected,
-            initial_stage: Stage::Lead,
-            engaged: status == SignalStatus::Accepted,
-            watch_inactivity: std::sync::Arc::from(Vec::new()),
-            fires: vec![fire("signal_alert", 0, &lead, &up)],
-            changes: vec![up],
-            change_fires: fires,
-            now: NOW,
-            score_cause: Some("signal:page_view".into()),
-            lead: before,
-        };
-        (status, plan)
-    };
-    let read = store.read_for_commit(&lead, &["c1".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
-    assert!(read.lead.is_none() && read.seen.is_empty());
-    let (status, plan) = plan_for(&read, &s1);
-    assert_eq!(status, SignalStatus::Accepted);
-    // Someone else creates the lead first: the plan for a new lead is refused.
-    record(store, &lead, vec![scored(&rules, "other", "page_view", NOW, &[])]).await;
-    assert!(!store.commit(&plan, &POLICY, &FEED).await.unwrap());
-    // Read again, commit: the signal, both triggers and the stage change land.
-    let read = store.read_for_commit(&lead, &["c1".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
-    let (_, plan) = plan_for(&read, &s1);
-    assert!(store.commit(&plan, &POLICY, &FEED).await.unwrap());
-    let after = store.load_leads(std::slice::from_ref(&lead)).await.unwrap().pop().unwrap().unwrap();
-    assert_eq!((after.stage, after.recorded, after.tallies["form_fill"].counted), (Stage::Mql, 2, 1));
-    assert_eq!(store.trigger_stats("t").await.unwrap().fired, 2);
-    assert_eq!(store.stage_history(&lead, 5).await.unwrap().len(), 1);
-    // The same plan again is stale; and c1 now reads as seen.
-    assert!(!store.commit(&plan, &POLICY, &FEED).await.unwrap());
-    let read =
-        store.read_for_commit(&lead, &["c1".to_string(), "nope".to_string()], NOW.plus_millis(-DAY)).await.unwrap();
-    assert_eq!(read.seen.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["c1"]);
-    let (status, _) = plan_for(&read, &s1);
-    assert_eq!(status, SignalStatus::Duplicate);
-}
-
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -513,11 +496,9 @@ contract!(
     several_leads_in_one_call,
     unknown_leads_are_none,
     hostile_ids_are_kept_apart,
-    stage_changes_compare_and_set,
+    changes_apply_only_onto_the_lead_as_read,
     the_feed_pages_in_order_and_resumes,
-    triggers_fire_with_their_change_and_respect_cooldowns,
     triggers_are_delivered_at_least_once_per_group,
-    commits_only_onto_the_lead_as_read,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {
@@ -561,13 +542,13 @@ async fn redis_cluster_spreads_partitions_over_its_nodes() {
         .enumerate()
         .map(|(i, lead)| {
             let signals = (0..=i % 3).map(|k| scored(&rules, &format!("e{i}-{k}"), "page_view", NOW, &[])).collect();
-            LeadBatch::new(lead.clone(), signals)
+            (lead.clone(), signals)
         })
         .collect();
-    let outcomes = store.record_signals(batches, NOW, &POLICY).await.unwrap();
+    let outcomes = record_many(&store, batches).await;
     for (i, (lead, outcome)) in leads.iter().zip(&outcomes).enumerate() {
-        assert_eq!(&outcome.lead.lead_id, lead);
-        assert_eq!(outcome.statuses.len(), i % 3 + 1);
+        assert_eq!(&outcome.1.lead_id, lead);
+        assert_eq!(outcome.0.len(), i % 3 + 1);
     }
     let read = store.load_leads(&leads).await.unwrap();
     for (i, (lead, snapshot)) in leads.iter().zip(&read).enumerate() {
@@ -590,14 +571,15 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     record(&store, &lead, signals).await;
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    // Lead, seen ids, day counters, raw history, score history, the
-    // partition's lead index, cohort counts and scores, funnel counters.
-    assert_eq!(keys.len(), 9, "{keys:?}");
-    // The stage history and the partition's feed share the lead's slot too.
+    // The lead's record, its score history, the partition's lead index,
+    // inactivity index, cohort counts and scores, funnel counters.
+    assert_eq!(keys.len(), 7, "{keys:?}");
+    // The partition's feed and trigger stream share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
-    store.change_stage(&lead, Stage::Lead, &[change], &[], &FEED).await.unwrap();
+    let alert = trigger("a", &lead, &change);
+    move_stage(&store, &lead, &[change], vec![alert]).await;
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 11, "{keys:?}");
+    assert_eq!(keys.len(), 9, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()

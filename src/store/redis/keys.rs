@@ -1,9 +1,10 @@
 //! Every Redis key name leadscore uses is built here.
 //!
-//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` plus `:seen`, `:days` and
-//! `:hist` beside it, where `N` is the lead's partition. The `{p<N>}` hash
-//! tag puts all of a lead's keys (and, later, its partition's feeds) in one
-//! Redis Cluster slot, so one Lua script can update them atomically. Ids are
+//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` (the lead's record) and
+//! `:scores` beside it (its score history), where `N` is the lead's
+//! partition. The `{p<N>}` hash tag puts all of a partition's keys — leads,
+//! feed, triggers, indexes and aggregates — in one Redis Cluster slot, so
+//! one script call can update them atomically. Ids are
 //! percent-encoded, so `{`, `}`, `:`, spaces and non-ASCII in an id can
 //! neither move the hash tag nor collide with a suffix.
 
@@ -20,17 +21,8 @@ pub struct KeySpace {
 /// The keys of one lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadKeys {
-    /// Hash: profile, stage and per-type tallies.
+    /// Hash: `v` the record's version, `d` the record (`record.rs`).
     pub lead: String,
-    /// Sorted set: event ids seen, scored by when they were recorded.
-    pub seen: String,
-    /// Hash: `<type>:<utc day>` → signals recorded that day (caps and
-    /// windowed counts).
-    pub days: String,
-    /// List: raw signals, newest first, bounded.
-    pub history: String,
-    /// List: stage changes (JSON), newest first, bounded.
-    pub stages: String,
     /// Stream: the qualification change feed of the lead's partition.
     pub feed: String,
     /// Sorted set: the partition's lead ids by created_at.
@@ -39,8 +31,6 @@ pub struct LeadKeys {
     pub triggers: String,
     /// List: score history entries, newest first, bounded.
     pub scores: String,
-    /// The partition's key prefix (`profile.lua` builds aggregate keys on it).
-    pub base: String,
 }
 
 /// The keys of one account.
@@ -78,7 +68,7 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:", self.prefix)
     }
 
-    /// A cohort month's stage counters (hash), see `profile.lua`.
+    /// A cohort month's stage counters (hash: `group␟STAGE`, `group␟q`).
     pub fn cohort_counts(&self, partition: u32, month: &str) -> String {
         format!("{}cohort:{month}", self.base(partition))
     }
@@ -135,12 +125,7 @@ impl KeySpace {
         let partition = self.partition(lead);
         let base = format!("{}:{{p{partition}}}:lead:{}", self.prefix, encode(lead.as_str()));
         LeadKeys {
-            seen: format!("{base}:seen"),
-            days: format!("{base}:days"),
-            history: format!("{base}:hist"),
             scores: format!("{base}:scores"),
-            base: self.base(partition),
-            stages: format!("{base}:stages"),
             feed: self.feed(partition),
             index: self.index(partition),
             triggers: self.triggers(partition),
@@ -176,13 +161,13 @@ mod tests {
         let keys = ks.lead(&id("lead-42"));
         let tag = format!("{{p{}}}", ks.partition(&id("lead-42")));
         assert_eq!(keys.lead, format!("ls:{tag}:lead:lead-42"));
-        assert_eq!(keys.seen, format!("{}:seen", keys.lead));
+        assert_eq!(keys.scores, format!("{}:scores", keys.lead));
     }
 
     #[test]
     fn hostile_ids_cannot_move_the_tag_or_collide() {
         let ks = KeySpace::new("ls", 256);
-        for raw in ["{p1}", "a:seen", "a b", "é}{", "50%"] {
+        for raw in ["{p1}", "a:scores", "a b", "é}{", "50%"] {
             let keys = ks.lead(&id(raw));
             // The first '{' … '}' pair is still the partition tag.
             let tag_end = keys.lead.find('}').unwrap();
@@ -190,7 +175,7 @@ mod tests {
             assert_eq!(keys.lead.matches(['{', '}']).count(), 2, "{}", keys.lead);
             assert_eq!(keys.lead.matches(':').count(), 3, "{}", keys.lead);
         }
-        assert_ne!(ks.lead(&id("a:seen")).lead, ks.lead(&id("a")).seen);
+        assert_ne!(ks.lead(&id("a:scores")).lead, ks.lead(&id("a")).scores);
         assert_ne!(ks.lead(&id("%41")).lead, ks.lead(&id("A")).lead);
     }
 

@@ -1,13 +1,16 @@
-//! Redis store: the store of record. One Lua script call per lead per
-//! request (`ingest.lua`, `upsert.lua`), pipelined when a request touches
-//! several leads.
+//! Redis store: the store of record. A lead is one compact record (see
+//! `record.rs`) read with one pipelined round trip; the changes the service
+//! computes are written by one call of a storage-only script per partition
+//! a request touches (`apply.lua`): compare-and-set on the lead's version,
+//! then the record, feed and trigger entries, score history and aggregate
+//! deltas, all in one atomic step.
 
-mod codec;
 mod cohort;
 pub mod conn;
 pub mod feed;
 pub mod keys;
 mod nurture;
+pub mod record;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,18 +21,12 @@ use redis::{AsyncCommands, RedisError, Script};
 pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
-use super::{
-    CommitPlan, CommitRead, DeliveryPolicy, FeedPage, FeedPolicy, IdentifyMark, LeadBatch, LeadOutcome, LeadStore,
-    ProfileSpec, StageUpdate, StoreError, StoredAccount, TriggerStats,
-};
+use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{self, CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
-use crate::domain::{
-    Delivery, IngestPolicy, LeadId, LeadProfile, LeadSnapshot, QualificationChange, SignalStatus, Stage, StageChange,
-    Timestamp, TriggerFire,
-};
+use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
+use crate::domain::{Delivery, LeadId, QualificationChange, StageChange, Timestamp};
 use feed::{EntryId, FeedCursor};
 
 /// How to reach Redis and lay out keys.
@@ -47,18 +44,9 @@ pub struct RedisSettings {
 pub struct RedisStore {
     conn: Conn,
     keys: KeySpace,
-    ingest: Script,
-    upsert: Script,
-    stage: Script,
-    rescore: Script,
-    identify: Script,
-    sweep: Script,
-    commit: Script,
-    refresh: Script,
+    apply: Script,
     account: Script,
     timeout: Duration,
-    /// What the active rule set says about profiles (see `profile.lua`).
-    spec: std::sync::RwLock<std::sync::Arc<ProfileSpec>>,
     /// Consumer groups known to exist on every trigger stream.
     groups: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -71,17 +59,9 @@ impl RedisStore {
         Ok(Self {
             conn,
             keys: KeySpace::new(settings.key_prefix.clone(), settings.partitions),
-            ingest: Script::new(concat!(include_str!("profile.lua"), include_str!("ingest.lua"))),
-            upsert: Script::new(concat!(include_str!("profile.lua"), include_str!("upsert.lua"))),
-            stage: Script::new(concat!(include_str!("profile.lua"), include_str!("stage.lua"))),
-            rescore: Script::new(concat!(include_str!("profile.lua"), include_str!("rescore.lua"))),
-            refresh: Script::new(concat!(include_str!("profile.lua"), include_str!("refresh.lua"))),
+            apply: Script::new(include_str!("apply.lua")),
             account: Script::new(include_str!("account.lua")),
-            identify: Script::new(include_str!("identify.lua")),
-            sweep: Script::new(include_str!("sweep.lua")),
-            commit: Script::new(concat!(include_str!("profile.lua"), include_str!("commit.lua"))),
             timeout: settings.command_timeout,
-            spec: std::sync::RwLock::new(super::spec::default_spec().clone()),
             groups: Default::default(),
         })
     }
@@ -140,8 +120,6 @@ fn is_noscript(e: &RedisError) -> bool {
     e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
 }
 
-type IngestReply = (Vec<i64>, HashMap<String, String>, HashMap<String, String>, String);
-
 #[async_trait]
 impl LeadStore for RedisStore {
     fn kind(&self) -> &'static str {
@@ -153,189 +131,85 @@ impl LeadStore for RedisStore {
         Ok(())
     }
 
-    async fn upsert_lead(&self, profile: LeadProfile, now: Timestamp) -> Result<LeadSnapshot, StoreError> {
-        let keys = self.keys.lead(&profile.lead_id);
-        let spec = self.spec();
-        let fits = spec.fits(&profile.attributes);
-        let mut inv = self.upsert.prepare_invoke();
-        inv.key(&keys.base).key(&keys.lead).key(&keys.days).key(&keys.index);
-        inv.arg(&spec.lua_args)
-            .arg(now.millis())
-            .arg(profile.created_at.map(|t| t.millis().to_string()).unwrap_or_default())
-            .arg(profile.account_id.as_ref().map(|a| a.as_str()).unwrap_or_default())
-            .arg(profile.lead_id.as_str())
-            .arg(fits.len());
-        for (model, fit) in &fits {
-            inv.arg(model).arg(profiles::lua_number(*fit));
+    async fn load(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadState>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        for (name, value) in &profile.attributes {
-            inv.arg(name).arg(value);
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(self.keys.lead(id).lead).arg("v").arg("d");
         }
-        let (fields, days, previous): (HashMap<String, String>, HashMap<String, String>, String) =
-            self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        let lead = codec::decode_lead(&profile.lead_id, fields, days)?;
-        self.link_account(&lead, &previous).await?;
-        Ok(lead)
+        let replies: Vec<(Option<String>, Option<Vec<u8>>)> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        ids.iter()
+            .zip(replies)
+            .map(|(id, reply)| {
+                let corrupt = |detail: &str| StoreError::Corrupt { lead_id: id.to_string(), detail: detail.into() };
+                match reply {
+                    (Some(version), Some(bytes)) => {
+                        let version = version.parse().map_err(|_| corrupt("its record version is unreadable"))?;
+                        record::decode(id, version, &bytes).map(Some)
+                    }
+                    (None, None) => Ok(None),
+                    _ => Err(corrupt("record without its version")),
+                }
+            })
+            .collect()
     }
 
-    async fn record_signals(
-        &self,
-        batches: Vec<LeadBatch>,
-        now: Timestamp,
-        policy: &IngestPolicy,
-    ) -> Result<Vec<LeadOutcome>, StoreError> {
-        let spec = self.spec();
-        let invocations: Vec<_> =
-            batches.iter().map(|b| self.ingest_invocation(b, now, policy, &spec.lua_args)).collect();
+    async fn apply(&self, changes: &[LeadChange], feed: &FeedPolicy) -> Result<Vec<Applied>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One script call per partition touched, all pipelined.
+        let mut by_partition: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (i, change) in changes.iter().enumerate() {
+            by_partition.entry(self.keys.partition(&change.state.lead.lead_id)).or_default().push(i);
+        }
+        let mut calls = Vec::with_capacity(by_partition.len());
+        for (partition, members) in &by_partition {
+            calls.push(self.apply_invocation(*partition, members.iter().map(|&i| &changes[i]), feed)?);
+        }
         let mut pipe = redis::pipe();
-        for inv in &invocations {
+        for inv in &calls {
             pipe.invoke_script(inv);
         }
-        let replies: Vec<IngestReply> = self
+        let replies: Vec<Vec<Vec<String>>> = self
             .call(|mut c| async move {
                 match pipe.query_async(&mut c).await {
                     // The script cache was flushed (e.g. Redis restarted):
-                    // load it and replay; replays are de-duplicated.
+                    // load it and send again; a script that did not run
+                    // wrote nothing.
                     Err(e) if is_noscript(&e) => {
-                        self.ingest.prepare_invoke().load_async(&mut c).await?;
+                        self.apply.prepare_invoke().load_async(&mut c).await?;
                         pipe.query_async(&mut c).await
                     }
                     other => other,
                 }
             })
             .await?;
-        batches
-            .into_iter()
-            .zip(replies)
-            .map(|(batch, (codes, fields, days, merged_into))| {
-                if !merged_into.is_empty() {
-                    let owner = LeadId::parse(merged_into)
-                        .map_err(|e| StoreError::Internal(format!("visitor identified as a bad lead id: {e}")))?;
-                    let lead = LeadSnapshot::new(batch.lead_id.clone(), now);
-                    return Ok(LeadOutcome { statuses: Vec::new(), lead, merged_into: Some(owner) });
-                }
-                let statuses = codes
-                    .into_iter()
-                    .map(|code| match code {
-                        1 => Ok(SignalStatus::Accepted),
-                        2 => Ok(SignalStatus::Duplicate),
-                        3 => Ok(SignalStatus::Capped),
-                        other => Err(StoreError::Internal(format!("ingest script returned status {other}"))),
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok(LeadOutcome { statuses, lead: codec::decode_lead(&batch.lead_id, fields, days)?, merged_into: None })
-            })
-            .collect()
-    }
-
-    async fn load_leads(&self, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            let keys = self.keys.lead(id);
-            pipe.hgetall(keys.lead).hgetall(keys.days);
-        }
-        let replies: Vec<HashMap<String, String>> =
-            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        let mut replies = replies.into_iter();
-        ids.iter()
-            .map(|id| {
-                let (fields, days) = (replies.next().unwrap_or_default(), replies.next().unwrap_or_default());
-                if fields.is_empty() { Ok(None) } else { codec::decode_lead(id, fields, days).map(Some) }
-            })
-            .collect()
-    }
-    async fn change_stage(
-        &self,
-        lead_id: &LeadId,
-        expected: Stage,
-        changes: &[StageChange],
-        fires: &[Vec<TriggerFire>],
-        policy: &FeedPolicy,
-    ) -> Result<StageUpdate, StoreError> {
-        let keys = self.keys.lead(lead_id);
-        let encode = |what: &str, r: serde_json::Result<String>| {
-            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
-        };
-        let records: Vec<String> =
-            changes.iter().map(|c| encode("stage change", serde_json::to_string(c))).collect::<Result<_, _>>()?;
-        let mut inv = self.stage.prepare_invoke();
-        inv.key(&keys.base).key(&keys.lead).key(&keys.stages).key(&keys.feed).key(&keys.triggers);
-        inv.arg(&self.spec().lua_args)
-            .arg(expected.as_str())
-            .arg(policy.history_limit.max(1))
-            .arg(policy.retention_ms)
-            .arg(lead_id.as_str())
-            .arg(policy.trigger_retention_ms);
-        for (i, (change, record)) in changes.iter().zip(&records).enumerate() {
-            let fired = fires.get(i).map_or(&[][..], Vec::as_slice);
-            inv.arg(change.to.as_str()).arg(change.at.millis()).arg(record).arg(fired.len());
-            for fire in fired {
-                let payload = encode("trigger", serde_json::to_string(&fire.trigger))?;
-                inv.arg(&fire.trigger.definition_id).arg(fire.cooldown_ms).arg(payload);
+        let mut applied: Vec<Option<Applied>> = vec![None; changes.len()];
+        for ((partition, members), reply) in by_partition.iter().zip(replies) {
+            if reply.len() != members.len() {
+                return Err(StoreError::Internal(format!(
+                    "apply: {} answers for {} leads",
+                    reply.len(),
+                    members.len()
+                )));
+            }
+            for (&i, mut ids) in members.iter().zip(reply) {
+                applied[i] = Some(if ids.first().map(String::as_str) == Some("1") {
+                    let mut ids: Vec<String> = ids.drain(1..).map(|id| format!("{partition}/{id}")).collect();
+                    let trigger_ids = ids.split_off(changes[i].feed.len().min(ids.len()));
+                    Applied::Written { feed_ids: ids, trigger_ids }
+                } else {
+                    Applied::Conflict
+                });
             }
         }
-        let (status, current, ids, fired): (i64, String, Vec<String>, Vec<String>) =
-            self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        let partition = self.keys.partition(lead_id) as usize;
-        match status {
-            1 => {
-                let applied = changes
-                    .iter()
-                    .zip(ids)
-                    .map(|(change, id)| QualificationChange {
-                        lead_id: lead_id.clone(),
-                        change: change.clone(),
-                        id: format!("{partition}/{id}"),
-                        // A cursor needs every partition's position: only
-                        // the feed readers know them.
-                        cursor: String::new(),
-                    })
-                    .collect();
-                let triggers = fired.into_iter().map(|id| format!("{partition}/{id}")).collect();
-                Ok(StageUpdate::Applied { changes: applied, triggers })
-            }
-            -1 => {
-                let current = current
-                    .parse::<Stage>()
-                    .map_err(|e| StoreError::Corrupt { lead_id: lead_id.to_string(), detail: e.to_string() })?;
-                Ok(StageUpdate::Conflict { current })
-            }
-            _ => Ok(StageUpdate::NotFound),
-        }
-    }
-
-    async fn mark_identified(&self, visitor: &LeadId, lead: &LeadId) -> Result<IdentifyMark, StoreError> {
-        let key = self.keys.lead(visitor).lead;
-        let mut inv = self.identify.prepare_invoke();
-        inv.key(key).arg(lead.as_str());
-        let (status, owner): (i64, String) = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        match status {
-            1 => Ok(IdentifyMark::Marked),
-            -1 => Ok(IdentifyMark::AlreadyIdentified(
-                LeadId::parse(owner)
-                    .map_err(|e| StoreError::Internal(format!("visitor identified as a bad id: {e}")))?,
-            )),
-            _ => Ok(IdentifyMark::NotFound),
-        }
-    }
-
-    async fn stage_history(&self, lead_id: &LeadId, limit: usize) -> Result<Vec<StageChange>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let key = self.keys.lead(lead_id).stages;
-        let records: Vec<String> = self
-            .call(|mut c| async move { redis::cmd("LRANGE").arg(key).arg(0).arg(limit - 1).query_async(&mut c).await })
-            .await?;
-        records
-            .iter()
-            .map(|r| {
-                serde_json::from_str(r).map_err(|e| StoreError::Corrupt {
-                    lead_id: lead_id.to_string(),
-                    detail: format!("stage history entry: {e}"),
-                })
-            })
-            .collect()
+        let applied: Vec<Applied> = applied.into_iter().map(|a| a.unwrap_or(Applied::Conflict)).collect();
+        self.link_accounts(changes, &applied).await?;
+        Ok(applied)
     }
 
     async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
@@ -406,118 +280,6 @@ impl LeadStore for RedisStore {
         Ok(FeedCursor(ends).encode())
     }
 
-    async fn read_for_commit(
-        &self,
-        lead_id: &LeadId,
-        event_ids: &[String],
-        seen_since: Timestamp,
-    ) -> Result<CommitRead, StoreError> {
-        let keys = self.keys.lead(lead_id);
-        let mut pipe = redis::pipe();
-        pipe.hgetall(&keys.lead).hgetall(&keys.days);
-        if !event_ids.is_empty() {
-            pipe.cmd("ZMSCORE").arg(&keys.seen).arg(event_ids);
-        }
-        let (fields, days, scores): (HashMap<String, String>, HashMap<String, String>, Vec<Option<f64>>) =
-            if event_ids.is_empty() {
-                let (f, d): (HashMap<String, String>, HashMap<String, String>) =
-                    self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-                (f, d, Vec::new())
-            } else {
-                self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?
-            };
-        let lead = if fields.is_empty() { None } else { Some(codec::decode_lead(lead_id, fields, days)?) };
-        let seen = event_ids
-            .iter()
-            .zip(scores)
-            .filter_map(|(id, at)| {
-                let at = Timestamp::from_millis(at? as i64);
-                (at > seen_since).then(|| (id.clone(), at))
-            })
-            .collect();
-        Ok(CommitRead { lead, seen })
-    }
-
-    async fn commit(&self, plan: &CommitPlan, policy: &IngestPolicy, feed: &FeedPolicy) -> Result<bool, StoreError> {
-        let lead_id = &plan.lead.lead_id;
-        let keys = self.keys.lead(lead_id);
-        let partition = self.keys.partition(lead_id);
-        let json = |what: &str, r: serde_json::Result<String>| {
-            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
-        };
-        let mut inv = self.commit.prepare_invoke();
-        inv.key(&keys.base)
-            .key(&keys.lead)
-            .key(&keys.seen)
-            .key(&keys.days)
-            .key(&keys.history)
-            .key(&keys.index)
-            .key(&keys.stages)
-            .key(&keys.feed)
-            .key(&keys.triggers);
-        for definition in plan.watch_inactivity.iter() {
-            inv.key(self.keys.inactive(definition, partition));
-        }
-        let (expected_recorded, expected_stage) =
-            plan.expected.map_or((0, String::new()), |(n, stage)| (n, stage.as_str().to_owned()));
-        let touch = profiles::earliest_touch(
-            plan.history.iter().map(|h| (Timestamp::from_millis(h.occurred_at_ms), &h.properties)),
-        );
-        inv.arg(&self.spec().lua_args)
-            .arg(expected_recorded)
-            .arg(expected_stage)
-            .arg(plan.now.millis())
-            .arg(policy.dedupe_window_ms)
-            .arg(policy.retention_ms)
-            .arg(policy.history_limit)
-            .arg(lead_id.as_str())
-            .arg(plan.initial_stage.as_str())
-            .arg(if plan.engaged { "1" } else { "0" })
-            .arg(feed.retention_ms)
-            .arg(feed.trigger_retention_ms)
-            .arg(feed.history_limit.max(1))
-            .arg(touch.as_ref().map(|t| profiles::encode_touch(&t.1)).unwrap_or_default())
-            .arg(touch.as_ref().map_or(0, |t| t.0.millis()))
-            .arg(plan.score_cause.as_deref().unwrap_or_default());
-        let (mut fields, days) = codec::encode_tallies(&plan.lead);
-        fields.push(("nr".into(), plan.lead.recorded.to_string()));
-        if let Some(at) = plan.lead.last_engaged_at {
-            fields.push(("le".into(), at.millis().to_string()));
-        }
-        inv.arg(fields.len());
-        for (f, v) in &fields {
-            inv.arg(f).arg(v);
-        }
-        inv.arg(days.len());
-        for (f, v) in &days {
-            inv.arg(f).arg(v);
-        }
-        inv.arg(plan.history.len());
-        for entry in &plan.history {
-            inv.arg(entry.encode());
-        }
-        inv.arg(plan.fires.len());
-        for fire in &plan.fires {
-            inv.arg(&fire.trigger.definition_id)
-                .arg(fire.cooldown_ms)
-                .arg(json("trigger", serde_json::to_string(&fire.trigger))?);
-        }
-        for (i, change) in plan.changes.iter().enumerate() {
-            let fired = plan.change_fires.get(i).map_or(&[][..], Vec::as_slice);
-            inv.arg(change.to.as_str())
-                .arg(change.at.millis())
-                .arg(json("stage change", serde_json::to_string(change))?)
-                .arg(fired.len());
-            for fire in fired {
-                inv.arg(&fire.trigger.definition_id)
-                    .arg(fire.cooldown_ms)
-                    .arg(json("trigger", serde_json::to_string(&fire.trigger))?);
-            }
-        }
-        let written: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        Ok(written == 1)
-    }
-
     fn partitions(&self) -> u32 {
         self.keys.partitions()
     }
@@ -583,38 +345,6 @@ impl LeadStore for RedisStore {
             .collect()
     }
 
-    async fn fire_inactivity(
-        &self,
-        lead_id: &LeadId,
-        engaged_at: Timestamp,
-        definition: &str,
-        fire: Option<&TriggerFire>,
-        policy: &FeedPolicy,
-    ) -> Result<bool, StoreError> {
-        let keys = self.keys.lead(lead_id);
-        let partition = self.keys.partition(lead_id);
-        let (payload, cooldown, fired_at) = match fire {
-            Some(f) => (
-                serde_json::to_string(&f.trigger)
-                    .map_err(|e| StoreError::Internal(format!("encoding a trigger: {e}")))?,
-                f.cooldown_ms,
-                f.trigger.fired_at.millis(),
-            ),
-            None => (String::new(), 0, 0),
-        };
-        let mut inv = self.sweep.prepare_invoke();
-        inv.key(&keys.lead).key(&keys.triggers).key(self.keys.inactive(definition, partition));
-        inv.arg(lead_id.as_str())
-            .arg(engaged_at.millis())
-            .arg(definition)
-            .arg(cooldown)
-            .arg(fired_at)
-            .arg(payload)
-            .arg(policy.trigger_retention_ms);
-        let fired: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        Ok(fired == 1)
-    }
-
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
         let key = self.keys.index(partition);
         let raw: Vec<String> = self
@@ -625,54 +355,6 @@ impl LeadStore for RedisStore {
                 LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}")))
             })
             .collect()
-    }
-
-    async fn signal_histories(&self, ids: &[LeadId]) -> Result<Vec<Vec<HistoryEntry>>, StoreError> {
-        let mut pipe = redis::pipe();
-        for id in ids {
-            pipe.cmd("LRANGE").arg(self.keys.lead(id).history).arg(0).arg(-1);
-        }
-        let replies: Vec<Vec<String>> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        ids.iter()
-            .zip(replies)
-            .map(|(id, records)| {
-                records
-                    .iter()
-                    .map(|r| {
-                        serde_json::from_str(r).map_err(|e| StoreError::Corrupt {
-                            lead_id: id.to_string(),
-                            detail: format!("raw history entry: {e}"),
-                        })
-                    })
-                    .collect()
-            })
-            .collect()
-    }
-
-    async fn replace_tallies(&self, rebuilt: &LeadSnapshot, now: Timestamp) -> Result<bool, StoreError> {
-        let keys = self.keys.lead(&rebuilt.lead_id);
-        let spec = self.spec();
-        let (mut fields, days) = codec::encode_tallies(rebuilt);
-        fields.extend(
-            spec.fits(&rebuilt.attributes).into_iter().map(|(m, fit)| (format!("f:{m}"), profiles::lua_number(fit))),
-        );
-        let mut inv = self.rescore.prepare_invoke();
-        inv.key(&keys.base).key(&keys.lead).key(&keys.days);
-        inv.arg(&spec.lua_args)
-            .arg(rebuilt.recorded)
-            .arg(rebuilt.last_engaged_at.map(|t| t.millis().to_string()).unwrap_or_default())
-            .arg(now.millis())
-            .arg(rebuilt.lead_id.as_str())
-            .arg(fields.len());
-        for (field, value) in fields.iter().chain(&days) {
-            inv.arg(field).arg(value);
-        }
-        let replaced: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        Ok(replaced == 1)
-    }
-
-    fn set_profile_spec(&self, spec: std::sync::Arc<ProfileSpec>) {
-        *self.spec.write().unwrap_or_else(|p| p.into_inner()) = spec;
     }
 
     async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
@@ -689,31 +371,18 @@ impl LeadStore for RedisStore {
         self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
     }
 
-    async fn refresh_fit(&self, lead: &LeadSnapshot, now: Timestamp) -> Result<(), StoreError> {
-        let keys = self.keys.lead(&lead.lead_id);
-        let spec = self.spec();
-        let fits = spec.fits(&lead.attributes);
-        let mut inv = self.refresh.prepare_invoke();
-        inv.key(&keys.base).key(&keys.lead);
-        inv.arg(&spec.lua_args).arg(now.millis()).arg(lead.lead_id.as_str()).arg(fits.len());
-        for (model, fit) in &fits {
-            inv.arg(model).arg(profiles::lua_number(*fit));
-        }
-        let _: i64 = self.call(|mut c| async move { inv.invoke_async(&mut c).await }).await?;
-        Ok(())
-    }
-
     async fn score_history(
         &self,
         lead_id: &LeadId,
         limit: usize,
         now: Timestamp,
+        max_age_ms: i64,
     ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let key = self.keys.lead(lead_id).scores;
-        let oldest = now.millis() - self.spec().history_age_ms;
+        let oldest = now.millis() - max_age_ms;
         let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
         let mut history = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
@@ -810,26 +479,134 @@ impl LeadStore for RedisStore {
 }
 
 impl RedisStore {
-    fn spec(&self) -> std::sync::Arc<ProfileSpec> {
-        self.spec.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// One `apply.lua` call for changes of one partition.
+    fn apply_invocation<'a>(
+        &'a self,
+        partition: u32,
+        changes: impl Iterator<Item = &'a LeadChange>,
+        feed: &FeedPolicy,
+    ) -> Result<redis::ScriptInvocation<'a>, StoreError> {
+        let json = |what: &str, r: serde_json::Result<String>| {
+            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
+        };
+        let mut keys = KeyList::default();
+        let mut args: Vec<Vec<u8>> = vec![Vec::new()];
+        let mut leads = 0;
+        for change in changes {
+            leads += 1;
+            let id = &change.state.lead.lead_id;
+            let lead_keys = self.keys.lead(id);
+            let member = id.as_str().as_bytes().to_vec();
+            let mut ops: Vec<Vec<Vec<u8>>> = Vec::new();
+            let k = |keys: &mut KeyList, key: String| keys.index(key).to_string().into_bytes();
+            let text = |v: &dyn std::fmt::Display| v.to_string().into_bytes();
+            for c in &change.feed {
+                let record = json("stage change", serde_json::to_string(c))?;
+                ops.push(vec![
+                    b"X".to_vec(),
+                    k(&mut keys, lead_keys.feed.clone()),
+                    text(&feed.retention_ms),
+                    b"2".to_vec(),
+                    b"l".to_vec(),
+                    member.clone(),
+                    b"c".to_vec(),
+                    record.into_bytes(),
+                ]);
+            }
+            for t in &change.triggers {
+                let payload = json("trigger", serde_json::to_string(t))?;
+                ops.push(vec![
+                    b"X".to_vec(),
+                    k(&mut keys, lead_keys.triggers.clone()),
+                    text(&feed.trigger_retention_ms),
+                    b"1".to_vec(),
+                    b"t".to_vec(),
+                    payload.into_bytes(),
+                ]);
+            }
+            if let Some(log) = &change.score_log {
+                ops.push(vec![
+                    b"L".to_vec(),
+                    k(&mut keys, lead_keys.scores.clone()),
+                    log.entry.encode().into_bytes(),
+                    text(&log.keep),
+                    text(&log.ttl_ms.max(1)),
+                ]);
+            }
+            let mut expiries = std::collections::BTreeMap::new();
+            for delta in &change.aggregates {
+                match delta {
+                    AggregateDelta::Funnel { day, field, by, expires } => {
+                        let key = self.keys.funnel(partition, *day);
+                        expiries.insert(key.clone(), *expires);
+                        ops.push(vec![b"F".to_vec(), k(&mut keys, key), field.clone().into_bytes(), text(&num(*by))]);
+                    }
+                    AggregateDelta::CohortCount { month, field, by } => {
+                        let key = self.keys.cohort_counts(partition, &month.key());
+                        ops.push(vec![b"I".to_vec(), k(&mut keys, key), field.clone().into_bytes(), text(by)]);
+                    }
+                    AggregateDelta::CohortScore { month, model, group, score } => {
+                        let key = self.keys.cohort_scores(partition, &month.key(), model, group);
+                        ops.push(match score {
+                            Some(score) => vec![b"Z".to_vec(), k(&mut keys, key), text(&num(*score)), member.clone()],
+                            None => vec![b"R".to_vec(), k(&mut keys, key), member.clone()],
+                        });
+                    }
+                }
+            }
+            for (key, expires) in expiries {
+                ops.push(vec![b"A".to_vec(), k(&mut keys, key), text(&expires.millis())]);
+            }
+            if let Some(at) = change.indexed_at {
+                ops.push(vec![
+                    b"Z".to_vec(),
+                    k(&mut keys, lead_keys.index.clone()),
+                    text(&at.millis()),
+                    member.clone(),
+                ]);
+            }
+            for (definition, at) in &change.inactivity {
+                let key = self.keys.inactive(definition, partition);
+                ops.push(match at {
+                    Some(at) => vec![b"Z".to_vec(), k(&mut keys, key), text(&at.millis()), member.clone()],
+                    None => vec![b"R".to_vec(), k(&mut keys, key), member.clone()],
+                });
+            }
+            args.push(keys.index(lead_keys.lead).to_string().into_bytes());
+            args.push(change.expected_version.to_string().into_bytes());
+            args.push(record::encode(&change.state));
+            args.push(ops.len().to_string().into_bytes());
+            args.extend(ops.into_iter().flatten());
+        }
+        args[0] = leads.to_string().into_bytes();
+        let mut inv = self.apply.prepare_invoke();
+        for key in keys.keys {
+            inv.key(key);
+        }
+        for arg in args {
+            inv.arg(arg);
+        }
+        Ok(inv)
     }
 
-    /// Lists the lead under its account (again: idempotent, so a crash
-    /// between the upsert and this is mended by the next upsert) and takes
-    /// it off the account it left. Readers also check each listed lead's
-    /// own account id, so a stale listing never counts.
-    async fn link_account(&self, lead: &LeadSnapshot, previous: &str) -> Result<(), StoreError> {
+    /// Lists each written lead under the account it joined and takes it off
+    /// the one it left (idempotent: a crash between the change and this is
+    /// mended by the next upsert; readers check each listed lead's own
+    /// account id, so a stale listing never counts).
+    async fn link_accounts(&self, changes: &[LeadChange], applied: &[Applied]) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
         let mut commands = 0;
-        if let Some(account) = &lead.account_id {
-            pipe.sadd(self.keys.account(account).leads, lead.lead_id.as_str()).ignore();
-            commands += 1;
-        }
-        if let Ok(previous) = AccountId::parse(previous)
-            && Some(&previous) != lead.account_id.as_ref()
-        {
-            pipe.srem(self.keys.account(&previous).leads, lead.lead_id.as_str()).ignore();
-            commands += 1;
+        for (change, applied) in changes.iter().zip(applied) {
+            let (Some((left, joined)), Applied::Written { .. }) = (&change.account, applied) else { continue };
+            let id = change.state.lead.lead_id.as_str();
+            if let Some(joined) = joined {
+                pipe.sadd(self.keys.account(joined).leads, id).ignore();
+                commands += 1;
+            }
+            if let Some(left) = left.as_ref().filter(|l| Some(*l) != joined.as_ref()) {
+                pipe.srem(self.keys.account(left).leads, id).ignore();
+                commands += 1;
+            }
         }
         if commands == 0 {
             return Ok(());
@@ -837,48 +614,28 @@ impl RedisStore {
         let _: () = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         Ok(())
     }
+}
 
-    fn ingest_invocation<'a>(
-        &'a self,
-        batch: &LeadBatch,
-        now: Timestamp,
-        policy: &IngestPolicy,
-        spec_args: &[String],
-    ) -> redis::ScriptInvocation<'a> {
-        let keys = self.keys.lead(&batch.lead_id);
-        let mut inv = self.ingest.prepare_invoke();
-        inv.key(&keys.base).key(&keys.lead).key(&keys.seen).key(&keys.days).key(&keys.history).key(&keys.index);
-        let partition = self.keys.partition(&batch.lead_id);
-        for definition in batch.watch_inactivity.iter() {
-            inv.key(self.keys.inactive(definition, partition));
+/// The keys of one script call, each once, in first-use order.
+#[derive(Default)]
+struct KeyList {
+    keys: Vec<String>,
+    at: HashMap<String, usize>,
+}
+
+impl KeyList {
+    /// The key's 1-based index in KEYS.
+    fn index(&mut self, key: String) -> usize {
+        if let Some(i) = self.at.get(&key) {
+            return *i;
         }
-        inv.arg(spec_args);
-        inv.arg(now.millis()).arg(policy.dedupe_window_ms).arg(policy.retention_ms).arg(policy.history_limit);
-        inv.arg(batch.lead_id.as_str()).arg(batch.initial_stage.as_str());
-        // The batch's earliest signal may be the lead's first touch.
-        let earliest = batch.signals.iter().enumerate().min_by_key(|(_, s)| s.occurred_at);
-        match earliest {
-            Some((i, s)) => inv.arg(i + 1).arg(profiles::encode_touch(&profiles::first_touch(&s.properties))),
-            None => inv.arg(0).arg(""),
-        };
-        // Every signal carries one weight per model, in the same order.
-        let models: Vec<&str> =
-            batch.signals.first().map(|s| s.weights.iter().map(|w| w.model.as_str()).collect()).unwrap_or_default();
-        inv.arg(models.len());
-        for model in &models {
-            inv.arg(*model);
-        }
-        for s in &batch.signals {
-            debug_assert!(s.weights.iter().map(|w| w.model.as_str()).eq(models.iter().copied()));
-            inv.arg(s.event_id.as_str())
-                .arg(&s.signal_type)
-                .arg(s.occurred_at.millis())
-                .arg(s.daily_cap.unwrap_or(0))
-                .arg(HistoryEntry::of(s, now).encode());
-            for w in &s.weights {
-                inv.arg(format!("{:?}", w.decay.half_life_millis())).arg(format!("{:?}", w.points));
-            }
-        }
-        inv
+        self.keys.push(key.clone());
+        self.at.insert(key, self.keys.len());
+        self.keys.len()
     }
+}
+
+/// A number as Redis reads it back exactly.
+fn num(v: f64) -> String {
+    format!("{v:?}")
 }

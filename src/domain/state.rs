@@ -1,0 +1,135 @@
+//! A lead's whole stored state, and the change one step of the lifecycle
+//! makes to it and to the aggregates around it. `crate::transition`
+//! computes both; the stores only keep the state and apply the change
+//! atomically (if the lead is still at the version it was read at).
+
+use std::collections::VecDeque;
+
+use super::profiles::{ModelScore, Month, ScoreHistoryEntry};
+use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
+
+/// The earliest signal's `occurred_at` and its source, channel, campaign.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstTouch {
+    pub at: Timestamp,
+    pub values: [String; 3],
+}
+
+/// Where a lead counts in the cohort aggregates, as of its last change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CohortPlace {
+    pub month: Month,
+    pub stage: Stage,
+    pub reached_mql: bool,
+    /// `""` (all leads) and `name=value` per declared cohort attribute.
+    pub groups: Vec<String>,
+    /// Every model's score as of the last change, primary first.
+    pub scores: Vec<ModelScore>,
+}
+
+impl CohortPlace {
+    /// Whether the lead counts in the same counters (scores aside).
+    pub fn same_counters(&self, other: &CohortPlace) -> bool {
+        self.month == other.month
+            && self.stage == other.stage
+            && self.reached_mql == other.reached_mql
+            && self.groups == other.groups
+            && self.scores.iter().map(|s| &s.model).eq(other.scores.iter().map(|s| &s.model))
+    }
+}
+
+/// Everything kept about one lead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadState {
+    pub lead: LeadSnapshot,
+    /// Changes written so far: the compare-and-set token. 0 for a lead
+    /// never written.
+    pub version: u64,
+    /// Event ids within the dedupe window and the bounded raw history.
+    pub ledger: LeadLedger,
+    /// Stage changes, newest first, bounded.
+    pub stages: VecDeque<StageChange>,
+    /// `None` for visitors, identified visitors, and leads never placed.
+    pub cohort: Option<CohortPlace>,
+    pub first_touch: Option<FirstTouch>,
+    /// The furthest funnel stage reached (`profiles::funnel_rank`).
+    pub funnel_reached: usize,
+    /// Ever reached MQL or a later sales stage.
+    pub reached_mql: bool,
+    /// The creation funnel entry, counted before any first touch was known:
+    /// moved under the first touch when it arrives.
+    pub untouched_creation: Option<(Timestamp, Stage)>,
+    /// The scores of the newest score history entry (an unchanged profile
+    /// saved again adds none).
+    pub logged: Vec<ModelScore>,
+}
+
+impl LeadState {
+    /// A lead never written.
+    pub fn new(lead: LeadSnapshot) -> Self {
+        Self {
+            lead,
+            version: 0,
+            ledger: LeadLedger::default(),
+            stages: VecDeque::new(),
+            cohort: None,
+            first_touch: None,
+            funnel_reached: 0,
+            reached_mql: false,
+            untouched_creation: None,
+            logged: Vec::new(),
+        }
+    }
+}
+
+/// A change to an aggregate kept beside the leads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AggregateDelta {
+    /// A funnel counter of a UTC day (`profiles::FunnelEntry::increments`);
+    /// the day's counters may be dropped after `expires`.
+    Funnel { day: i64, field: String, by: f64, expires: Timestamp },
+    /// A cohort month's counter (`group␟STAGE`, `group␟q`).
+    CohortCount { month: Month, field: String, by: i64 },
+    /// The lead's score in a cohort month's (model, group) distribution;
+    /// `None` takes it out.
+    CohortScore { month: Month, model: String, group: String, score: Option<f64> },
+}
+
+/// A score history entry to add, and how much history to keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreLog {
+    pub entry: ScoreHistoryEntry,
+    /// Entries kept (newest first).
+    pub keep: usize,
+    /// The history may be dropped once no entry was added for this long.
+    pub ttl_ms: i64,
+}
+
+/// Everything one step does: written in one atomic step per lead.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeadChange {
+    /// The version the lead was read at (0: it must still not exist).
+    pub expected_version: u64,
+    /// The lead afterwards (`version` = `expected_version + 1`).
+    pub state: LeadState,
+    /// Appended to the change feed, in order.
+    pub feed: Vec<StageChange>,
+    /// Appended to the trigger stream, in order.
+    pub triggers: Vec<FiredTrigger>,
+    pub score_log: Option<ScoreLog>,
+    pub aggregates: Vec<AggregateDelta>,
+    /// (Re)lists the lead in its partition's lead index by this time.
+    pub indexed_at: Option<Timestamp>,
+    /// Inactivity definition → listed by this engagement time (`Some`) or
+    /// taken off its index (`None`).
+    pub inactivity: Vec<(String, Option<Timestamp>)>,
+    /// The account the lead left and the one it joined, when it changed
+    /// (or was named again: listing is idempotent).
+    pub account: Option<(Option<AccountId>, Option<AccountId>)>,
+}
+
+impl LeadChange {
+    pub fn lead(&self) -> &LeadSnapshot {
+        &self.state.lead
+    }
+}

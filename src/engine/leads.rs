@@ -1,0 +1,57 @@
+//! Profile upserts (the CRM) and sales decisions (`SetStage`).
+
+use super::*;
+use crate::domain::LeadProfile;
+use crate::transition::{StageRefusal, StageRequest};
+
+/// Creates the lead or replaces its profile, and applies the qualification
+/// rules, in one write. Returns the lead afterwards.
+pub async fn upsert_lead(state: &AppState, rules: &RuleSet, profile: LeadProfile) -> Result<LeadSnapshot, StoreError> {
+    let settings = settings(state);
+    let lead_id = profile.lead_id.clone();
+    change_one(state, &lead_id, |stored, now| {
+        let change = transition::upsert_profile(rules, &settings, now, stored, profile.clone());
+        let lead = change.state.lead.clone();
+        Ok((Some(change), lead))
+    })
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetStageError {
+    #[error("{0:?}")]
+    Refused(StageRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Moves a lead by a sales decision, if the rule set allows it. Without an
+/// expected stage, the stage first read is expected: a lead moved by
+/// someone else meanwhile is reported, not moved again.
+pub async fn set_stage(
+    state: &AppState,
+    rules: &RuleSet,
+    lead_id: &LeadId,
+    mut request: StageRequest,
+) -> Result<(LeadSnapshot, crate::domain::StageChange), SetStageError> {
+    let settings = settings(state);
+    let outcome = change_one(state, lead_id, |stored, now| {
+        if request.expected.is_none() {
+            request.expected = stored.as_ref().map(|s| s.lead.stage);
+        }
+        match transition::set_stage(rules, &settings, now, stored, request.clone()) {
+            Ok(change) => {
+                let lead = change.state.lead.clone();
+                let moved = change.feed.first().cloned();
+                Ok((Some(change), Ok((lead, moved))))
+            }
+            Err(refusal) => Ok((None, Err(refusal))),
+        }
+    })
+    .await?;
+    match outcome {
+        Ok((lead, Some(change))) => Ok((lead, change)),
+        Ok((_, None)) => Err(StoreError::Internal("a stage change wrote no change".into()).into()),
+        Err(refusal) => Err(SetStageError::Refused(refusal)),
+    }
+}

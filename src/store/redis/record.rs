@@ -1,0 +1,382 @@
+//! A lead's stored state as one compact record (protobuf, format 2): the
+//! only place that knows how a `LeadState` is laid out in Redis.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use prost::Message;
+
+use crate::domain::ledger::HistoryEntry;
+use crate::domain::profiles::{ModelScore, Month};
+use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
+use crate::domain::{
+    AccountId, Cause, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange, Timestamp, TypeTally,
+};
+use crate::store::StoreError;
+
+/// The record layout this build reads and writes.
+pub const FORMAT: u32 = 2;
+
+#[derive(Clone, PartialEq, Message)]
+struct LeadRecord {
+    #[prost(uint32, tag = "1")]
+    format: u32,
+    #[prost(int64, tag = "2")]
+    created_at: i64,
+    #[prost(uint32, tag = "3")]
+    stage: u32,
+    #[prost(int64, tag = "4")]
+    stage_since: i64,
+    #[prost(int64, optional, tag = "5")]
+    last_engaged_at: Option<i64>,
+    #[prost(uint64, tag = "6")]
+    recorded: u64,
+    #[prost(string, optional, tag = "7")]
+    merged_into: Option<String>,
+    #[prost(string, optional, tag = "8")]
+    account_id: Option<String>,
+    #[prost(btree_map = "string, string", tag = "9")]
+    attributes: BTreeMap<String, String>,
+    #[prost(btree_map = "string, int64", tag = "10")]
+    trigger_fired: BTreeMap<String, i64>,
+    /// Model names: the order of every `TypeRecord::sums`.
+    #[prost(string, repeated, tag = "11")]
+    models: Vec<String>,
+    #[prost(message, repeated, tag = "12")]
+    types: Vec<TypeRecord>,
+    #[prost(fixed64, repeated, tag = "13")]
+    seen: Vec<u64>,
+    #[prost(int64, repeated, tag = "14")]
+    seen_at: Vec<i64>,
+    /// Newest first.
+    #[prost(message, repeated, tag = "15")]
+    history: Vec<SignalRecord>,
+    /// Newest first.
+    #[prost(message, repeated, tag = "16")]
+    stages: Vec<StageRecord>,
+    #[prost(message, optional, tag = "17")]
+    cohort: Option<CohortRecord>,
+    #[prost(int64, optional, tag = "18")]
+    first_touch_at: Option<i64>,
+    #[prost(string, repeated, tag = "19")]
+    first_touch: Vec<String>,
+    #[prost(uint32, tag = "20")]
+    funnel_reached: u32,
+    #[prost(bool, tag = "21")]
+    reached_mql: bool,
+    #[prost(int64, optional, tag = "22")]
+    untouched_at: Option<i64>,
+    #[prost(uint32, tag = "23")]
+    untouched_stage: u32,
+    #[prost(message, repeated, tag = "24")]
+    logged: Vec<ScoreRecord>,
+}
+
+/// One signal type: its tally and its per-day counters.
+#[derive(Clone, PartialEq, Message)]
+struct TypeRecord {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(uint64, tag = "2")]
+    counted: u64,
+    #[prost(int64, optional, tag = "3")]
+    last_at: Option<i64>,
+    /// In `LeadRecord::models` order; NaN where the model has no sum.
+    #[prost(double, repeated, tag = "4")]
+    sums: Vec<f64>,
+    #[prost(sint64, repeated, tag = "5")]
+    days: Vec<i64>,
+    #[prost(uint32, repeated, tag = "6")]
+    day_counts: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct SignalRecord {
+    #[prost(string, tag = "1")]
+    event_id: String,
+    #[prost(string, tag = "2")]
+    signal_type: String,
+    #[prost(int64, tag = "3")]
+    occurred_at: i64,
+    /// Arrival, as milliseconds after `occurred_at` (usually small).
+    #[prost(sint64, tag = "4")]
+    arrived_after: i64,
+    #[prost(btree_map = "string, string", tag = "5")]
+    properties: BTreeMap<String, String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StageRecord {
+    #[prost(uint32, tag = "1")]
+    from: u32,
+    #[prost(uint32, tag = "2")]
+    to: u32,
+    /// A rule id, or with `manual` the actor.
+    #[prost(string, tag = "3")]
+    cause: String,
+    #[prost(bool, tag = "4")]
+    manual: bool,
+    #[prost(string, tag = "5")]
+    reason: String,
+    #[prost(string, tag = "6")]
+    rule_set_version: String,
+    #[prost(double, tag = "7")]
+    total: f64,
+    #[prost(double, tag = "8")]
+    behavior: f64,
+    #[prost(double, tag = "9")]
+    fit: f64,
+    #[prost(uint32, tag = "10")]
+    grade: u32,
+    #[prost(int64, tag = "11")]
+    at: i64,
+    #[prost(double, optional, tag = "12")]
+    deal_amount: Option<f64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CohortRecord {
+    #[prost(string, tag = "1")]
+    month: String,
+    #[prost(uint32, tag = "2")]
+    stage: u32,
+    #[prost(bool, tag = "3")]
+    reached_mql: bool,
+    #[prost(string, repeated, tag = "4")]
+    groups: Vec<String>,
+    #[prost(message, repeated, tag = "5")]
+    scores: Vec<ScoreRecord>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ScoreRecord {
+    #[prost(string, tag = "1")]
+    model: String,
+    #[prost(double, tag = "2")]
+    behavior: f64,
+    #[prost(double, tag = "3")]
+    fit: f64,
+}
+
+fn stage_code(stage: Stage) -> u32 {
+    Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0) as u32
+}
+
+fn scores_record(scores: &[ModelScore]) -> Vec<ScoreRecord> {
+    scores.iter().map(|s| ScoreRecord { model: s.model.clone(), behavior: s.behavior, fit: s.fit }).collect()
+}
+
+/// The record of a lead's state.
+pub fn encode(state: &LeadState) -> Vec<u8> {
+    let lead = &state.lead;
+    let mut models: Vec<String> = Vec::new();
+    for tally in lead.tallies.values() {
+        for model in tally.sums.keys() {
+            if !models.contains(model) {
+                models.push(model.clone());
+            }
+        }
+    }
+    let mut names: Vec<&String> = lead.tallies.keys().chain(lead.daily.keys()).collect();
+    names.sort();
+    names.dedup();
+    let types = names
+        .into_iter()
+        .map(|name| {
+            let tally = lead.tallies.get(name);
+            let days = lead.daily.get(name);
+            TypeRecord {
+                name: name.clone(),
+                counted: tally.map_or(0, |t| t.counted),
+                last_at: tally.and_then(|t| t.last_at).map(Timestamp::millis),
+                sums: tally
+                    .map(|t| models.iter().map(|m| t.sums.get(m).copied().unwrap_or(f64::NAN)).collect())
+                    .unwrap_or_default(),
+                days: days.map(|d| d.keys().copied().collect()).unwrap_or_default(),
+                day_counts: days.map(|d| d.values().copied().collect()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let (seen, seen_at): (Vec<u64>, Vec<i64>) = state.ledger.seen().into_iter().map(|(f, at)| (f, at.millis())).unzip();
+    let record = LeadRecord {
+        format: FORMAT,
+        created_at: lead.created_at.millis(),
+        stage: stage_code(lead.stage),
+        stage_since: lead.stage_since.millis(),
+        last_engaged_at: lead.last_engaged_at.map(Timestamp::millis),
+        recorded: lead.recorded,
+        merged_into: lead.merged_into.as_ref().map(|id| id.as_str().to_owned()),
+        account_id: lead.account_id.as_ref().map(|id| id.as_str().to_owned()),
+        attributes: lead.attributes.clone(),
+        trigger_fired: lead.trigger_fired.iter().map(|(k, v)| (k.clone(), v.millis())).collect(),
+        models,
+        types,
+        seen,
+        seen_at,
+        history: state
+            .ledger
+            .history()
+            .map(|h| SignalRecord {
+                event_id: h.event_id.clone(),
+                signal_type: h.signal_type.clone(),
+                occurred_at: h.occurred_at_ms,
+                arrived_after: h.arrived_at_ms - h.occurred_at_ms,
+                properties: h.properties.clone(),
+            })
+            .collect(),
+        stages: state
+            .stages
+            .iter()
+            .map(|c| {
+                let (cause, manual) = match &c.cause {
+                    Cause::Rule { rule_id } => (rule_id.clone(), false),
+                    Cause::Manual { actor } => (actor.clone(), true),
+                };
+                StageRecord {
+                    from: stage_code(c.from),
+                    to: stage_code(c.to),
+                    cause,
+                    manual,
+                    reason: c.reason.clone(),
+                    rule_set_version: c.rule_set_version.clone(),
+                    total: c.score.total,
+                    behavior: c.score.behavior,
+                    fit: c.score.fit,
+                    grade: u32::from(c.score.grade),
+                    at: c.at.millis(),
+                    deal_amount: c.deal_amount,
+                }
+            })
+            .collect(),
+        cohort: state.cohort.as_ref().map(|c| CohortRecord {
+            month: c.month.key(),
+            stage: stage_code(c.stage),
+            reached_mql: c.reached_mql,
+            groups: c.groups.clone(),
+            scores: scores_record(&c.scores),
+        }),
+        first_touch_at: state.first_touch.as_ref().map(|t| t.at.millis()),
+        first_touch: state.first_touch.as_ref().map(|t| t.values.to_vec()).unwrap_or_default(),
+        funnel_reached: state.funnel_reached as u32,
+        reached_mql: state.reached_mql,
+        untouched_at: state.untouched_creation.map(|(at, _)| at.millis()),
+        untouched_stage: state.untouched_creation.map_or(0, |(_, s)| stage_code(s)),
+        logged: scores_record(&state.logged),
+    };
+    record.encode_to_vec()
+}
+
+/// A lead's state from its record and version.
+pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState, StoreError> {
+    let corrupt = |detail: String| StoreError::Corrupt { lead_id: lead_id.to_string(), detail };
+    let r = LeadRecord::decode(bytes).map_err(|e| corrupt(format!("record: {e}")))?;
+    if r.format != FORMAT {
+        return Err(corrupt(format!("record format {} (this build reads {FORMAT})", r.format)));
+    }
+    let stage = |code: u32| {
+        Stage::ALL.get(code as usize).copied().ok_or_else(|| corrupt(format!("stage code {code} is unknown")))
+    };
+    let at = Timestamp::from_millis;
+    let mut lead = LeadSnapshot::new(lead_id.clone(), at(r.created_at));
+    lead.stage = stage(r.stage)?;
+    lead.stage_since = at(r.stage_since);
+    lead.last_engaged_at = r.last_engaged_at.map(at);
+    lead.recorded = r.recorded;
+    lead.merged_into =
+        r.merged_into.map(LeadId::from_stored).transpose().map_err(|e| corrupt(format!("merged-into id {e}")))?;
+    lead.account_id = r.account_id.map(AccountId::parse).transpose().map_err(|e| corrupt(format!("account id {e}")))?;
+    lead.attributes = r.attributes;
+    lead.trigger_fired = r.trigger_fired.into_iter().map(|(k, v)| (k, at(v))).collect();
+    for t in r.types {
+        if t.counted > 0 || t.last_at.is_some() || !t.sums.is_empty() {
+            if t.counted > 0 && t.last_at.is_none() {
+                return Err(corrupt(format!("type '{}' has counted signals but no anchor time", t.name)));
+            }
+            let mut sums = BTreeMap::new();
+            for (model, sum) in r.models.iter().zip(&t.sums) {
+                if !sum.is_nan() {
+                    if !sum.is_finite() {
+                        return Err(corrupt(format!("type '{}' has a sum that is not finite", t.name)));
+                    }
+                    sums.insert(model.clone(), *sum);
+                }
+            }
+            lead.tallies.insert(t.name.clone(), TypeTally { counted: t.counted, last_at: t.last_at.map(at), sums });
+        }
+        if !t.days.is_empty() {
+            if t.days.len() != t.day_counts.len() {
+                return Err(corrupt(format!("type '{}' has unmatched day counters", t.name)));
+            }
+            lead.daily.insert(t.name, t.days.into_iter().zip(t.day_counts).collect());
+        }
+    }
+    if r.seen.len() != r.seen_at.len() {
+        return Err(corrupt("unmatched event fingerprints".into()));
+    }
+    let history: VecDeque<HistoryEntry> = r
+        .history
+        .into_iter()
+        .map(|h| HistoryEntry {
+            event_id: h.event_id,
+            signal_type: h.signal_type,
+            occurred_at_ms: h.occurred_at,
+            properties: h.properties,
+            arrived_at_ms: h.occurred_at.saturating_add(h.arrived_after),
+        })
+        .collect();
+    let ledger = LeadLedger::from_parts(r.seen.into_iter().zip(r.seen_at.into_iter().map(at)), history);
+    let stages = r
+        .stages
+        .into_iter()
+        .map(|s| {
+            Ok(StageChange {
+                from: stage(s.from)?,
+                to: stage(s.to)?,
+                cause: if s.manual { Cause::Manual { actor: s.cause } } else { Cause::Rule { rule_id: s.cause } },
+                reason: s.reason,
+                rule_set_version: s.rule_set_version,
+                score: ScoreSnapshot {
+                    total: s.total,
+                    behavior: s.behavior,
+                    fit: s.fit,
+                    grade: char::from_u32(s.grade).unwrap_or('D'),
+                },
+                at: at(s.at),
+                deal_amount: s.deal_amount,
+            })
+        })
+        .collect::<Result<VecDeque<_>, StoreError>>()?;
+    let scores = |list: Vec<ScoreRecord>| -> Vec<ModelScore> {
+        list.into_iter().map(|s| ModelScore { model: s.model, behavior: s.behavior, fit: s.fit }).collect()
+    };
+    let cohort = match r.cohort {
+        Some(c) => Some(CohortPlace {
+            month: Month::parse_key(&c.month).ok_or_else(|| corrupt(format!("cohort month '{}'", c.month)))?,
+            stage: stage(c.stage)?,
+            reached_mql: c.reached_mql,
+            groups: c.groups,
+            scores: scores(c.scores),
+        }),
+        None => None,
+    };
+    let first_touch = match (r.first_touch_at, <[String; 3]>::try_from(r.first_touch)) {
+        (Some(t), Ok(values)) => Some(FirstTouch { at: at(t), values }),
+        (None, _) => None,
+        (Some(_), Err(_)) => return Err(corrupt("first touch without its three values".into())),
+    };
+    let untouched_creation = match r.untouched_at {
+        Some(t) => Some((at(t), stage(r.untouched_stage)?)),
+        None => None,
+    };
+    Ok(LeadState {
+        lead,
+        version,
+        ledger,
+        stages,
+        cohort,
+        first_touch,
+        funnel_reached: r.funnel_reached as usize,
+        reached_mql: r.reached_mql,
+        untouched_creation,
+        logged: scores(r.logged),
+    })
+}

@@ -1,0 +1,807 @@
+//! The scoring core: every rule of a lead's life, written once.
+//!
+//! From a lead's stored state, one input (signals, a profile, a sales
+//! decision, an identified visitor, a rescore, an inactivity check), the
+//! rule set and `now`, each function here computes the lead's new state and
+//! everything the step does: qualification changes for the feed, fired
+//! triggers, and the deltas of every aggregate (funnel, cohorts, score
+//! history, lead and inactivity indexes, account lists). Pure: no I/O, no
+//! clock. The stores write a `LeadChange` atomically if the lead is still
+//! at the version it was read at; the engine reads, calls this, writes, and
+//! retries on a conflict.
+//!
+//! Rules kept here: dedupe, caps and decay (through `LeadLedger` and
+//! `TypeTally`), fit and scores, first touch, funnel entries (passed stages,
+//! time to stage, reopened leads, won deals), cohort places, score history,
+//! qualification with chaining, forward-only rule moves, allowed manual
+//! moves, trigger conditions and cooldowns, inactivity, visitor merges.
+
+use std::collections::BTreeSet;
+
+use crate::domain::profiles::{
+    self, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, SEP, ScoreHistoryEntry, funnel_groups,
+};
+use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState, ScoreLog};
+use crate::domain::{
+    Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
+    ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
+};
+use crate::rules::RuleSet;
+use crate::rules::triggers::TriggerDefinition;
+
+/// How much a lead keeps, from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    pub ingest: IngestPolicy,
+    /// Stage changes kept per lead.
+    pub stage_history: usize,
+    /// Score history entries kept per lead; 0 keeps none.
+    pub score_history: usize,
+    pub score_history_age_ms: i64,
+    /// How long funnel counters are kept after their day.
+    pub funnel_retention_ms: i64,
+}
+
+impl Settings {
+    pub fn new(ingest: IngestPolicy) -> Self {
+        const DAY: i64 = 86_400_000;
+        Self {
+            ingest,
+            stage_history: 100,
+            score_history: 50,
+            score_history_age_ms: 180 * DAY,
+            funnel_retention_ms: 800 * DAY,
+        }
+    }
+}
+
+/// A step's result: the change to write and what the step answers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step<T> {
+    pub change: LeadChange,
+    pub answer: T,
+}
+
+/// Why a `SetStage` is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageRefusal {
+    NotFound,
+    /// The lead is not in the stage the caller expected.
+    Changed {
+        expected: Stage,
+        current: Stage,
+    },
+    /// The rule set does not allow the move.
+    NotAllowed {
+        from: Stage,
+        to: Stage,
+        allowed: Vec<Stage>,
+    },
+}
+
+/// A sales decision (`SetStage`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRequest {
+    pub to: Stage,
+    /// The stage the caller saw (compare-and-set), if it said.
+    pub expected: Option<Stage>,
+    pub actor: String,
+    pub reason: String,
+    pub deal_amount: Option<f64>,
+}
+
+/// Why identifying a visitor did nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentifyRefusal {
+    UnknownVisitor,
+    AlreadyIdentified(LeadId),
+}
+
+/// How a lead a step creates starts.
+struct New {
+    stage: Stage,
+    /// When the CRM created it (default: now).
+    created_at: Option<Timestamp>,
+    touch: Option<FirstTouch>,
+}
+
+impl New {
+    fn in_stage(stage: Stage) -> Self {
+        Self { stage, created_at: None, touch: None }
+    }
+}
+
+/// A change being built.
+struct Builder<'r> {
+    rules: &'r RuleSet,
+    settings: &'r Settings,
+    now: Timestamp,
+    state: LeadState,
+    change: LeadChange,
+}
+
+impl<'r> Builder<'r> {
+    /// From the stored state, or a new lead created now in `initial_stage`
+    /// (its creation counted in the funnel at `created_at`, now if unknown,
+    /// under `touch` if known).
+    fn begin(
+        rules: &'r RuleSet,
+        settings: &'r Settings,
+        now: Timestamp,
+        stored: Option<LeadState>,
+        lead_id: &LeadId,
+        new: New,
+    ) -> Self {
+        let New { stage: initial_stage, created_at, touch } = new;
+        let (state, created) = match stored {
+            Some(state) => (state, false),
+            None => {
+                let mut lead = LeadSnapshot::new(lead_id.clone(), now);
+                lead.stage = initial_stage;
+                (LeadState::new(lead), true)
+            }
+        };
+        let change = LeadChange {
+            expected_version: state.version,
+            state: state.clone(),
+            feed: Vec::new(),
+            triggers: Vec::new(),
+            score_log: None,
+            aggregates: Vec::new(),
+            indexed_at: None,
+            inactivity: Vec::new(),
+            account: None,
+        };
+        let mut b = Self { rules, settings, now, state, change };
+        if created {
+            let at = created_at.unwrap_or(now);
+            b.state.first_touch = touch;
+            let entry = creation_entry(initial_stage);
+            let groups = funnel_groups(b.state.first_touch.as_ref().map(|t| &t.values));
+            b.count(&groups, &entry, at, 1.0);
+            b.state.funnel_reached = profiles::funnel_rank(initial_stage);
+            if b.state.first_touch.is_none() {
+                b.state.untouched_creation = Some((at, initial_stage));
+            }
+            b.change.indexed_at = Some(b.state.lead.created_at);
+        }
+        b
+    }
+
+    fn created(&self) -> bool {
+        self.change.expected_version == 0
+    }
+
+    /// Adds (`sign` 1) or takes back (-1) a funnel entry's counters for
+    /// some groups on the day of `at`.
+    fn count(&mut self, groups: &[String], entry: &FunnelEntry, at: Timestamp, sign: f64) {
+        let day = at.utc_day();
+        let expires = Timestamp::from_millis((day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
+        for group in groups {
+            for (field, by) in entry.increments(group) {
+                self.change.aggregates.push(AggregateDelta::Funnel { day, field, by: sign * by, expires });
+            }
+        }
+    }
+
+    /// Takes the candidate as the lead's first touch if it is earlier,
+    /// moving a creation entry counted before any touch under it.
+    fn earlier_touch(&mut self, candidate: Option<FirstTouch>) {
+        let Some(candidate) = candidate else { return };
+        if self.state.first_touch.as_ref().is_some_and(|t| candidate.at >= t.at) {
+            return;
+        }
+        let first = self.state.first_touch.is_none();
+        self.state.first_touch = Some(candidate);
+        if let (true, Some((at, stage))) = (first, self.state.untouched_creation.take()) {
+            // The all-leads group stays; the first-touch groups move.
+            let entry = creation_entry(stage);
+            let untouched = funnel_groups(None);
+            let touched = funnel_groups(self.state.first_touch.as_ref().map(|t| &t.values));
+            self.count(&untouched[1..], &entry, at, -1.0);
+            self.count(&touched[1..], &entry, at, 1.0);
+        }
+    }
+
+    /// Counts the lead entering a stage in the funnel.
+    fn enter(&mut self, change: &StageChange) {
+        if QUALIFIED_STAGES.contains(&change.to) {
+            self.state.reached_mql = true;
+        }
+        let passed = profiles::newly_passed(self.state.funnel_reached, change.to);
+        self.state.funnel_reached = self.state.funnel_reached.max(profiles::funnel_rank(change.to));
+        let entry = FunnelEntry {
+            passed,
+            stage: change.to,
+            since_created_ms: change.at.millis() - self.state.lead.created_at.millis(),
+            reopened: change.from == Stage::Recycled && matches!(change.cause, Cause::Rule { .. }),
+            deal_amount: change.deal_amount,
+        };
+        let groups = funnel_groups(self.state.first_touch.as_ref().map(|t| &t.values));
+        self.count(&groups, &entry, change.at, 1.0);
+    }
+
+    /// Fires `fire` unless its cooldown for the lead still runs at `at`.
+    fn fire(&mut self, fire: TriggerFire, at: Timestamp) -> bool {
+        let last = self.state.lead.trigger_fired.get(&fire.trigger.definition_id);
+        if last.is_some_and(|last| at.millis() - last.millis() < fire.cooldown_ms) {
+            return false;
+        }
+        self.state.lead.trigger_fired.insert(fire.trigger.definition_id.clone(), at);
+        self.change.triggers.push(fire.trigger);
+        true
+    }
+
+    /// Moves the lead through `changes`, firing each one's triggers.
+    fn apply_changes(&mut self, changes: Vec<StageChange>, fires: Vec<Vec<TriggerFire>>) {
+        let mut fires = fires.into_iter();
+        for change in changes {
+            for fire in fires.next().unwrap_or_default() {
+                self.fire(fire, change.at);
+            }
+            self.state.lead.stage = change.to;
+            self.state.lead.stage_since = change.at;
+            self.enter(&change);
+            self.state.stages.push_front(change.clone());
+            self.change.feed.push(change);
+        }
+        self.state.stages.truncate(self.settings.stage_history.max(1));
+    }
+
+    /// Whatever moves the qualification rules make now, each with the
+    /// triggers of the stage it enters.
+    fn qualify(&mut self) {
+        let changes = rule_changes(self.rules, &self.state.lead, self.now);
+        if changes.is_empty() {
+            return;
+        }
+        let fires = trigger_fires(self.rules, &self.state.lead, &changes);
+        self.apply_changes(changes, fires);
+    }
+
+    /// Records signals (in order); returns their statuses and the types
+    /// that counted. Fires the triggers the signals fire.
+    fn record(&mut self, signals: &[ScoredSignal]) -> (Vec<SignalStatus>, BTreeSet<String>) {
+        let before = self.state.lead.clone();
+        let statuses: Vec<SignalStatus> = signals
+            .iter()
+            .map(|s| self.state.ledger.record(&mut self.state.lead, s, self.now, &self.settings.ingest))
+            .collect();
+        let recorded = signals.iter().zip(&statuses).filter(|(_, st)| **st != SignalStatus::Duplicate);
+        self.earlier_touch(earliest_touch(recorded.map(|(s, _)| s)));
+        let counted: BTreeSet<String> = signals
+            .iter()
+            .zip(&statuses)
+            .filter(|(_, st)| **st == SignalStatus::Accepted)
+            .map(|(s, _)| s.signal_type.clone())
+            .collect();
+        let fired = self.rules.ingest_triggers(&before, &self.state.lead, &counted, self.now);
+        if !fired.is_empty() {
+            let score = ScoreSnapshot::of(&self.rules.primary().score(&self.state.lead, self.now));
+            let reasons = counted.iter().cloned().collect::<Vec<_>>().join(", ");
+            for def in fired {
+                let reason = format!("{} after {reasons}", def.on);
+                let fire = fire(def, &self.state.lead, self.now, reason, score.clone(), self.state.lead.stage);
+                self.fire(fire, self.now);
+            }
+        }
+        if !counted.is_empty() {
+            for (def, _) in self.rules.inactivity_triggers() {
+                self.change.inactivity.push((def.id.clone(), Some(self.now)));
+            }
+        }
+        (statuses, counted)
+    }
+
+    /// Brings the lead's cohort place up to date, and adds a score history
+    /// entry for `cause` (with `dedupe`, not when the scores equal the
+    /// newest entry's).
+    fn touch(&mut self, cause: Option<String>, dedupe: bool) {
+        let scores = model_scores(self.rules, &self.state.lead, self.now);
+        let place = self.place(&scores);
+        let old = self.state.cohort.take();
+        if let Some(old) = &old
+            && place.as_ref().is_none_or(|new| !new.same_counters(old))
+        {
+            for group in &old.groups {
+                self.cohort_count(old.month, format!("{group}{SEP}{}", old.stage.as_str()), -1);
+                if old.reached_mql {
+                    self.cohort_count(old.month, format!("{group}{SEP}q"), -1);
+                }
+                for s in &old.scores {
+                    self.change.aggregates.push(AggregateDelta::CohortScore {
+                        month: old.month,
+                        model: s.model.clone(),
+                        group: group.clone(),
+                        score: None,
+                    });
+                }
+            }
+        }
+        if let Some(new) = &place {
+            let moved = old.as_ref().is_none_or(|old| !new.same_counters(old));
+            if moved {
+                for group in &new.groups {
+                    self.cohort_count(new.month, format!("{group}{SEP}{}", new.stage.as_str()), 1);
+                    if new.reached_mql {
+                        self.cohort_count(new.month, format!("{group}{SEP}q"), 1);
+                    }
+                }
+            }
+            for group in &new.groups {
+                for (i, s) in new.scores.iter().enumerate() {
+                    let unchanged =
+                        !moved && old.as_ref().and_then(|o| o.scores.get(i)).map(|o| o.total()) == Some(s.total());
+                    if !unchanged {
+                        self.change.aggregates.push(AggregateDelta::CohortScore {
+                            month: new.month,
+                            model: s.model.clone(),
+                            group: group.clone(),
+                            score: Some(s.total()),
+                        });
+                    }
+                }
+            }
+        }
+        self.state.cohort = place;
+        let Some(cause) = cause else { return };
+        if self.settings.score_history == 0 || (dedupe && self.state.logged == scores) {
+            return;
+        }
+        self.state.logged = scores.clone();
+        self.change.score_log = Some(ScoreLog {
+            entry: ScoreHistoryEntry { at: self.now, cause, scores },
+            keep: self.settings.score_history,
+            ttl_ms: self.settings.score_history_age_ms,
+        });
+    }
+
+    fn cohort_count(&mut self, month: Month, field: String, by: i64) {
+        self.change.aggregates.push(AggregateDelta::CohortCount { month, field, by });
+    }
+
+    /// Where the lead counts in cohorts: visitors (identified or not) do not.
+    fn place(&self, scores: &[ModelScore]) -> Option<CohortPlace> {
+        let lead = &self.state.lead;
+        if lead.lead_id.visitor().is_some() || lead.merged_into.is_some() {
+            return None;
+        }
+        let mut groups = vec![String::new()];
+        for name in &self.rules.cohort_attributes {
+            if let Some(value) = lead.attributes.get(name) {
+                groups.push(format!("{name}={value}"));
+            }
+        }
+        Some(CohortPlace {
+            month: Month::of(lead.created_at),
+            stage: lead.stage,
+            reached_mql: self.state.reached_mql,
+            groups,
+            scores: scores.to_vec(),
+        })
+    }
+
+    fn finish(mut self) -> LeadChange {
+        self.state.version = self.change.expected_version + 1;
+        self.change.state = self.state;
+        self.change
+    }
+}
+
+/// Every model's score of the lead at `now`, primary first, then by name.
+pub fn model_scores(rules: &RuleSet, lead: &LeadSnapshot, now: Timestamp) -> Vec<ModelScore> {
+    let primary = rules.primary();
+    std::iter::once(primary)
+        .chain(rules.models.values().filter(|m| m.name != primary.name))
+        .map(|m| {
+            let s = m.score(lead, now);
+            ModelScore { model: s.model, behavior: s.behavior, fit: s.fit }
+        })
+        .collect()
+}
+
+fn creation_entry(stage: Stage) -> FunnelEntry {
+    FunnelEntry {
+        passed: profiles::newly_passed(0, stage),
+        stage,
+        since_created_ms: 0,
+        reopened: false,
+        deal_amount: None,
+    }
+}
+
+/// The earliest of some signals as a first touch.
+fn earliest_touch<'a>(signals: impl IntoIterator<Item = &'a ScoredSignal>) -> Option<FirstTouch> {
+    profiles::earliest_touch(signals.into_iter().map(|s| (s.occurred_at, &s.properties)))
+        .map(|(at, values)| FirstTouch { at, values })
+}
+
+/// The rule moves for `lead`, as stage changes stamped with the score.
+pub fn rule_changes(rules: &RuleSet, lead: &LeadSnapshot, now: Timestamp) -> Vec<StageChange> {
+    let moves = tracing::info_span!("rules.evaluate", rule_set = %rules.version).in_scope(|| rules.qualify(lead, now));
+    if moves.is_empty() {
+        return Vec::new();
+    }
+    let score = ScoreSnapshot::of(&rules.primary().score(lead, now));
+    let mut from = lead.stage;
+    moves
+        .into_iter()
+        .map(|m| {
+            let reason =
+                rules.qualification.iter().find(|r| r.id == m.rule_id).map(|r| r.when.clone()).unwrap_or_default();
+            let change = StageChange {
+                from,
+                to: m.to,
+                cause: Cause::Rule { rule_id: m.rule_id },
+                reason,
+                rule_set_version: rules.version.clone(),
+                score: score.clone(),
+                at: now,
+                deal_amount: None,
+            };
+            from = m.to;
+            change
+        })
+        .collect()
+}
+
+/// A trigger of `def` for `lead`, fired at `at`.
+fn fire(
+    def: &TriggerDefinition,
+    lead: &LeadSnapshot,
+    at: Timestamp,
+    reason: String,
+    score: ScoreSnapshot,
+    stage: Stage,
+) -> TriggerFire {
+    TriggerFire {
+        cooldown_ms: def.cooldown_ms,
+        trigger: FiredTrigger {
+            definition_id: def.id.clone(),
+            program: def.program.clone(),
+            lead_id: lead.lead_id.as_str().to_owned(),
+            fired_at: at,
+            reason,
+            score,
+            stage,
+        },
+    }
+}
+
+/// The nurture triggers each change fires: the `stage_entered` definitions
+/// of the stage it enters whose condition holds for the lead in that stage.
+pub fn trigger_fires(rules: &RuleSet, lead: &LeadSnapshot, changes: &[StageChange]) -> Vec<Vec<TriggerFire>> {
+    changes
+        .iter()
+        .map(|change| {
+            rules
+                .stage_entered_triggers(lead, change.to, change.at)
+                .into_iter()
+                .map(|def| {
+                    let reason = match &change.cause {
+                        Cause::Rule { rule_id } => format!("entered {} by rule {rule_id}", change.to),
+                        Cause::Manual { actor } => format!("entered {} set by {actor}", change.to),
+                    };
+                    fire(def, lead, change.at, reason, change.score.clone(), change.to)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// What recording signals on one lead does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// `None` when nothing changed (every signal a duplicate): nothing to
+    /// write.
+    pub change: Option<LeadChange>,
+    /// One per signal, in order.
+    pub statuses: Vec<SignalStatus>,
+    /// The lead afterwards.
+    pub lead: LeadSnapshot,
+}
+
+/// Records signals on a lead (created in `initial_stage` if new), then
+/// applies the qualification rules.
+pub fn record_signals(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+    lead_id: &LeadId,
+    initial_stage: Stage,
+    signals: &[ScoredSignal],
+) -> Recorded {
+    let touch = earliest_touch(signals);
+    let mut b =
+        Builder::begin(rules, settings, now, stored, lead_id, New { stage: initial_stage, created_at: None, touch });
+    let (statuses, counted) = b.record(signals);
+    b.qualify();
+    let nothing = !b.created()
+        && statuses.iter().all(|s| *s == SignalStatus::Duplicate)
+        && b.change.feed.is_empty()
+        && b.change.triggers.is_empty();
+    if nothing {
+        return Recorded { change: None, statuses, lead: b.change.state.lead };
+    }
+    let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted.iter().map(String::as_str)));
+    b.touch(cause, false);
+    let change = b.finish();
+    Recorded { lead: change.state.lead.clone(), change: Some(change), statuses }
+}
+
+/// Creates the lead or replaces its profile (attributes as a whole,
+/// `created_at` when sent), then applies the qualification rules.
+pub fn upsert_profile(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+    profile: LeadProfile,
+) -> LeadChange {
+    let lead_id = profile.lead_id.clone();
+    let mut b = Builder::begin(
+        rules,
+        settings,
+        now,
+        stored,
+        &lead_id,
+        New { stage: Stage::Lead, created_at: profile.created_at, touch: None },
+    );
+    let previous = b.state.lead.account_id.clone();
+    b.state.lead.apply_profile(profile);
+    b.change.indexed_at = Some(b.state.lead.created_at);
+    if previous.is_some() || b.state.lead.account_id.is_some() {
+        b.change.account = Some((previous, b.state.lead.account_id.clone()));
+    }
+    b.qualify();
+    b.touch(Some("profile".into()), true);
+    b.finish()
+}
+
+/// A sales decision: moves the lead if the rule set allows it (and it is
+/// in the stage the caller expected), firing the stage's triggers.
+pub fn set_stage(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+    request: StageRequest,
+) -> Result<LeadChange, StageRefusal> {
+    let Some(stored) = stored else { return Err(StageRefusal::NotFound) };
+    let from = stored.lead.stage;
+    if let Some(expected) = request.expected
+        && expected != from
+    {
+        return Err(StageRefusal::Changed { expected, current: from });
+    }
+    let allowed = rules.manual_targets(from);
+    if !allowed.contains(&request.to) {
+        return Err(StageRefusal::NotAllowed { from, to: request.to, allowed: allowed.to_vec() });
+    }
+    let lead_id = stored.lead.lead_id.clone();
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(from));
+    let change = StageChange {
+        from,
+        to: request.to,
+        cause: Cause::Manual { actor: request.actor },
+        reason: request.reason,
+        rule_set_version: rules.version.clone(),
+        score: ScoreSnapshot::of(&rules.primary().score(&b.state.lead, now)),
+        at: now,
+        deal_amount: request.deal_amount,
+    };
+    let fires = trigger_fires(rules, &b.state.lead, std::slice::from_ref(&change));
+    b.apply_changes(vec![change], fires);
+    b.touch(None, false);
+    Ok(b.finish())
+}
+
+/// Marks a visitor as identified as `lead_id`: its later signals go there.
+/// `Ok(None)`: already marked as this lead.
+pub fn mark_identified(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    visitor: Option<LeadState>,
+    lead_id: &LeadId,
+) -> Result<Option<LeadChange>, IdentifyRefusal> {
+    let Some(visitor) = visitor else { return Err(IdentifyRefusal::UnknownVisitor) };
+    match &visitor.lead.merged_into {
+        Some(owner) if owner == lead_id => return Ok(None),
+        Some(owner) => return Err(IdentifyRefusal::AlreadyIdentified(owner.clone())),
+        None => {}
+    }
+    let id = visitor.lead.lead_id.clone();
+    let stage = visitor.lead.stage;
+    let mut b = Builder::begin(rules, settings, now, Some(visitor), &id, New::in_stage(stage));
+    b.state.lead.merged_into = Some(lead_id.clone());
+    b.touch(None, false);
+    Ok(Some(b.finish()))
+}
+
+/// Records an identified visitor's raw history on the lead (duplicates
+/// counted once, however often this runs); a lead this creates starts
+/// `ANONYMOUS` and moves to `LEAD`. Answers how many signals were new.
+pub fn merge_visitor(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+    lead_id: &LeadId,
+    visitor: &LeadState,
+    visitor_name: &str,
+) -> Step<u32> {
+    let oldest = now.plus_millis(-settings.ingest.retention_ms);
+    let signals = replayable(rules, visitor.ledger.history().rev().filter(|e| e.occurred_at_ms >= oldest.millis()));
+    let touch = earliest_touch(&signals);
+    let mut b =
+        Builder::begin(rules, settings, now, stored, lead_id, New { stage: Stage::Anonymous, created_at: None, touch });
+    let (statuses, counted) = b.record(&signals);
+    if b.state.lead.stage == Stage::Anonymous {
+        let change = StageChange {
+            from: Stage::Anonymous,
+            to: Stage::Lead,
+            cause: Cause::Manual { actor: "identify_visitor".into() },
+            reason: format!("visitor {visitor_name} identified"),
+            rule_set_version: rules.version.clone(),
+            score: ScoreSnapshot::of(&rules.primary().score(&b.state.lead, now)),
+            at: now,
+            deal_amount: None,
+        };
+        let fires = trigger_fires(rules, &b.state.lead, std::slice::from_ref(&change));
+        b.apply_changes(vec![change], fires);
+    }
+    b.qualify();
+    let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted.iter().map(String::as_str)));
+    b.touch(cause, false);
+    let merged = statuses.iter().filter(|s| **s != SignalStatus::Duplicate).count() as u32;
+    Step { change: b.finish(), answer: merged }
+}
+
+/// Raw history entries (oldest first) as signals under `rules`; entries of
+/// types the rule set no longer declares are left out.
+fn replayable<'a>(
+    rules: &RuleSet,
+    entries: impl Iterator<Item = &'a crate::domain::ledger::HistoryEntry>,
+) -> Vec<ScoredSignal> {
+    entries.filter_map(|e| replay_signal(rules, e)).collect()
+}
+
+/// A raw history entry as a signal weighed by `rules`; `None` for a type
+/// the rule set does not declare (or an id no longer valid).
+fn replay_signal(rules: &RuleSet, e: &crate::domain::ledger::HistoryEntry) -> Option<ScoredSignal> {
+    let def = rules.signal_type(&e.signal_type)?;
+    Some(ScoredSignal {
+        event_id: EventId::parse(e.event_id.clone()).ok()?,
+        signal_type: e.signal_type.clone(),
+        occurred_at: Timestamp::from_millis(e.occurred_at_ms),
+        daily_cap: def.daily_cap,
+        weights: rules.weigh(&e.signal_type, &e.properties),
+        properties: e.properties.clone(),
+    })
+}
+
+/// The lead's tallies recomputed under `rules` by replaying its raw history
+/// in arrival order — when the history holds every signal the lead ever
+/// recorded. `None` when it does not: the stored tallies then stand.
+pub fn rebuild(rules: &RuleSet, state: &LeadState, policy: &IngestPolicy) -> Option<LeadSnapshot> {
+    let lead = &state.lead;
+    if state.ledger.history().count() as u64 != lead.recorded {
+        return None;
+    }
+    let mut fresh = lead.clone();
+    fresh.tallies.clear();
+    fresh.daily.clear();
+    fresh.recorded = 0;
+    fresh.last_engaged_at = None;
+    let mut ledger = LeadLedger::default();
+    let replay = IngestPolicy { history_limit: 0, ..*policy };
+    for entry in state.ledger.history().rev() {
+        match replay_signal(rules, entry) {
+            Some(signal) => {
+                ledger.record(&mut fresh, &signal, Timestamp::from_millis(entry.arrived_at_ms), &replay);
+            }
+            // A type the rule set no longer declares counts nothing.
+            None => fresh.recorded += 1,
+        }
+    }
+    Some(fresh)
+}
+
+/// Whether two leads hold the same tallies, sums compared to within
+/// floating point noise.
+fn same_tallies(a: &LeadSnapshot, b: &LeadSnapshot) -> bool {
+    a.daily == b.daily
+        && a.last_engaged_at == b.last_engaged_at
+        && a.tallies.len() == b.tallies.len()
+        && a.tallies.iter().zip(&b.tallies).all(|((ta, x), (tb, y))| {
+            ta == tb
+                && x.counted == y.counted
+                && x.last_at == y.last_at
+                && x.sums.len() == y.sums.len()
+                && x.sums
+                    .iter()
+                    .zip(&y.sums)
+                    .all(|((ma, sa), (mb, sb))| ma == mb && (sa - sb).abs() <= 1e-9 * (1.0 + sa.abs().max(sb.abs())))
+        })
+}
+
+/// What a rescore did to one lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Rescored {
+    /// Tallies rebuilt from a complete raw history, and different.
+    pub rebuilt: bool,
+    pub stage_changed: bool,
+}
+
+/// Brings a lead up to `rules`: tallies rebuilt from its raw history when
+/// complete, fit and cohort place refreshed, qualification applied. `None`
+/// when the lead is already up to date (nothing to write).
+pub fn rescore(rules: &RuleSet, settings: &Settings, now: Timestamp, stored: LeadState) -> Option<Step<Rescored>> {
+    let lead_id = stored.lead.lead_id.clone();
+    let stage = stored.lead.stage;
+    let rebuilt = rebuild(rules, &stored, &settings.ingest).filter(|r| !same_tallies(r, &stored.lead));
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
+    let mut answer = Rescored::default();
+    if let Some(rebuilt) = rebuilt {
+        b.state.lead.tallies = rebuilt.tallies;
+        b.state.lead.daily = rebuilt.daily;
+        b.state.lead.last_engaged_at = rebuilt.last_engaged_at;
+        answer.rebuilt = true;
+    }
+    let scores = model_scores(rules, &b.state.lead, now);
+    let fits_changed = b.state.cohort.as_ref().is_some_and(|c| {
+        c.scores.len() != scores.len()
+            || c.scores.iter().zip(&scores).any(|(old, new)| old.model != new.model || old.fit != new.fit)
+    });
+    let place_changed = match (&b.state.cohort, b.place(&scores)) {
+        (None, None) => false,
+        (Some(old), Some(new)) => !old.same_counters(&new),
+        _ => true,
+    };
+    b.qualify();
+    answer.stage_changed = !b.change.feed.is_empty();
+    if !(answer.rebuilt || fits_changed || place_changed || answer.stage_changed) {
+        return None;
+    }
+    let cause = (answer.rebuilt || fits_changed).then(|| format!("rescore:{}", rules.version));
+    b.touch(cause, true);
+    Some(Step { change: b.finish(), answer })
+}
+
+/// The inactivity check of one lead listed under `definition` (quiet for
+/// `quiet_ms` by `now`): it leaves the index, and the trigger fires if its
+/// condition holds, it has not fired in this quiet spell and its cooldown
+/// is over. `None`: the lead engaged since it was listed (the ingest listed
+/// it again) — nothing to write. Answers whether the trigger fired.
+pub fn inactivity(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: LeadState,
+    definition: &TriggerDefinition,
+    quiet_ms: i64,
+) -> Option<Step<bool>> {
+    let engaged_at = stored.lead.last_engaged_at;
+    if engaged_at.is_some_and(|at| at.millis() > now.millis() - quiet_ms) {
+        return None;
+    }
+    let lead_id = stored.lead.lead_id.clone();
+    let stage = stored.lead.stage;
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
+    b.change.inactivity.push((definition.id.clone(), None));
+    let mut fired = false;
+    if let Some(engaged_at) = engaged_at
+        && rules.trigger_condition_holds(definition, &b.state.lead, now)
+    {
+        let spell_fired = b.state.lead.trigger_fired.get(&definition.id).is_some_and(|last| *last >= engaged_at);
+        if !spell_fired {
+            let quiet = crate::rules::format_duration(now.millis() - engaged_at.millis());
+            let score = ScoreSnapshot::of(&rules.primary().score(&b.state.lead, now));
+            let f = fire(definition, &b.state.lead, now, format!("no counted signal for {quiet}"), score, stage);
+            fired = b.fire(f, now);
+        }
+    }
+    Some(Step { change: b.finish(), answer: fired })
+}
