@@ -42,6 +42,8 @@ pub enum StartupError {
     Serve(#[from] tonic::transport::Error),
     #[error("{0}")]
     Security(String),
+    #[error("{0}")]
+    DataFormat(String),
 }
 
 /// The bytes of a configured file (`key` names the setting in the error).
@@ -211,7 +213,15 @@ impl Application {
         let store: Arc<dyn LeadStore> = match redis_settings(&settings)? {
             Some(redis) => {
                 tracing::info!(redis = %redacted_url(&redis.url), tls = ?redis.tls, "using the Redis store");
-                Arc::new(RedisStore::connect(&redis)?.with_latency(metrics.redis_duration.clone()))
+                let store = RedisStore::connect(&redis)?.with_latency(metrics.redis_duration.clone());
+                match store.check_format().await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => return Err(StartupError::DataFormat(why)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the stored data's layout yet (Redis unavailable)")
+                    }
+                }
+                Arc::new(store)
             }
             None => {
                 tracing::warn!(

@@ -805,3 +805,321 @@ pub fn inactivity(
     }
     Some(Step { change: b.finish(), answer: fired })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::domain::state::AggregateDelta;
+
+    const DAY: i64 = 86_400_000;
+    const NOW: Timestamp = Timestamp::from_millis(20_000 * DAY + 12 * 3_600_000);
+    /// Types without a daily cap: which signal a cap refuses depends on
+    /// arrival order, so order independence holds for these.
+    const UNCAPPED: [&str; 6] = [
+        "webinar_registered",
+        "webinar_attended",
+        "event_attended",
+        "demo_requested",
+        "meeting_scheduled",
+        "email_bounce",
+    ];
+
+    fn rules() -> RuleSet {
+        RuleSet::parse(crate::DEFAULT_RULES).unwrap()
+    }
+
+    fn settings() -> Settings {
+        Settings::new(IngestPolicy { dedupe_window_ms: 7 * DAY, retention_ms: 90 * DAY, history_limit: 100 })
+    }
+
+    fn id(s: &str) -> LeadId {
+        LeadId::parse(s).unwrap()
+    }
+
+    fn signal(rules: &RuleSet, event: &str, ty: &str, at: Timestamp) -> ScoredSignal {
+        let properties = BTreeMap::from([("source".to_owned(), "ads".to_owned())]);
+        ScoredSignal {
+            event_id: EventId::parse(event).unwrap(),
+            signal_type: ty.into(),
+            occurred_at: at,
+            daily_cap: rules.signal_type(ty).unwrap().daily_cap,
+            weights: rules.weigh(ty, &properties),
+            properties,
+        }
+    }
+
+    use std::collections::BTreeMap;
+
+    type Counts = HashMap<(Month, String), i64>;
+    type Scores = HashMap<(Month, String, String, LeadId), f64>;
+
+    /// What a store keeps, kept the simplest way: the properties read it.
+    #[derive(Default)]
+    struct Sim {
+        leads: HashMap<LeadId, LeadState>,
+        counts: Counts,
+        scores: Scores,
+        funnel: HashMap<String, f64>,
+        feed: Vec<StageChange>,
+        triggers: Vec<FiredTrigger>,
+        created: u64,
+    }
+
+    impl Sim {
+        fn load(&self, lead: &LeadId) -> Option<LeadState> {
+            self.leads.get(lead).cloned()
+        }
+
+        fn apply(&mut self, change: LeadChange) {
+            let id = change.state.lead.lead_id.clone();
+            assert_eq!(self.leads.get(&id).map_or(0, |l| l.version), change.expected_version);
+            assert_eq!(change.state.version, change.expected_version + 1);
+            if change.expected_version == 0 {
+                self.created += 1;
+            }
+            for delta in change.aggregates {
+                match delta {
+                    AggregateDelta::Funnel { field, by, .. } => *self.funnel.entry(field).or_default() += by,
+                    AggregateDelta::CohortCount { month, field, by } => {
+                        *self.counts.entry((month, field)).or_default() += by
+                    }
+                    AggregateDelta::CohortScore { month, model, group, score } => {
+                        let key = (month, model, group, id.clone());
+                        match score {
+                            Some(s) => self.scores.insert(key, s),
+                            None => self.scores.remove(&key),
+                        };
+                    }
+                }
+            }
+            self.feed.extend(change.feed);
+            self.triggers.extend(change.triggers);
+            self.leads.insert(id, change.state);
+        }
+
+        fn record(&mut self, rules: &RuleSet, lead: &LeadId, signals: &[ScoredSignal], now: Timestamp) -> Recorded {
+            let recorded = record_signals(rules, &settings(), now, self.load(lead), lead, Stage::Lead, signals);
+            if let Some(change) = recorded.change.clone() {
+                self.apply(change);
+            }
+            recorded
+        }
+
+        /// The cohort aggregates recounted from every lead's place.
+        fn recount(&self) -> (Counts, Scores) {
+            let (mut counts, mut scores) = (HashMap::new(), HashMap::new());
+            for (id, state) in &self.leads {
+                let Some(place) = &state.cohort else { continue };
+                for group in &place.groups {
+                    *counts.entry((place.month, format!("{group}{SEP}{}", place.stage.as_str()))).or_default() += 1;
+                    if place.reached_mql {
+                        *counts.entry((place.month, format!("{group}{SEP}q"))).or_default() += 1;
+                    }
+                    for s in &place.scores {
+                        scores.insert((place.month, s.model.clone(), group.clone(), id.clone()), s.total());
+                    }
+                }
+            }
+            (counts, scores)
+        }
+    }
+
+    fn signals_from(rules: &RuleSet, raw: &[(usize, i64)]) -> Vec<ScoredSignal> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, (ty, minutes))| {
+                signal(rules, &format!("e{i}"), UNCAPPED[ty % UNCAPPED.len()], NOW.plus_millis(-minutes * 60_000))
+            })
+            .collect()
+    }
+
+    fn behavior(state: &LeadState, rules: &RuleSet) -> f64 {
+        rules.primary().score(&state.lead, NOW).behavior
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// One batch, many small batches or one signal at a time in reverse:
+        /// the same score, counts and stage.
+        #[test]
+        fn order_and_batching_do_not_change_the_outcome(
+            raw in proptest::collection::vec((0usize..6, 0i64..60 * 24 * 40), 1..30),
+            chunk in 1usize..7,
+        ) {
+            let rules = rules();
+            let signals = signals_from(&rules, &raw);
+            let (one, many, reversed) = (id("one"), id("many"), id("rev"));
+            let mut sim = Sim::default();
+            sim.record(&rules, &one, &signals, NOW);
+            for part in signals.chunks(chunk) {
+                sim.record(&rules, &many, part, NOW);
+            }
+            for s in signals.iter().rev() {
+                sim.record(&rules, &reversed, std::slice::from_ref(s), NOW);
+            }
+            let (a, b, c) = (sim.load(&one).unwrap(), sim.load(&many).unwrap(), sim.load(&reversed).unwrap());
+            for other in [&b, &c] {
+                prop_assert!((behavior(&a, &rules) - behavior(other, &rules)).abs() < 1e-9);
+                prop_assert_eq!(a.lead.recorded, other.lead.recorded);
+                prop_assert_eq!(a.lead.stage, other.lead.stage);
+                prop_assert_eq!(&a.first_touch, &other.first_touch);
+            }
+        }
+
+        /// A batch sent again changes nothing and writes nothing.
+        #[test]
+        fn replaying_a_batch_changes_nothing(raw in proptest::collection::vec((0usize..6, 0i64..60 * 24 * 40), 1..20)) {
+            let rules = rules();
+            let signals = signals_from(&rules, &raw);
+            let mut sim = Sim::default();
+            sim.record(&rules, &id("l"), &signals, NOW);
+            let before = sim.load(&id("l")).unwrap();
+            let again = sim.record(&rules, &id("l"), &signals, NOW.plus_millis(60_000));
+            prop_assert!(again.change.is_none());
+            prop_assert!(again.statuses.iter().all(|s| *s == SignalStatus::Duplicate));
+            prop_assert_eq!(sim.load(&id("l")).unwrap(), before);
+        }
+
+        /// Whatever happens to a few leads — signals in any order, profile
+        /// upserts, sales decisions, rescores — rule moves only go forward,
+        /// every step is a new version, and the aggregates kept from the
+        /// deltas equal a recount from the leads.
+        #[test]
+        fn rule_moves_go_forward_and_aggregates_equal_a_recount(
+            ops in proptest::collection::vec((0usize..4, 0usize..3, 0usize..8, 0i64..60 * 24 * 20), 1..40),
+        ) {
+            let rules = rules();
+            let settings = settings();
+            let mut sim = Sim::default();
+            for (n, (kind, lead, x, minutes)) in ops.into_iter().enumerate() {
+                let lead = id(&format!("lead-{lead}"));
+                let now = NOW.plus_millis(n as i64 * 60_000);
+                match kind {
+                    0 => {
+                        let ty = ["demo_requested", "webinar_attended", "form_fill", "page_view", "unsubscribe",
+                            "pricing_page_view", "email_click", "meeting_scheduled"][x];
+                        let s = signal(&rules, &format!("e{n}"), ty, now.plus_millis(-minutes * 60_000));
+                        sim.record(&rules, &lead, &[s], now);
+                    }
+                    1 => {
+                        let attributes = BTreeMap::from([
+                            ("seniority".to_owned(), ["vp", "director", "manager", "intern"][x % 4].to_owned()),
+                            ("company_size".to_owned(), ["1-10", "51-200", "1000+", "11-50"][x / 2].to_owned()),
+                        ]);
+                        let profile = LeadProfile { lead_id: lead.clone(), account_id: None, attributes, created_at: None };
+                        sim.apply(upsert_profile(&rules, &settings, now, sim.load(&lead), profile));
+                    }
+                    2 => {
+                        let Some(stored) = sim.load(&lead) else { continue };
+                        let targets = rules.manual_targets(stored.lead.stage);
+                        let Some(to) = targets.get(x % targets.len().max(1)).copied() else { continue };
+                        let request = StageRequest {
+                            to,
+                            expected: None,
+                            actor: "rep".into(),
+                            reason: String::new(),
+                            deal_amount: (to == Stage::Customer).then_some(1000.0),
+                        };
+                        sim.apply(set_stage(&rules, &settings, now, Some(stored), request).unwrap());
+                    }
+                    _ => {
+                        let Some(stored) = sim.load(&lead) else { continue };
+                        if let Some(step) = rescore(&rules, &settings, now, stored) {
+                            sim.apply(step.change);
+                        }
+                    }
+                }
+            }
+            for change in &sim.feed {
+                if matches!(change.cause, Cause::Rule { .. }) {
+                    prop_assert!(change.from.is_forward(change.to), "{change:?}");
+                }
+            }
+            let (counts, scores) = sim.recount();
+            let kept: HashMap<_, _> = sim.counts.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
+            prop_assert_eq!(kept, counts);
+            prop_assert_eq!(&sim.scores, &scores);
+            // Every lead entered a first stage, and every change one more.
+            let entered: f64 = sim.funnel.iter().filter(|(f, _)| f.starts_with(&format!("*{SEP}e{SEP}"))).map(|(_, n)| n).sum();
+            prop_assert_eq!(entered as u64, sim.created + sim.feed.len() as u64);
+        }
+    }
+
+    #[test]
+    fn stage_triggers_respect_their_cooldown() {
+        let rules = rules();
+        let settings = settings();
+        let mut sim = Sim::default();
+        let lead = id("t");
+        sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
+        let mut now = NOW;
+        let mut set = |sim: &mut Sim, to: Stage, minutes: i64| {
+            now = now.plus_millis(minutes * 60_000);
+            let request =
+                StageRequest { to, expected: None, actor: "rep".into(), reason: String::new(), deal_amount: None };
+            sim.apply(set_stage(&rules, &settings, now, sim.load(&lead), request).unwrap());
+        };
+        set(&mut sim, Stage::Mql, 1);
+        assert_eq!(sim.triggers.iter().filter(|t| t.stage == Stage::Mql).count(), 1);
+        // Recycled and back within the 7-day cooldown: moved, not fired again.
+        set(&mut sim, Stage::Recycled, 60);
+        set(&mut sim, Stage::Mql, 60);
+        assert_eq!(sim.triggers.iter().filter(|t| t.stage == Stage::Mql).count(), 1);
+        assert_eq!(sim.load(&lead).unwrap().lead.stage, Stage::Mql);
+        // After it, fired again.
+        set(&mut sim, Stage::Recycled, 60);
+        set(&mut sim, Stage::Mql, 8 * 24 * 60);
+        assert_eq!(sim.triggers.iter().filter(|t| t.stage == Stage::Mql).count(), 2);
+    }
+
+    #[test]
+    fn sales_decisions_are_checked_against_the_rules_and_the_stage_seen() {
+        let rules = rules();
+        let settings = settings();
+        let mut sim = Sim::default();
+        let lead = id("s");
+        let request =
+            |to, expected| StageRequest { to, expected, actor: "rep".into(), reason: String::new(), deal_amount: None };
+        assert_eq!(set_stage(&rules, &settings, NOW, None, request(Stage::Mql, None)), Err(StageRefusal::NotFound));
+        sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
+        let stored = sim.load(&lead);
+        assert_eq!(
+            set_stage(&rules, &settings, NOW, stored.clone(), request(Stage::Mql, Some(Stage::Sql))),
+            Err(StageRefusal::Changed { expected: Stage::Sql, current: Stage::Lead })
+        );
+        let Err(StageRefusal::NotAllowed { from, allowed, .. }) =
+            set_stage(&rules, &settings, NOW, stored, request(Stage::Anonymous, None))
+        else {
+            panic!("allowed")
+        };
+        assert_eq!((from, allowed.as_slice()), (Stage::Lead, rules.manual_targets(Stage::Lead)));
+    }
+
+    #[test]
+    fn an_inactivity_trigger_fires_once_per_quiet_spell() {
+        let rules = rules();
+        let settings = settings();
+        let (def, quiet) = rules.inactivity_triggers().next().unwrap();
+        let mut sim = Sim::default();
+        let lead = id("quiet");
+        let r = sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
+        assert_eq!(r.change.unwrap().inactivity, [(def.id.clone(), Some(NOW))]);
+        // Not quiet long enough: nothing to write.
+        assert!(
+            inactivity(&rules, &settings, NOW.plus_millis(quiet - 1), sim.load(&lead).unwrap(), def, quiet).is_none()
+        );
+        let later = NOW.plus_millis(quiet + 1);
+        let step = inactivity(&rules, &settings, later, sim.load(&lead).unwrap(), def, quiet).unwrap();
+        assert!(step.answer);
+        assert_eq!(step.change.inactivity, [(def.id.clone(), None)]);
+        sim.apply(step.change);
+        // Listed again by mistake, the same spell does not fire twice.
+        let again = inactivity(&rules, &settings, later.plus_millis(1), sim.load(&lead).unwrap(), def, quiet).unwrap();
+        assert!(!again.answer);
+    }
+}

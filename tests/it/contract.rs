@@ -629,3 +629,155 @@ async fn redis_redelivers_past_a_page_of_dead_letters() {
     assert_eq!(again[0].delivery_count, 2);
     assert_eq!(store.trigger_stats("g").await.unwrap().dead_letters, 120);
 }
+
+/// A small deterministic generator: the equivalence runs are reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// Runs the same random operations — signals in random batches, orders and
+/// duplicates, profile upserts, sales decisions, visitor identifications,
+/// rescores — through the scoring core against two stores, each step
+/// computed from what each store read, and asserts they hold the same:
+/// lead states, change feed, triggers, score histories, cohort profiles
+/// and funnel counters.
+async fn same_history_same_answers(a: &dyn LeadStore, b: &dyn LeadStore, seed: u64) {
+    use leadscore::domain::profiles::{CohortQuery, Month};
+    let rules = rules();
+    let settings = settings();
+    let mut rng = Lcg(seed);
+    let types = ["demo_requested", "webinar_attended", "form_fill", "page_view", "pricing_page_view", "email_click"];
+    let leads: Vec<LeadId> = (0..6)
+        .map(|i| {
+            if i == 5 {
+                LeadId::for_visitor(&leadscore::domain::VisitorId::parse("v1").unwrap())
+            } else {
+                id(&format!("eq-{i}"))
+            }
+        })
+        .collect();
+    for n in 0..60u64 {
+        let now = NOW.plus_millis(n as i64 * 3_600_000);
+        let lead = leads[rng.below(leads.len() as u64) as usize].clone();
+        let op = rng.below(10);
+        // Drawn once: both stores get the same inputs.
+        let k = 1 + rng.below(4);
+        let signals: Vec<ScoredSignal> = (0..k)
+            .map(|i| {
+                // Event ids repeat now and then: duplicates.
+                let event = format!("e{}", (n * 4 + i).saturating_sub(rng.below(3) * 4));
+                let ty = types[rng.below(types.len() as u64) as usize];
+                let props: &[(&str, &str)] = if rng.below(2) == 0 { &[("source", "ads")] } else { &[] };
+                scored(&rules, &event, ty, now.plus_millis(-(rng.below(40 * 24) as i64) * 3_600_000), props)
+            })
+            .collect();
+        let pick = rng.below(1000);
+        let mut changes: Vec<Option<LeadChange>> = Vec::new();
+        for store in [a, b] {
+            let stored = load_state(store, &lead).await;
+            let change = match op {
+                0..=5 => {
+                    let stage = if lead.visitor().is_some() { Stage::Anonymous } else { Stage::Lead };
+                    if stored.as_ref().is_some_and(|s| s.lead.merged_into.is_some()) {
+                        None
+                    } else {
+                        transition::record_signals(&rules, &settings, now, stored, &lead, stage, &signals).change
+                    }
+                }
+                6 if lead.visitor().is_none() => {
+                    let seniority = ["vp", "director", "intern"][pick as usize % 3];
+                    let attributes = [("seniority".to_owned(), seniority.to_owned())].into();
+                    let profile = LeadProfile { lead_id: lead.clone(), account_id: None, attributes, created_at: None };
+                    Some(transition::upsert_profile(&rules, &settings, now, stored, profile))
+                }
+                7 => stored.and_then(|s| {
+                    let targets = rules.manual_targets(s.lead.stage);
+                    let to = *targets.get(pick as usize % targets.len().max(1))?;
+                    let request = transition::StageRequest {
+                        to,
+                        expected: None,
+                        actor: "rep".into(),
+                        reason: "call".into(),
+                        deal_amount: (to == Stage::Customer).then_some(500.0),
+                    };
+                    transition::set_stage(&rules, &settings, now, Some(s), request).ok()
+                }),
+                8 => stored.and_then(|s| transition::rescore(&rules, &settings, now, s)).map(|s| s.change),
+                _ => {
+                    // The visitor identified as lead 0: marked, then merged.
+                    let visitor = load_state(store, &leads[5]).await;
+                    match (lead.visitor(), visitor) {
+                        (None, Some(v)) if v.lead.merged_into.is_none() => {
+                            transition::mark_identified(&rules, &settings, now, Some(v), &lead).ok().flatten()
+                        }
+                        (None, Some(v)) if v.lead.merged_into.as_ref() == Some(&lead) => {
+                            let step = transition::merge_visitor(&rules, &settings, now, stored, &lead, &v, "v1");
+                            Some(step.change)
+                        }
+                        _ => None,
+                    }
+                }
+            };
+            if let Some(change) = &change {
+                apply_one(store, change).await.expect("written");
+            }
+            changes.push(change);
+        }
+        assert_eq!(changes[0], changes[1], "step {n}: the stores read different leads");
+    }
+    // Same leads.
+    assert_eq!(a.load(&leads).await.unwrap(), b.load(&leads).await.unwrap());
+    // Same feed, in the same order per lead.
+    let feed = |page: leadscore::store::FeedPage| {
+        let mut c: Vec<(String, StageChange)> =
+            page.changes.into_iter().map(|c| (c.lead_id.to_string(), c.change)).collect();
+        c.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.at.cmp(&y.1.at)));
+        c
+    };
+    assert_eq!(feed(a.list_changes("", 1000).await.unwrap()), feed(b.list_changes("", 1000).await.unwrap()));
+    assert_eq!(a.trigger_stats("g").await.unwrap().fired, b.trigger_stats("g").await.unwrap().fired);
+    for lead in &leads {
+        let later = NOW.plus_millis(100 * 3_600_000);
+        assert_eq!(
+            a.score_history(lead, 100, later, 365 * DAY).await.unwrap(),
+            b.score_history(lead, 100, later, 365 * DAY).await.unwrap()
+        );
+    }
+    let month = Month::of(NOW);
+    for filter in [None, Some(("seniority".to_owned(), "vp".to_owned()))] {
+        let query = CohortQuery { from: month, to: month.next(), model: "b2b".into(), filter, buckets: 10 };
+        assert_eq!(a.cohort_profile(&query).await.unwrap(), b.cohort_profile(&query).await.unwrap());
+    }
+    let (from, to) = (NOW.utc_day() - 60, NOW.utc_day() + 10);
+    assert_eq!(a.funnel(from, to).await.unwrap(), b.funnel(from, to).await.unwrap());
+}
+
+#[tokio::test]
+async fn memory_and_redis_hold_the_same_after_the_same_history() {
+    let (_server, redis) = redis_store();
+    for seed in 1..=4 {
+        let memory = MemoryStore::new();
+        let redis_seeded = RedisStore::connect(&RedisSettings {
+            url: _server.url(),
+            key_prefix: format!("eq{seed}"),
+            partitions: 16,
+            command_timeout: Duration::from_secs(2),
+            tls: Default::default(),
+        })
+        .unwrap();
+        same_history_same_answers(&memory, &redis_seeded, seed).await;
+    }
+    drop(redis);
+}
+
+#[tokio::test]
+async fn memory_and_redis_cluster_hold_the_same_after_the_same_history() {
+    let Some(cluster) = crate::helpers::RedisCluster::start() else { return };
+    let store = cluster_store(&cluster);
+    same_history_same_answers(&MemoryStore::new(), &store, 7).await;
+}

@@ -387,3 +387,29 @@ async fn deadlines_and_cancellations_are_counted_and_leave_nothing_in_flight() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Data of another layout is never read or written over: the service
+/// refuses to start on it, saying what it found; an empty prefix is
+/// claimed for this layout.
+#[tokio::test]
+async fn data_of_another_layout_is_refused_at_start_up() {
+    let redis = RedisServer::start();
+    let mut conn = redis.connection();
+    // A lead index as the earlier layout left it, without a format key.
+    let _: () = redis::cmd("ZADD").arg("ls:{p3}:leads").arg(1).arg("old-lead").query(&mut conn).unwrap();
+    let err = leadscore::startup::Application::build(settings(Some(redis.url()))).await.err().expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("layout format 1") && text.contains("redis_key_prefix"), "{text}");
+    let format: Option<String> = redis::cmd("GET").arg("ls:format").query(&mut conn).unwrap();
+    assert_eq!(format, None, "nothing written");
+    // Another prefix is empty: claimed, and the service starts.
+    let mut other = settings(Some(redis.url()));
+    other.redis_key_prefix = "fresh".into();
+    assert!(leadscore::startup::Application::build(other.clone()).await.is_ok());
+    let format: Option<String> = redis::cmd("GET").arg("fresh:format").query(&mut conn).unwrap();
+    assert_eq!(format.as_deref(), Some("2"));
+    // A format this build does not know is refused too.
+    let _: () = redis::cmd("SET").arg("fresh:format").arg("9").query(&mut conn).unwrap();
+    let text = leadscore::startup::Application::build(other).await.err().expect("refused").to_string();
+    assert!(text.contains("format 9"), "{text}");
+}

@@ -63,6 +63,10 @@ impl KeySpace {
         self.partitions
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Every key of a partition starts with this.
     pub fn base(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:", self.prefix)
@@ -109,6 +113,11 @@ impl KeySpace {
     /// engagement.
     pub fn inactive(&self, definition: &str, partition: u32) -> String {
         format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
+    }
+
+    /// The layout format of the data under this prefix (`record::FORMAT`).
+    pub fn format(&self) -> String {
+        format!("{}:format", self.prefix)
     }
 
     /// Rule-set versions and their content digests (one small hash).

@@ -479,6 +479,43 @@ impl LeadStore for RedisStore {
 }
 
 impl RedisStore {
+    /// Checks that the data under the key prefix is in the layout this build
+    /// reads, recording it on an empty prefix. `Ok(Err(why))`: it is not
+    /// (the service must not start over it).
+    pub async fn check_format(&self) -> Result<Result<(), String>, StoreError> {
+        let key = self.keys.format();
+        let wanted = record::FORMAT.to_string();
+        let found: Option<String> = self.call(|mut c| async move { c.get(&key).await }).await?;
+        match found {
+            Some(format) if format == wanted => return Ok(Ok(())),
+            Some(format) => {
+                return Ok(Err(format!(
+                    "the data under Redis key prefix '{}' is in layout format {format}; this build reads format {wanted}",
+                    self.keys.prefix()
+                )));
+            }
+            None => {}
+        }
+        // Data written before the layout was recorded (format 1) has lead
+        // indexes but no format key.
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions() {
+            pipe.exists(self.keys.index(partition));
+        }
+        let found: Vec<bool> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        if found.iter().any(|f| *f) {
+            return Ok(Err(format!(
+                "the data under Redis key prefix '{}' was written by an earlier release (layout format 1), which \
+                 this build cannot read; keep running that release on it, or start this one on another \
+                 redis_key_prefix",
+                self.keys.prefix()
+            )));
+        }
+        let key = self.keys.format();
+        let _: bool = self.call(|mut c| async move { c.set_nx(&key, &wanted).await }).await?;
+        Ok(Ok(()))
+    }
+
     /// One `apply.lua` call for changes of one partition.
     fn apply_invocation<'a>(
         &'a self,
