@@ -4,12 +4,17 @@
 #   bench/run.sh [SECONDS]        (default 10 s per measurement)
 #
 # Starts its own redis-server and the release service on free ports, then
-# measures, each with `leadscore bench` (HDR histograms, 2 s warm-up):
-#   - the Redis ceiling: the same pipelined ingest script calls a
-#     single-signal RecordSignals makes, sent by the store itself (no gRPC);
+# measures:
+#   - the physical anchor: a minimal one-round-trip lead update (a script
+#     doing HMGET of 3 fields, a little arithmetic, HSET of 3 fields and an
+#     XADD to a capped stream) driven by redis-benchmark, 50 clients,
+#     unpipelined and -P 16, with its Redis CPU per call (INFO cpu);
+# and, each with `leadscore bench` (HDR histograms, 2 s warm-up):
+#   - the service's own Redis path (read, scoring core, apply script) sent
+#     without gRPC: a figure, not a ceiling;
 #   - the no-op RPC ceiling: the health Check on the same server;
-#   - single-signal RecordSignals (closed loop, 50 callers) and its Redis
-#     commands per call (INFO commandstats);
+#   - single-signal RecordSignals (closed loop, 50 callers), its Redis
+#     commands per call (INFO commandstats) and Redis CPU per call (INFO cpu);
 #   - the same open loop at 50% of that maximum (p99);
 #   - RecordSignals of 500 signals over 10,000 leads;
 #   - ScoreLead and an 80/20 mix;
@@ -54,10 +59,19 @@ start_service() { # extra environment, e.g. LEADSCORE_MAX_IN_FLIGHT=64
   until "$bin" health --addr "http://127.0.0.1:$grpc_port" >/dev/null 2>&1; do sleep 0.1; done
 }
 
+fresh_redis() { # empty, recorded as this build's layout
+  $redis flushall >/dev/null
+  $redis set ls:format 2 >/dev/null
+}
+
+redis_cpu() { # Redis CPU seconds so far (user + system)
+  $redis info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'
+}
+
 bench() { # name, then leadscore bench arguments
   local name=$1
   shift
-  $redis flushall >/dev/null
+  fresh_redis
   local line
   line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json "$@")
   echo "{\"name\":\"$name\",\"report\":$line}" >>"$out/results.jsonl"
@@ -68,13 +82,48 @@ echo "Redis $($redis info server | sed -n 's/^redis_version:\(.*\)\r$/\1/p'), $(
 start_service
 
 echo "ceilings" >&2
-bench redis_ceiling --scenario store-ingest --redis-url "redis://127.0.0.1:$redis_port" --concurrency $concurrency
+# The physical anchor: what Redis does for the least work a lead update needs.
+anchor='local v = redis.call("HMGET", KEYS[1], "n", "s", "t")
+local n = (tonumber(v[1]) or 0) + 1
+local s = (tonumber(v[2]) or 0) * 0.5 + tonumber(ARGV[1])
+redis.call("HSET", KEYS[1], "n", n, "s", s, "t", ARGV[2])
+redis.call("XADD", KEYS[2], "MAXLEN", "~", "10000", "*", "l", KEYS[1])
+return n'
+anchor_calls=$((secs * 20000))
+for pipeline in 1 16; do
+  fresh_redis
+  sha=$($redis script load "$anchor")
+  before=$(redis_cpu)
+  rps=$(redis-benchmark -p "$redis_port" -c $concurrency -n "$anchor_calls" -P "$pipeline" -r 10000 --csv \
+    evalsha "$sha" 2 "lead:__rand_int__" feed 10 1700000000000 | tail -1 | cut -d, -f2 | tr -d '"')
+  after=$(redis_cpu)
+  us=$(python3 -c "print(round(($after - $before) * 1e6 / $anchor_calls, 2))")
+  echo "  minimal_update_p$pipeline: $rps calls/s, Redis CPU $us us/call" >&2
+  echo "{\"name\":\"minimal_update_p$pipeline\",\"report\":{\"calls_per_s\":$rps,\"redis_cpu_us\":$us}}" >>"$out/results.jsonl"
+done
+bench store_path --scenario store-ingest --redis-url "redis://127.0.0.1:$redis_port" --concurrency $concurrency
 bench noop_ceiling --scenario noop --concurrency $concurrency
 
 echo "scenarios" >&2
-$redis flushall >/dev/null
+fresh_redis
 $redis config resetstat >/dev/null
-bench record --scenario record --concurrency $concurrency
+cpu_before=$(redis_cpu)
+bench_keep() { # like bench, without emptying Redis first
+  local name=$1
+  shift
+  local line
+  line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json "$@")
+  echo "{\"name\":\"$name\",\"report\":$line}" >>"$out/results.jsonl"
+  python3 -c 'import json, sys; r = json.loads(sys.argv[2]); print("  %s: %.0f calls/s, p99 %.2f ms" % (sys.argv[1], r["calls_per_s"], r["ok_latency"]["p99"] / 1000))' "$name" "$line" >&2
+  echo "$line"
+}
+record_line=$(bench_keep record --scenario record --concurrency $concurrency)
+cpu_after=$(redis_cpu)
+python3 -c '
+import json, sys
+r = json.loads(sys.argv[1])
+print(json.dumps({"name": "record_redis_cpu", "report": {"seconds": float(sys.argv[3]) - float(sys.argv[2])}}))' \
+  "$record_line" "$cpu_before" "$cpu_after" >>"$out/results.jsonl"
 $redis info commandstats | tr -d '\r' | python3 -c '
 import json, sys
 calls, evalsha = 0, 0
@@ -100,7 +149,7 @@ rss_after=$(ps -o rss= -p "$service_pid")
 echo "{\"name\":\"overload_rss\",\"report\":{\"before_kib\":$rss_before,\"after_kib\":$rss_after}}" >>"$out/results.jsonl"
 
 echo "memory" >&2
-$redis flushall >/dev/null
+fresh_redis
 "$bin" bench --addr "http://127.0.0.1:$grpc_port" --scenario record --leads 1 --calls 20 --concurrency 1 --warmup 0 --json >/dev/null
 bytes=0
 for key in $($redis --scan --pattern '*:lead:bench-0*'); do

@@ -1,11 +1,15 @@
 //! leadscore: real-time lead scoring over gRPC, on Redis.
 //!
 //! # Layout
-//! - `domain`    — pure: ids, time, stages, decay, scoring models, the ledger
+//! - `domain`    — pure: ids, time, stages, decay, scoring models, the
+//!   ledger, a lead's stored state and the change a step makes to it
 //! - `rules`     — the rule-set file: parse, validate, compile (pure)
-//! - `store`     — `LeadStore` trait; Redis (Lua scripts) and in-memory stores
-//! - `engine`    — applying rules and triggers to stored leads (moves,
-//!   rescore, the read-compute-commit ingest, the inactivity sweep)
+//! - `transition` — the scoring core: every rule of a lead's life, written
+//!   once (pure)
+//! - `store`     — `LeadStore` trait: load lead states, apply changes
+//!   atomically; Redis (one storage-only script) and in-memory stores
+//! - `engine`    — the use cases: read, let the core compute, write (record
+//!   signals, upsert, set stage, identify, rescore, simulate, sweep)
 //! - `reload`    — hot reload of the rule file (SIGHUP, file change)
 //! - `api`       — tonic services, proto ⇄ domain conversion, errors → Status
 //! - `config`    — settings: defaults < config file < `LEADSCORE_*` env < flags
@@ -15,6 +19,7 @@
 //! - `metrics`   — Prometheus registry, endpoint and gRPC layer
 //! - `startup`   — `Application`: bind, serve, health, graceful shutdown
 //! - `telemetry` — tracing subscriber
+//! - `text`      — caller text made safe to quote in errors and logs
 //! - `bench`     — `leadscore bench`: the load generator
 //! - `cli`       — the `leadscore` command line
 //! - `client`    — the command line's gRPC connection (LEADSCORE_TOKEN)
@@ -39,6 +44,7 @@ pub mod rules;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod transition;
 
 /// The rule set shipped with leadscore (`rules/default.toml`), used when no

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::api::AppState;
+use crate::engine::Core;
 use crate::rules::RuleSet;
 
 /// What a reload attempt did.
@@ -58,7 +58,7 @@ pub async fn claim_version(state_store: &dyn crate::store::LeadStore, rules: &Ru
 /// rescores every lead under it, when so configured). A version already
 /// used for other content is refused; so is any file while the store
 /// cannot confirm its version (tried again next time).
-pub async fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) -> Reload {
+pub async fn reload_once(state: &Arc<Core>, path: &PathBuf, last: &mut u64) -> Reload {
     let source = match std::fs::read_to_string(path) {
         Ok(s) => s,
         Err(e) => {
@@ -107,12 +107,7 @@ pub async fn reload_once(state: &Arc<AppState>, path: &PathBuf, last: &mut u64) 
 }
 
 /// Watches `path` until `stopping` turns true.
-pub async fn watch_rule_file(
-    state: Arc<AppState>,
-    path: PathBuf,
-    interval: Duration,
-    mut stopping: watch::Receiver<bool>,
-) {
+pub async fn watch_rule_file(state: Arc<Core>, path: PathBuf, interval: Duration, mut stopping: watch::Receiver<bool>) {
     // From the rules in force, not the file now: a change made between
     // start-up and this watcher is seen.
     let mut last = fingerprint(&state.rules().set.source);

@@ -260,18 +260,23 @@ impl Application {
             // Recorded in the background once the store answers.
             Err(None) => false,
         };
-        let mut state = AppState::new(
+        let mut core = crate::engine::Core::new(
             store,
             clock,
             rules,
             rules_name,
             policy,
             feed,
-            limits,
             settings.required_approvers.clone(),
             metrics,
         );
-        state.rescore_on_reload = settings.rescore_on_reload;
+        core.rescore_on_reload = settings.rescore_on_reload;
+        core.profiles = crate::engine::ProfileLimits {
+            history_limit: settings.score_history_limit,
+            history_age_ms: settings.score_history_age.0,
+            funnel_retention_ms: settings.funnel_retention.0,
+        };
+        let mut state = AppState::new(core, limits);
         state.trigger_groups = settings.trigger_groups.clone();
         state.trigger_streams = Arc::new(crate::api::streams::TriggerStreams::new(crate::api::streams::StreamLimits {
             per_connection: settings.max_trigger_streams_per_connection,
@@ -281,11 +286,6 @@ impl Application {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,
         };
-        state.set_profile_limits(crate::api::ProfileLimits {
-            history_limit: settings.score_history_limit,
-            history_age_ms: settings.score_history_age.0,
-            funnel_retention_ms: settings.funnel_retention.0,
-        });
         let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -343,7 +343,7 @@ impl Application {
 
         let reload_task = self.settings.rules.clone().map(|path| {
             tokio::spawn(crate::reload::watch_rule_file(
-                self.state.clone(),
+                self.state.core().clone(),
                 path,
                 self.settings.rules_reload_interval.duration(),
                 stopping_tx.subscribe(),
@@ -351,10 +351,10 @@ impl Application {
         });
 
         if !self.version_recorded {
-            tokio::spawn(record_version_when_possible(self.state.clone(), stopping_tx.subscribe()));
+            tokio::spawn(record_version_when_possible(self.state.core().clone(), stopping_tx.subscribe()));
         }
         let sweep_task = tokio::spawn(sweep_inactivity_every(
-            self.state.clone(),
+            self.state.core().clone(),
             self.settings.inactivity_sweep_interval.duration(),
             stopping_tx.subscribe(),
         ));
@@ -478,7 +478,11 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
 }
 
 /// Runs the inactivity sweep until `stopping` turns true.
-async fn sweep_inactivity_every(state: Arc<AppState>, interval: Duration, mut stopping: watch::Receiver<bool>) {
+async fn sweep_inactivity_every(
+    state: Arc<crate::engine::Core>,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -527,7 +531,7 @@ async fn watch_store_health(
 /// Records the active rule set's version once the store answers (it did
 /// not at start-up); a version already used for other rules is logged as
 /// an error for the operator: this replica serves them anyway.
-async fn record_version_when_possible(state: Arc<AppState>, mut stopping: watch::Receiver<bool>) {
+async fn record_version_when_possible(state: Arc<crate::engine::Core>, mut stopping: watch::Receiver<bool>) {
     loop {
         match crate::reload::claim_version(state.store.as_ref(), &state.rules().set).await {
             Ok(()) => {

@@ -261,7 +261,7 @@ impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
         for c in body.unwrap_or(&text).chars() {
             // Tabs, and the ESC of the formatter's own colours (it escapes
             // ESC in field values itself), pass.
-            match crate::api::error::escaped(c).filter(|_| !matches!(c, '\t' | '\x1b')) {
+            match crate::text::escaped(c).filter(|_| !matches!(c, '\t' | '\x1b')) {
                 Some(escape) => out.push_str(&escape),
                 None => out.push(c),
             }

@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 
 use crate::domain::profiles::{
-    self, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, SEP, ScoreHistoryEntry, funnel_groups,
+    self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreHistoryEntry, funnel_groups,
 };
 use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState, ScoreLog};
 use crate::domain::{
@@ -178,8 +178,9 @@ impl<'r> Builder<'r> {
         let day = at.utc_day();
         let expires = Timestamp::from_millis((day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
         for group in groups {
-            for (field, by) in entry.increments(group) {
-                self.change.aggregates.push(AggregateDelta::Funnel { day, field, by: sign * by, expires });
+            for (counter, by) in entry.increments() {
+                let group = group.clone();
+                self.change.aggregates.push(AggregateDelta::Funnel { day, group, counter, by: sign * by, expires });
             }
         }
     }
@@ -304,9 +305,9 @@ impl<'r> Builder<'r> {
             && place.as_ref().is_none_or(|new| !new.same_counters(old))
         {
             for group in &old.groups {
-                self.cohort_count(old.month, format!("{group}{SEP}{}", old.stage.as_str()), -1);
+                self.cohort_count(old.month, group, CohortCounter::InStage(old.stage), -1);
                 if old.reached_mql {
-                    self.cohort_count(old.month, format!("{group}{SEP}q"), -1);
+                    self.cohort_count(old.month, group, CohortCounter::ReachedMql, -1);
                 }
                 for s in &old.scores {
                     self.change.aggregates.push(AggregateDelta::CohortScore {
@@ -322,9 +323,9 @@ impl<'r> Builder<'r> {
             let moved = old.as_ref().is_none_or(|old| !new.same_counters(old));
             if moved {
                 for group in &new.groups {
-                    self.cohort_count(new.month, format!("{group}{SEP}{}", new.stage.as_str()), 1);
+                    self.cohort_count(new.month, group, CohortCounter::InStage(new.stage), 1);
                     if new.reached_mql {
-                        self.cohort_count(new.month, format!("{group}{SEP}q"), 1);
+                        self.cohort_count(new.month, group, CohortCounter::ReachedMql, 1);
                     }
                 }
             }
@@ -356,8 +357,8 @@ impl<'r> Builder<'r> {
         });
     }
 
-    fn cohort_count(&mut self, month: Month, field: String, by: i64) {
-        self.change.aggregates.push(AggregateDelta::CohortCount { month, field, by });
+    fn cohort_count(&mut self, month: Month, group: &str, counter: CohortCounter, by: i64) {
+        self.change.aggregates.push(AggregateDelta::CohortCount { month, group: group.to_owned(), counter, by });
     }
 
     /// Where the lead counts in cohorts: visitors (identified or not) do not.
@@ -854,7 +855,7 @@ mod tests {
 
     use std::collections::BTreeMap;
 
-    type Counts = HashMap<(Month, String), i64>;
+    type Counts = HashMap<(Month, String, CohortCounter), i64>;
     type Scores = HashMap<(Month, String, String, LeadId), f64>;
 
     /// What a store keeps, kept the simplest way: the properties read it.
@@ -863,7 +864,7 @@ mod tests {
         leads: HashMap<LeadId, LeadState>,
         counts: Counts,
         scores: Scores,
-        funnel: HashMap<String, f64>,
+        funnel: HashMap<(String, profiles::FunnelCounter), f64>,
         feed: Vec<StageChange>,
         triggers: Vec<FiredTrigger>,
         created: u64,
@@ -883,9 +884,11 @@ mod tests {
             }
             for delta in change.aggregates {
                 match delta {
-                    AggregateDelta::Funnel { field, by, .. } => *self.funnel.entry(field).or_default() += by,
-                    AggregateDelta::CohortCount { month, field, by } => {
-                        *self.counts.entry((month, field)).or_default() += by
+                    AggregateDelta::Funnel { group, counter, by, .. } => {
+                        *self.funnel.entry((group, counter)).or_default() += by
+                    }
+                    AggregateDelta::CohortCount { month, group, counter, by } => {
+                        *self.counts.entry((month, group, counter)).or_default() += by
                     }
                     AggregateDelta::CohortScore { month, model, group, score } => {
                         let key = (month, model, group, id.clone());
@@ -915,9 +918,9 @@ mod tests {
             for (id, state) in &self.leads {
                 let Some(place) = &state.cohort else { continue };
                 for group in &place.groups {
-                    *counts.entry((place.month, format!("{group}{SEP}{}", place.stage.as_str()))).or_default() += 1;
+                    *counts.entry((place.month, group.clone(), CohortCounter::InStage(place.stage))).or_default() += 1;
                     if place.reached_mql {
-                        *counts.entry((place.month, format!("{group}{SEP}q"))).or_default() += 1;
+                        *counts.entry((place.month, group.clone(), CohortCounter::ReachedMql)).or_default() += 1;
                     }
                     for s in &place.scores {
                         scores.insert((place.month, s.model.clone(), group.clone(), id.clone()), s.total());
@@ -1045,7 +1048,12 @@ mod tests {
             prop_assert_eq!(kept, counts);
             prop_assert_eq!(&sim.scores, &scores);
             // Every lead entered a first stage, and every change one more.
-            let entered: f64 = sim.funnel.iter().filter(|(f, _)| f.starts_with(&format!("*{SEP}e{SEP}"))).map(|(_, n)| n).sum();
+            let entered: f64 = sim
+                .funnel
+                .iter()
+                .filter(|((group, counter), _)| group == "*" && matches!(counter, profiles::FunnelCounter::Entered(_)))
+                .map(|(_, n)| n)
+                .sum();
             prop_assert_eq!(entered as u64, sim.created + sim.feed.len() as u64);
         }
     }

@@ -3,7 +3,6 @@
 
 pub mod convert;
 pub mod error;
-pub mod jobs;
 mod nurture;
 mod polling;
 mod profiles;
@@ -16,7 +15,7 @@ pub use nurture::NurtureService;
 pub use profiles::ProfilesService;
 pub use qualification::QualificationService;
 pub use scoring::ScoringService;
-pub use state::{ActiveRules, AppState, Limits, ProfileLimits};
+pub use state::{AppState, Limits};
 
 /// Generated protobuf and gRPC code for `leadscore.v1`.
 pub mod pb {

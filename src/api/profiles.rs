@@ -289,7 +289,7 @@ impl Profiles for ProfilesService {
         let account = convert::account_profile(request.into_inner().account)?;
         tracing::Span::current().record("account_id", account.account_id.as_str());
         self.state.store.upsert_account(&account).await.map_err(ApiError::from)?;
-        accounts::check_soon(&self.state, [account.account_id.clone()]);
+        accounts::check_soon(self.state.core(), [account.account_id.clone()]);
         Ok(Response::new(pb::UpsertAccountResponse {
             account: Some(pb::Account {
                 account_id: account.account_id.to_string(),

@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, feed_change_to_proto, qualification_to_proto, timestamp_to_proto};
 use super::error::{ApiError, Violations};
-use super::jobs::JobState;
 use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
 use crate::domain::state::LeadState;
 use crate::domain::{LeadId, Stage};
 use crate::engine::SetStageError;
+use crate::engine::jobs::JobState;
 use crate::rules::RuleSet;
 use crate::transition::{StageRefusal, StageRequest};
 use std::sync::atomic::Ordering::Relaxed;
@@ -307,7 +307,7 @@ impl Qualification for QualificationService {
 
     #[tracing::instrument(name = "Rescore", skip_all)]
     async fn rescore(&self, _: Request<pb::RescoreRequest>) -> Result<Response<pb::RescoreResponse>, Status> {
-        let (job, started) = crate::engine::start_rescore(self.state.clone());
+        let (job, started) = crate::engine::start_rescore(self.state.core().clone());
         Ok(Response::new(pb::RescoreResponse { job_id: job.id.clone(), started }))
     }
 

@@ -50,7 +50,7 @@ impl LeadScoring for ScoringService {
         tracing::Span::current().record("lead_id", profile.lead_id.as_str());
         let rules = self.state.rules();
         let lead = crate::engine::upsert_lead(&self.state, &rules, profile).await.map_err(ApiError::from)?;
-        crate::engine::accounts::check_soon(&self.state, lead.account_id.clone());
+        crate::engine::accounts::check_soon(self.state.core(), lead.account_id.clone());
         Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
     }
 
@@ -131,7 +131,7 @@ impl LeadScoring for ScoringService {
         // Qualification ran with each lead's write.
         let leads: Vec<_> = outcomes.into_iter().map(|o| o.lead).collect();
         let accounts: std::collections::BTreeSet<_> = leads.iter().filter_map(|l| l.account_id.clone()).collect();
-        crate::engine::accounts::check_soon(state, accounts);
+        crate::engine::accounts::check_soon(state.core(), accounts);
         let scores = leads.iter().map(|lead| score(&rules, "", lead, now)).collect::<Result<_, _>>()?;
         Ok(Response::new(pb::RecordSignalsResponse { results, scores }))
     }

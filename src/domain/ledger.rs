@@ -1,6 +1,6 @@
 //! Recording signals on one lead: de-duplication by `event_id`, per-UTC-day
 //! caps, and the bounded raw history. The one implementation: both stores
-//! only keep what this computes (see `crate::transition`).
+//! only keep what this computes (see the scoring core, `transition`).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 

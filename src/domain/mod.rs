@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod decay;
+pub mod duration;
 pub mod ids;
 pub mod lead;
 pub mod ledger;

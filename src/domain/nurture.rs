@@ -21,7 +21,7 @@ pub enum TriggerOn {
 
 impl std::fmt::Display for TriggerOn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use crate::rules::format_duration;
+        use super::duration::format_duration;
         match self {
             TriggerOn::StageEntered(s) => write!(f, "stage_entered({s})"),
             TriggerOn::ScoreAbove(n) => write!(f, "score_above({n})"),

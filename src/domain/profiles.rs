@@ -1,7 +1,8 @@
-//! Score profiles, cohort figures and the funnel: the pure parts. The stores
-//! keep the aggregates up to date as leads change (the Redis store in the
-//! same Lua step as the change, see `store/redis/profile.lua`); this module
-//! defines what they hold and turns them into answers.
+//! Score profiles, cohort figures and the funnel: the pure parts. The
+//! scoring core (`transition`) computes how each change moves the
+//! aggregates; the stores keep them; this module defines what they count
+//! and turns them into answers. How a store lays them out is its own
+//! business.
 
 use std::collections::BTreeMap;
 
@@ -16,10 +17,6 @@ pub const QUALIFIED_STAGES: [Stage; 6] =
 /// The stages a funnel reports conversions between, in order.
 pub const FUNNEL_STAGES: [Stage; 6] =
     [Stage::Lead, Stage::Mql, Stage::Sal, Stage::Sql, Stage::Opportunity, Stage::Customer];
-
-/// Separates the parts of aggregate fields and history records. Ids and
-/// first-touch values never contain control characters.
-pub const SEP: char = '\u{1f}';
 
 // ---------------------------------------------------------------- history
 
@@ -47,39 +44,9 @@ pub struct ScoreHistoryEntry {
 }
 
 impl ScoreHistoryEntry {
-    /// `at␟cause␟model=behavior,fit␟…` (the Lua scripts write the same).
-    pub fn encode(&self) -> String {
-        let mut out = format!("{}{SEP}{}", self.at.millis(), self.cause);
-        for s in &self.scores {
-            out.push_str(&format!("{SEP}{}={},{}", s.model, lua_number(s.behavior), lua_number(s.fit)));
-        }
-        out
-    }
-
-    pub fn decode(text: &str) -> Option<Self> {
-        let mut parts = text.split(SEP);
-        let at = Timestamp::from_millis(parts.next()?.parse().ok()?);
-        let cause = parts.next()?.to_owned();
-        let scores = parts
-            .map(|p| {
-                let (model, values) = p.split_once('=')?;
-                let (behavior, fit) = values.split_once(',')?;
-                let behavior: f64 = behavior.parse().ok().filter(|v: &f64| v.is_finite())?;
-                let fit: f64 = fit.parse().ok().filter(|v: &f64| v.is_finite())?;
-                Some(ModelScore { model: model.to_owned(), behavior, fit })
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Self { at, cause, scores })
-    }
-
     pub fn score(&self, model: &str) -> Option<&ModelScore> {
         self.scores.iter().find(|s| s.model == model)
     }
-}
-
-/// `%.17g`, as Lua's `string.format` writes it (round-trips exactly).
-pub fn lua_number(v: f64) -> String {
-    format!("{v:?}")
 }
 
 /// The cause a batch of recorded signals gives its score history entry.
@@ -162,6 +129,15 @@ impl CohortQuery {
     pub fn group(&self) -> String {
         self.filter.as_ref().map(|(n, v)| format!("{n}={v}")).unwrap_or_default()
     }
+}
+
+/// What a cohort month counts per group (all leads, or an attribute value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CohortCounter {
+    /// Leads now in the stage.
+    InStage(Stage),
+    /// Leads that ever reached MQL or later.
+    ReachedMql,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -309,11 +285,6 @@ pub fn earliest_touch<'a>(
     signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, properties)| (at, first_touch(properties)))
 }
 
-/// First-touch values as the Lua scripts store them (`source␟channel␟campaign`).
-pub fn encode_touch(values: &[String; 3]) -> String {
-    values.join(&SEP.to_string())
-}
-
 /// The funnel groups a lead with these first-touch values counts in.
 pub fn funnel_groups(first_touch: Option<&[String; 3]>) -> Vec<String> {
     let mut groups = vec![ALL_GROUP.to_owned()];
@@ -361,24 +332,37 @@ pub struct FunnelEntry {
     pub deal_amount: Option<f64>,
 }
 
+/// What a day's funnel counts per group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FunnelCounter {
+    /// Leads that entered the stage.
+    Entered(Stage),
+    /// Leads that passed the funnel stage for the first time.
+    Passed(Stage),
+    /// Entries into the stage by time since creation (`duration_bucket`).
+    Duration(Stage, i64),
+    /// Recycled leads moved forward by new engagement.
+    Reopened,
+    /// Won deals.
+    Won,
+    /// Won revenue.
+    Revenue,
+}
+
 impl FunnelEntry {
-    /// The counter increments of this entry for one group: `(field, by)`.
-    /// Fields: `group␟e␟STAGE` entered, `group␟p␟STAGE` passed for the
-    /// first time, `group␟d␟STAGE␟bucket` durations, `group␟r` reopened,
-    /// `group␟w` won deals, `group␟v` won revenue.
-    pub fn increments(&self, group: &str) -> Vec<(String, f64)> {
-        let stage = self.stage.as_str();
+    /// The counter increments of this entry (for each of its groups).
+    pub fn increments(&self) -> Vec<(FunnelCounter, f64)> {
         let mut out = vec![
-            (format!("{group}{SEP}e{SEP}{stage}"), 1.0),
-            (format!("{group}{SEP}d{SEP}{stage}{SEP}{}", duration_bucket(self.since_created_ms.max(0))), 1.0),
+            (FunnelCounter::Entered(self.stage), 1.0),
+            (FunnelCounter::Duration(self.stage, duration_bucket(self.since_created_ms.max(0))), 1.0),
         ];
-        out.extend(self.passed.iter().map(|s| (format!("{group}{SEP}p{SEP}{}", s.as_str()), 1.0)));
+        out.extend(self.passed.iter().map(|s| (FunnelCounter::Passed(*s), 1.0)));
         if self.reopened {
-            out.push((format!("{group}{SEP}r"), 1.0));
+            out.push((FunnelCounter::Reopened, 1.0));
         }
         if let Some(amount) = self.deal_amount {
-            out.push((format!("{group}{SEP}w"), 1.0));
-            out.push((format!("{group}{SEP}v"), amount));
+            out.push((FunnelCounter::Won, 1.0));
+            out.push((FunnelCounter::Revenue, amount));
         }
         out
     }
@@ -427,38 +411,37 @@ impl Funnel {
             .collect()
     }
 
-    fn add(&mut self, kind: &str, rest: &[&str], by: f64) -> Option<()> {
+    fn add(&mut self, counter: FunnelCounter, by: f64) {
         let count = by.max(0.0).round() as u64;
-        match (kind, rest) {
-            ("e", [stage]) => *self.entered.entry(stage.parse().ok()?).or_default() += count,
-            ("p", [stage]) => *self.passed.entry(stage.parse().ok()?).or_default() += count,
-            ("d", [stage, bucket]) => {
-                let stage: Stage = stage.parse().ok()?;
-                *self.durations.entry(stage).or_default().entry(bucket.parse().ok()?).or_default() += count;
+        match counter {
+            FunnelCounter::Entered(stage) => *self.entered.entry(stage).or_default() += count,
+            FunnelCounter::Passed(stage) => *self.passed.entry(stage).or_default() += count,
+            FunnelCounter::Duration(stage, bucket) => {
+                *self.durations.entry(stage).or_default().entry(bucket).or_default() += count
             }
-            ("r", []) => self.reopened += count,
-            ("w", []) => self.won_deals += count,
-            ("v", []) => self.won_revenue += by,
-            _ => return None,
+            FunnelCounter::Reopened => self.reopened += count,
+            FunnelCounter::Won => self.won_deals += count,
+            FunnelCounter::Revenue => self.won_revenue += by,
         }
-        Some(())
     }
 }
 
-/// Funnels by group, summed from counter fields (any number of days and
-/// partitions). Unreadable fields are skipped.
+/// Funnels by group, summed from counters (any number of days and
+/// partitions).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FunnelCounters {
     pub groups: BTreeMap<String, Funnel>,
 }
 
 impl FunnelCounters {
-    pub fn add_field(&mut self, field: &str, value: f64) {
-        let parts: Vec<&str> = field.split(SEP).collect();
-        if let [group, kind, rest @ ..] = parts.as_slice() {
-            let mut funnel = self.groups.remove(*group).unwrap_or_default();
-            let _ = funnel.add(kind, rest, value);
-            self.groups.insert((*group).to_owned(), funnel);
+    pub fn add(&mut self, group: &str, counter: FunnelCounter, value: f64) {
+        match self.groups.get_mut(group) {
+            Some(funnel) => funnel.add(counter, value),
+            None => {
+                let mut funnel = Funnel::default();
+                funnel.add(counter, value);
+                self.groups.insert(group.to_owned(), funnel);
+            }
         }
     }
 
@@ -487,23 +470,6 @@ mod tests {
     use super::*;
 
     const DAY: i64 = 86_400_000;
-
-    #[test]
-    fn history_entries_round_trip() {
-        let entry = ScoreHistoryEntry {
-            at: Timestamp::from_millis(1_700_000_000_123),
-            cause: "signal:demo_requested".into(),
-            scores: vec![
-                ModelScore { model: "b2b".into(), behavior: 40.123456789, fit: 15.0 },
-                ModelScore { model: "smb".into(), behavior: -3.5, fit: 0.0 },
-            ],
-        };
-        let decoded = ScoreHistoryEntry::decode(&entry.encode()).unwrap();
-        assert_eq!(decoded, entry);
-        assert_eq!(decoded.score("b2b").unwrap().total(), 55.123456789);
-        assert!(ScoreHistoryEntry::decode("x").is_none());
-        assert!(ScoreHistoryEntry::decode("1\u{1f}c\u{1f}m=NaN,1").is_none());
-    }
 
     #[test]
     fn months() {
@@ -592,12 +558,11 @@ mod tests {
         for (i, e) in entries.iter().enumerate() {
             let groups = funnel_groups(Some(&[format!("s{}", i % 2), "email".into(), NO_VALUE.into()]));
             for g in groups {
-                for (field, by) in e.increments(&g) {
-                    counters.add_field(&field, by);
+                for (counter, by) in e.increments() {
+                    counters.add(&g, counter, by);
                 }
             }
         }
-        counters.add_field("junk", 1.0);
         let total = counters.total();
         assert_eq!(total.entered[&Stage::Lead], 2);
         assert_eq!(total.reopened, 1);

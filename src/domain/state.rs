@@ -1,11 +1,11 @@
 //! A lead's whole stored state, and the change one step of the lifecycle
-//! makes to it and to the aggregates around it. `crate::transition`
+//! makes to it and to the aggregates around it. The scoring core (`transition`)
 //! computes both; the stores only keep the state and apply the change
 //! atomically (if the lead is still at the version it was read at).
 
 use std::collections::VecDeque;
 
-use super::profiles::{ModelScore, Month, ScoreHistoryEntry};
+use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreHistoryEntry};
 use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
 
 /// The earliest signal's `occurred_at` and its source, channel, campaign.
@@ -85,11 +85,11 @@ impl LeadState {
 /// A change to an aggregate kept beside the leads.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AggregateDelta {
-    /// A funnel counter of a UTC day (`profiles::FunnelEntry::increments`);
-    /// the day's counters may be dropped after `expires`.
-    Funnel { day: i64, field: String, by: f64, expires: Timestamp },
-    /// A cohort month's counter (`group␟STAGE`, `group␟q`).
-    CohortCount { month: Month, field: String, by: i64 },
+    /// A funnel counter of a group on a UTC day; the day's counters may be
+    /// dropped after `expires`.
+    Funnel { day: i64, group: String, counter: FunnelCounter, by: f64, expires: Timestamp },
+    /// A cohort month's counter of a group.
+    CohortCount { month: Month, group: String, counter: CohortCounter, by: i64 },
     /// The lead's score in a cohort month's (model, group) distribution;
     /// `None` takes it out.
     CohortScore { month: Month, model: String, group: String, score: Option<f64> },

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::api::{ActiveRules, AppState};
 use crate::domain::account::AccountScore;
 use crate::domain::{AccountId, LeadSnapshot, Timestamp};
+use crate::engine::{ActiveRules, Core};
 use crate::store::{StoreError, StoredAccount};
 
 /// An account's score now, with what it was computed from.
@@ -25,7 +25,7 @@ pub struct AccountView {
 /// for the first time. O(leads of the account): one pipelined read.
 /// `None` for an account never upserted and named by no lead.
 pub async fn evaluate(
-    state: &AppState,
+    state: &Core,
     rules: &ActiveRules,
     account_id: &AccountId,
 ) -> Result<Option<AccountView>, StoreError> {
@@ -66,7 +66,7 @@ pub async fn evaluate(
 /// account at a time, and one more after it when a lead changed meanwhile,
 /// so the last change is always looked at. Does nothing when the rule set
 /// has no account rules.
-pub fn check_soon(state: &Arc<AppState>, accounts: impl IntoIterator<Item = AccountId>) {
+pub fn check_soon(state: &Arc<Core>, accounts: impl IntoIterator<Item = AccountId>) {
     if state.rules().accounts.rules.is_empty() {
         return;
     }

@@ -8,7 +8,7 @@ const SWEEP_PAGE: usize = 200;
 /// Fires the `inactive(…)` triggers due now, from the indexes the ingest
 /// maintains (never a scan of all leads). Safe to run on several replicas at
 /// once: each trigger fires once per quiet spell. Returns how many fired.
-pub async fn sweep_inactivity(state: &AppState) -> Result<u64, StoreError> {
+pub async fn sweep_inactivity(state: &Core) -> Result<u64, StoreError> {
     let rules = state.rules();
     let settings = settings(state);
     let now = state.clock.now();

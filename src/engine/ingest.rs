@@ -38,7 +38,7 @@ pub struct LeadOutcome {
 /// in one more, atomically per lead. Leads that changed meanwhile are read
 /// and computed again. Outcomes in order.
 pub async fn record_batches(
-    state: &AppState,
+    state: &Core,
     rules: &RuleSet,
     batches: Vec<LeadBatch>,
 ) -> Result<Vec<LeadOutcome>, StoreError> {
@@ -113,7 +113,7 @@ pub enum Identified {
 /// crash half-way, counts nothing twice. A lead this creates starts
 /// `ANONYMOUS` and moves to `LEAD`, recorded in the change feed.
 pub async fn identify(
-    state: &AppState,
+    state: &Core,
     rules: &RuleSet,
     visitor: &VisitorId,
     lead_id: &LeadId,

@@ -6,7 +6,7 @@ use crate::transition::{StageRefusal, StageRequest};
 
 /// Creates the lead or replaces its profile, and applies the qualification
 /// rules, in one write. Returns the lead afterwards.
-pub async fn upsert_lead(state: &AppState, rules: &RuleSet, profile: LeadProfile) -> Result<LeadSnapshot, StoreError> {
+pub async fn upsert_lead(state: &Core, rules: &RuleSet, profile: LeadProfile) -> Result<LeadSnapshot, StoreError> {
     let settings = settings(state);
     let lead_id = profile.lead_id.clone();
     change_one(state, &lead_id, |stored, now| {
@@ -29,7 +29,7 @@ pub enum SetStageError {
 /// expected stage, the stage first read is expected: a lead moved by
 /// someone else meanwhile is reported, not moved again.
 pub async fn set_stage(
-    state: &AppState,
+    state: &Core,
     rules: &RuleSet,
     lead_id: &LeadId,
     mut request: StageRequest,

@@ -17,8 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures::{StreamExt, TryStreamExt};
 
-use crate::api::jobs::{JobState, RescoreJob};
-use crate::api::{ActiveRules, AppState};
 use crate::domain::state::{LeadChange, LeadState};
 use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
 use crate::rules::RuleSet;
@@ -28,8 +26,13 @@ use crate::transition::{self, Settings};
 pub mod accounts;
 mod inactivity;
 mod ingest;
+pub mod jobs;
 mod leads;
 mod rescore;
+mod state;
+
+use jobs::{JobState, RescoreJob};
+pub use state::{ActiveRules, Core, ProfileLimits};
 
 pub use inactivity::sweep_inactivity;
 pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
@@ -40,7 +43,7 @@ pub use rescore::{RescoreProgress, RuleErrors, Simulation, Transition, rescore, 
 const MAX_ATTEMPTS: u32 = 8;
 
 /// What a lead keeps, from the service's configuration.
-pub fn settings(state: &AppState) -> Settings {
+pub fn settings(state: &Core) -> Settings {
     Settings {
         ingest: state.policy,
         stage_history: state.feed.history_limit,
@@ -64,7 +67,7 @@ async fn back_off(attempt: u32) {
 /// so that concurrent requests on one lead queue instead of retrying. The
 /// stripes are taken in ascending order: no deadlock.
 async fn lock_leads<'a>(
-    state: &'a AppState,
+    state: &'a Core,
     ids: impl IntoIterator<Item = &'a LeadId>,
 ) -> Vec<tokio::sync::MutexGuard<'a, ()>> {
     use std::hash::{Hash, Hasher};
@@ -87,7 +90,7 @@ async fn lock_leads<'a>(
 
 /// Writes changes; counts the stage changes of those written. Returns which
 /// were written.
-async fn write(state: &AppState, changes: &[LeadChange]) -> Result<Vec<bool>, StoreError> {
+async fn write(state: &Core, changes: &[LeadChange]) -> Result<Vec<bool>, StoreError> {
     let applied = state.store.apply(changes, &state.feed).await?;
     Ok(changes
         .iter()
@@ -108,7 +111,7 @@ async fn write(state: &AppState, changes: &[LeadChange]) -> Result<Vec<bool>, St
 /// Reads one lead, computes its change with `step` and writes it, until it
 /// lands. `step` answers `Ok(None)` when there is nothing to write.
 async fn change_one<T>(
-    state: &AppState,
+    state: &Core,
     lead_id: &LeadId,
     mut step: impl FnMut(Option<LeadState>, Timestamp) -> Result<(Option<LeadChange>, T), StoreError>,
 ) -> Result<T, StoreError> {
@@ -133,7 +136,7 @@ fn kept_changing(lead_id: &LeadId) -> StoreError {
 
 /// A lead's stage history, newest first.
 pub async fn stage_history(
-    state: &AppState,
+    state: &Core,
     lead_id: &LeadId,
     limit: usize,
 ) -> Result<Vec<crate::domain::StageChange>, StoreError> {

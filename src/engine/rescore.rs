@@ -132,7 +132,7 @@ pub struct RescoreProgress {
 /// rewritten nor moved. Stops between chunks once `stop` says so (a newer
 /// rule set's rescore took over); returns whether it went through.
 pub async fn rescore(
-    state: &AppState,
+    state: &Core,
     rules: Arc<ActiveRules>,
     progress: &RescoreProgress,
     stop: impl Fn() -> bool,
@@ -205,7 +205,7 @@ fn count(progress: &RescoreProgress, answer: transition::Rescored) {
 /// Starts a background rescore under the active rule set, unless one is
 /// running under it (then returns that one, and `false`). One running
 /// under an older rule set is superseded: it stops at its next chunk.
-pub fn start_rescore(state: Arc<AppState>) -> (Arc<RescoreJob>, bool) {
+pub fn start_rescore(state: Arc<Core>) -> (Arc<RescoreJob>, bool) {
     let rules = state.rules();
     let (job, started) = state.jobs.start(&rules.version, state.clock.now());
     if started {

@@ -3,7 +3,6 @@
 //! compiled into the domain's scoring models. Pure: callers read the file.
 
 mod compile;
-mod duration;
 mod error;
 pub mod expr;
 mod file;
@@ -14,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-pub use duration::{format_duration, parse_duration};
+pub use crate::domain::duration::{format_duration, parse_duration};
 pub use error::RuleError;
 
 use crate::domain::{Decay, LeadSnapshot, ModelWeight, Score, ScoringModel, Stage, Timestamp};

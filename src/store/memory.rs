@@ -7,7 +7,9 @@ use async_trait::async_trait;
 
 use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::account::AccountProfile;
-use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month, SEP, ScoreHistoryEntry};
+use crate::domain::profiles::{
+    CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreHistoryEntry,
+};
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
 use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, Stage, StageChange, Timestamp};
 
@@ -35,10 +37,10 @@ struct Data {
     rule_set_versions: HashMap<String, String>,
     /// Consumer groups of the trigger log.
     groups: HashMap<String, Group>,
-    /// UTC day → funnel counter fields (see `FunnelEntry::increments`).
-    funnel: BTreeMap<i64, HashMap<String, f64>>,
-    /// Cohort month → counter fields.
-    cohort_counts: BTreeMap<Month, HashMap<String, i64>>,
+    /// UTC day → (group, counter) → value.
+    funnel: BTreeMap<i64, HashMap<(String, FunnelCounter), f64>>,
+    /// Cohort month → (group, counter) → leads.
+    cohort_counts: BTreeMap<Month, HashMap<(String, CohortCounter), i64>>,
     /// (month, model, group) → lead id → score.
     cohort_scores: HashMap<(Month, String, String), HashMap<LeadId, f64>>,
     accounts: HashMap<AccountId, StoredAccountData>,
@@ -70,11 +72,11 @@ impl Data {
         }
         for delta in &change.aggregates {
             match delta {
-                AggregateDelta::Funnel { day, field, by, .. } => {
-                    *self.funnel.entry(*day).or_default().entry(field.clone()).or_default() += by;
+                AggregateDelta::Funnel { day, group, counter, by, .. } => {
+                    *self.funnel.entry(*day).or_default().entry((group.clone(), *counter)).or_default() += by;
                 }
-                AggregateDelta::CohortCount { month, field, by } => {
-                    *self.cohort_counts.entry(*month).or_default().entry(field.clone()).or_default() += by;
+                AggregateDelta::CohortCount { month, group, counter, by } => {
+                    *self.cohort_counts.entry(*month).or_default().entry((group.clone(), *counter)).or_default() += by;
                 }
                 AggregateDelta::CohortScore { month, model, group, score } => {
                     let scores = self.cohort_scores.entry((*month, model.clone(), group.clone())).or_default();
@@ -368,24 +370,26 @@ impl LeadStore for MemoryStore {
         let data = self.data();
         let group = query.group();
         let mut scores = Vec::new();
-        let mut counts: HashMap<&str, i64> = HashMap::new();
+        let mut counts: HashMap<CohortCounter, i64> = HashMap::new();
         for month in query.from.until(query.to) {
             if let Some(s) = data.cohort_scores.get(&(month, query.model.clone(), group.clone())) {
                 scores.extend(s.values().copied());
             }
-            for (field, n) in data.cohort_counts.get(&month).into_iter().flatten() {
-                *counts.entry(field.as_str()).or_default() += n;
+            for ((g, counter), n) in data.cohort_counts.get(&month).into_iter().flatten() {
+                if *g == group {
+                    *counts.entry(*counter).or_default() += n;
+                }
             }
         }
         let mut profile = CohortProfile::from_leads(scores.into_iter().map(|s| (s, Stage::Lead, false)), query.buckets);
         profile.by_stage.clear();
         for stage in Stage::ALL {
-            let n = counts.get(format!("{group}{SEP}{}", stage.as_str()).as_str()).copied().unwrap_or(0);
+            let n = counts.get(&CohortCounter::InStage(stage)).copied().unwrap_or(0);
             if n > 0 {
                 profile.by_stage.insert(stage, n as u64);
             }
         }
-        profile.reached_mql = counts.get(format!("{group}{SEP}q").as_str()).copied().unwrap_or(0).max(0) as u64;
+        profile.reached_mql = counts.get(&CohortCounter::ReachedMql).copied().unwrap_or(0).max(0) as u64;
         Ok(profile)
     }
 
@@ -393,8 +397,8 @@ impl LeadStore for MemoryStore {
         let data = self.data();
         let mut counters = FunnelCounters::default();
         for fields in data.funnel.range(from_day..to_day).map(|(_, f)| f) {
-            for (field, value) in fields {
-                counters.add_field(field, *value);
+            for ((group, counter), value) in fields {
+                counters.add(group, *counter, *value);
             }
         }
         Ok(counters)

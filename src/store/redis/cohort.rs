@@ -10,9 +10,10 @@
 use std::collections::BTreeMap;
 
 use super::RedisStore;
+use super::codec::{cohort_field, num};
 use crate::domain::Stage;
 use crate::domain::profiles::{
-    CohortProfile, CohortQuery, HistogramBucket, PERCENTILES, SEP, histogram_bounds, nearest_rank,
+    CohortCounter, CohortProfile, CohortQuery, HistogramBucket, PERCENTILES, histogram_bounds, nearest_rank,
 };
 use crate::store::StoreError;
 
@@ -33,8 +34,9 @@ pub(super) async fn profile(store: &RedisStore, query: &CohortQuery) -> Result<C
     }
 
     // Round 1: sizes, extremes and stage counts.
-    let stage_fields: Vec<String> = Stage::ALL.iter().map(|s| format!("{group}{SEP}{}", s.as_str())).collect();
-    let reached_field = format!("{group}{SEP}q");
+    let stage_fields: Vec<String> =
+        Stage::ALL.iter().map(|s| cohort_field(&group, CohortCounter::InStage(*s))).collect();
+    let reached_field = cohort_field(&group, CohortCounter::ReachedMql);
     let mut pipe = redis::pipe();
     for key in &zsets {
         pipe.zcard(key).zrange_withscores(key, 0, 0).zrange_withscores(key, -1, -1);
@@ -208,11 +210,6 @@ async fn count_at_most(store: &RedisStore, zsets: &[String], values: &[f64]) -> 
     }
     let counts: Vec<u64> = store.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
     Ok(counts.chunks(zsets.len().max(1)).map(|c| c.iter().sum()).collect())
-}
-
-/// A score as Redis reads it back exactly.
-fn num(v: f64) -> String {
-    format!("{v:?}")
 }
 
 fn parse<T: redis::FromRedisValue>(value: Option<redis::Value>) -> Result<T, StoreError> {

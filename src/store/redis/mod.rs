@@ -5,6 +5,7 @@
 //! then the record, feed and trigger entries, score history and aggregate
 //! deltas, all in one atomic step.
 
+mod codec;
 mod cohort;
 pub mod conn;
 pub mod feed;
@@ -24,9 +25,10 @@ pub use keys::KeySpace;
 use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::profiles::{self, CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
 use crate::domain::{Delivery, LeadId, QualificationChange, StageChange, Timestamp};
+use codec::{SEP, num};
 use feed::{EntryId, FeedCursor};
 
 /// How to reach Redis and lay out keys.
@@ -386,7 +388,7 @@ impl LeadStore for RedisStore {
         let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
         let mut history = Vec::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
-            let entry = ScoreHistoryEntry::decode(e).ok_or_else(|| StoreError::Corrupt {
+            let entry = codec::decode_history(e).ok_or_else(|| StoreError::Corrupt {
                 lead_id: lead_id.to_string(),
                 detail: format!("score history entry {i} is malformed"),
             })?;
@@ -417,8 +419,9 @@ impl LeadStore for RedisStore {
         for (field, value) in replies.iter().flatten() {
             if let Ok(v) = value.parse::<f64>()
                 && v.is_finite()
+                && let Some((group, counter)) = codec::parse_funnel_field(field)
             {
-                counters.add_field(field, v);
+                counters.add(group, counter, v);
             }
         }
         Ok(counters)
@@ -450,7 +453,7 @@ impl LeadStore for RedisStore {
             .contains_key("u")
             .then(|| fields.iter().filter_map(|(k, v)| Some((k.strip_prefix("a:")?.to_owned(), v.clone()))).collect());
         let qualified = fields.get("q").and_then(|q| {
-            let (rule, at) = q.split_once(profiles::SEP)?;
+            let (rule, at) = q.split_once(SEP)?;
             Some((rule.to_owned(), Timestamp::from_millis(at.parse().ok()?)))
         });
         Ok(Some(StoredAccount { attributes, lead_ids, qualified }))
@@ -473,7 +476,7 @@ impl LeadStore for RedisStore {
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let key = self.keys.account(account_id).account;
-        let value = format!("{rule_id}{}{}", profiles::SEP, at.millis());
+        let value = format!("{rule_id}{SEP}{}", at.millis());
         self.call(|mut c| async move { c.hset_nx(key, "q", value).await }).await
     }
 }
@@ -565,7 +568,7 @@ impl RedisStore {
                 ops.push(vec![
                     b"L".to_vec(),
                     k(&mut keys, lead_keys.scores.clone()),
-                    log.entry.encode().into_bytes(),
+                    codec::encode_history(&log.entry).into_bytes(),
                     text(&log.keep),
                     text(&log.ttl_ms.max(1)),
                 ]);
@@ -573,14 +576,16 @@ impl RedisStore {
             let mut expiries = std::collections::BTreeMap::new();
             for delta in &change.aggregates {
                 match delta {
-                    AggregateDelta::Funnel { day, field, by, expires } => {
+                    AggregateDelta::Funnel { day, group, counter, by, expires } => {
                         let key = self.keys.funnel(partition, *day);
                         expiries.insert(key.clone(), *expires);
-                        ops.push(vec![b"F".to_vec(), k(&mut keys, key), field.clone().into_bytes(), text(&num(*by))]);
+                        let field = codec::funnel_field(group, *counter).into_bytes();
+                        ops.push(vec![b"F".to_vec(), k(&mut keys, key), field, text(&num(*by))]);
                     }
-                    AggregateDelta::CohortCount { month, field, by } => {
+                    AggregateDelta::CohortCount { month, group, counter, by } => {
                         let key = self.keys.cohort_counts(partition, &month.key());
-                        ops.push(vec![b"I".to_vec(), k(&mut keys, key), field.clone().into_bytes(), text(by)]);
+                        let field = codec::cohort_field(group, *counter).into_bytes();
+                        ops.push(vec![b"I".to_vec(), k(&mut keys, key), field, text(by)]);
                     }
                     AggregateDelta::CohortScore { month, model, group, score } => {
                         let key = self.keys.cohort_scores(partition, &month.key(), model, group);
@@ -670,9 +675,4 @@ impl KeyList {
         self.at.insert(key, self.keys.len());
         self.keys.len()
     }
-}
-
-/// A number as Redis reads it back exactly.
-fn num(v: f64) -> String {
-    format!("{v:?}")
 }

@@ -3,8 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use super::RescoreProgress;
 use crate::domain::Timestamp;
-use crate::engine::RescoreProgress;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {

@@ -1,0 +1,110 @@
+//! What every use case shares: the store, the clock, the rule set in force,
+//! the configured policies, rescore jobs and metrics.
+
+use std::ops::Deref;
+use std::sync::{Arc, RwLock};
+
+use crate::domain::{AccountId, Clock, IngestPolicy, Timestamp};
+use crate::rules::RuleSet;
+use crate::store::{FeedPolicy, LeadStore};
+
+/// The rule set in force, and where it came from.
+#[derive(Debug)]
+pub struct ActiveRules {
+    pub set: RuleSet,
+    pub loaded_at: Timestamp,
+    /// A path, or the built-in default.
+    pub origin: String,
+}
+
+impl Deref for ActiveRules {
+    type Target = RuleSet;
+
+    fn deref(&self) -> &RuleSet {
+        &self.set
+    }
+}
+
+/// Configured bounds of what profiles keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileLimits {
+    pub history_limit: usize,
+    pub history_age_ms: i64,
+    pub funnel_retention_ms: i64,
+}
+
+impl Default for ProfileLimits {
+    fn default() -> Self {
+        const DAY: i64 = 86_400_000;
+        Self { history_limit: 50, history_age_ms: 180 * DAY, funnel_retention_ms: 800 * DAY }
+    }
+}
+
+pub struct Core {
+    pub store: Arc<dyn LeadStore>,
+    pub clock: Arc<dyn Clock>,
+    pub policy: IngestPolicy,
+    pub feed: FeedPolicy,
+    /// Score history and funnel limits.
+    pub profiles: ProfileLimits,
+    /// Teams every rule set must be agreed by.
+    pub required_approvers: Vec<String>,
+    /// Start a rescore whenever a reloaded rule set is activated.
+    pub rescore_on_reload: bool,
+    pub jobs: super::jobs::Jobs,
+    /// Serialises the writes of one lead within this replica (striped by
+    /// lead), so they queue instead of retrying.
+    pub commit_locks: Vec<tokio::sync::Mutex<()>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Accounts whose qualification is being checked, and whether one of
+    /// their leads changed since the check started.
+    pub account_checks: std::sync::Mutex<std::collections::HashMap<AccountId, bool>>,
+    rules: RwLock<Arc<ActiveRules>>,
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn LeadStore>,
+        clock: Arc<dyn Clock>,
+        rules: RuleSet,
+        origin: String,
+        policy: IngestPolicy,
+        feed: FeedPolicy,
+        required_approvers: Vec<String>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        metrics.set_rule_set(&rules.version);
+        let mut rules = rules;
+        rules.set_failure_hook(crate::metrics::rule_failure_hook(metrics.clone()));
+        let active = ActiveRules { set: rules, loaded_at: clock.now(), origin };
+        Self {
+            store,
+            clock,
+            policy,
+            feed,
+            profiles: ProfileLimits::default(),
+            required_approvers,
+            rescore_on_reload: false,
+            jobs: Default::default(),
+            commit_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+            metrics,
+            account_checks: Default::default(),
+            rules: RwLock::new(Arc::new(active)),
+        }
+    }
+
+    /// The active rule set. A request takes it once and uses that one
+    /// throughout, so it never sees half of two rule sets.
+    pub fn rules(&self) -> Arc<ActiveRules> {
+        self.rules.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Activates a new rule set atomically.
+    pub fn replace_rules(&self, mut rules: RuleSet, origin: String) {
+        rules.set_failure_hook(crate::metrics::rule_failure_hook(self.metrics.clone()));
+        let mut guard = self.rules.write().unwrap_or_else(|p| p.into_inner());
+        self.metrics.set_rule_set(&rules.version);
+        *guard = Arc::new(ActiveRules { set: rules, loaded_at: self.clock.now(), origin });
+    }
+}
