@@ -21,7 +21,8 @@ use std::collections::BTreeSet;
 use crate::domain::profiles::{
     self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreHistoryEntry, funnel_groups,
 };
-use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState, ScoreLog};
+use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState};
+use crate::domain::ledger::fingerprint;
 use crate::domain::{
     Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
     ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
@@ -143,10 +144,10 @@ impl<'r> Builder<'r> {
         };
         let change = LeadChange {
             expected_version: state.version,
-            state: state.clone(),
+            // Filled in by `finish` (a copy here would cost a whole record).
+            state: LeadState::new(LeadSnapshot::new(lead_id.clone(), now)),
             feed: Vec::new(),
             triggers: Vec::new(),
-            score_log: None,
             aggregates: Vec::new(),
             indexed_at: None,
             inactivity: Vec::new(),
@@ -262,11 +263,16 @@ impl<'r> Builder<'r> {
 
     /// Records signals (in order); returns their statuses and the types
     /// that counted. Fires the triggers the signals fire.
-    fn record(&mut self, signals: &[ScoredSignal]) -> (Vec<SignalStatus>, BTreeSet<String>) {
-        let before = self.state.lead.clone();
+    /// `prints[i]` is the fingerprint of `signals[i]`'s event id.
+    fn record(&mut self, signals: &[ScoredSignal], prints: &[u64]) -> (Vec<SignalStatus>, BTreeSet<String>) {
+        let may_fire = self.rules.ingest_may_fire(signals.iter().map(|s| s.signal_type.as_str()));
+        let before = may_fire.then(|| self.state.lead.clone());
         let statuses: Vec<SignalStatus> = signals
             .iter()
-            .map(|s| self.state.ledger.record(&mut self.state.lead, s, self.now, &self.settings.ingest))
+            .zip(prints)
+            .map(|(s, print)| {
+                self.state.ledger.record_print(&mut self.state.lead, *print, s, self.now, &self.settings.ingest)
+            })
             .collect();
         let recorded = signals.iter().zip(&statuses).filter(|(_, st)| **st != SignalStatus::Duplicate);
         self.earlier_touch(earliest_touch(recorded.map(|(s, _)| s)));
@@ -276,7 +282,10 @@ impl<'r> Builder<'r> {
             .filter(|(_, st)| **st == SignalStatus::Accepted)
             .map(|(s, _)| s.signal_type.clone())
             .collect();
-        let fired = self.rules.ingest_triggers(&before, &self.state.lead, &counted, self.now);
+        let fired = match &before {
+            Some(before) => self.rules.ingest_triggers(before, &self.state.lead, &counted, self.now),
+            None => Vec::new(),
+        };
         if !fired.is_empty() {
             let score = ScoreSnapshot::of(&self.rules.primary().score(&self.state.lead, self.now));
             let reasons = counted.iter().cloned().collect::<Vec<_>>().join(", ");
@@ -346,15 +355,24 @@ impl<'r> Builder<'r> {
         }
         self.state.cohort = place;
         let Some(cause) = cause else { return };
-        if self.settings.score_history == 0 || (dedupe && self.state.logged == scores) {
+        if self.settings.score_history == 0 {
             return;
         }
-        self.state.logged = scores.clone();
-        self.change.score_log = Some(ScoreLog {
-            entry: ScoreHistoryEntry { at: self.now, cause, scores },
-            keep: self.settings.score_history,
-            ttl_ms: self.settings.score_history_age_ms,
-        });
+        // Kept to the hundredth of a point, as the API reports them.
+        let scores: Vec<ModelScore> = scores
+            .into_iter()
+            .map(|s| ModelScore { model: s.model, behavior: hundredths(s.behavior), fit: hundredths(s.fit) })
+            .collect();
+        let history = &mut self.state.score_history;
+        if dedupe && history.front().is_some_and(|newest| newest.scores == scores) {
+            return;
+        }
+        history.push_front(ScoreHistoryEntry { at: self.now, cause, scores });
+        history.truncate(self.settings.score_history);
+        let oldest = self.now.millis() - self.settings.score_history_age_ms;
+        while history.back().is_some_and(|e| e.at.millis() < oldest) {
+            history.pop_back();
+        }
     }
 
     fn cohort_count(&mut self, month: Month, group: &str, counter: CohortCounter, by: i64) {
@@ -387,6 +405,12 @@ impl<'r> Builder<'r> {
         self.change.state = self.state;
         self.change
     }
+}
+
+/// Points to the hundredth.
+fn hundredths(points: f64) -> f64 {
+    let r = (points * 100.0).round() / 100.0;
+    if r == 0.0 { 0.0 } else { r }
 }
 
 /// Every model's score of the lead at `now`, primary first, then by name.
@@ -516,14 +540,15 @@ pub fn record_signals(
     let touch = earliest_touch(signals);
     let mut b =
         Builder::begin(rules, settings, now, stored, lead_id, New { stage: initial_stage, created_at: None, touch });
-    let (statuses, counted) = b.record(signals);
+    let prints: Vec<u64> = signals.iter().map(|s| fingerprint(s.event_id.as_str())).collect();
+    let (statuses, counted) = b.record(signals, &prints);
     b.qualify();
     let nothing = !b.created()
         && statuses.iter().all(|s| *s == SignalStatus::Duplicate)
         && b.change.feed.is_empty()
         && b.change.triggers.is_empty();
     if nothing {
-        return Recorded { change: None, statuses, lead: b.change.state.lead };
+        return Recorded { change: None, statuses, lead: b.state.lead };
     }
     let cause = (!counted.is_empty()).then(|| profiles::signals_cause(counted.iter().map(String::as_str)));
     b.touch(cause, false);
@@ -634,11 +659,17 @@ pub fn merge_visitor(
     visitor_name: &str,
 ) -> Step<u32> {
     let oldest = now.plus_millis(-settings.ingest.retention_ms);
-    let signals = replayable(rules, visitor.ledger.history().rev().filter(|e| e.occurred_at_ms >= oldest.millis()));
+    let (prints, signals): (Vec<u64>, Vec<ScoredSignal>) = visitor
+        .ledger
+        .history()
+        .rev()
+        .filter(|e| e.occurred_at_ms >= oldest.millis())
+        .filter_map(|e| Some((e.print, replay_signal(rules, e)?)))
+        .unzip();
     let touch = earliest_touch(&signals);
     let mut b =
         Builder::begin(rules, settings, now, stored, lead_id, New { stage: Stage::Anonymous, created_at: None, touch });
-    let (statuses, counted) = b.record(&signals);
+    let (statuses, counted) = b.record(&signals, &prints);
     if b.state.lead.stage == Stage::Anonymous {
         let change = StageChange {
             from: Stage::Anonymous,
@@ -660,27 +691,26 @@ pub fn merge_visitor(
     Step { change: b.finish(), answer: merged }
 }
 
-/// Raw history entries (oldest first) as signals under `rules`; entries of
-/// types the rule set no longer declares are left out.
-fn replayable<'a>(
-    rules: &RuleSet,
-    entries: impl Iterator<Item = &'a crate::domain::ledger::HistoryEntry>,
-) -> Vec<ScoredSignal> {
-    entries.filter_map(|e| replay_signal(rules, e)).collect()
-}
-
 /// A raw history entry as a signal weighed by `rules`; `None` for a type
-/// the rule set does not declare (or an id no longer valid).
+/// the rule set does not declare. Its event id is not kept: record it with
+/// the entry's fingerprint (`LeadLedger::record_print`).
 fn replay_signal(rules: &RuleSet, e: &crate::domain::ledger::HistoryEntry) -> Option<ScoredSignal> {
     let def = rules.signal_type(&e.signal_type)?;
     Some(ScoredSignal {
-        event_id: EventId::parse(e.event_id.clone()).ok()?,
+        event_id: replayed_id().clone(),
         signal_type: e.signal_type.clone(),
         occurred_at: Timestamp::from_millis(e.occurred_at_ms),
         daily_cap: def.daily_cap,
         weights: rules.weigh(&e.signal_type, &e.properties),
         properties: e.properties.clone(),
     })
+}
+
+/// The event id of replayed signals (never used: they are recorded by
+/// fingerprint).
+fn replayed_id() -> &'static EventId {
+    static ID: std::sync::OnceLock<EventId> = std::sync::OnceLock::new();
+    ID.get_or_init(|| EventId::parse("replayed").expect("a valid event id"))
 }
 
 /// The lead's tallies recomputed under `rules` by replaying its raw history
@@ -701,7 +731,8 @@ pub fn rebuild(rules: &RuleSet, state: &LeadState, policy: &IngestPolicy) -> Opt
     for entry in state.ledger.history().rev() {
         match replay_signal(rules, entry) {
             Some(signal) => {
-                ledger.record(&mut fresh, &signal, Timestamp::from_millis(entry.arrived_at_ms), &replay);
+                let arrived = Timestamp::from_millis(entry.arrived_at_ms);
+                ledger.record_print(&mut fresh, entry.print, &signal, arrived, &replay);
             }
             // A type the rule set no longer declares counts nothing.
             None => fresh.recorded += 1,

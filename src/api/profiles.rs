@@ -127,14 +127,17 @@ impl Profiles for ProfilesService {
         let store = &self.state.store;
         let now = self.state.clock.now();
         let ids = std::slice::from_ref(&lead_id);
-        let max_age = self.state.profiles.history_age_ms;
-        let (leads, history) = futures::try_join!(store.load(ids), store.score_history(&lead_id, limit, now, max_age))
-            .map_err(ApiError::from)?;
-        let stored = leads
+        let oldest = now.millis() - self.state.profiles.history_age_ms;
+        let stored = store
+            .load(ids)
+            .await
+            .map_err(ApiError::from)?
             .into_iter()
             .flatten()
             .next()
             .ok_or_else(|| ApiError::NotFound(format!("{lead_id} was never seen")))?;
+        let history: Vec<_> =
+            stored.score_history.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect();
         let stages: Vec<_> = stored.stages.iter().take(limit).cloned().collect();
         let lead = stored.lead;
         let now = self.state.clock.now();

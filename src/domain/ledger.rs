@@ -41,7 +41,9 @@ pub struct IngestPolicy {
 /// One raw signal as kept in a lead's history.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryEntry {
-    pub event_id: String,
+    /// The event id's fingerprint (`fingerprint`): what de-duplication
+    /// compares.
+    pub print: u64,
     pub signal_type: String,
     pub occurred_at_ms: i64,
     pub properties: BTreeMap<String, String>,
@@ -51,9 +53,9 @@ pub struct HistoryEntry {
 }
 
 impl HistoryEntry {
-    pub fn of(signal: &ScoredSignal, arrived_at: Timestamp) -> Self {
+    pub fn of(print: u64, signal: &ScoredSignal, arrived_at: Timestamp) -> Self {
         Self {
-            event_id: signal.event_id.as_str().to_owned(),
+            print,
             signal_type: signal.signal_type.clone(),
             occurred_at_ms: signal.occurred_at.millis(),
             properties: signal.properties.clone(),
@@ -104,9 +106,21 @@ impl LeadLedger {
         now: Timestamp,
         policy: &IngestPolicy,
     ) -> SignalStatus {
+        self.record_print(lead, fingerprint(signal.event_id.as_str()), signal, now, policy)
+    }
+
+    /// Records `signal`, whose event id has the fingerprint `print` (a
+    /// signal replayed from a raw history keeps only that).
+    pub fn record_print(
+        &mut self,
+        lead: &mut LeadSnapshot,
+        print: u64,
+        signal: &ScoredSignal,
+        now: Timestamp,
+        policy: &IngestPolicy,
+    ) -> SignalStatus {
         let window_start = now.millis() - policy.dedupe_window_ms;
         self.seen.retain(|_, at| at.millis() > window_start);
-        let print = fingerprint(signal.event_id.as_str());
         if self.seen.contains_key(&print) {
             return SignalStatus::Duplicate;
         }
@@ -126,7 +140,7 @@ impl LeadLedger {
         }
 
         if policy.history_limit > 0 {
-            self.history.push_front(HistoryEntry::of(signal, now));
+            self.history.push_front(HistoryEntry::of(print, signal, now));
             self.history.truncate(policy.history_limit);
         }
 
@@ -208,7 +222,7 @@ mod tests {
         for id in ["a", "b", "c", "d"] {
             ledger.record(&mut lead, &signal(id, 99 * DAY, None), now, &POLICY);
         }
-        let ids: Vec<_> = ledger.history().map(|h| h.event_id.as_str()).collect();
-        assert_eq!(ids, ["d", "c", "b"]);
+        let prints: Vec<_> = ledger.history().map(|h| h.print).collect();
+        assert_eq!(prints, ["d", "c", "b"].map(fingerprint));
     }
 }

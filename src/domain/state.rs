@@ -59,9 +59,8 @@ pub struct LeadState {
     /// The creation funnel entry, counted before any first touch was known:
     /// moved under the first touch when it arrives.
     pub untouched_creation: Option<(Timestamp, Stage)>,
-    /// The scores of the newest score history entry (an unchanged profile
-    /// saved again adds none).
-    pub logged: Vec<ModelScore>,
+    /// Score changes, newest first, bounded by count and age.
+    pub score_history: VecDeque<ScoreHistoryEntry>,
 }
 
 impl LeadState {
@@ -77,7 +76,7 @@ impl LeadState {
             funnel_reached: 0,
             reached_mql: false,
             untouched_creation: None,
-            logged: Vec::new(),
+            score_history: VecDeque::new(),
         }
     }
 }
@@ -95,16 +94,6 @@ pub enum AggregateDelta {
     CohortScore { month: Month, model: String, group: String, score: Option<f64> },
 }
 
-/// A score history entry to add, and how much history to keep.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ScoreLog {
-    pub entry: ScoreHistoryEntry,
-    /// Entries kept (newest first).
-    pub keep: usize,
-    /// The history may be dropped once no entry was added for this long.
-    pub ttl_ms: i64,
-}
-
 /// Everything one step does: written in one atomic step per lead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadChange {
@@ -116,7 +105,6 @@ pub struct LeadChange {
     pub feed: Vec<StageChange>,
     /// Appended to the trigger stream, in order.
     pub triggers: Vec<FiredTrigger>,
-    pub score_log: Option<ScoreLog>,
     pub aggregates: Vec<AggregateDelta>,
     /// (Re)lists the lead in its partition's lead index by this time.
     pub indexed_at: Option<Timestamp>,

@@ -1,6 +1,6 @@
 //! Embedded store: everything in process memory, lost on exit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{
-    CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreHistoryEntry,
+    CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month,
 };
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
 use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, Stage, StageChange, Timestamp};
@@ -27,8 +27,6 @@ struct Data {
     index: BTreeMap<LeadId, Timestamp>,
     /// Inactivity definition → lead id → last engagement.
     inactive: HashMap<String, HashMap<LeadId, Timestamp>>,
-    /// Newest first.
-    score_histories: HashMap<LeadId, VecDeque<ScoreHistoryEntry>>,
     /// The change feed; a cursor is `m<number of changes consumed>`.
     feed: Vec<(LeadId, StageChange)>,
     /// Fired triggers; a trigger's id is `t<index>`.
@@ -64,11 +62,6 @@ impl Data {
         for t in &change.triggers {
             self.triggers.push(t.clone());
             trigger_ids.push(format!("t{}", self.triggers.len() - 1));
-        }
-        if let Some(log) = &change.score_log {
-            let history = self.score_histories.entry(id.clone()).or_default();
-            history.push_front(log.entry.clone());
-            history.truncate(log.keep);
         }
         for delta in &change.aggregates {
             match delta {
@@ -346,22 +339,6 @@ impl LeadStore for MemoryStore {
 
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
         Ok(self.data().rule_set_versions.get(version).cloned())
-    }
-
-    async fn score_history(
-        &self,
-        lead_id: &LeadId,
-        limit: usize,
-        now: Timestamp,
-        max_age_ms: i64,
-    ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
-        let data = self.data();
-        let oldest = now.millis() - max_age_ms;
-        Ok(data
-            .score_histories
-            .get(lead_id)
-            .map(|h| h.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect())
-            .unwrap_or_default())
     }
 
     /// From the same aggregates the Redis store keeps: the scores of the

@@ -13,7 +13,7 @@ pub use memory::MemoryStore;
 
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
 use crate::domain::state::{LeadChange, LeadState};
 use crate::domain::{Delivery, LeadId, LeadSnapshot, QualificationChange, Timestamp};
 
@@ -196,16 +196,6 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// The digest recorded for `version`, if any.
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
-
-    /// The lead's score history, newest first, without entries older than
-    /// `max_age_ms` at `now`.
-    async fn score_history(
-        &self,
-        lead_id: &LeadId,
-        limit: usize,
-        now: Timestamp,
-        max_age_ms: i64,
-    ) -> Result<Vec<ScoreHistoryEntry>, StoreError>;
 
     /// The cohort's figures, from the aggregates kept at write time.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError>;

@@ -118,7 +118,6 @@ fn moved(state: &LeadState, changes: &[StageChange], triggers: Vec<FiredTrigger>
         state: next,
         feed: changes.to_vec(),
         triggers,
-        score_log: None,
         aggregates: Vec::new(),
         indexed_at: None,
         inactivity: Vec::new(),
@@ -571,15 +570,15 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     record(&store, &lead, signals).await;
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    // The lead's record, its score history, the partition's lead index,
-    // inactivity index, cohort counts and scores, funnel counters.
-    assert_eq!(keys.len(), 7, "{keys:?}");
+    // The lead's record, the partition's lead index, inactivity index,
+    // cohort counts and scores, funnel counters.
+    assert_eq!(keys.len(), 6, "{keys:?}");
     // The partition's feed and trigger stream share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
     let alert = trigger("a", &lead, &change);
     move_stage(&store, &lead, &[change], vec![alert]).await;
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 9, "{keys:?}");
+    assert_eq!(keys.len(), 8, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()
@@ -741,13 +740,6 @@ async fn same_history_same_answers(a: &dyn LeadStore, b: &dyn LeadStore, seed: u
     };
     assert_eq!(feed(a.list_changes("", 1000).await.unwrap()), feed(b.list_changes("", 1000).await.unwrap()));
     assert_eq!(a.trigger_stats("g").await.unwrap().fired, b.trigger_stats("g").await.unwrap().fired);
-    for lead in &leads {
-        let later = NOW.plus_millis(100 * 3_600_000);
-        assert_eq!(
-            a.score_history(lead, 100, later, 365 * DAY).await.unwrap(),
-            b.score_history(lead, 100, later, 365 * DAY).await.unwrap()
-        );
-    }
     let month = Month::of(NOW);
     for filter in [None, Some(("seniority".to_owned(), "vp".to_owned()))] {
         let query = CohortQuery { from: month, to: month.next(), model: "b2b".into(), filter, buckets: 10 };

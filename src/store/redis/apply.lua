@@ -5,8 +5,9 @@
 -- one call share a hash slot (one partition).
 --
 -- ARGV: number of leads, then per lead:
---   record key index, expected version (0: must not exist), record bytes,
---   number of operations, then the operations, each a code and arguments
+--   record key index, the value's expected first 16 bytes (its version; ''
+--   for a lead that must not exist), the new value, number of operations,
+--   then the operations, each a code and arguments
 --   (k = a KEYS index):
 --     F k field by          HINCRBYFLOAT
 --     I k field by          HINCRBY
@@ -15,59 +16,76 @@
 --     R k member            ZREM
 --     X k keep_ms n f v …   XADD with n field/value pairs, trimming entries
 --                           older than keep_ms by Redis' clock (MINID ~)
---     L k value keep ttl_ms LPUSH, LTRIM to keep, PEXPIRE
 -- Returns per lead: { 0 } the lead changed (nothing of it written), or
 --   { 1, the XADD ids in order }
 local time = redis.call('TIME')
 local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-local out = {}
+
+-- The index of the argument after the operation at `i`.
+local function skip(i)
+  local op = ARGV[i]
+  if op == 'X' then return i + 4 + 2 * tonumber(ARGV[i + 3]) end
+  if op == 'F' or op == 'I' or op == 'Z' then return i + 4 end
+  if op == 'A' or op == 'R' then return i + 3 end
+  return nil
+end
+
+-- First every check, then every write: an error (a key of another type,
+-- an unknown operation) stops the call before anything is written.
+local leads = tonumber(ARGV[1])
+local starts, writes = {}, {}
 local i = 2
-for lead = 1, tonumber(ARGV[1]) do
-  local record = KEYS[tonumber(ARGV[i])]
-  local expected = ARGV[i + 1]
-  local bytes = ARGV[i + 2]
+for lead = 1, leads do
+  starts[lead] = i
+  local current = redis.pcall('GETRANGE', KEYS[tonumber(ARGV[i])], 0, 15)
+  if type(current) == 'table' and current.err then
+    return redis.error_reply('apply.lua: lead record ' .. KEYS[tonumber(ARGV[i])] .. ': ' .. current.err)
+  end
+  writes[lead] = current == ARGV[i + 1]
   local n = tonumber(ARGV[i + 3])
   i = i + 4
-  local current = redis.call('HGET', record, 'v') or '0'
-  local write = current == expected
+  for _ = 1, n do
+    local next_i = skip(i)
+    if not next_i then
+      return redis.error_reply('apply.lua: unknown operation ' .. tostring(ARGV[i]))
+    end
+    i = next_i
+  end
+end
+
+local out = {}
+for lead = 1, leads do
+  i = starts[lead]
+  local write = writes[lead]
+  local n = tonumber(ARGV[i + 3])
   local ids = { 1 }
   if write then
-    redis.call('HSET', record, 'v', tostring(tonumber(expected) + 1), 'd', bytes)
+    redis.call('SET', KEYS[tonumber(ARGV[i])], ARGV[i + 2])
   end
+  i = i + 4
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
-    if op == 'X' then
-      local pairs_n = tonumber(ARGV[i + 3])
-      if write then
+    if write then
+      if op == 'X' then
         local min = string.format('%d', redis_now - tonumber(ARGV[i + 2]))
         local args = { 'XADD', key, 'MINID', '~', min, '*' }
-        for p = 1, 2 * pairs_n do
+        for p = 1, 2 * tonumber(ARGV[i + 3]) do
           args[#args + 1] = ARGV[i + 3 + p]
         end
         ids[#ids + 1] = redis.call(unpack(args))
+      elseif op == 'F' then
+        redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])
+      elseif op == 'I' then
+        redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
+      elseif op == 'Z' then
+        redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
+      elseif op == 'A' then
+        redis.call('PEXPIREAT', key, ARGV[i + 2])
+      elseif op == 'R' then
+        redis.call('ZREM', key, ARGV[i + 2])
       end
-      i = i + 4 + 2 * pairs_n
-    elseif op == 'L' then
-      if write then
-        redis.call('LPUSH', key, ARGV[i + 2])
-        redis.call('LTRIM', key, 0, tonumber(ARGV[i + 3]) - 1)
-        redis.call('PEXPIRE', key, ARGV[i + 4])
-      end
-      i = i + 5
-    elseif op == 'F' or op == 'I' or op == 'Z' then
-      if write then
-        local cmd = ({ F = 'HINCRBYFLOAT', I = 'HINCRBY', Z = 'ZADD' })[op]
-        redis.call(cmd, key, ARGV[i + 2], ARGV[i + 3])
-      end
-      i = i + 4
-    elseif op == 'A' or op == 'R' then
-      if write then
-        redis.call(op == 'A' and 'PEXPIREAT' or 'ZREM', key, ARGV[i + 2])
-      end
-      i = i + 3
-    else
-      return redis.error_reply('apply.lua: unknown operation ' .. tostring(op))
     end
+    i = skip(i)
   end
   out[lead] = write and ids or { 0 }
 end

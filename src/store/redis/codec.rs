@@ -1,9 +1,8 @@
-//! How aggregate counters and score history entries are written as Redis
-//! hash fields and list values. Ids and first-touch values never contain
+//! How aggregate counters are written as Redis hash fields. Ids and first-touch values never contain
 //! control characters, so the unit separator splits them safely.
 
-use crate::domain::profiles::{CohortCounter, FunnelCounter, ModelScore, ScoreHistoryEntry};
-use crate::domain::{Stage, Timestamp};
+use crate::domain::Stage;
+use crate::domain::profiles::{CohortCounter, FunnelCounter};
 
 /// Separates the parts of fields and records.
 pub const SEP: char = '\u{1f}';
@@ -51,50 +50,9 @@ pub fn parse_funnel_field(field: &str) -> Option<(&str, FunnelCounter)> {
     Some((parts[0], counter))
 }
 
-/// `at␟cause␟model=behavior,fit␟…`
-pub fn encode_history(entry: &ScoreHistoryEntry) -> String {
-    let mut out = format!("{}{SEP}{}", entry.at.millis(), entry.cause);
-    for s in &entry.scores {
-        out.push_str(&format!("{SEP}{}={},{}", s.model, num(s.behavior), num(s.fit)));
-    }
-    out
-}
-
-pub fn decode_history(text: &str) -> Option<ScoreHistoryEntry> {
-    let mut parts = text.split(SEP);
-    let at = Timestamp::from_millis(parts.next()?.parse().ok()?);
-    let cause = parts.next()?.to_owned();
-    let scores = parts
-        .map(|p| {
-            let (model, values) = p.split_once('=')?;
-            let (behavior, fit) = values.split_once(',')?;
-            let behavior: f64 = behavior.parse().ok().filter(|v: &f64| v.is_finite())?;
-            let fit: f64 = fit.parse().ok().filter(|v: &f64| v.is_finite())?;
-            Some(ModelScore { model: model.to_owned(), behavior, fit })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(ScoreHistoryEntry { at, cause, scores })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn history_entries_round_trip() {
-        let entry = ScoreHistoryEntry {
-            at: Timestamp::from_millis(1_700_000_000_123),
-            cause: "signal:demo_requested".into(),
-            scores: vec![
-                ModelScore { model: "b2b".into(), behavior: 40.123456789, fit: 15.0 },
-                ModelScore { model: "smb".into(), behavior: -3.5, fit: 0.0 },
-            ],
-        };
-        let decoded = decode_history(&encode_history(&entry)).unwrap();
-        assert_eq!(decoded, entry);
-        assert!(decode_history("x").is_none());
-        assert!(decode_history("1\u{1f}c\u{1f}m=NaN,1").is_none());
-    }
 
     #[test]
     fn funnel_fields_round_trip() {

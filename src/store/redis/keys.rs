@@ -1,8 +1,7 @@
 //! Every Redis key name leadscore uses is built here.
 //!
-//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` (the lead's record) and
-//! `:scores` beside it (its score history), where `N` is the lead's
-//! partition. The `{p<N>}` hash tag puts all of a partition's keys — leads,
+//! Layout (SPEC §7): `{prefix}:{p<N>}:lead:<id>` (the lead's record), where
+//! `N` is the lead's partition. The `{p<N>}` hash tag puts all of a partition's keys — leads,
 //! feed, triggers, indexes and aggregates — in one Redis Cluster slot, so
 //! one script call can update them atomically. Ids are
 //! percent-encoded, so `{`, `}`, `:`, spaces and non-ASCII in an id can
@@ -29,8 +28,6 @@ pub struct LeadKeys {
     pub index: String,
     /// Stream: the partition's fired nurture triggers.
     pub triggers: String,
-    /// List: score history entries, newest first, bounded.
-    pub scores: String,
 }
 
 /// The keys of one account.
@@ -134,7 +131,6 @@ impl KeySpace {
         let partition = self.partition(lead);
         let base = format!("{}:{{p{partition}}}:lead:{}", self.prefix, encode(lead.as_str()));
         LeadKeys {
-            scores: format!("{base}:scores"),
             feed: self.feed(partition),
             index: self.index(partition),
             triggers: self.triggers(partition),
@@ -170,13 +166,12 @@ mod tests {
         let keys = ks.lead(&id("lead-42"));
         let tag = format!("{{p{}}}", ks.partition(&id("lead-42")));
         assert_eq!(keys.lead, format!("ls:{tag}:lead:lead-42"));
-        assert_eq!(keys.scores, format!("{}:scores", keys.lead));
     }
 
     #[test]
     fn hostile_ids_cannot_move_the_tag_or_collide() {
         let ks = KeySpace::new("ls", 256);
-        for raw in ["{p1}", "a:scores", "a b", "é}{", "50%"] {
+        for raw in ["{p1}", "a:b", "a b", "é}{", "50%"] {
             let keys = ks.lead(&id(raw));
             // The first '{' … '}' pair is still the partition tag.
             let tag_end = keys.lead.find('}').unwrap();
@@ -184,7 +179,7 @@ mod tests {
             assert_eq!(keys.lead.matches(['{', '}']).count(), 2, "{}", keys.lead);
             assert_eq!(keys.lead.matches(':').count(), 3, "{}", keys.lead);
         }
-        assert_ne!(ks.lead(&id("a:scores")).lead, ks.lead(&id("a")).scores);
+        assert_ne!(ks.lead(&id("a:b")).lead, ks.lead(&id("a")).lead);
         assert_ne!(ks.lead(&id("%41")).lead, ks.lead(&id("A")).lead);
     }
 

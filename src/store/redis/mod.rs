@@ -25,7 +25,7 @@ pub use keys::KeySpace;
 use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, ScoreHistoryEntry};
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
 use crate::domain::{Delivery, LeadId, QualificationChange, StageChange, Timestamp};
 use codec::{SEP, num};
@@ -139,22 +139,20 @@ impl LeadStore for RedisStore {
         }
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.cmd("HMGET").arg(self.keys.lead(id).lead).arg("v").arg("d");
+            pipe.get(self.keys.lead(id).lead);
         }
-        let replies: Vec<(Option<String>, Option<Vec<u8>>)> =
-            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let replies: Vec<Option<Vec<u8>>> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         ids.iter()
             .zip(replies)
-            .map(|(id, reply)| {
-                let corrupt = |detail: &str| StoreError::Corrupt { lead_id: id.to_string(), detail: detail.into() };
-                match reply {
-                    (Some(version), Some(bytes)) => {
-                        let version = version.parse().map_err(|_| corrupt("its record version is unreadable"))?;
-                        record::decode(id, version, &bytes).map(Some)
-                    }
-                    (None, None) => Ok(None),
-                    _ => Err(corrupt("record without its version")),
+            .map(|(id, reply)| match reply {
+                Some(value) => {
+                    let (version, bytes) = record::split_version(&value).ok_or_else(|| StoreError::Corrupt {
+                        lead_id: id.to_string(),
+                        detail: "its record version is unreadable".into(),
+                    })?;
+                    record::decode(id, version, bytes).map(Some)
                 }
+                None => Ok(None),
             })
             .collect()
     }
@@ -373,34 +371,6 @@ impl LeadStore for RedisStore {
         self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
     }
 
-    async fn score_history(
-        &self,
-        lead_id: &LeadId,
-        limit: usize,
-        now: Timestamp,
-        max_age_ms: i64,
-    ) -> Result<Vec<ScoreHistoryEntry>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let key = self.keys.lead(lead_id).scores;
-        let oldest = now.millis() - max_age_ms;
-        let entries: Vec<String> = self.call(|mut c| async move { c.lrange(key, 0, limit as isize - 1).await }).await?;
-        let mut history = Vec::with_capacity(entries.len());
-        for (i, e) in entries.iter().enumerate() {
-            let entry = codec::decode_history(e).ok_or_else(|| StoreError::Corrupt {
-                lead_id: lead_id.to_string(),
-                detail: format!("score history entry {i} is malformed"),
-            })?;
-            // Newest first: the rest are older still.
-            if entry.at.millis() < oldest {
-                break;
-            }
-            history.push(entry);
-        }
-        Ok(history)
-    }
-
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
         cohort::profile(self, query).await
     }
@@ -564,15 +534,6 @@ impl RedisStore {
                     payload.into_bytes(),
                 ]);
             }
-            if let Some(log) = &change.score_log {
-                ops.push(vec![
-                    b"L".to_vec(),
-                    k(&mut keys, lead_keys.scores.clone()),
-                    codec::encode_history(&log.entry).into_bytes(),
-                    text(&log.keep),
-                    text(&log.ttl_ms.max(1)),
-                ]);
-            }
             let mut expiries = std::collections::BTreeMap::new();
             for delta in &change.aggregates {
                 match delta {
@@ -615,8 +576,10 @@ impl RedisStore {
                 });
             }
             args.push(keys.index(lead_keys.lead).to_string().into_bytes());
-            args.push(change.expected_version.to_string().into_bytes());
-            args.push(record::encode(&change.state));
+            args.push(record::version_prefix(change.expected_version));
+            let mut value = record::version_prefix(change.state.version);
+            value.extend(record::encode(&change.state));
+            args.push(value);
             args.push(ops.len().to_string().into_bytes());
             args.extend(ops.into_iter().flatten());
         }

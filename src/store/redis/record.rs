@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use prost::Message;
 
 use crate::domain::ledger::HistoryEntry;
-use crate::domain::profiles::{ModelScore, Month};
+use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
 use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
 use crate::domain::{
     AccountId, Cause, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange, Timestamp, TypeTally,
@@ -67,8 +67,32 @@ struct LeadRecord {
     untouched_at: Option<i64>,
     #[prost(uint32, tag = "23")]
     untouched_stage: u32,
+    /// Newest first.
     #[prost(message, repeated, tag = "24")]
-    logged: Vec<ScoreRecord>,
+    score_history: Vec<ScoreEntryRecord>,
+    /// Model names: the order of every `ScoreEntryRecord::hundredths`.
+    #[prost(string, repeated, tag = "25")]
+    score_models: Vec<String>,
+    /// Signal type names: what `SignalRecord::type_index` and
+    /// `ScoreEntryRecord::signal_type` point into.
+    #[prost(string, repeated, tag = "26")]
+    signal_types: Vec<String>,
+}
+
+/// A score history entry, in hundredths of a point.
+#[derive(Clone, PartialEq, Message)]
+struct ScoreEntryRecord {
+    /// Milliseconds after the lead's `created_at`.
+    #[prost(sint64, tag = "1")]
+    at: i64,
+    /// `signal:<type>` as the type's index + 1; 0: see `cause`.
+    #[prost(uint32, tag = "2")]
+    signal_type: u32,
+    #[prost(string, tag = "3")]
+    cause: String,
+    /// Per model of `LeadRecord::score_models`: behaviour, fit.
+    #[prost(sint64, repeated, tag = "4")]
+    hundredths: Vec<i64>,
 }
 
 /// One signal type: its tally and its per-day counters.
@@ -91,11 +115,14 @@ struct TypeRecord {
 
 #[derive(Clone, PartialEq, Message)]
 struct SignalRecord {
-    #[prost(string, tag = "1")]
-    event_id: String,
-    #[prost(string, tag = "2")]
-    signal_type: String,
-    #[prost(int64, tag = "3")]
+    /// The event id's fingerprint.
+    #[prost(fixed64, tag = "1")]
+    print: u64,
+    /// Index into `LeadRecord::signal_types`.
+    #[prost(uint32, tag = "2")]
+    type_index: u32,
+    /// Milliseconds after the lead's `created_at` (negative: before).
+    #[prost(sint64, tag = "3")]
     occurred_at: i64,
     /// Arrival, as milliseconds after `occurred_at` (usually small).
     #[prost(sint64, tag = "4")]
@@ -165,6 +192,20 @@ fn scores_record(scores: &[ModelScore]) -> Vec<ScoreRecord> {
     scores.iter().map(|s| ScoreRecord { model: s.model.clone(), behavior: s.behavior, fit: s.fit }).collect()
 }
 
+/// What the stored value starts with: the version as 16 hex digits (the
+/// compare-and-set token `apply.lua` reads with `GETRANGE`); empty for
+/// version 0 (the lead must not exist).
+pub fn version_prefix(version: u64) -> Vec<u8> {
+    if version == 0 { Vec::new() } else { format!("{version:016x}").into_bytes() }
+}
+
+/// The version and the record of a stored value.
+pub fn split_version(value: &[u8]) -> Option<(u64, &[u8])> {
+    let (prefix, record) = value.split_at_checked(16)?;
+    let version = u64::from_str_radix(std::str::from_utf8(prefix).ok()?, 16).ok()?;
+    Some((version, record))
+}
+
 /// The record of a lead's state.
 pub fn encode(state: &LeadState) -> Vec<u8> {
     let lead = &state.lead;
@@ -197,6 +238,55 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         })
         .collect();
     let (seen, seen_at): (Vec<u64>, Vec<i64>) = state.ledger.seen().into_iter().map(|(f, at)| (f, at.millis())).unzip();
+    let created = lead.created_at.millis();
+    let mut signal_types: Vec<String> = Vec::new();
+    let mut type_index = |name: &str| -> u32 {
+        match signal_types.iter().position(|t| t == name) {
+            Some(i) => i as u32,
+            None => {
+                signal_types.push(name.to_owned());
+                (signal_types.len() - 1) as u32
+            }
+        }
+    };
+    let history: Vec<SignalRecord> = state
+        .ledger
+        .history()
+        .map(|h| SignalRecord {
+            print: h.print,
+            type_index: type_index(&h.signal_type),
+            occurred_at: h.occurred_at_ms - created,
+            arrived_after: h.arrived_at_ms - h.occurred_at_ms,
+            properties: h.properties.clone(),
+        })
+        .collect();
+    let mut score_models: Vec<String> = Vec::new();
+    for entry in &state.score_history {
+        for s in &entry.scores {
+            if !score_models.contains(&s.model) {
+                score_models.push(s.model.clone());
+            }
+        }
+    }
+    let score_history = state
+        .score_history
+        .iter()
+        .map(|e| {
+            let signal_type = e.cause.strip_prefix("signal:").map_or(0, |t| type_index(t) + 1);
+            let mut hundredths = Vec::with_capacity(score_models.len() * 2);
+            for model in &score_models {
+                let s = e.scores.iter().find(|s| &s.model == model);
+                hundredths.push(s.map_or(i64::MIN, |s| (s.behavior * 100.0).round() as i64));
+                hundredths.push(s.map_or(i64::MIN, |s| (s.fit * 100.0).round() as i64));
+            }
+            ScoreEntryRecord {
+                at: e.at.millis() - created,
+                signal_type,
+                cause: if signal_type == 0 { e.cause.clone() } else { String::new() },
+                hundredths,
+            }
+        })
+        .collect();
     let record = LeadRecord {
         format: FORMAT,
         created_at: lead.created_at.millis(),
@@ -212,17 +302,7 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         types,
         seen,
         seen_at,
-        history: state
-            .ledger
-            .history()
-            .map(|h| SignalRecord {
-                event_id: h.event_id.clone(),
-                signal_type: h.signal_type.clone(),
-                occurred_at: h.occurred_at_ms,
-                arrived_after: h.arrived_at_ms - h.occurred_at_ms,
-                properties: h.properties.clone(),
-            })
-            .collect(),
+        history,
         stages: state
             .stages
             .iter()
@@ -260,7 +340,9 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         reached_mql: state.reached_mql,
         untouched_at: state.untouched_creation.map(|(at, _)| at.millis()),
         untouched_stage: state.untouched_creation.map_or(0, |(_, s)| stage_code(s)),
-        logged: scores_record(&state.logged),
+        score_history,
+        score_models,
+        signal_types,
     };
     record.encode_to_vec()
 }
@@ -312,17 +394,49 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
     if r.seen.len() != r.seen_at.len() {
         return Err(corrupt("unmatched event fingerprints".into()));
     }
+    let created = r.created_at;
+    let type_name = |i: u32| {
+        r.signal_types.get(i as usize).cloned().ok_or_else(|| corrupt(format!("signal type index {i} is unknown")))
+    };
     let history: VecDeque<HistoryEntry> = r
         .history
         .into_iter()
-        .map(|h| HistoryEntry {
-            event_id: h.event_id,
-            signal_type: h.signal_type,
-            occurred_at_ms: h.occurred_at,
-            properties: h.properties,
-            arrived_at_ms: h.occurred_at.saturating_add(h.arrived_after),
+        .map(|h| {
+            let occurred = created.saturating_add(h.occurred_at);
+            Ok(HistoryEntry {
+                print: h.print,
+                signal_type: type_name(h.type_index)?,
+                occurred_at_ms: occurred,
+                properties: h.properties,
+                arrived_at_ms: occurred.saturating_add(h.arrived_after),
+            })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
+    let score_history: VecDeque<ScoreHistoryEntry> = r
+        .score_history
+        .into_iter()
+        .map(|e| {
+            if e.hundredths.len() != 2 * r.score_models.len() {
+                return Err(corrupt("score history entry without every model".into()));
+            }
+            let cause = match e.signal_type {
+                0 => e.cause,
+                i => format!("signal:{}", type_name(i - 1)?),
+            };
+            let scores = r
+                .score_models
+                .iter()
+                .zip(e.hundredths.chunks(2))
+                .filter(|(_, v)| v[0] != i64::MIN && v[1] != i64::MIN)
+                .map(|(model, v)| ModelScore {
+                    model: model.clone(),
+                    behavior: v[0] as f64 / 100.0,
+                    fit: v[1] as f64 / 100.0,
+                })
+                .collect();
+            Ok(ScoreHistoryEntry { at: at(created.saturating_add(e.at)), cause, scores })
+        })
+        .collect::<Result<_, StoreError>>()?;
     let ledger = LeadLedger::from_parts(r.seen.into_iter().zip(r.seen_at.into_iter().map(at)), history);
     let stages = r
         .stages
@@ -377,6 +491,6 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         funnel_reached: r.funnel_reached as usize,
         reached_mql: r.reached_mql,
         untouched_creation,
-        logged: scores(r.logged),
+        score_history,
     })
 }
