@@ -18,11 +18,12 @@
 
 use std::collections::BTreeSet;
 
+use crate::domain::ledger::fingerprint;
 use crate::domain::profiles::{
-    self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreHistoryEntry, funnel_groups,
+    self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreBucket, ScoreHistoryEntry,
+    funnel_groups,
 };
 use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState};
-use crate::domain::ledger::fingerprint;
 use crate::domain::{
     Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
     ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
@@ -319,36 +320,30 @@ impl<'r> Builder<'r> {
                     self.cohort_count(old.month, group, CohortCounter::ReachedMql, -1);
                 }
                 for s in &old.scores {
-                    self.change.aggregates.push(AggregateDelta::CohortScore {
-                        month: old.month,
-                        model: s.model.clone(),
-                        group: group.clone(),
-                        score: None,
-                    });
+                    self.cohort_score(old.month, &s.model, group, ScoreBucket::of(s.total()), -1);
                 }
             }
         }
         if let Some(new) = &place {
             let moved = old.as_ref().is_none_or(|old| !new.same_counters(old));
-            if moved {
-                for group in &new.groups {
+            for group in &new.groups {
+                if moved {
                     self.cohort_count(new.month, group, CohortCounter::InStage(new.stage), 1);
                     if new.reached_mql {
                         self.cohort_count(new.month, group, CohortCounter::ReachedMql, 1);
                     }
                 }
-            }
-            for group in &new.groups {
                 for (i, s) in new.scores.iter().enumerate() {
-                    let unchanged =
-                        !moved && old.as_ref().and_then(|o| o.scores.get(i)).map(|o| o.total()) == Some(s.total());
-                    if !unchanged {
-                        self.change.aggregates.push(AggregateDelta::CohortScore {
-                            month: new.month,
-                            model: s.model.clone(),
-                            group: group.clone(),
-                            score: Some(s.total()),
-                        });
+                    let bucket = ScoreBucket::of(s.total());
+                    // Same counters: the old place is still counted, so only
+                    // a score that changed bucket moves.
+                    let was = old.as_ref().filter(|_| !moved).and_then(|o| o.scores.get(i));
+                    let was = was.map(|o| ScoreBucket::of(o.total()));
+                    if was != Some(bucket) {
+                        if let Some(was) = was {
+                            self.cohort_score(new.month, &s.model, group, was, -1);
+                        }
+                        self.cohort_score(new.month, &s.model, group, bucket, 1);
                     }
                 }
             }
@@ -377,6 +372,11 @@ impl<'r> Builder<'r> {
 
     fn cohort_count(&mut self, month: Month, group: &str, counter: CohortCounter, by: i64) {
         self.change.aggregates.push(AggregateDelta::CohortCount { month, group: group.to_owned(), counter, by });
+    }
+
+    fn cohort_score(&mut self, month: Month, model: &str, group: &str, bucket: ScoreBucket, by: i64) {
+        let (model, group) = (model.to_owned(), group.to_owned());
+        self.change.aggregates.push(AggregateDelta::CohortScore { month, model, group, bucket, by });
     }
 
     /// Where the lead counts in cohorts: visitors (identified or not) do not.
@@ -887,7 +887,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     type Counts = HashMap<(Month, String, CohortCounter), i64>;
-    type Scores = HashMap<(Month, String, String, LeadId), f64>;
+    type Scores = HashMap<(Month, String, String, ScoreBucket), i64>;
 
     /// What a store keeps, kept the simplest way: the properties read it.
     #[derive(Default)]
@@ -921,11 +921,14 @@ mod tests {
                     AggregateDelta::CohortCount { month, group, counter, by } => {
                         *self.counts.entry((month, group, counter)).or_default() += by
                     }
-                    AggregateDelta::CohortScore { month, model, group, score } => {
-                        let key = (month, model, group, id.clone());
-                        match score {
-                            Some(s) => self.scores.insert(key, s),
-                            None => self.scores.remove(&key),
+                    AggregateDelta::CohortScore { month, model, group, bucket, by } => {
+                        let key = (month, model, group, bucket);
+                        let n = self.scores.get(&key).copied().unwrap_or(0) + by;
+                        assert!(n >= 0, "a bucket went below zero");
+                        if n == 0 {
+                            self.scores.remove(&key)
+                        } else {
+                            self.scores.insert(key, n)
                         };
                     }
                 }
@@ -946,7 +949,7 @@ mod tests {
         /// The cohort aggregates recounted from every lead's place.
         fn recount(&self) -> (Counts, Scores) {
             let (mut counts, mut scores) = (HashMap::new(), HashMap::new());
-            for (id, state) in &self.leads {
+            for state in self.leads.values() {
                 let Some(place) = &state.cohort else { continue };
                 for group in &place.groups {
                     *counts.entry((place.month, group.clone(), CohortCounter::InStage(place.stage))).or_default() += 1;
@@ -954,7 +957,8 @@ mod tests {
                         *counts.entry((place.month, group.clone(), CohortCounter::ReachedMql)).or_default() += 1;
                     }
                     for s in &place.scores {
-                        scores.insert((place.month, s.model.clone(), group.clone(), id.clone()), s.total());
+                        let key = (place.month, s.model.clone(), group.clone(), ScoreBucket::of(s.total()));
+                        *scores.entry(key).or_default() += 1;
                     }
                 }
             }

@@ -151,7 +151,7 @@ pub struct HistogramBucket {
 pub struct CohortProfile {
     pub lead_count: u64,
     pub histogram: Vec<HistogramBucket>,
-    /// p50, p75, p90, p99 (nearest rank).
+    /// p50, p75, p90, p99 (nearest rank, to the `SCORE_RESOLUTION`).
     pub percentiles: [f64; 4],
     pub min: f64,
     pub max: f64,
@@ -167,37 +167,119 @@ impl CohortProfile {
         if self.lead_count == 0 { 0.0 } else { self.reached_mql as f64 / self.lead_count as f64 }
     }
 
-    /// From every lead's score, stage and whether it reached MQL: what the
-    /// stores' aggregates answer without the list (the embedded store and
-    /// the tests use this). O(n log n).
-    pub fn from_leads(leads: impl IntoIterator<Item = (f64, Stage, bool)>, buckets: usize) -> Self {
+    /// From a cohort's aggregates as the stores keep them — its score
+    /// distribution (leads per `ScoreBucket`) and its counters, summed over
+    /// partitions and months —: every figure is computed here, the same for
+    /// every store. O(buckets).
+    pub fn from_aggregates(
+        distribution: &ScoreDistribution,
+        counters: impl IntoIterator<Item = (CohortCounter, i64)>,
+        buckets: usize,
+    ) -> Self {
         let mut profile = CohortProfile::default();
-        let mut scores = Vec::new();
-        for (score, stage, reached) in leads {
-            scores.push(score);
-            *profile.by_stage.entry(stage).or_default() += 1;
-            profile.reached_mql += u64::from(reached);
+        for (counter, n) in counters {
+            let n = u64::try_from(n).unwrap_or(0);
+            match counter {
+                CohortCounter::InStage(stage) => *profile.by_stage.entry(stage).or_default() += n,
+                CohortCounter::ReachedMql => profile.reached_mql += n,
+            }
         }
-        scores.sort_by(f64::total_cmp);
-        profile.lead_count = scores.len() as u64;
-        let (Some(&min), Some(&max)) = (scores.first(), scores.last()) else { return profile };
-        profile.min = min;
-        profile.max = max;
+        profile.by_stage.retain(|_, n| *n > 0);
+        let counts: Vec<(ScoreBucket, u64)> =
+            distribution.0.iter().filter(|(_, n)| **n > 0).map(|(b, n)| (*b, *n as u64)).collect();
+        profile.lead_count = counts.iter().map(|(_, n)| n).sum();
+        let (Some(first), Some(last)) = (counts.first(), counts.last()) else { return profile };
+        profile.min = first.0.score();
+        profile.max = last.0.score();
         for (slot, p) in profile.percentiles.iter_mut().zip(PERCENTILES) {
-            *slot = scores[(nearest_rank(p, profile.lead_count) - 1) as usize];
+            let rank = nearest_rank(p, profile.lead_count);
+            let mut seen = 0;
+            *slot = counts
+                .iter()
+                .find(|(_, n)| {
+                    seen += n;
+                    seen >= rank
+                })
+                .map_or(profile.max, |(b, _)| b.score());
         }
-        let bounds = histogram_bounds(min, max, buckets);
+        let bounds = histogram_bounds(profile.min, profile.max, buckets);
         let bounds_len = bounds.len();
         profile.histogram = bounds
             .into_iter()
             .enumerate()
             .map(|(i, (lower, upper))| {
                 let last = i + 1 == bounds_len;
-                let count = scores.iter().filter(|&&s| s >= lower && (s < upper || (last && s <= upper))).count();
-                HistogramBucket { lower, upper, count: count as u64 }
+                let count = counts
+                    .iter()
+                    .filter(|(b, _)| {
+                        let s = b.score();
+                        s >= lower && (s < upper || (last && s <= upper))
+                    })
+                    .map(|(_, n)| n)
+                    .sum();
+                HistogramBucket { lower, upper, count }
             })
             .collect();
         profile
+    }
+
+    /// From every lead's score, stage and whether it reached MQL: what the
+    /// stores' aggregates answer without the list (the tests use this).
+    pub fn from_leads(leads: impl IntoIterator<Item = (f64, Stage, bool)>, buckets: usize) -> Self {
+        let mut distribution = ScoreDistribution::default();
+        let mut counters = Vec::new();
+        for (score, stage, reached) in leads {
+            distribution.add(ScoreBucket::of(score), 1);
+            counters.push((CohortCounter::InStage(stage), 1));
+            counters.push((CohortCounter::ReachedMql, i64::from(reached)));
+        }
+        Self::from_aggregates(&distribution, counters, buckets)
+    }
+}
+
+/// Where a score counts in a cohort's score distribution: the score rounded
+/// to the nearest whole point (`SCORE_RESOLUTION`). Cohort profiles are
+/// computed from these counts, so their percentiles, extremes and histogram
+/// are exact to the point, whatever the cohort's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ScoreBucket(i64);
+
+/// The width of a `ScoreBucket`, in points.
+pub const SCORE_RESOLUTION: f64 = 1.0;
+
+/// Scores beyond ± this many points share the outermost buckets.
+const SCORE_BUCKET_LIMIT: i64 = 1_000_000_000;
+
+impl ScoreBucket {
+    pub fn of(score: f64) -> Self {
+        let b = (score / SCORE_RESOLUTION).round();
+        // `as` saturates and maps NaN to 0; the clamp keeps every bucket's
+        // score exact in an f64.
+        Self((b as i64).clamp(-SCORE_BUCKET_LIMIT, SCORE_BUCKET_LIMIT))
+    }
+
+    /// The bucket's score: the whole point its scores round to.
+    pub fn score(self) -> f64 {
+        self.0 as f64 * SCORE_RESOLUTION
+    }
+
+    pub fn index(self) -> i64 {
+        self.0
+    }
+
+    pub fn from_index(index: i64) -> Self {
+        Self(index.clamp(-SCORE_BUCKET_LIMIT, SCORE_BUCKET_LIMIT))
+    }
+}
+
+/// Leads per score bucket of one cohort (model, group): what the stores
+/// keep at write time, summed over partitions and months when read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreDistribution(pub BTreeMap<ScoreBucket, i64>);
+
+impl ScoreDistribution {
+    pub fn add(&mut self, bucket: ScoreBucket, by: i64) {
+        *self.0.entry(bucket).or_default() += by;
     }
 }
 
@@ -213,20 +295,23 @@ pub fn nearest_rank(p: f64, n: u64) -> u64 {
 pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
     let buckets = buckets.max(1);
     let span = (max - min).max(0.0);
-    let raw = (span / buckets as f64).max(0.01);
+    // At least one score bucket wide: every bucket's scores fall in one bar.
+    let raw = (span / buckets as f64).max(SCORE_RESOLUTION);
     // The smallest round width from `raw` up whose buckets, started at a
-    // multiple of the width, still reach `max`.
+    // multiple of the width, still reach `max`. From a width of `span` on,
+    // two buckets always do; one bucket never does across zero (it would
+    // have to start at a multiple of its width below zero and end above):
+    // then it is `[min, max]` itself.
     let mut magnitude = 10f64.powf(raw.log10().floor());
-    let (width, lower) = loop {
-        let found = [1.0, 2.0, 2.5, 5.0].iter().map(|m| m * magnitude).filter(|w| *w >= raw).find_map(|w| {
+    let mut found = None;
+    while found.is_none() && magnitude <= raw.max(span) * 10.0 {
+        found = [1.0, 2.0, 2.5, 5.0].iter().map(|m| m * magnitude).filter(|w| *w >= raw).find_map(|w| {
             let lower = (min / w).floor() * w;
             (lower + w * buckets as f64 >= max).then_some((w, lower))
         });
-        if let Some(found) = found {
-            break found;
-        }
         magnitude *= 10.0;
-    };
+    }
+    let Some((width, lower)) = found else { return vec![(round_bound(min), round_bound(max))] };
     // Round widths can leave buckets past `max` at the end: drop them.
     (0..buckets)
         .map(|i| lower + width * i as f64)
@@ -501,6 +586,8 @@ mod tests {
         assert_eq!(b[9], (90.0, 100.0));
         let b = histogram_bounds(-12.0, 88.0, 10);
         assert!(b[0].0 <= -12.0 && b[b.len() - 1].1 >= 88.0, "{b:?}");
+        assert_eq!(histogram_bounds(-5.0, 5.0, 1), vec![(-5.0, 5.0)], "one bucket across zero");
+        assert_eq!(histogram_bounds(-5.0, 5.0, 2), vec![(-5.0, 0.0), (0.0, 5.0)]);
         let one = histogram_bounds(5.0, 5.0, 4);
         assert!(one[0].0 <= 5.0 && one[one.len() - 1].1 >= 5.0);
         for (min, max) in [(0.0, 1e6), (-0.5, 0.49), (17.3, 17.31)] {
@@ -520,6 +607,38 @@ mod tests {
         assert_eq!(p.histogram.iter().map(|b| b.count).sum::<u64>(), 100);
         let empty = CohortProfile::from_leads(Vec::new(), 10);
         assert_eq!((empty.lead_count, empty.histogram.len(), empty.mql_rate()), (0, 0, 0.0));
+    }
+
+    #[test]
+    fn score_buckets_round_to_the_point() {
+        assert_eq!(ScoreBucket::of(42.49).score(), 42.0);
+        assert_eq!(ScoreBucket::of(42.5).score(), 43.0);
+        assert_eq!(ScoreBucket::of(-3.6).score(), -4.0);
+        assert_eq!(ScoreBucket::of(f64::NAN).score(), 0.0);
+        assert_eq!(ScoreBucket::of(f64::INFINITY), ScoreBucket::of(1e300));
+        assert_eq!(ScoreBucket::from_index(ScoreBucket::of(-17.2).index()), ScoreBucket::of(-17.0));
+    }
+
+    proptest::proptest! {
+        /// The distribution answers what sorting every lead's rounded score
+        /// answers: nearest-rank percentiles, extremes, bars that add up.
+        #[test]
+        fn distribution_equals_sorting(scores in proptest::collection::vec(-500.0f64..500.0, 1..300), buckets in 1usize..20) {
+            let p = CohortProfile::from_leads(scores.iter().map(|s| (*s, Stage::Lead, false)), buckets);
+            let mut rounded: Vec<f64> = scores.iter().map(|s| ScoreBucket::of(*s).score()).collect();
+            rounded.sort_by(f64::total_cmp);
+            let n = rounded.len() as u64;
+            proptest::prop_assert_eq!(p.lead_count, n);
+            proptest::prop_assert_eq!((p.min, p.max), (rounded[0], rounded[rounded.len() - 1]));
+            for (got, q) in p.percentiles.iter().zip(PERCENTILES) {
+                proptest::prop_assert_eq!(*got, rounded[(nearest_rank(q, n) - 1) as usize]);
+            }
+            proptest::prop_assert_eq!(p.histogram.iter().map(|b| b.count).sum::<u64>(), n);
+            for b in &p.histogram {
+                let inside = rounded.iter().filter(|s| **s >= b.lower && **s <= b.upper).count() as u64;
+                proptest::prop_assert!(b.count <= inside);
+            }
+        }
     }
 
     #[test]

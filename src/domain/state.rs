@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreHistoryEntry};
+use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreBucket, ScoreHistoryEntry};
 use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
 
 /// The earliest signal's `occurred_at` and its source, channel, campaign.
@@ -89,9 +89,9 @@ pub enum AggregateDelta {
     Funnel { day: i64, group: String, counter: FunnelCounter, by: f64, expires: Timestamp },
     /// A cohort month's counter of a group.
     CohortCount { month: Month, group: String, counter: CohortCounter, by: i64 },
-    /// The lead's score in a cohort month's (model, group) distribution;
-    /// `None` takes it out.
-    CohortScore { month: Month, model: String, group: String, score: Option<f64> },
+    /// Leads in a score bucket of a cohort month's (model, group)
+    /// distribution: +1 where a lead's score now counts, -1 where it did.
+    CohortScore { month: Month, model: String, group: String, bucket: ScoreBucket, by: i64 },
 }
 
 /// Everything one step does: written in one atomic step per lead.

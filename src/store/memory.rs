@@ -8,10 +8,10 @@ use async_trait::async_trait;
 use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{
-    CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month,
+    CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreDistribution,
 };
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
-use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, Stage, StageChange, Timestamp};
+use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, StageChange, Timestamp};
 
 #[derive(Debug, Default)]
 struct StoredAccountData {
@@ -39,8 +39,8 @@ struct Data {
     funnel: BTreeMap<i64, HashMap<(String, FunnelCounter), f64>>,
     /// Cohort month → (group, counter) → leads.
     cohort_counts: BTreeMap<Month, HashMap<(String, CohortCounter), i64>>,
-    /// (month, model, group) → lead id → score.
-    cohort_scores: HashMap<(Month, String, String), HashMap<LeadId, f64>>,
+    /// (month, model, group) → leads per score bucket.
+    cohort_scores: HashMap<(Month, String, String), ScoreDistribution>,
     accounts: HashMap<AccountId, StoredAccountData>,
 }
 
@@ -71,12 +71,8 @@ impl Data {
                 AggregateDelta::CohortCount { month, group, counter, by } => {
                     *self.cohort_counts.entry(*month).or_default().entry((group.clone(), *counter)).or_default() += by;
                 }
-                AggregateDelta::CohortScore { month, model, group, score } => {
-                    let scores = self.cohort_scores.entry((*month, model.clone(), group.clone())).or_default();
-                    match score {
-                        Some(score) => scores.insert(id.clone(), *score),
-                        None => scores.remove(id),
-                    };
+                AggregateDelta::CohortScore { month, model, group, bucket, by } => {
+                    self.cohort_scores.entry((*month, model.clone(), group.clone())).or_default().add(*bucket, *by);
                 }
             }
         }
@@ -341,33 +337,23 @@ impl LeadStore for MemoryStore {
         Ok(self.data().rule_set_versions.get(version).cloned())
     }
 
-    /// From the same aggregates the Redis store keeps: the scores of the
-    /// cohort's months, and their stage counters.
+    /// From the same aggregates the Redis store keeps: the score
+    /// distributions of the cohort's months, and their counters.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
         let data = self.data();
         let group = query.group();
-        let mut scores = Vec::new();
-        let mut counts: HashMap<CohortCounter, i64> = HashMap::new();
+        let mut distribution = ScoreDistribution::default();
+        let mut counters = Vec::new();
         for month in query.from.until(query.to) {
-            if let Some(s) = data.cohort_scores.get(&(month, query.model.clone(), group.clone())) {
-                scores.extend(s.values().copied());
-            }
-            for ((g, counter), n) in data.cohort_counts.get(&month).into_iter().flatten() {
-                if *g == group {
-                    *counts.entry(*counter).or_default() += n;
+            if let Some(d) = data.cohort_scores.get(&(month, query.model.clone(), group.clone())) {
+                for (bucket, n) in &d.0 {
+                    distribution.add(*bucket, *n);
                 }
             }
+            let counts = data.cohort_counts.get(&month).into_iter().flatten();
+            counters.extend(counts.filter(|((g, _), _)| *g == group).map(|((_, counter), n)| (*counter, *n)));
         }
-        let mut profile = CohortProfile::from_leads(scores.into_iter().map(|s| (s, Stage::Lead, false)), query.buckets);
-        profile.by_stage.clear();
-        for stage in Stage::ALL {
-            let n = counts.get(&CohortCounter::InStage(stage)).copied().unwrap_or(0);
-            if n > 0 {
-                profile.by_stage.insert(stage, n as u64);
-            }
-        }
-        profile.reached_mql = counts.get(&CohortCounter::ReachedMql).copied().unwrap_or(0).max(0) as u64;
-        Ok(profile)
+        Ok(CohortProfile::from_aggregates(&distribution, counters, query.buckets))
     }
 
     async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError> {

@@ -74,7 +74,8 @@ impl KeySpace {
         format!("{}cohort:{month}", self.base(partition))
     }
 
-    /// A cohort month's scores of one model and group (zset).
+    /// A cohort month's score distribution of one model and group (hash:
+    /// score bucket index → leads).
     pub fn cohort_scores(&self, partition: u32, month: &str, model: &str, group: &str) -> String {
         format!("{}cohort:{month}:{model}:{group}", self.base(partition))
     }

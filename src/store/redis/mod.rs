@@ -548,12 +548,9 @@ impl RedisStore {
                         let field = codec::cohort_field(group, *counter).into_bytes();
                         ops.push(vec![b"I".to_vec(), k(&mut keys, key), field, text(by)]);
                     }
-                    AggregateDelta::CohortScore { month, model, group, score } => {
+                    AggregateDelta::CohortScore { month, model, group, bucket, by } => {
                         let key = self.keys.cohort_scores(partition, &month.key(), model, group);
-                        ops.push(match score {
-                            Some(score) => vec![b"Z".to_vec(), k(&mut keys, key), text(&num(*score)), member.clone()],
-                            None => vec![b"R".to_vec(), k(&mut keys, key), member.clone()],
-                        });
+                        ops.push(vec![b"I".to_vec(), k(&mut keys, key), text(&bucket.index()), text(by)]);
                     }
                 }
             }
