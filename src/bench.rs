@@ -9,6 +9,7 @@
 //! Latencies go into HDR histograms (µs, 3 significant digits), kept apart
 //! for successful and for refused (`RESOURCE_EXHAUSTED`) calls.
 
+use crate::store::Leads;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +23,8 @@ use crate::api::pb::lead_scoring_client::LeadScoringClient;
 use crate::domain::Stage;
 use crate::domain::{Clock, IngestPolicy, LeadId, SystemClock};
 use crate::rules::RuleSet;
+use crate::store::FeedPolicy;
 use crate::store::redis::{RedisSettings, RedisStore};
-use crate::store::{FeedPolicy, LeadStore};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]

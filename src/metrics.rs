@@ -2,6 +2,7 @@
 //! its own HTTP port (`metrics_addr`), and a tower layer that measures every
 //! gRPC call.
 
+use crate::store::TriggerQueue;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -201,7 +202,7 @@ impl Metrics {
     }
 
     /// Reads the trigger figures of the known groups from the store.
-    pub async fn refresh_triggers(&self, store: &dyn crate::store::LeadStore) {
+    pub async fn refresh_triggers(&self, store: &dyn TriggerQueue) {
         let groups: Vec<String> =
             self.trigger_groups.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
         for group in groups {

@@ -4,6 +4,7 @@
 //! active rule set atomically; an invalid one is logged with every error and
 //! refused, and the old set keeps serving.
 
+use crate::store::RuleSetVersions;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +43,7 @@ pub fn version_taken(rules: &RuleSet, known: &str) -> String {
 
 /// Records the rule set's version with its content, or says why it cannot
 /// be activated. `Err(None)`: the store could not be asked.
-pub async fn claim_version(state_store: &dyn crate::store::LeadStore, rules: &RuleSet) -> Result<(), Option<String>> {
+pub async fn claim_version(state_store: &dyn RuleSetVersions, rules: &RuleSet) -> Result<(), Option<String>> {
     match state_store.claim_rule_set_version(&rules.version, &rules.digest).await {
         Ok(None) => Ok(()),
         Ok(Some(known)) if known == rules.digest => Ok(()),

@@ -7,7 +7,7 @@ const CHUNK: usize = 500;
 
 /// Calls `visit` with every stored lead, partition by partition, chunk by
 /// chunk (bounded memory), until it answers `false` (then returns `false`).
-async fn for_each_lead<F, Fut>(store: &dyn crate::store::LeadStore, mut visit: F) -> Result<bool, StoreError>
+async fn for_each_lead<F, Fut>(store: &dyn crate::store::Leads, mut visit: F) -> Result<bool, StoreError>
 where
     F: FnMut(Vec<LeadState>) -> Fut,
     Fut: std::future::Future<Output = Result<bool, StoreError>>,
@@ -59,7 +59,7 @@ pub struct RuleErrors {
 /// complete) and its rules run from the lead's current stage. A lead is
 /// counted once, from its stage to where the candidate's rules would leave it.
 pub async fn simulate(
-    store: &dyn crate::store::LeadStore,
+    store: &dyn crate::store::Leads,
     candidate: &RuleSet,
     policy: &crate::domain::IngestPolicy,
     now: Timestamp,

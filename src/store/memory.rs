@@ -5,7 +5,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
+use super::{
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions,
+    StoreError, StoredAccount, TriggerQueue, TriggerStats,
+};
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{
     CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreDistribution,
@@ -144,7 +147,7 @@ fn cursor(position: usize) -> String {
 }
 
 #[async_trait]
-impl LeadStore for MemoryStore {
+impl Leads for MemoryStore {
     fn kind(&self) -> &'static str {
         "memory"
     }
@@ -163,6 +166,35 @@ impl LeadStore for MemoryStore {
         Ok(changes.iter().map(|c| data.apply(c)).collect())
     }
 
+    fn partitions(&self) -> u32 {
+        1
+    }
+
+    async fn lead_ids(&self, _partition: u32) -> Result<Vec<LeadId>, StoreError> {
+        let data = self.data();
+        let mut ids: Vec<(Timestamp, LeadId)> = data.index.iter().map(|(id, at)| (*at, id.clone())).collect();
+        ids.sort();
+        Ok(ids.into_iter().map(|(_, id)| id).collect())
+    }
+
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        _partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let data = self.data();
+        let Some(index) = data.inactive.get(definition) else { return Ok(Vec::new()) };
+        let mut due: Vec<(Timestamp, LeadId)> =
+            index.iter().filter(|(_, at)| **at <= before).map(|(id, at)| (*at, id.clone())).collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for MemoryStore {
     async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
         let start = match after {
             "" => 0,
@@ -190,18 +222,10 @@ impl LeadStore for MemoryStore {
     async fn feed_end(&self) -> Result<String, StoreError> {
         Ok(cursor(self.data().feed.len()))
     }
+}
 
-    fn partitions(&self) -> u32 {
-        1
-    }
-
-    async fn lead_ids(&self, _partition: u32) -> Result<Vec<LeadId>, StoreError> {
-        let data = self.data();
-        let mut ids: Vec<(Timestamp, LeadId)> = data.index.iter().map(|(id, at)| (*at, id.clone())).collect();
-        ids.sort();
-        Ok(ids.into_iter().map(|(_, id)| id).collect())
-    }
-
+#[async_trait]
+impl TriggerQueue for MemoryStore {
     async fn deliver_triggers(
         &self,
         group: &str,
@@ -277,21 +301,6 @@ impl LeadStore for MemoryStore {
             .collect()
     }
 
-    async fn inactive_leads(
-        &self,
-        definition: &str,
-        _partition: u32,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError> {
-        let data = self.data();
-        let Some(index) = data.inactive.get(definition) else { return Ok(Vec::new()) };
-        let mut due: Vec<(Timestamp, LeadId)> =
-            index.iter().filter(|(_, at)| **at <= before).map(|(id, at)| (*at, id.clone())).collect();
-        due.sort();
-        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
-    }
-
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
         let data = self.data();
         let fired = data.triggers.len() as u64;
@@ -321,22 +330,10 @@ impl LeadStore for MemoryStore {
         }
         Ok(replayed)
     }
+}
 
-    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
-        let mut data = self.data();
-        match data.rule_set_versions.get(version) {
-            Some(known) => Ok(Some(known.clone())),
-            None => {
-                data.rule_set_versions.insert(version.to_owned(), digest.to_owned());
-                Ok(None)
-            }
-        }
-    }
-
-    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.data().rule_set_versions.get(version).cloned())
-    }
-
+#[async_trait]
+impl Aggregates for MemoryStore {
     /// From the same aggregates the Redis store keeps: the score
     /// distributions of the cohort's months, and their counters.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
@@ -366,7 +363,10 @@ impl LeadStore for MemoryStore {
         }
         Ok(counters)
     }
+}
 
+#[async_trait]
+impl Accounts for MemoryStore {
     async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError> {
         let mut data = self.data();
         data.accounts.entry(account.account_id.clone()).or_default().attributes = Some(account.attributes.clone());
@@ -405,6 +405,24 @@ impl LeadStore for MemoryStore {
         }
         account.qualified = Some((rule_id.to_owned(), at));
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl RuleSetVersions for MemoryStore {
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
+        let mut data = self.data();
+        match data.rule_set_versions.get(version) {
+            Some(known) => Ok(Some(known.clone())),
+            None => {
+                data.rule_set_versions.insert(version.to_owned(), digest.to_owned());
+                Ok(None)
+            }
+        }
+    }
+
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.data().rule_set_versions.get(version).cloned())
     }
 }
 

@@ -1,6 +1,10 @@
-//! Where leads live. One trait, two stores: Redis (the store of record) and
-//! an embedded in-memory store for trying the service without setup. Both
-//! pass the same contract tests (`tests/it/contract.rs`).
+//! Where leads live. Role traits — `Leads`, `ChangeFeed`, `TriggerQueue`,
+//! `Aggregates`, `Accounts`, `RuleSetVersions` — each implemented by both
+//! stores: Redis (the store of record) and an embedded in-memory store for
+//! trying the service without setup. `LeadStore` is all of them, what the
+//! application holds. Both pass the same contract tests
+//! (`tests/it/contract.rs`). Stores store: every rule is computed by the
+//! scoring core (`crate::transition`), never here.
 
 mod memory;
 pub mod redis;
@@ -105,8 +109,9 @@ pub struct StoredAccount {
     pub qualified: Option<(String, Timestamp)>,
 }
 
+/// Lead states: load them, apply computed changes atomically, walk them by partition.
 #[async_trait]
-pub trait LeadStore: Send + Sync + 'static {
+pub trait Leads: Send + Sync + 'static {
     /// "redis" or "memory", for logs.
     fn kind(&self) -> &'static str;
 
@@ -129,12 +134,36 @@ pub trait LeadStore: Send + Sync + 'static {
         Ok(self.load(ids).await?.into_iter().map(|s| s.map(|s| s.lead)).collect())
     }
 
+    /// Leads of a partition listed under the inactivity trigger
+    /// `definition`, engaged last at or before `before` (at most `limit`).
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError>;
+
+    /// How many partitions `lead_ids` walks.
+    fn partitions(&self) -> u32;
+
+    /// Every lead id of one partition (for rule simulation and rescoring).
+    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError>;
+}
+
+/// The durable, ordered qualification change feed.
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
     /// Changes after `cursor` (empty: from the oldest kept), at most `limit`.
     async fn list_changes(&self, cursor: &str, limit: usize) -> Result<FeedPage, StoreError>;
 
     /// The cursor at the current end of the feed (to follow only new changes).
     async fn feed_end(&self) -> Result<String, StoreError>;
+}
 
+/// Fired nurture triggers, delivered at least once to consumer groups.
+#[async_trait]
+pub trait TriggerQueue: Send + Sync + 'static {
     /// Hands `consumer` of consumer group `group` up to `max` triggers:
     /// first those delivered (to any consumer of the group) and not
     /// acknowledged within the visibility timeout, then new ones. Each
@@ -171,38 +200,21 @@ pub trait LeadStore: Send + Sync + 'static {
 
     /// Counts for a consumer group (metrics).
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError>;
+}
 
-    /// Leads of a partition listed under the inactivity trigger
-    /// `definition`, engaged last at or before `before` (at most `limit`).
-    async fn inactive_leads(
-        &self,
-        definition: &str,
-        partition: u32,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError>;
-
-    /// How many partitions `lead_ids` walks.
-    fn partitions(&self) -> u32;
-
-    /// Every lead id of one partition (for rule simulation and rescoring).
-    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError>;
-
-    /// Records that rule-set `version` has content `digest`, unless the
-    /// version is already recorded: then returns the recorded digest (the
-    /// same or not). Kept for good, so a version names one content across
-    /// replicas and restarts.
-    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError>;
-
-    /// The digest recorded for `version`, if any.
-    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
-
+/// The aggregates kept at write time: cohorts and the funnel.
+#[async_trait]
+pub trait Aggregates: Send + Sync + 'static {
     /// The cohort's figures, from the aggregates kept at write time.
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError>;
 
     /// The funnel counters of the UTC days `from_day..to_day`.
     async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError>;
+}
 
+/// Accounts (ABM): their profiles, lead lists and qualification.
+#[async_trait]
+pub trait Accounts: Send + Sync + 'static {
     /// Creates the account or replaces its attributes.
     async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError>;
 
@@ -221,3 +233,21 @@ pub trait LeadStore: Send + Sync + 'static {
         at: Timestamp,
     ) -> Result<bool, StoreError>;
 }
+
+/// Which content each rule-set version names, for good.
+#[async_trait]
+pub trait RuleSetVersions: Send + Sync + 'static {
+    /// Records that rule-set `version` has content `digest`, unless the
+    /// version is already recorded: then returns the recorded digest (the
+    /// same or not). Kept for good, so a version names one content across
+    /// replicas and restarts.
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError>;
+
+    /// The digest recorded for `version`, if any.
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// A whole store: every role. Implemented for anything that plays them all.
+pub trait LeadStore: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions {}
+
+impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions> LeadStore for T {}

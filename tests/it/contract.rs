@@ -3,6 +3,7 @@
 //! Redis and a 3-node Redis Cluster, and the numbers are held to the pure
 //! domain's reference computation.
 
+use leadscore::store::{Leads, TriggerQueue};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -22,7 +22,10 @@ use redis::{AsyncCommands, RedisError, Script};
 pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
-use super::{Applied, DeliveryPolicy, FeedPage, FeedPolicy, LeadStore, StoreError, StoredAccount, TriggerStats};
+use super::{
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions,
+    StoreError, StoredAccount, TriggerQueue, TriggerStats,
+};
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
@@ -123,7 +126,7 @@ fn is_noscript(e: &RedisError) -> bool {
 }
 
 #[async_trait]
-impl LeadStore for RedisStore {
+impl Leads for RedisStore {
     fn kind(&self) -> &'static str {
         "redis"
     }
@@ -212,6 +215,51 @@ impl LeadStore for RedisStore {
         Ok(applied)
     }
 
+    fn partitions(&self) -> u32 {
+        self.keys.partitions()
+    }
+
+    async fn inactive_leads(
+        &self,
+        definition: &str,
+        partition: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let key = self.keys.inactive(definition, partition);
+        let raw: Vec<String> = self
+            .call(|mut c| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(key)
+                    .arg("-inf")
+                    .arg(before.millis())
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        raw.into_iter()
+            .map(|id| LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("inactivity index: {e}"))))
+            .collect()
+    }
+
+    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
+        let key = self.keys.index(partition);
+        let raw: Vec<String> = self
+            .call(|mut c| async move { redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await })
+            .await?;
+        raw.into_iter()
+            .map(|id| {
+                LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}")))
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl ChangeFeed for RedisStore {
     async fn list_changes(&self, after: &str, limit: usize) -> Result<FeedPage, StoreError> {
         let cursor = FeedCursor::decode(after, self.keys.partitions())?;
         let mut pipe = redis::pipe();
@@ -266,6 +314,7 @@ impl LeadStore for RedisStore {
         }
         Ok(FeedPage { changes, next_cursor })
     }
+
     async fn feed_end(&self) -> Result<String, StoreError> {
         let mut pipe = redis::pipe();
         for partition in 0..self.keys.partitions() {
@@ -279,11 +328,10 @@ impl LeadStore for RedisStore {
             .collect();
         Ok(FeedCursor(ends).encode())
     }
+}
 
-    fn partitions(&self) -> u32 {
-        self.keys.partitions()
-    }
-
+#[async_trait]
+impl TriggerQueue for RedisStore {
     async fn deliver_triggers(
         &self,
         group: &str,
@@ -318,59 +366,10 @@ impl LeadStore for RedisStore {
     async fn trigger_stats(&self, group: &str) -> Result<TriggerStats, StoreError> {
         self.stats(group).await
     }
+}
 
-    async fn inactive_leads(
-        &self,
-        definition: &str,
-        partition: u32,
-        before: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError> {
-        let key = self.keys.inactive(definition, partition);
-        let raw: Vec<String> = self
-            .call(|mut c| async move {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(key)
-                    .arg("-inf")
-                    .arg(before.millis())
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        raw.into_iter()
-            .map(|id| LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("inactivity index: {e}"))))
-            .collect()
-    }
-
-    async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
-        let key = self.keys.index(partition);
-        let raw: Vec<String> = self
-            .call(|mut c| async move { redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).query_async(&mut c).await })
-            .await?;
-        raw.into_iter()
-            .map(|id| {
-                LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}")))
-            })
-            .collect()
-    }
-
-    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
-        let key = self.keys.rule_set_versions();
-        let mut pipe = redis::pipe();
-        pipe.hset_nx(&key, version, digest).hget(&key, version);
-        let (claimed, known): (bool, Option<String>) =
-            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
-        Ok(if claimed { None } else { known })
-    }
-
-    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
-        let key = self.keys.rule_set_versions();
-        self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
-    }
-
+#[async_trait]
+impl Aggregates for RedisStore {
     async fn cohort_profile(&self, query: &CohortQuery) -> Result<CohortProfile, StoreError> {
         cohort::profile(self, query).await
     }
@@ -396,7 +395,10 @@ impl LeadStore for RedisStore {
         }
         Ok(counters)
     }
+}
 
+#[async_trait]
+impl Accounts for RedisStore {
     async fn upsert_account(&self, account: &AccountProfile) -> Result<(), StoreError> {
         let keys = self.keys.account(&account.account_id);
         let mut inv = self.account.prepare_invoke();
@@ -448,6 +450,23 @@ impl LeadStore for RedisStore {
         let key = self.keys.account(account_id).account;
         let value = format!("{rule_id}{SEP}{}", at.millis());
         self.call(|mut c| async move { c.hset_nx(key, "q", value).await }).await
+    }
+}
+
+#[async_trait]
+impl RuleSetVersions for RedisStore {
+    async fn claim_rule_set_version(&self, version: &str, digest: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.rule_set_versions();
+        let mut pipe = redis::pipe();
+        pipe.hset_nx(&key, version, digest).hget(&key, version);
+        let (claimed, known): (bool, Option<String>) =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(if claimed { None } else { known })
+    }
+
+    async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.rule_set_versions();
+        self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
     }
 }
 
