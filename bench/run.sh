@@ -33,9 +33,11 @@ out=target/bench
 mkdir -p "$out"
 : > "$out/results.jsonl"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/anchor.sh
 
-cargo build --release --locked --quiet
+# The same build as bench/cohort.sh (examples bring the dev-dependencies' features), so
+# running both builds once.
+cargo build --release --locked --quiet --bin leadscore --example cohort_profile
 bin=target/release/leadscore
 
 redis_port=$(free_port)
@@ -64,10 +66,6 @@ fresh_redis() { # empty, recorded as this build's layout
   $redis set ls:format 2 >/dev/null
 }
 
-redis_cpu() { # Redis CPU seconds so far (user + system)
-  $redis info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'
-}
-
 bench() { # name, then leadscore bench arguments
   local name=$1
   shift
@@ -83,21 +81,9 @@ start_service
 
 echo "ceilings" >&2
 # The physical anchor: what Redis does for the least work a lead update needs.
-anchor='local v = redis.call("HMGET", KEYS[1], "n", "s", "t")
-local n = (tonumber(v[1]) or 0) + 1
-local s = (tonumber(v[2]) or 0) * 0.5 + tonumber(ARGV[1])
-redis.call("HSET", KEYS[1], "n", n, "s", s, "t", ARGV[2])
-redis.call("XADD", KEYS[2], "MAXLEN", "~", "10000", "*", "l", KEYS[1])
-return n'
-anchor_calls=$((secs * 20000))
 for pipeline in 1 16; do
   fresh_redis
-  sha=$($redis script load "$anchor")
-  before=$(redis_cpu)
-  rps=$(redis-benchmark -p "$redis_port" -c $concurrency -n "$anchor_calls" -P "$pipeline" -r 10000 --csv \
-    evalsha "$sha" 2 "lead:__rand_int__" feed 10 1700000000000 | tail -1 | cut -d, -f2 | tr -d '"')
-  after=$(redis_cpu)
-  us=$(python3 -c "print(round(($after - $before) * 1e6 / $anchor_calls, 2))")
+  read -r rps us < <(minimal_update "$redis_port" "$pipeline" $((secs * 20000)))
   echo "  minimal_update_p$pipeline: $rps calls/s, Redis CPU $us us/call" >&2
   echo "{\"name\":\"minimal_update_p$pipeline\",\"report\":{\"calls_per_s\":$rps,\"redis_cpu_us\":$us}}" >>"$out/results.jsonl"
 done
@@ -107,7 +93,7 @@ bench noop_ceiling --scenario noop --concurrency $concurrency
 echo "scenarios" >&2
 fresh_redis
 $redis config resetstat >/dev/null
-cpu_before=$(redis_cpu)
+cpu_before=$(redis_cpu "$redis_port")
 bench_keep() { # like bench, without emptying Redis first
   local name=$1
   shift
@@ -118,7 +104,7 @@ bench_keep() { # like bench, without emptying Redis first
   echo "$line"
 }
 record_line=$(bench_keep record --scenario record --concurrency $concurrency)
-cpu_after=$(redis_cpu)
+cpu_after=$(redis_cpu "$redis_port")
 python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])

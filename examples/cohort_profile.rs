@@ -6,12 +6,19 @@
 //! leads per call, one signal each, of varied types and ages so the scores
 //! spread — unless the service already holds them (pass `0` to skip
 //! loading), then asks for this month's cohort profile `Q` times (default
-//! 50) and prints the latency percentiles and the answer.
+//! 50) and prints the latency percentiles and the answer. With a fourth
+//! argument `rescore`, it then rescores every stored lead (`Rescore`, polled
+//! with `GetRescoreJob` every 100 ms) and prints the leads per second.
+//!
+//!     cargo run --release --example cohort_profile -- http://127.0.0.1:50051 1000000 200 rescore
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use leadscore::api::pb::{self, lead_scoring_client::LeadScoringClient, profiles_client::ProfilesClient};
+use leadscore::api::pb::{
+    self, lead_scoring_client::LeadScoringClient, profiles_client::ProfilesClient,
+    qualification_client::QualificationClient,
+};
 
 const TYPES: [&str; 8] = [
     "page_view",
@@ -30,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = args.next().unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let n: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
     let queries: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(50);
+    let rescore = args.next().as_deref() == Some("rescore");
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
 
     let client = LeadScoringClient::connect(addr.clone()).await?.max_decoding_message_size(64 << 20);
@@ -75,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         seconds: d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()),
         nanos: 0,
     };
-    let mut profiles = ProfilesClient::connect(addr).await?;
+    let mut profiles = ProfilesClient::connect(addr.clone()).await?;
     let request = pb::GetCohortScoreProfileRequest {
         created_from: Some(at(first)),
         created_to: Some(at(next)),
@@ -93,10 +101,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     let answer = answer.unwrap_or_default();
     println!(
-        "GetCohortScoreProfile over {} leads ({queries} calls): p50 {:?}  p90 {:?}  max {:?}  mean {:?}",
+        "GetCohortScoreProfile over {} leads ({queries} calls): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  mean {:?}",
         answer.lead_count,
         q(0.5),
         q(0.9),
+        q(0.99),
         samples[samples.len() - 1],
         mean
     );
@@ -110,5 +119,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         answer.histogram.len(),
         answer.mql_rate
     );
+    if rescore {
+        rescore_all(addr).await?;
+    }
     Ok(())
+}
+
+/// Rescores every stored lead and prints how fast.
+async fn rescore_all(addr: String) -> Result<(), Box<dyn std::error::Error>> {
+    let mut qualification = QualificationClient::connect(addr).await?;
+    let started = Instant::now();
+    let job = qualification.rescore(pb::RescoreRequest {}).await?.into_inner();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let status = qualification.get_rescore_job(pb::GetRescoreJobRequest { job_id: job.job_id.clone() }).await?;
+        let status = status.into_inner();
+        match status.state() {
+            pb::RescoreState::Running => continue,
+            pb::RescoreState::Done => {
+                let took = started.elapsed();
+                println!(
+                    "Rescore of {} leads: {took:.1?} ({:.0} leads/s), {} rebuilt from raw history, {} stage changes",
+                    status.processed,
+                    status.processed as f64 / took.as_secs_f64(),
+                    status.rebuilt,
+                    status.stage_changes
+                );
+                return Ok(());
+            }
+            state => return Err(format!("rescore ended {state:?}: {}", status.error).into()),
+        }
+    }
 }
