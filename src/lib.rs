@@ -6,8 +6,9 @@
 //! - `rules`     — the rule-set file: parse, validate, compile (pure)
 //! - `transition` — the scoring core: every rule of a lead's life, written
 //!   once (pure)
-//! - `store`     — `LeadStore` trait: load lead states, apply changes
-//!   atomically; Redis (one storage-only script) and in-memory stores
+//! - `store`     — role traits (leads, change feed, trigger queue,
+//!   aggregates, accounts, rule-set versions): load lead states, apply
+//!   changes atomically; Redis (one storage-only script) and in-memory stores
 //! - `engine`    — the use cases: read, let the core compute, write (record
 //!   signals, upsert, set stage, identify, rescore, simulate, sweep)
 //! - `reload`    — hot reload of the rule file (SIGHUP, file change)
