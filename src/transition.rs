@@ -787,9 +787,18 @@ pub fn rescore(rules: &RuleSet, settings: &Settings, now: Timestamp, stored: Lea
         c.scores.len() != scores.len()
             || c.scores.iter().zip(&scores).any(|(old, new)| old.model != new.model || old.fit != new.fit)
     });
+    // A score that decayed into another whole point moves the lead in its
+    // cohort's distribution: a rescore brings cohorts up to date too.
     let place_changed = match (&b.state.cohort, b.place(&scores)) {
         (None, None) => false,
-        (Some(old), Some(new)) => !old.same_counters(&new),
+        (Some(old), Some(new)) => {
+            !old.same_counters(&new)
+                || old
+                    .scores
+                    .iter()
+                    .zip(&new.scores)
+                    .any(|(o, n)| ScoreBucket::of(o.total()) != ScoreBucket::of(n.total()))
+        }
         _ => true,
     };
     b.qualify();
@@ -1091,6 +1100,26 @@ mod tests {
                 .sum();
             prop_assert_eq!(entered as u64, sim.created + sim.feed.len() as u64);
         }
+    }
+
+    #[test]
+    fn a_rescore_moves_decayed_scores_in_their_cohort() {
+        let rules = rules();
+        let settings = settings();
+        let mut sim = Sim::default();
+        let lead = id("d");
+        sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
+        let bucket = |sim: &Sim| sim.load(&lead).unwrap().cohort.unwrap().scores[0].total().round();
+        let before = bucket(&sim);
+        // Within the same whole point: nothing to write.
+        assert!(rescore(&rules, &settings, NOW.plus_millis(60_000), sim.load(&lead).unwrap()).is_none());
+        // A half-life later the score has halved: the lead moves down.
+        let later = NOW.plus_millis(30 * DAY);
+        let step = rescore(&rules, &settings, later, sim.load(&lead).unwrap()).expect("a move to write");
+        sim.apply(step.change);
+        assert!(bucket(&sim) < before, "{} < {before}", bucket(&sim));
+        assert!(rescore(&rules, &settings, later, sim.load(&lead).unwrap()).is_none(), "up to date");
+        assert_eq!(sim.recount().1, sim.scores);
     }
 
     #[test]

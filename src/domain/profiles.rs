@@ -176,28 +176,38 @@ impl CohortProfile {
         counters: impl IntoIterator<Item = (CohortCounter, i64)>,
         buckets: usize,
     ) -> Self {
-        let mut profile = CohortProfile::default();
+        // Summed first, then read: a store may hand the same counter once
+        // per partition and month. Saturating: stored counts are data, and
+        // data may be corrupt.
+        let mut sums: BTreeMap<CohortCounter, i64> = BTreeMap::new();
         for (counter, n) in counters {
+            let sum = sums.entry(counter).or_default();
+            *sum = sum.saturating_add(n);
+        }
+        let mut profile = CohortProfile::default();
+        for (counter, n) in sums {
             let n = u64::try_from(n).unwrap_or(0);
             match counter {
-                CohortCounter::InStage(stage) => *profile.by_stage.entry(stage).or_default() += n,
-                CohortCounter::ReachedMql => profile.reached_mql += n,
+                CohortCounter::InStage(stage) if n > 0 => {
+                    profile.by_stage.insert(stage, n);
+                }
+                CohortCounter::InStage(_) => {}
+                CohortCounter::ReachedMql => profile.reached_mql = n,
             }
         }
-        profile.by_stage.retain(|_, n| *n > 0);
         let counts: Vec<(ScoreBucket, u64)> =
             distribution.0.iter().filter(|(_, n)| **n > 0).map(|(b, n)| (*b, *n as u64)).collect();
-        profile.lead_count = counts.iter().map(|(_, n)| n).sum();
+        profile.lead_count = counts.iter().fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
         let (Some(first), Some(last)) = (counts.first(), counts.last()) else { return profile };
         profile.min = first.0.score();
         profile.max = last.0.score();
         for (slot, p) in profile.percentiles.iter_mut().zip(PERCENTILES) {
             let rank = nearest_rank(p, profile.lead_count);
-            let mut seen = 0;
+            let mut seen = 0u64;
             *slot = counts
                 .iter()
                 .find(|(_, n)| {
-                    seen += n;
+                    seen = seen.saturating_add(*n);
                     seen >= rank
                 })
                 .map_or(profile.max, |(b, _)| b.score());
@@ -215,8 +225,7 @@ impl CohortProfile {
                         let s = b.score();
                         s >= lower && (s < upper || (last && s <= upper))
                     })
-                    .map(|(_, n)| n)
-                    .sum();
+                    .fold(0u64, |sum, (_, n)| sum.saturating_add(*n));
                 HistogramBucket { lower, upper, count }
             })
             .collect();
@@ -279,7 +288,8 @@ pub struct ScoreDistribution(pub BTreeMap<ScoreBucket, i64>);
 
 impl ScoreDistribution {
     pub fn add(&mut self, bucket: ScoreBucket, by: i64) {
-        *self.0.entry(bucket).or_default() += by;
+        let n = self.0.entry(bucket).or_default();
+        *n = n.saturating_add(by);
     }
 }
 
@@ -293,6 +303,9 @@ pub fn nearest_rank(p: f64, n: u64) -> u64 {
 /// 2.5 or 5 times a power of ten) covering `[min, max]`; buckets that would
 /// start past `max` are left out.
 pub fn histogram_bounds(min: f64, max: f64, buckets: usize) -> Vec<(f64, f64)> {
+    if !(min.is_finite() && max.is_finite()) {
+        return vec![(min, max)];
+    }
     let buckets = buckets.max(1);
     let span = (max - min).max(0.0);
     // At least one score bucket wide: every bucket's scores fall in one bar.
@@ -587,6 +600,7 @@ mod tests {
         let b = histogram_bounds(-12.0, 88.0, 10);
         assert!(b[0].0 <= -12.0 && b[b.len() - 1].1 >= 88.0, "{b:?}");
         assert_eq!(histogram_bounds(-5.0, 5.0, 1), vec![(-5.0, 5.0)], "one bucket across zero");
+        assert_eq!(histogram_bounds(0.0, f64::INFINITY, 3).len(), 1, "no endless search");
         assert_eq!(histogram_bounds(-5.0, 5.0, 2), vec![(-5.0, 0.0), (0.0, 5.0)]);
         let one = histogram_bounds(5.0, 5.0, 4);
         assert!(one[0].0 <= 5.0 && one[one.len() - 1].1 >= 5.0);
@@ -617,6 +631,20 @@ mod tests {
         assert_eq!(ScoreBucket::of(f64::NAN).score(), 0.0);
         assert_eq!(ScoreBucket::of(f64::INFINITY), ScoreBucket::of(1e300));
         assert_eq!(ScoreBucket::from_index(ScoreBucket::of(-17.2).index()), ScoreBucket::of(-17.0));
+    }
+
+    #[test]
+    fn corrupt_aggregates_answer_without_panicking() {
+        let mut d = ScoreDistribution::default();
+        d.add(ScoreBucket::of(10.0), i64::MAX);
+        d.add(ScoreBucket::of(20.0), i64::MAX);
+        d.add(ScoreBucket::of(30.0), -5);
+        let counters = [(CohortCounter::ReachedMql, i64::MAX), (CohortCounter::ReachedMql, 1)];
+        let p = CohortProfile::from_aggregates(&d, counters, 10);
+        assert_eq!((p.lead_count, p.max), (u64::MAX - 1, 20.0));
+        // Per-partition counters that only add up to a count: summed first.
+        let split = [(CohortCounter::InStage(Stage::Mql), 3), (CohortCounter::InStage(Stage::Mql), -1)];
+        assert_eq!(CohortProfile::from_aggregates(&d, split, 10).by_stage[&Stage::Mql], 2);
     }
 
     proptest::proptest! {
