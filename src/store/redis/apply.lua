@@ -30,8 +30,10 @@ local function skip(i)
   return nil
 end
 
--- First every check, then every write: an error (a key of another type,
--- an unknown operation) stops the call before anything is written.
+-- First every check, then every write: a record key of another type or an
+-- unknown operation stops the call before anything is written. (Redis does
+-- not roll back a script: an aggregate key of another type — only ever
+-- planted by hand — fails the call after the writes before it.)
 local leads = tonumber(ARGV[1])
 local starts, writes = {}, {}
 local i = 2
