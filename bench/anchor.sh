@@ -6,6 +6,15 @@
 # XADD to a capped stream, driven by redis-benchmark with 50 clients over
 # 10,000 keys, PIPELINE calls in flight per client.
 
+wait_for() { # SECONDS COMMAND...: until COMMAND succeeds, or fail after SECONDS
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || { echo "timed out waiting for: $*" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 redis_cpu() { # PORT: Redis CPU seconds so far (user + system)
@@ -26,6 +35,7 @@ return n'
   rps=$(redis-benchmark -p "$port" -c 50 -n "$calls" -P "$pipeline" -r 10000 --csv \
     evalsha "$sha" 2 "anchor:lead:__rand_int__" anchor:feed 10 1700000000000 | tail -1 | cut -d, -f2 | tr -d '"')
   after=$(redis_cpu "$port")
+  [[ $rps =~ ^[0-9.]+$ ]] || { echo "redis-benchmark gave no rate for the minimal lead update" >&2; return 1; }
   redis-cli -p "$port" --scan --pattern 'anchor:*' | xargs -r redis-cli -p "$port" del >/dev/null
   echo "$rps $(python3 -c "print(round(($after - $before) * 1e6 / $calls, 2))")"
 }

@@ -50,7 +50,7 @@ cleanup() {
   $redis shutdown nosave >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
-until $redis ping >/dev/null 2>&1; do sleep 0.1; done
+wait_for 10 $redis ping
 
 start_service() { # extra environment, e.g. LEADSCORE_MAX_IN_FLIGHT=64
   [ -n "$service_pid" ] && kill "$service_pid" && wait "$service_pid" 2>/dev/null || true
@@ -58,7 +58,7 @@ start_service() { # extra environment, e.g. LEADSCORE_MAX_IN_FLIGHT=64
   env "$@" LEADSCORE_LOG_FORMAT=json RUST_LOG=warn "$bin" serve --grpc-addr "127.0.0.1:$grpc_port" \
     --metrics-addr off --redis-url "redis://127.0.0.1:$redis_port" >"$out/service.log" 2>&1 &
   service_pid=$!
-  until "$bin" health --addr "http://127.0.0.1:$grpc_port" >/dev/null 2>&1; do sleep 0.1; done
+  wait_for 30 "$bin" health --addr "http://127.0.0.1:$grpc_port" || { cat "$out/service.log" >&2; exit 1; }
 }
 
 fresh_redis() { # empty, recorded as this build's layout
@@ -83,7 +83,8 @@ echo "ceilings" >&2
 # The physical anchor: what Redis does for the least work a lead update needs.
 for pipeline in 1 16; do
   fresh_redis
-  read -r rps us < <(minimal_update "$redis_port" "$pipeline" $((secs * 20000)))
+  anchor=$(minimal_update "$redis_port" "$pipeline" $((secs * 20000)))
+  read -r rps us <<<"$anchor"
   echo "  minimal_update_p$pipeline: $rps calls/s, Redis CPU $us us/call" >&2
   echo "{\"name\":\"minimal_update_p$pipeline\",\"report\":{\"calls_per_s\":$rps,\"redis_cpu_us\":$us}}" >>"$out/results.jsonl"
 done

@@ -7,8 +7,9 @@
 //! spread — unless the service already holds them (pass `0` to skip
 //! loading), then asks for this month's cohort profile `Q` times (default
 //! 50) and prints the latency percentiles and the answer. With a fourth
-//! argument `rescore`, it then rescores every stored lead (`Rescore`, polled
-//! with `GetRescoreJob` every 100 ms) and prints the leads per second.
+//! argument `rescore`, it then follows the rescore of every stored lead (the
+//! one a rule reload started, or one `Rescore` starts; polled with
+//! `GetRescoreJob` every 100 ms) and prints the leads per second.
 //!
 //!     cargo run --release --example cohort_profile -- http://127.0.0.1:50051 1000000 200 rescore
 
@@ -125,23 +126,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Rescores every stored lead and prints how fast.
+/// Follows the rescore in force (a reload starts one; `Rescore` returns it,
+/// or starts one) to its end, superseding jobs included, and prints how
+/// fast it went from the job's own start and finish times.
 async fn rescore_all(addr: String) -> Result<(), Box<dyn std::error::Error>> {
     let mut qualification = QualificationClient::connect(addr).await?;
-    let started = Instant::now();
-    let job = qualification.rescore(pb::RescoreRequest {}).await?.into_inner();
+    let mut job_id = qualification.rescore(pb::RescoreRequest {}).await?.into_inner().job_id;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let status = qualification.get_rescore_job(pb::GetRescoreJobRequest { job_id: job.job_id.clone() }).await?;
+        let status = qualification.get_rescore_job(pb::GetRescoreJobRequest { job_id: job_id.clone() }).await?;
         let status = status.into_inner();
         match status.state() {
             pb::RescoreState::Running => continue,
+            pb::RescoreState::Superseded => job_id = status.superseded_by.clone(),
             pb::RescoreState::Done => {
-                let took = started.elapsed();
+                let seconds =
+                    |t: Option<prost_types::Timestamp>| t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9);
+                let took = seconds(status.finished_at) - seconds(status.started_at);
                 println!(
-                    "Rescore of {} leads: {took:.1?} ({:.0} leads/s), {} rebuilt from raw history, {} stage changes",
+                    "Rescore of {} leads under {}: {took:.1}s ({:.0} leads/s), {} rebuilt from raw history, {} stage changes",
                     status.processed,
-                    status.processed as f64 / took.as_secs_f64(),
+                    status.rule_set_version,
+                    status.processed as f64 / took.max(1e-9),
                     status.rebuilt,
                     status.stage_changes
                 );
