@@ -102,8 +102,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     let answer = answer.unwrap_or_default();
     println!(
-        "GetCohortScoreProfile over {} leads ({queries} calls): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  mean {:?}",
+        "GetCohortScoreProfile over {} leads ({} calls): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  mean {:?}",
         answer.lead_count,
+        samples.len(),
         q(0.5),
         q(0.9),
         q(0.99),

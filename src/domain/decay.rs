@@ -8,8 +8,8 @@
 //! overflow however long a lead lives, and the value at `T` is
 //! `sum × 0.5^((T − anchor) / half_life)` whatever order signals came in.
 //!
-//! `store/redis/ingest.lua` performs the same update inside Redis; the two
-//! must stay in step (the contract tests hold them to it).
+//! This is the only implementation: the scoring core (`crate::transition`)
+//! applies it, and the stores keep the sums it yields.
 
 use std::collections::BTreeMap;
 
@@ -29,16 +29,7 @@ impl Decay {
     pub fn factor(self, from: Timestamp, to: Timestamp) -> f64 {
         match self {
             Decay::None => 1.0,
-            // Written as 2^x (not exp2) to match Lua's `^` operator bit for bit.
             Decay::HalfLife { millis } => 2f64.powf((from.millis() - to.millis()) as f64 / millis),
-        }
-    }
-
-    /// The half-life in milliseconds, 0 for no decay (the Lua encoding).
-    pub fn half_life_millis(self) -> f64 {
-        match self {
-            Decay::None => 0.0,
-            Decay::HalfLife { millis } => millis,
         }
     }
 }
