@@ -34,7 +34,7 @@ impl std::fmt::Display for TriggerOn {
 }
 
 /// A trigger as it is appended to the trigger stream.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FiredTrigger {
     pub definition_id: String,
     /// Passed through to marketing automation (e.g. the nurture program).

@@ -3,7 +3,7 @@
 use super::{Grade, LeadId, Score, Stage, Timestamp};
 
 /// The score when a change happened.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScoreSnapshot {
     pub total: f64,
     pub behavior: f64,
@@ -24,8 +24,7 @@ impl ScoreSnapshot {
 }
 
 /// What moved a lead.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "by", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Cause {
     /// A qualification rule of the rule set.
     Rule { rule_id: String },
@@ -34,7 +33,7 @@ pub enum Cause {
 }
 
 /// One move of one lead from a stage to another.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StageChange {
     pub from: Stage,
     pub to: Stage,
@@ -44,7 +43,6 @@ pub struct StageChange {
     pub score: ScoreSnapshot,
     pub at: Timestamp,
     /// The won deal's amount the CRM reported with `CUSTOMER`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deal_amount: Option<f64>,
 }
 

@@ -5,8 +5,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MILLIS_PER_DAY: i64 = 86_400_000;
 
 /// An instant, in milliseconds since the Unix epoch (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {

@@ -69,7 +69,7 @@ pub struct Entry {
     pub partition: usize,
     pub id: EntryId,
     pub lead_id: String,
-    pub record: String,
+    pub record: Vec<u8>,
 }
 
 /// The oldest `limit` entries of all partitions, in (time, partition)
@@ -93,7 +93,7 @@ mod tests {
     use super::*;
 
     fn entry(partition: usize, ms: u64) -> Entry {
-        Entry { partition, id: EntryId { ms, seq: 0 }, lead_id: format!("l{partition}"), record: String::new() }
+        Entry { partition, id: EntryId { ms, seq: 0 }, lead_id: format!("l{partition}"), record: Vec::new() }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
-use crate::domain::{Delivery, LeadId, QualificationChange, StageChange, Timestamp};
+use crate::domain::{Delivery, LeadId, QualificationChange, Timestamp};
 use codec::{SEP, num};
 use feed::{EntryId, FeedCursor};
 
@@ -281,8 +281,7 @@ impl ChangeFeed for RedisStore {
                     .ids
                     .into_iter()
                     .map(|entry| {
-                        let field = |name: &str| entry.get::<String>(name);
-                        match (EntryId::parse(&entry.id), field("l"), field("c")) {
+                        match (EntryId::parse(&entry.id), entry.get::<String>("l"), entry.get::<Vec<u8>>("c")) {
                             (Some(id), Some(lead_id), Some(record)) => {
                                 Ok(feed::Entry { partition, id, lead_id, record })
                             }
@@ -300,7 +299,7 @@ impl ChangeFeed for RedisStore {
         for (entry, after) in feed::merge(cursor, per_partition, limit) {
             let lead_id = LeadId::from_stored(entry.lead_id.clone())
                 .map_err(|e| StoreError::Internal(format!("feed entry {} has a bad lead id: {e}", entry.id)))?;
-            let change: StageChange = serde_json::from_str(&entry.record).map_err(|e| StoreError::Corrupt {
+            let change = record::decode_change(&entry.record).map_err(|e| StoreError::Corrupt {
                 lead_id: entry.lead_id.clone(),
                 detail: format!("feed entry {}: {e}", entry.id),
             })?;
@@ -515,9 +514,6 @@ impl RedisStore {
         changes: impl Iterator<Item = &'a LeadChange>,
         feed: &FeedPolicy,
     ) -> Result<redis::ScriptInvocation<'a>, StoreError> {
-        let json = |what: &str, r: serde_json::Result<String>| {
-            r.map_err(|e| StoreError::Internal(format!("encoding a {what}: {e}")))
-        };
         let mut keys = KeyList::default();
         let mut args: Vec<Vec<u8>> = vec![Vec::new()];
         let mut leads = 0;
@@ -530,7 +526,7 @@ impl RedisStore {
             let k = |keys: &mut KeyList, key: String| keys.index(key).to_string().into_bytes();
             let text = |v: &dyn std::fmt::Display| v.to_string().into_bytes();
             for c in &change.feed {
-                let record = json("stage change", serde_json::to_string(c))?;
+                let record = record::encode_change(c);
                 ops.push(vec![
                     b"X".to_vec(),
                     k(&mut keys, lead_keys.feed.clone()),
@@ -539,18 +535,18 @@ impl RedisStore {
                     b"l".to_vec(),
                     member.clone(),
                     b"c".to_vec(),
-                    record.into_bytes(),
+                    record,
                 ]);
             }
             for t in &change.triggers {
-                let payload = json("trigger", serde_json::to_string(t))?;
+                let payload = record::encode_trigger(t);
                 ops.push(vec![
                     b"X".to_vec(),
                     k(&mut keys, lead_keys.triggers.clone()),
                     text(&feed.trigger_retention_ms),
                     b"1".to_vec(),
                     b"t".to_vec(),
-                    payload.into_bytes(),
+                    payload,
                 ]);
             }
             let mut expiries = std::collections::BTreeMap::new();

@@ -15,7 +15,7 @@ use redis::streams::{
 };
 
 use super::RedisStore;
-use crate::domain::{Delivery, FiredTrigger, LeadId, Timestamp};
+use crate::domain::{Delivery, LeadId, Timestamp};
 use crate::store::{DeliveryPolicy, StoreError, TriggerStats};
 
 pub const DEAD: &str = "__dead__";
@@ -33,9 +33,9 @@ fn split(id: &str) -> Option<(u32, &str)> {
 }
 
 fn delivery(partition: u32, entry: &StreamId, delivery_count: u64) -> Result<Delivery, StoreError> {
-    let payload: String =
+    let payload: Vec<u8> =
         entry.get("t").ok_or_else(|| StoreError::Internal(format!("trigger entry {} has no payload", entry.id)))?;
-    let trigger: FiredTrigger = serde_json::from_str(&payload)
+    let trigger = super::record::decode_trigger(&payload)
         .map_err(|e| StoreError::Internal(format!("trigger entry {} is malformed: {e}", entry.id)))?;
     Ok(Delivery {
         trigger_id: format!("{partition}/{}", entry.id),

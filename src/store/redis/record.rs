@@ -9,7 +9,8 @@ use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
 use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
 use crate::domain::{
-    AccountId, Cause, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange, Timestamp, TypeTally,
+    AccountId, Cause, FiredTrigger, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange, Timestamp,
+    TypeTally,
 };
 use crate::store::StoreError;
 
@@ -188,6 +189,113 @@ fn stage_code(stage: Stage) -> u32 {
     Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0) as u32
 }
 
+fn stage_record(c: &StageChange) -> StageRecord {
+    let (cause, manual) = match &c.cause {
+        Cause::Rule { rule_id } => (rule_id.clone(), false),
+        Cause::Manual { actor } => (actor.clone(), true),
+    };
+    StageRecord {
+        from: stage_code(c.from),
+        to: stage_code(c.to),
+        cause,
+        manual,
+        reason: c.reason.clone(),
+        rule_set_version: c.rule_set_version.clone(),
+        total: c.score.total,
+        behavior: c.score.behavior,
+        fit: c.score.fit,
+        grade: u32::from(c.score.grade),
+        at: c.at.millis(),
+        deal_amount: c.deal_amount,
+    }
+}
+
+fn stage_of(code: u32) -> Result<Stage, String> {
+    Stage::ALL.get(code as usize).copied().ok_or_else(|| format!("stage code {code} is unknown"))
+}
+
+fn snapshot(total: f64, behavior: f64, fit: f64, grade: u32) -> ScoreSnapshot {
+    ScoreSnapshot { total, behavior, fit, grade: char::from_u32(grade).unwrap_or('D') }
+}
+
+fn stage_change(s: StageRecord) -> Result<StageChange, String> {
+    Ok(StageChange {
+        from: stage_of(s.from)?,
+        to: stage_of(s.to)?,
+        cause: if s.manual { Cause::Manual { actor: s.cause } } else { Cause::Rule { rule_id: s.cause } },
+        reason: s.reason,
+        rule_set_version: s.rule_set_version,
+        score: snapshot(s.total, s.behavior, s.fit, s.grade),
+        at: Timestamp::from_millis(s.at),
+        deal_amount: s.deal_amount,
+    })
+}
+
+/// A fired trigger as the trigger stream keeps it.
+#[derive(Clone, PartialEq, Message)]
+struct TriggerRecord {
+    #[prost(string, tag = "1")]
+    definition_id: String,
+    #[prost(string, tag = "2")]
+    program: String,
+    #[prost(string, tag = "3")]
+    lead_id: String,
+    #[prost(int64, tag = "4")]
+    fired_at: i64,
+    #[prost(string, tag = "5")]
+    reason: String,
+    #[prost(double, tag = "6")]
+    total: f64,
+    #[prost(double, tag = "7")]
+    behavior: f64,
+    #[prost(double, tag = "8")]
+    fit: f64,
+    #[prost(uint32, tag = "9")]
+    grade: u32,
+    #[prost(uint32, tag = "10")]
+    stage: u32,
+}
+
+/// A change feed entry's record (protobuf, like the lead's stage history).
+pub fn encode_change(change: &StageChange) -> Vec<u8> {
+    stage_record(change).encode_to_vec()
+}
+
+/// Errors describe the entry, never quote it.
+pub fn decode_change(bytes: &[u8]) -> Result<StageChange, String> {
+    stage_change(StageRecord::decode(bytes).map_err(|_| "not a stage change record".to_owned())?)
+}
+
+/// A trigger stream entry's payload.
+pub fn encode_trigger(t: &FiredTrigger) -> Vec<u8> {
+    TriggerRecord {
+        definition_id: t.definition_id.clone(),
+        program: t.program.clone(),
+        lead_id: t.lead_id.clone(),
+        fired_at: t.fired_at.millis(),
+        reason: t.reason.clone(),
+        total: t.score.total,
+        behavior: t.score.behavior,
+        fit: t.score.fit,
+        grade: u32::from(t.score.grade),
+        stage: stage_code(t.stage),
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_trigger(bytes: &[u8]) -> Result<FiredTrigger, String> {
+    let r = TriggerRecord::decode(bytes).map_err(|_| "not a trigger record".to_owned())?;
+    Ok(FiredTrigger {
+        definition_id: r.definition_id,
+        program: r.program,
+        lead_id: r.lead_id,
+        fired_at: Timestamp::from_millis(r.fired_at),
+        reason: r.reason,
+        score: snapshot(r.total, r.behavior, r.fit, r.grade),
+        stage: stage_of(r.stage)?,
+    })
+}
+
 fn scores_record(scores: &[ModelScore]) -> Vec<ScoreRecord> {
     scores.iter().map(|s| ScoreRecord { model: s.model.clone(), behavior: s.behavior, fit: s.fit }).collect()
 }
@@ -303,30 +411,7 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         seen,
         seen_at,
         history,
-        stages: state
-            .stages
-            .iter()
-            .map(|c| {
-                let (cause, manual) = match &c.cause {
-                    Cause::Rule { rule_id } => (rule_id.clone(), false),
-                    Cause::Manual { actor } => (actor.clone(), true),
-                };
-                StageRecord {
-                    from: stage_code(c.from),
-                    to: stage_code(c.to),
-                    cause,
-                    manual,
-                    reason: c.reason.clone(),
-                    rule_set_version: c.rule_set_version.clone(),
-                    total: c.score.total,
-                    behavior: c.score.behavior,
-                    fit: c.score.fit,
-                    grade: u32::from(c.score.grade),
-                    at: c.at.millis(),
-                    deal_amount: c.deal_amount,
-                }
-            })
-            .collect(),
+        stages: state.stages.iter().map(stage_record).collect(),
         cohort: state.cohort.as_ref().map(|c| CohortRecord {
             month: c.month.key(),
             stage: stage_code(c.stage),
@@ -354,9 +439,7 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
     if r.format != FORMAT {
         return Err(corrupt(format!("record format {} (this build reads {FORMAT})", r.format)));
     }
-    let stage = |code: u32| {
-        Stage::ALL.get(code as usize).copied().ok_or_else(|| corrupt(format!("stage code {code} is unknown")))
-    };
+    let stage = |code: u32| stage_of(code).map_err(corrupt);
     let at = Timestamp::from_millis;
     let mut lead = LeadSnapshot::new(lead_id.clone(), at(r.created_at));
     lead.stage = stage(r.stage)?;
@@ -438,27 +521,7 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         })
         .collect::<Result<_, StoreError>>()?;
     let ledger = LeadLedger::from_parts(r.seen.into_iter().zip(r.seen_at.into_iter().map(at)), history);
-    let stages = r
-        .stages
-        .into_iter()
-        .map(|s| {
-            Ok(StageChange {
-                from: stage(s.from)?,
-                to: stage(s.to)?,
-                cause: if s.manual { Cause::Manual { actor: s.cause } } else { Cause::Rule { rule_id: s.cause } },
-                reason: s.reason,
-                rule_set_version: s.rule_set_version,
-                score: ScoreSnapshot {
-                    total: s.total,
-                    behavior: s.behavior,
-                    fit: s.fit,
-                    grade: char::from_u32(s.grade).unwrap_or('D'),
-                },
-                at: at(s.at),
-                deal_amount: s.deal_amount,
-            })
-        })
-        .collect::<Result<VecDeque<_>, StoreError>>()?;
+    let stages = r.stages.into_iter().map(|s| stage_change(s).map_err(corrupt)).collect::<Result<VecDeque<_>, _>>()?;
     let scores = |list: Vec<ScoreRecord>| -> Vec<ModelScore> {
         list.into_iter().map(|s| ModelScore { model: s.model, behavior: s.behavior, fit: s.fit }).collect()
     };
@@ -493,4 +556,41 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         untouched_creation,
         score_history,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_entries_round_trip_and_junk_is_refused() {
+        let score = ScoreSnapshot { total: 41.25, behavior: 30.5, fit: 10.75, grade: 'B' };
+        for (cause, deal_amount) in
+            [(Cause::Rule { rule_id: "mql".into() }, None), (Cause::Manual { actor: "jane@crm".into() }, Some(12_500.5))]
+        {
+            let change = StageChange {
+                from: Stage::Lead,
+                to: Stage::Customer,
+                cause,
+                reason: "won".into(),
+                rule_set_version: "2026.11.1".into(),
+                score: score.clone(),
+                at: Timestamp::from_millis(1_764_000_000_123),
+                deal_amount,
+            };
+            assert_eq!(decode_change(&encode_change(&change)), Ok(change));
+        }
+        let trigger = FiredTrigger {
+            definition_id: "sales_alert".into(),
+            program: "sales-alert".into(),
+            lead_id: "lead-42".into(),
+            fired_at: Timestamp::from_millis(1_764_000_000_456),
+            reason: "entered MQL".into(),
+            score,
+            stage: Stage::Mql,
+        };
+        assert_eq!(decode_trigger(&encode_trigger(&trigger)), Ok(trigger));
+        assert!(decode_change(b"\xff\xff\xff").is_err());
+        assert!(decode_trigger(b"{\"json\": true}").is_err());
+    }
 }
