@@ -565,9 +565,10 @@ mod tests {
     #[test]
     fn stream_entries_round_trip_and_junk_is_refused() {
         let score = ScoreSnapshot { total: 41.25, behavior: 30.5, fit: 10.75, grade: 'B' };
-        for (cause, deal_amount) in
-            [(Cause::Rule { rule_id: "mql".into() }, None), (Cause::Manual { actor: "jane@crm".into() }, Some(12_500.5))]
-        {
+        for (cause, deal_amount) in [
+            (Cause::Rule { rule_id: "mql".into() }, None),
+            (Cause::Manual { actor: "jane@crm".into() }, Some(12_500.5)),
+        ] {
             let change = StageChange {
                 from: Stage::Lead,
                 to: Stage::Customer,
