@@ -1109,7 +1109,7 @@ mod tests {
         let mut sim = Sim::default();
         let lead = id("d");
         sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
-        let bucket = |sim: &Sim| sim.load(&lead).unwrap().cohort.unwrap().scores[0].total().round();
+        let bucket = |sim: &Sim| ScoreBucket::of(sim.load(&lead).unwrap().cohort.unwrap().scores[0].total());
         let before = bucket(&sim);
         // Within the same whole point: nothing to write.
         assert!(rescore(&rules, &settings, NOW.plus_millis(60_000), sim.load(&lead).unwrap()).is_none());
@@ -1117,7 +1117,7 @@ mod tests {
         let later = NOW.plus_millis(30 * DAY);
         let step = rescore(&rules, &settings, later, sim.load(&lead).unwrap()).expect("a move to write");
         sim.apply(step.change);
-        assert!(bucket(&sim) < before, "{} < {before}", bucket(&sim));
+        assert!(bucket(&sim) < before, "{:?} < {before:?}", bucket(&sim));
         assert!(rescore(&rules, &settings, later, sim.load(&lead).unwrap()).is_none(), "up to date");
         assert_eq!(sim.recount().1, sim.scores);
     }
