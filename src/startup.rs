@@ -271,6 +271,10 @@ impl Application {
             metrics,
         );
         core.rescore_on_reload = settings.rescore_on_reload;
+        core.delivery = DeliveryPolicy {
+            visibility_timeout_ms: settings.trigger_visibility_timeout.0,
+            max_deliveries: settings.trigger_max_deliveries,
+        };
         core.profiles = crate::engine::ProfileLimits {
             history_limit: settings.score_history_limit,
             history_age_ms: settings.score_history_age.0,
@@ -282,10 +286,6 @@ impl Application {
             per_connection: settings.max_trigger_streams_per_connection,
             per_token: settings.max_trigger_streams_per_token,
         }));
-        state.delivery = DeliveryPolicy {
-            visibility_timeout_ms: settings.trigger_visibility_timeout.0,
-            max_deliveries: settings.trigger_max_deliveries,
-        };
         let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await

@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::store::StoreError;
+use crate::engine::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -12,6 +12,7 @@ use super::error::{ApiError, Violations};
 use super::pb::{self, nurture_server::Nurture};
 use super::state::AppState;
 use crate::domain::Delivery;
+use crate::engine::{StoreError, triggers};
 
 const DEFAULT_IN_FLIGHT: u32 = 100;
 const MAX_IN_FLIGHT: u32 = 10_000;
@@ -95,19 +96,15 @@ impl super::polling::Poller for TriggerPoller {
         self.full
     }
 
-    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, crate::store::StoreError>> {
+    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, StoreError>> {
         Box::pin(async move {
-            let store = &self.state.store;
-            let in_flight = store.triggers_in_flight(&self.group, &self.consumer).await?;
-            let room = self.max_in_flight.saturating_sub(in_flight) as usize;
-            self.full = room == 0;
-            if room == 0 {
-                return Ok(Vec::new());
-            }
-            let now = self.state.clock.now();
-            let deliveries =
-                store.deliver_triggers(&self.group, &self.consumer, room, &self.state.delivery, now).await?;
-            Ok(deliveries.iter().map(|d| pb::StreamTriggersResponse { trigger: Some(trigger_to_proto(d)) }).collect())
+            let delivered = triggers::deliver(&self.state, &self.group, &self.consumer, self.max_in_flight).await?;
+            self.full = delivered.full;
+            Ok(delivered
+                .triggers
+                .iter()
+                .map(|d| pb::StreamTriggersResponse { trigger: Some(trigger_to_proto(d)) })
+                .collect())
         })
     }
 }
@@ -136,7 +133,7 @@ impl Nurture for NurtureService {
         self.state.metrics.trigger_group(&req.group);
         let max_in_flight = u64::from(if req.max_in_flight == 0 { DEFAULT_IN_FLIGHT } else { req.max_in_flight });
         // Fails now, not in the stream, when the store is down.
-        self.state.store.triggers_in_flight(&req.group, &req.consumer).await.map_err(ApiError::from)?;
+        triggers::in_flight(&self.state, &req.group, &req.consumer).await.map_err(ApiError::from)?;
         let slot = self.state.trigger_streams.open(&connection, &token)?;
         let poller = TriggerPoller {
             state: self.state.clone(),
@@ -149,7 +146,8 @@ impl Nurture for NurtureService {
         // over triggers another consumer held past the visibility timeout.
         let visibility = Duration::from_millis(self.state.delivery.visibility_timeout_ms.max(0) as u64);
         let fallback = (visibility / 2).min(Duration::from_secs(15)).max(self.state.limits.feed_poll_interval);
-        let wake = self.state.trigger_streams.subscribe(self.state.store.clone(), self.state.limits.feed_poll_interval);
+        let wake =
+            self.state.trigger_streams.subscribe(self.state.core().clone(), self.state.limits.feed_poll_interval);
         let stream =
             super::polling::stream(&self.state, 64, poller, super::polling::Wait::Wake { wake, fallback, slot });
         Ok(Response::new(Box::pin(stream) as TriggerStream))
@@ -166,7 +164,7 @@ impl Nurture for NurtureService {
         ids(&req.trigger_ids, &mut v);
         v.into_result(())?;
         configured(&self.state, &req.group)?;
-        let acknowledged = self.state.store.ack_triggers(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
+        let acknowledged = triggers::ack(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::AckTriggersResponse { acknowledged }))
     }
 
@@ -184,7 +182,7 @@ impl Nurture for NurtureService {
         v.into_result(())?;
         configured(&self.state, &req.group)?;
         let limit = if req.limit == 0 { 100 } else { req.limit as usize };
-        let dead = self.state.store.dead_letters(&req.group, limit).await.map_err(ApiError::from)?;
+        let dead = triggers::dead_letters(&self.state, &req.group, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListDeadLettersResponse { triggers: dead.iter().map(trigger_to_proto).collect() }))
     }
 
@@ -199,9 +197,7 @@ impl Nurture for NurtureService {
         ids(&req.trigger_ids, &mut v);
         v.into_result(())?;
         configured(&self.state, &req.group)?;
-        let replayed =
-            self.state.store.replay_dead_letters(&req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
-        tracing::info!(group = %req.group, replayed, "dead letters replayed");
+        let replayed = triggers::replay(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
     }
 

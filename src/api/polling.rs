@@ -8,7 +8,7 @@ use tonic::Status;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::store::StoreError;
+use crate::engine::StoreError;
 
 /// Something that yields the next batch of a stream's items.
 pub trait Poller: Send + 'static {

@@ -13,6 +13,7 @@ use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month};
 use crate::domain::time::MILLIS_PER_DAY;
 use crate::domain::{Stage, Timestamp};
 use crate::engine::accounts;
+use crate::engine::profiles::{self, ScoreProfile};
 use crate::rules::RuleSet;
 
 const DEFAULT_HISTORY: u32 = 20;
@@ -124,22 +125,10 @@ impl Profiles for ProfilesService {
         let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
         let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit } as usize;
-        let store = &self.state.store;
-        let now = self.state.clock.now();
-        let ids = std::slice::from_ref(&lead_id);
-        let oldest = now.millis() - self.state.profiles.history_age_ms;
-        let stored = store
-            .load(ids)
+        let ScoreProfile { lead, history, stages } = profiles::score_profile(&self.state, &lead_id, limit)
             .await
             .map_err(ApiError::from)?
-            .into_iter()
-            .flatten()
-            .next()
             .ok_or_else(|| ApiError::NotFound(format!("{lead_id} was never seen")))?;
-        let history: Vec<_> =
-            stored.score_history.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect();
-        let stages: Vec<_> = stored.stages.iter().take(limit).cloned().collect();
-        let lead = stored.lead;
         let now = self.state.clock.now();
         let m = rules.model(&model).unwrap_or_else(|| rules.primary());
         let score = m.score(&lead, now);
@@ -215,7 +204,7 @@ impl Profiles for ProfilesService {
         let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
         let buckets = if req.buckets == 0 { DEFAULT_BUCKETS } else { req.buckets } as usize;
         let query = CohortQuery { from, to, model: model.clone(), filter, buckets };
-        let profile = self.state.store.cohort_profile(&query).await.map_err(ApiError::from)?;
+        let profile = profiles::cohort(&self.state, &query).await.map_err(ApiError::from)?;
         let [p50, p75, p90, p99] = profile.percentiles.map(round_points);
         Ok(Response::new(pb::GetCohortScoreProfileResponse {
             lead_count: profile.lead_count,
@@ -268,7 +257,7 @@ impl Profiles for ProfilesService {
             }
         };
         let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
-        let counters = self.state.store.funnel(from, to).await.map_err(ApiError::from)?;
+        let counters = profiles::funnel(&self.state, from, to).await.map_err(ApiError::from)?;
         let groups = group_by
             .map(|g| {
                 counters
@@ -291,8 +280,7 @@ impl Profiles for ProfilesService {
     ) -> Result<Response<pb::UpsertAccountResponse>, Status> {
         let account = convert::account_profile(request.into_inner().account)?;
         tracing::Span::current().record("account_id", account.account_id.as_str());
-        self.state.store.upsert_account(&account).await.map_err(ApiError::from)?;
-        accounts::check_soon(self.state.core(), [account.account_id.clone()]);
+        accounts::upsert(self.state.core(), &account).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::UpsertAccountResponse {
             account: Some(pb::Account {
                 account_id: account.account_id.to_string(),

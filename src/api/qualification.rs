@@ -12,14 +12,12 @@ use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
 use crate::domain::state::LeadState;
 use crate::domain::{LeadId, Stage};
-use crate::engine::SetStageError;
 use crate::engine::jobs::JobState;
+use crate::engine::{SetStageError, StoreError, feed, leads};
 use crate::rules::RuleSet;
 use crate::transition::{StageRefusal, StageRequest};
 use std::sync::atomic::Ordering::Relaxed;
 
-/// The cursor that means "the end of the feed now".
-const LATEST: &str = "latest";
 const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 100;
 const DEFAULT_PAGE: u32 = 100;
@@ -37,12 +35,8 @@ impl QualificationService {
     }
 
     async fn load(&self, lead_id: &LeadId) -> Result<LeadState, ApiError> {
-        self.state
-            .store
-            .load(std::slice::from_ref(lead_id))
+        leads::load(&self.state, lead_id)
             .await?
-            .pop()
-            .flatten()
             .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))
     }
 }
@@ -76,9 +70,9 @@ struct FeedPoller {
 impl super::polling::Poller for FeedPoller {
     type Item = pb::WatchQualificationChangesResponse;
 
-    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, crate::store::StoreError>> {
+    fn next(&mut self) -> futures::future::BoxFuture<'_, Result<Vec<Self::Item>, StoreError>> {
         Box::pin(async move {
-            let page = self.state.store.list_changes(&self.cursor, DEFAULT_PAGE as usize).await?;
+            let page = feed::changes(&self.state, &self.cursor, DEFAULT_PAGE as usize).await?;
             self.cursor = page.next_cursor;
             Ok(page
                 .changes
@@ -193,11 +187,7 @@ impl Qualification for QualificationService {
             return Err(v.into_error().into());
         }
         let limit = if req.limit == 0 { DEFAULT_PAGE } else { req.limit };
-        let after = match req.after_cursor.as_str() {
-            LATEST => self.state.store.feed_end().await.map_err(ApiError::from)?,
-            other => other.to_owned(),
-        };
-        let page = self.state.store.list_changes(&after, limit as usize).await.map_err(ApiError::from)?;
+        let page = feed::changes(&self.state, &req.after_cursor, limit as usize).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListQualificationChangesResponse {
             changes: page.changes.iter().map(feed_change_to_proto).collect(),
             next_cursor: page.next_cursor,
@@ -211,12 +201,8 @@ impl Qualification for QualificationService {
         &self,
         request: Request<pb::WatchQualificationChangesRequest>,
     ) -> Result<Response<Self::WatchQualificationChangesStream>, Status> {
-        let after = match request.into_inner().after_cursor.as_str() {
-            LATEST => self.state.store.feed_end().await.map_err(ApiError::from)?,
-            other => other.to_owned(),
-        };
-        // Reject a bad cursor now rather than in the stream.
-        self.state.store.list_changes(&after, 1).await.map_err(ApiError::from)?;
+        // A bad cursor is refused now rather than in the stream.
+        let after = feed::start(&self.state, &request.into_inner().after_cursor).await.map_err(ApiError::from)?;
         let poller = FeedPoller { state: self.state.clone(), cursor: after };
         let stream = super::polling::stream(&self.state, DEFAULT_PAGE as usize, poller, super::polling::Wait::Poll);
         Ok(Response::new(Box::pin(stream) as WatchStream))
@@ -246,20 +232,18 @@ impl Qualification for QualificationService {
         let parsed = RuleSet::parse_with_approvers(&source, &self.state.required_approvers);
         // A version already used for other content would be refused.
         let parsed = match parsed {
-            Ok(rules) => {
-                match self.state.store.rule_set_version_digest(&rules.version).await.map_err(ApiError::from)? {
-                    Some(known) if known != rules.digest => {
-                        let line = source.lines().position(|l| l.trim_start().starts_with("version")).unwrap_or(0);
-                        let offset: usize = source.lines().take(line).map(|l| l.len() + 1).sum();
-                        Err(vec![crate::rules::RuleError::at(
-                            &source,
-                            Some(offset..offset),
-                            crate::reload::version_taken(&rules, &known),
-                        )])
-                    }
-                    _ => Ok(rules),
+            Ok(rules) => match crate::engine::version_clash(&self.state, &rules).await.map_err(ApiError::from)? {
+                Some(known) => {
+                    let line = source.lines().position(|l| l.trim_start().starts_with("version")).unwrap_or(0);
+                    let offset: usize = source.lines().take(line).map(|l| l.len() + 1).sum();
+                    Err(vec![crate::rules::RuleError::at(
+                        &source,
+                        Some(offset..offset),
+                        crate::reload::version_taken(&rules, known.as_str()),
+                    )])
                 }
-            }
+                None => Ok(rules),
+            },
             Err(errors) => Err(errors),
         };
         let response = match parsed {
@@ -297,11 +281,7 @@ impl Qualification for QualificationService {
         };
         let Some(candidate) = v.into_result(candidate)? else { return Err(Status::internal("missing rule set")) };
         let sample = if req.sample_limit == 0 { 5 } else { req.sample_limit as usize };
-        let now = self.state.clock.now();
-        let simulation =
-            crate::engine::simulate(self.state.store.as_ref(), &candidate, &self.state.policy, now, sample)
-                .await
-                .map_err(ApiError::from)?;
+        let simulation = crate::engine::simulate_now(&self.state, &candidate, sample).await.map_err(ApiError::from)?;
         Ok(Response::new(simulation_to_proto(&candidate.version, &simulation)))
     }
 

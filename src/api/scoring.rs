@@ -11,7 +11,7 @@ use super::pb::{self, lead_scoring_server::LeadScoring};
 use super::state::AppState;
 use crate::domain::ScoredSignal;
 use crate::domain::{LeadId, LeadSnapshot, Timestamp};
-use crate::engine::LeadBatch;
+use crate::engine::{LeadBatch, leads};
 use crate::rules::RuleSet;
 
 pub struct ScoringService {
@@ -150,21 +150,10 @@ impl LeadScoring for ScoringService {
             return Err(Status::internal("lead id parsed without violation but is missing"));
         };
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
-        let load = |id: LeadId| async move {
-            self.state
-                .store
-                .load_leads(std::slice::from_ref(&id))
-                .await
-                .map_err(ApiError::from)?
-                .pop()
-                .flatten()
-                .ok_or_else(|| ApiError::NotFound(format!("{id} was never seen")))
-        };
-        let mut lead = load(lead_id).await?;
-        // An identified visitor's score is its lead's.
-        if let Some(owner) = lead.merged_into.clone() {
-            lead = load(owner).await?;
-        }
+        let lead = leads::scored(&self.state, lead_id)
+            .await
+            .map_err(ApiError::from)?
+            .map_err(|id| ApiError::NotFound(format!("{id} was never seen")))?;
         let score = score(&rules, &req.model, &lead, self.state.clock.now())?;
         Ok(Response::new(pb::ScoreLeadResponse { score: Some(score) }))
     }
@@ -191,7 +180,7 @@ impl LeadScoring for ScoringService {
             .filter_map(|(i, raw)| convert::lead_id(raw, &format!("lead_ids[{i}]"), &mut v))
             .collect();
         let ids = v.into_result(ids)?;
-        let leads = self.state.store.load_leads(&ids).await.map_err(ApiError::from)?;
+        let leads = leads::snapshots(&self.state, &ids).await.map_err(ApiError::from)?;
         let now = self.state.clock.now();
         let mut response = pb::ScoreLeadsResponse::default();
         for (id, lead) in ids.into_iter().zip(leads) {

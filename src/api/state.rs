@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::Core;
-use crate::store::DeliveryPolicy;
 
 /// Request-size limits.
 #[derive(Debug, Clone, Copy)]
@@ -22,8 +21,6 @@ pub struct Limits {
 pub struct AppState {
     core: Arc<Core>,
     pub limits: Limits,
-    /// How nurture triggers are redelivered.
-    pub delivery: DeliveryPolicy,
     /// Turns true when the server shuts down: long-lived streams end.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Consumer groups that may receive triggers (`trigger_groups`).
@@ -45,7 +42,6 @@ impl AppState {
         Self {
             core: Arc::new(core),
             limits,
-            delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
             stopping: tokio::sync::watch::channel(false).0,
             trigger_streams: Default::default(),
             trigger_groups: vec!["automation".to_owned()],

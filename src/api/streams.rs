@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::store::LeadStore;
+use crate::engine::{Core, triggers};
 
 /// Bounds on open trigger streams.
 #[derive(Debug, Clone, Copy)]
@@ -99,10 +99,10 @@ impl TriggerStreams {
 
     /// A receiver that changes when new triggers may be there; starts this
     /// replica's watcher on first use.
-    pub fn subscribe(self: &Arc<Self>, store: Arc<dyn LeadStore>, interval: Duration) -> watch::Receiver<u64> {
+    pub fn subscribe(self: &Arc<Self>, core: Arc<Core>, interval: Duration) -> watch::Receiver<u64> {
         let streams = Arc::downgrade(self);
         self.watcher.call_once(|| {
-            tokio::spawn(watch_heads(store, streams, interval));
+            tokio::spawn(watch_heads(core, streams, interval));
         });
         self.wake.subscribe()
     }
@@ -110,7 +110,7 @@ impl TriggerStreams {
 
 /// Reads the trigger heads every `interval` while someone waits, and wakes
 /// the waiting when they change. Ends with the service's state.
-async fn watch_heads(store: Arc<dyn LeadStore>, streams: std::sync::Weak<TriggerStreams>, interval: Duration) {
+async fn watch_heads(core: Arc<Core>, streams: std::sync::Weak<TriggerStreams>, interval: Duration) {
     let mut last: Option<Vec<String>> = None;
     loop {
         tokio::time::sleep(interval).await;
@@ -121,7 +121,7 @@ async fn watch_heads(store: Arc<dyn LeadStore>, streams: std::sync::Weak<Trigger
             continue;
         }
         // A failed read wakes everyone: their own reads report the fault.
-        let heads = store.trigger_heads().await.ok();
+        let heads = triggers::heads(&core).await.ok();
         if heads.is_none() || last.as_ref() != heads.as_ref() {
             streams.wake.send_modify(|n| *n = n.wrapping_add(1));
         }

@@ -66,6 +66,14 @@ pub async fn evaluate(
 /// account at a time, and one more after it when a lead changed meanwhile,
 /// so the last change is always looked at. Does nothing when the rule set
 /// has no account rules.
+/// Creates the account or replaces its attributes, then checks soon
+/// whether it qualifies.
+pub async fn upsert(state: &Arc<Core>, account: &crate::domain::account::AccountProfile) -> Result<(), StoreError> {
+    state.store.upsert_account(account).await?;
+    check_soon(state, [account.account_id.clone()]);
+    Ok(())
+}
+
 pub fn check_soon(state: &Arc<Core>, accounts: impl IntoIterator<Item = AccountId>) {
     if state.rules().accounts.rules.is_empty() {
         return;

@@ -4,6 +4,26 @@ use super::*;
 use crate::domain::LeadProfile;
 use crate::transition::{StageRefusal, StageRequest};
 
+/// A lead's whole state; `None` for a lead never seen.
+pub async fn load(state: &Core, lead_id: &LeadId) -> Result<Option<LeadState>, StoreError> {
+    Ok(state.store.load(std::slice::from_ref(lead_id)).await?.pop().flatten())
+}
+
+/// The leads, in order; `None` where a lead was never seen.
+pub async fn snapshots(state: &Core, ids: &[LeadId]) -> Result<Vec<Option<LeadSnapshot>>, StoreError> {
+    state.store.load_leads(ids).await
+}
+
+/// The lead that is scored for `lead_id`: an identified visitor's score is
+/// its lead's. `Err(id)` names the lead never seen.
+pub async fn scored(state: &Core, lead_id: LeadId) -> Result<Result<LeadSnapshot, LeadId>, StoreError> {
+    let Some(lead) = snapshots(state, std::slice::from_ref(&lead_id)).await?.pop().flatten() else {
+        return Ok(Err(lead_id));
+    };
+    let Some(owner) = lead.merged_into.clone() else { return Ok(Ok(lead)) };
+    Ok(snapshots(state, std::slice::from_ref(&owner)).await?.pop().flatten().ok_or(owner))
+}
+
 /// Creates the lead or replaces its profile, and applies the qualification
 /// rules, in one write. Returns the lead afterwards.
 pub async fn upsert_lead(state: &Core, rules: &RuleSet, profile: LeadProfile) -> Result<LeadSnapshot, StoreError> {

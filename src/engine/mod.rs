@@ -8,9 +8,15 @@
 //! exactly once.
 //!
 //! - `ingest`     — recording signals; identifying visitors
-//! - `leads`      — profile upserts and sales decisions
+//! - `leads`      — reading leads; profile upserts and sales decisions
 //! - `rescore`    — simulate and rescore under a rule set
 //! - `inactivity` — the sweep that fires `inactive(…)` triggers
+//! - `accounts`   — account upserts, scores and qualification
+//! - `profiles`   — score profiles, cohort profiles, the funnel
+//! - `feed`       — reading the qualification change feed
+//! - `triggers`   — delivering, acknowledging and replaying triggers
+//!
+//! The API layer reaches the store only through these.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,24 +26,31 @@ use futures::{StreamExt, TryStreamExt};
 use crate::domain::state::{LeadChange, LeadState};
 use crate::domain::{LeadId, LeadSnapshot, Stage, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::{Applied, StoreError};
+use crate::store::Applied;
 use crate::transition::{self, Settings};
 
 pub mod accounts;
+pub mod feed;
 mod inactivity;
 mod ingest;
 pub mod jobs;
-mod leads;
+pub mod leads;
+pub mod profiles;
 mod rescore;
 mod state;
+pub mod triggers;
 
 use jobs::{JobState, RescoreJob};
 pub use state::{ActiveRules, Core, ProfileLimits};
 
+/// Why a use case failed: the store could not read or write.
+pub use crate::store::StoreError;
 pub use inactivity::sweep_inactivity;
 pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
 pub use leads::{SetStageError, set_stage, upsert_lead};
-pub use rescore::{RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, start_rescore};
+pub use rescore::{
+    RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, simulate_now, start_rescore, version_clash,
+};
 
 /// Attempts before giving up on a lead that keeps changing under us.
 const MAX_ATTEMPTS: u32 = 8;

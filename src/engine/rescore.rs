@@ -54,6 +54,18 @@ pub struct RuleErrors {
     pub error: String,
 }
 
+/// What `candidate` would do to every stored lead now (see `simulate`).
+pub async fn simulate_now(state: &Core, candidate: &RuleSet, sample_limit: usize) -> Result<Simulation, StoreError> {
+    simulate(state.store.as_ref(), candidate, &state.policy, state.clock.now(), sample_limit).await
+}
+
+/// The digest the store holds for a rule-set version, where it differs
+/// from `rules`' own: that version was used for other content, and
+/// activating `rules` would be refused.
+pub async fn version_clash(state: &Core, rules: &RuleSet) -> Result<Option<String>, StoreError> {
+    Ok(state.store.rule_set_version_digest(&rules.version).await?.filter(|known| *known != rules.digest))
+}
+
 /// What `candidate` would do to every stored lead now, writing nothing: each
 /// lead's score is recomputed under the candidate (from its raw history when
 /// complete) and its rules run from the lead's current stage. A lead is

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::domain::{AccountId, Clock, IngestPolicy, Timestamp};
 use crate::rules::RuleSet;
-use crate::store::{FeedPolicy, LeadStore};
+use crate::store::{DeliveryPolicy, FeedPolicy, LeadStore};
 
 /// The rule set in force, and where it came from.
 #[derive(Debug)]
@@ -45,6 +45,8 @@ pub struct Core {
     pub clock: Arc<dyn Clock>,
     pub policy: IngestPolicy,
     pub feed: FeedPolicy,
+    /// How nurture triggers are redelivered.
+    pub delivery: DeliveryPolicy,
     /// Score history and funnel limits.
     pub profiles: ProfileLimits,
     /// Teams every rule set must be agreed by.
@@ -83,6 +85,7 @@ impl Core {
             clock,
             policy,
             feed,
+            delivery: DeliveryPolicy { visibility_timeout_ms: 30_000, max_deliveries: 5 },
             profiles: ProfileLimits::default(),
             required_approvers,
             rescore_on_reload: false,
