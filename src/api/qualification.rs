@@ -316,6 +316,7 @@ impl Qualification for QualificationService {
             processed: p.processed.load(Relaxed),
             total: p.total.load(Relaxed),
             rebuilt: p.rebuilt.load(Relaxed),
+            rewritten: p.rewritten.load(Relaxed),
             stage_changes: p.stage_changes.load(Relaxed),
             rule_set_version: job.rule_set_version.clone(),
             started_at: Some(timestamp_to_proto(job.started_at)),

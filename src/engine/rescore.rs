@@ -135,6 +135,9 @@ pub struct RescoreProgress {
     pub processed: AtomicU64,
     pub rebuilt: AtomicU64,
     pub stage_changes: AtomicU64,
+    /// Leads written: their score, cohort place or stage moved (the rest
+    /// were up to date).
+    pub rewritten: AtomicU64,
 }
 
 /// Recomputes every stored lead under `rules`: tallies from complete raw
@@ -178,7 +181,7 @@ pub async fn rescore(
             let written = write(state, &changes).await?;
             for (step, ok) in steps.into_iter().zip(written) {
                 if ok {
-                    count(progress, step.answer);
+                    count(progress, step.answer, true);
                 } else {
                     retry.push(step.change.state.lead.lead_id);
                 }
@@ -187,14 +190,14 @@ pub async fn rescore(
             let work = retry.into_iter().map(|lead_id| {
                 let rules = rules.clone();
                 async move {
-                    let answer = change_one(state, &lead_id, |stored, now| {
+                    let (answer, wrote) = change_one(state, &lead_id, |stored, now| {
                         Ok(match stored.and_then(|s| transition::rescore(&rules, &settings, now, s)) {
-                            Some(step) => (Some(step.change), step.answer),
-                            None => (None, transition::Rescored::default()),
+                            Some(step) => (Some(step.change), (step.answer, true)),
+                            None => (None, (transition::Rescored::default(), false)),
                         })
                     })
                     .await?;
-                    count(progress, answer);
+                    count(progress, answer, wrote);
                     Ok::<_, StoreError>(())
                 }
             });
@@ -204,7 +207,10 @@ pub async fn rescore(
     .await
 }
 
-fn count(progress: &RescoreProgress, answer: transition::Rescored) {
+fn count(progress: &RescoreProgress, answer: transition::Rescored, wrote: bool) {
+    if wrote {
+        progress.rewritten.fetch_add(1, Ordering::Relaxed);
+    }
     if answer.rebuilt {
         progress.rebuilt.fetch_add(1, Ordering::Relaxed);
     }
@@ -245,6 +251,7 @@ pub fn start_rescore(state: Arc<Core>) -> (Arc<RescoreJob>, bool) {
                         processed = p.processed.load(Ordering::Relaxed),
                         rebuilt = p.rebuilt.load(Ordering::Relaxed),
                         stage_changes = p.stage_changes.load(Ordering::Relaxed),
+                        rewritten = p.rewritten.load(Ordering::Relaxed),
                         "rescore done"
                     );
                     job.finish(JobState::Done, now);

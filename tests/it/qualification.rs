@@ -471,6 +471,7 @@ async fn simulate_predicts_what_rescore_then_does() {
     let job = rescore_and_wait(&app).await;
     assert_eq!(job.state(), pb::RescoreState::Done, "{}", job.error);
     assert_eq!((job.processed, job.total, job.stage_changes), (6, 6, 2));
+    assert!(job.rewritten >= 2, "the moved leads are written: {}", job.rewritten);
     let after = feed(&app).await;
     let mut moved: Vec<_> = after[before.len()..].iter().map(|c| c.lead_id.clone()).collect();
     moved.sort();
@@ -497,7 +498,7 @@ async fn rescore_applies_new_weights_from_the_raw_history() {
     wait_for_version(&app, "2026.11.3").await;
     assert!((score(&app, "w").await.behavior - 16.0).abs() < 0.05, "a reload alone does not rewrite past points");
     let job = rescore_and_wait(&app).await;
-    assert_eq!((job.rebuilt, job.stage_changes), (1, 1));
+    assert_eq!((job.rebuilt, job.stage_changes, job.rewritten), (1, 1, 1));
     let after = score(&app, "w").await;
     assert!((after.behavior - 32.0).abs() < 0.05, "{}", after.behavior);
     assert_eq!(after.stage(), pb::Stage::Mql);
