@@ -46,6 +46,18 @@ pub enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Converts the data under the Redis key prefix from the layout of
+    /// earlier releases (format 1) to this build's, in place; run with the
+    /// service stopped. Idempotent and resumable: run it again after an
+    /// interruption. Does nothing on data already converted.
+    Migrate {
+        /// Config file, for the Redis URL, key prefix and partitions.
+        #[arg(long, env = "LEADSCORE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The Redis the service stores leads in [env LEADSCORE_REDIS_URL].
+        #[arg(long)]
+        redis_url: Option<String>,
+    },
     /// Score profiles and funnel figures of a running service, as tables.
     Report {
         #[command(subcommand)]
@@ -188,6 +200,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
         }
+        Command::Migrate { config, redis_url } => migrate(config.as_deref(), redis_url).await,
         Command::Bench(args) => {
             let json = args.json;
             match crate::bench::run(args).await {
@@ -329,37 +342,14 @@ async fn simulate_rules(
     redis_url: Option<String>,
     examples: usize,
 ) -> ExitCode {
-    let overrides = Overrides { redis_url, ..Default::default() };
-    let settings = match Settings::load(config, &overrides) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("leadscore: {e}");
-            return ExitCode::from(2);
-        }
+    let (settings, _, store) = match redis_store(config, redis_url, "simulate reads the leads stored in Redis") {
+        Ok(found) => found,
+        Err(code) => return code,
     };
-    if settings.redis_url.is_none() {
-        eprintln!("leadscore: simulate reads the leads stored in Redis: give --redis-url or LEADSCORE_REDIS_URL");
-        return ExitCode::from(2);
-    }
     let candidate = match crate::startup::load_rules(Some(file), &settings.required_approvers) {
         Ok((rules, _)) => rules,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let redis = match crate::startup::redis_settings(&settings) {
-        Ok(Some(redis)) => redis,
-        Ok(None) => return ExitCode::from(2),
-        Err(e) => {
-            eprintln!("leadscore: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let store = match crate::store::redis::RedisStore::connect(&redis) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("leadscore: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -376,6 +366,87 @@ async fn simulate_rules(
         }
         Err(e) => {
             eprintln!("leadscore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A progress bar on stderr, hidden when it is not a terminal.
+struct Bar(indicatif::ProgressBar);
+
+impl crate::store::redis::migrate::MigrateProgress for Bar {
+    fn start(&self, leads: u64) {
+        self.0.set_length(leads);
+        self.0.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} leads, {per_sec}, {eta} left")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+    }
+
+    fn advance(&self, n: u64) {
+        self.0.inc(n);
+    }
+}
+
+/// The settings and the Redis store of a command that works on the stored
+/// data (`why` says what for, when no Redis URL is given).
+fn redis_store(
+    config: Option<&std::path::Path>,
+    redis_url: Option<String>,
+    why: &str,
+) -> Result<(Settings, crate::store::redis::RedisSettings, crate::store::redis::RedisStore), ExitCode> {
+    let overrides = Overrides { redis_url, ..Default::default() };
+    let settings = Settings::load(config, &overrides).map_err(|e| {
+        eprintln!("leadscore: {e}");
+        ExitCode::from(2)
+    })?;
+    let redis = match crate::startup::redis_settings(&settings) {
+        Ok(Some(redis)) => redis,
+        Ok(None) => {
+            eprintln!("leadscore: {why}: give --redis-url or LEADSCORE_REDIS_URL");
+            return Err(ExitCode::from(2));
+        }
+        Err(e) => {
+            eprintln!("leadscore: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let store = crate::store::redis::RedisStore::connect(&redis).map_err(|e| {
+        eprintln!("leadscore: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((settings, redis, store))
+}
+
+async fn migrate(config: Option<&std::path::Path>, redis_url: Option<String>) -> ExitCode {
+    let (_, redis, store) = match redis_store(config, redis_url, "migrate converts the data stored in Redis") {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let bar = Bar(indicatif::ProgressBar::new(0).with_message("migrating"));
+    let result = store.migrate(&bar).await;
+    bar.0.finish_and_clear();
+    let prefix = &redis.key_prefix;
+    match result {
+        Ok(report) => {
+            let format = crate::store::redis::record::FORMAT;
+            match report.found {
+                None => println!("nothing stored under Redis key prefix '{prefix}': nothing to migrate"),
+                Some(f) if f == format && report.leads + report.already == 0 => {
+                    println!("the data under Redis key prefix '{prefix}' is already in layout format {format}")
+                }
+                Some(_) => println!(
+                    "migrated the data under Redis key prefix '{prefix}' to layout format {format}: {} leads \
+                     converted ({} converted by an earlier run), {} cohort score distributions rebuilt, {} feed \
+                     and trigger entries rewritten with their ids, {} pending trigger deliveries kept",
+                    report.leads, report.already, report.distributions, report.stream_entries, report.pending
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("leadscore: migrate stopped: {e}; what was converted stays converted: run it again to finish");
             ExitCode::FAILURE
         }
     }

@@ -965,10 +965,9 @@ mod tests {
                     if place.reached_mql {
                         *counts.entry((place.month, group.clone(), CohortCounter::ReachedMql)).or_default() += 1;
                     }
-                    for s in &place.scores {
-                        let key = (place.month, s.model.clone(), group.clone(), ScoreBucket::of(s.total()));
-                        *scores.entry(key).or_default() += 1;
-                    }
+                }
+                for (model, group, bucket) in place.score_buckets() {
+                    *scores.entry((place.month, model.to_owned(), group.to_owned(), bucket)).or_default() += 1;
                 }
             }
             (counts, scores)

@@ -36,6 +36,14 @@ impl CohortPlace {
             && self.groups == other.groups
             && self.scores.iter().map(|s| &s.model).eq(other.scores.iter().map(|s| &s.model))
     }
+
+    /// Where the place counts the lead in the score distributions: per
+    /// group, each model's (model, group, bucket).
+    pub fn score_buckets(&self) -> impl Iterator<Item = (&str, &str, ScoreBucket)> + '_ {
+        self.groups.iter().flat_map(move |group| {
+            self.scores.iter().map(move |s| (s.model.as_str(), group.as_str(), ScoreBucket::of(s.total())))
+        })
+    }
 }
 
 /// Everything kept about one lead.

@@ -396,7 +396,7 @@ async fn data_of_another_layout_is_refused_at_start_up() {
     let _: () = redis::cmd("ZADD").arg("ls:{p3}:leads").arg(1).arg("old-lead").query(&mut conn).unwrap();
     let err = leadscore::startup::Application::build(settings(Some(redis.url()))).await.err().expect("refused");
     let text = err.to_string();
-    assert!(text.contains("layout format 1") && text.contains("redis_key_prefix"), "{text}");
+    assert!(text.contains("layout format 1") && text.contains("leadscore migrate"), "{text}");
     let format: Option<String> = redis::cmd("GET").arg("ls:format").query(&mut conn).unwrap();
     assert_eq!(format, None, "nothing written");
     // Another prefix is empty: claimed, and the service starts.

@@ -9,6 +9,7 @@ mod grpc;
 mod helpers;
 mod lifecycle;
 mod limits;
+mod migrate;
 mod nurture;
 mod profiles;
 mod qualification;

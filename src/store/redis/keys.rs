@@ -20,7 +20,8 @@ pub struct KeySpace {
 /// The keys of one lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeadKeys {
-    /// Hash: `v` the record's version, `d` the record (`record.rs`).
+    /// String: the record's version (16 hex digits) and the record
+    /// (`record.rs`).
     pub lead: String,
     /// Stream: the qualification change feed of the lead's partition.
     pub feed: String,
@@ -33,7 +34,8 @@ pub struct LeadKeys {
 /// The keys of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountKeys {
-    /// Hash: `a:<name>` attributes, `q` qualifying rule, `qa` when.
+    /// Hash: `a:<name>` attributes, `u` set once upserted, `q` the
+    /// qualifying rule and when (`<rule>␟<unix ms>`).
     pub account: String,
     /// Set: the ids of the leads that name the account.
     pub leads: String,
@@ -126,6 +128,21 @@ impl KeySpace {
     /// The ids of a partition's leads, by created_at.
     pub fn index(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:leads", self.prefix)
+    }
+
+    /// The keys layout format 1 kept beside a lead's hash, which format 2
+    /// holds in the record: event ids seen, per-day counters, raw history,
+    /// stage history, score history. Read and removed by `leadscore
+    /// migrate` only.
+    pub fn format1_lead_parts(&self, lead: &LeadId) -> [String; 5] {
+        let base = self.lead(lead).lead;
+        [":seen", ":days", ":hist", ":stages", ":scores"].map(|suffix| format!("{base}{suffix}"))
+    }
+
+    /// Where `leadscore migrate` rebuilds a stream before renaming it over
+    /// `stream` (same hash slot).
+    pub fn rebuilding(&self, stream: &str) -> String {
+        format!("{stream}:migrating")
     }
 
     pub fn lead(&self, lead: &LeadId) -> LeadKeys {

@@ -10,6 +10,7 @@ mod cohort;
 pub mod conn;
 pub mod feed;
 pub mod keys;
+pub mod migrate;
 mod nurture;
 pub mod record;
 
@@ -497,8 +498,8 @@ impl RedisStore {
         if found.iter().any(|f| *f) {
             return Ok(Err(format!(
                 "the data under Redis key prefix '{}' was written by an earlier release (layout format 1), which \
-                 this build cannot read; keep running that release on it, or start this one on another \
-                 redis_key_prefix",
+                 this build cannot read: stop every instance of the service and run `leadscore migrate` with \
+                 the same configuration (or --redis-url), then start this one again",
                 self.keys.prefix()
             )));
         }
