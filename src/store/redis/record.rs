@@ -1,7 +1,7 @@
 //! A lead's stored state as one compact record (protobuf, format 2): the
 //! only place that knows how a `LeadState` is laid out in Redis.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::Message;
 
@@ -78,6 +78,15 @@ struct LeadRecord {
     /// `ScoreEntryRecord::signal_type` point into.
     #[prost(string, repeated, tag = "26")]
     signal_types: Vec<String>,
+    /// Property names and values of the history, each once: what
+    /// `SignalRecord::property_refs` point into.
+    #[prost(string, repeated, tag = "27")]
+    strings: Vec<String>,
+    /// Bit i (of byte i / 8, lowest first): `history[i]`'s fingerprint is
+    /// also remembered for de-duplication, since its arrival. `seen` and
+    /// `seen_at` hold only the fingerprints this does not cover.
+    #[prost(bytes = "vec", tag = "28")]
+    seen_in_history: Vec<u8>,
 }
 
 /// A score history entry, in hundredths of a point.
@@ -128,8 +137,13 @@ struct SignalRecord {
     /// Arrival, as milliseconds after `occurred_at` (usually small).
     #[prost(sint64, tag = "4")]
     arrived_after: i64,
+    /// As written before `property_refs` (still read).
     #[prost(btree_map = "string, string", tag = "5")]
     properties: BTreeMap<String, String>,
+    /// Per property, the indexes of its name and its value in
+    /// `LeadRecord::strings`.
+    #[prost(uint32, repeated, tag = "6")]
+    property_refs: Vec<u32>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -345,8 +359,37 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
             }
         })
         .collect();
-    let (seen, seen_at): (Vec<u64>, Vec<i64>) = state.ledger.seen().into_iter().map(|(f, at)| (f, at.millis())).unzip();
     let created = lead.created_at.millis();
+    // Fingerprints remembered since their signal's arrival are marked on its
+    // history entry instead of listed apart.
+    let mut remembered: HashMap<u64, i64> = state.ledger.seen().into_iter().map(|(f, at)| (f, at.millis())).collect();
+    let mut seen_in_history = vec![0u8; state.ledger.history().len().div_ceil(8)];
+    for (i, h) in state.ledger.history().enumerate() {
+        if remembered.get(&h.print) == Some(&h.arrived_at_ms) {
+            remembered.remove(&h.print);
+            seen_in_history[i / 8] |= 1 << (i % 8);
+        }
+    }
+    if seen_in_history.iter().all(|b| *b == 0) {
+        seen_in_history.clear();
+    }
+    let (seen, seen_at): (Vec<u64>, Vec<i64>) = state
+        .ledger
+        .seen()
+        .into_iter()
+        .filter(|(f, _)| remembered.contains_key(f))
+        .map(|(f, at)| (f, at.millis()))
+        .unzip();
+    let mut strings: Vec<String> = Vec::new();
+    let mut string_at: HashMap<String, u32> = HashMap::new();
+    let mut string_index = |text: &str| -> u32 {
+        if let Some(i) = string_at.get(text) {
+            return *i;
+        }
+        strings.push(text.to_owned());
+        string_at.insert(text.to_owned(), (strings.len() - 1) as u32);
+        (strings.len() - 1) as u32
+    };
     let mut signal_types: Vec<String> = Vec::new();
     let mut type_index = |name: &str| -> u32 {
         match signal_types.iter().position(|t| t == name) {
@@ -365,7 +408,8 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
             type_index: type_index(&h.signal_type),
             occurred_at: h.occurred_at_ms - created,
             arrived_after: h.arrived_at_ms - h.occurred_at_ms,
-            properties: h.properties.clone(),
+            properties: BTreeMap::new(),
+            property_refs: h.properties.iter().flat_map(|(k, v)| [string_index(k), string_index(v)]).collect(),
         })
         .collect();
     let mut score_models: Vec<String> = Vec::new();
@@ -428,6 +472,8 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         score_history,
         score_models,
         signal_types,
+        strings,
+        seen_in_history,
     };
     record.encode_to_vec()
 }
@@ -481,20 +527,35 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
     let type_name = |i: u32| {
         r.signal_types.get(i as usize).cloned().ok_or_else(|| corrupt(format!("signal type index {i} is unknown")))
     };
+    let string = |i: &u32| {
+        r.strings.get(*i as usize).cloned().ok_or_else(|| corrupt(format!("property string index {i} is unknown")))
+    };
     let history: VecDeque<HistoryEntry> = r
         .history
         .into_iter()
         .map(|h| {
             let occurred = created.saturating_add(h.occurred_at);
+            if h.property_refs.len() % 2 != 0 {
+                return Err(corrupt("a property without its value".into()));
+            }
+            let mut properties = h.properties;
+            for pair in h.property_refs.chunks(2) {
+                properties.insert(string(&pair[0])?, string(&pair[1])?);
+            }
             Ok(HistoryEntry {
                 print: h.print,
                 signal_type: type_name(h.type_index)?,
                 occurred_at_ms: occurred,
-                properties: h.properties,
+                properties,
                 arrived_at_ms: occurred.saturating_add(h.arrived_after),
             })
         })
         .collect::<Result<_, StoreError>>()?;
+    let from_history = history
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| r.seen_in_history.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+        .map(|(_, h)| (h.print, at(h.arrived_at_ms)));
     let score_history: VecDeque<ScoreHistoryEntry> = r
         .score_history
         .into_iter()
@@ -520,7 +581,9 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
             Ok(ScoreHistoryEntry { at: at(created.saturating_add(e.at)), cause, scores })
         })
         .collect::<Result<_, StoreError>>()?;
-    let ledger = LeadLedger::from_parts(r.seen.into_iter().zip(r.seen_at.into_iter().map(at)), history);
+    let seen: Vec<(u64, Timestamp)> =
+        r.seen.into_iter().zip(r.seen_at.into_iter().map(at)).chain(from_history).collect();
+    let ledger = LeadLedger::from_parts(seen, history);
     let stages = r.stages.into_iter().map(|s| stage_change(s).map_err(corrupt)).collect::<Result<VecDeque<_>, _>>()?;
     let scores = |list: Vec<ScoreRecord>| -> Vec<ModelScore> {
         list.into_iter().map(|s| ModelScore { model: s.model, behavior: s.behavior, fit: s.fit }).collect()
@@ -561,6 +624,83 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A lead whose ledger holds `history` (newest first) and remembers
+    /// `seen`.
+    fn lead_with(history: Vec<(u64, i64, Vec<(u8, u8)>)>, seen: Vec<(u64, i64)>) -> LeadState {
+        let id = LeadId::parse("lead-1").unwrap();
+        let created = Timestamp::from_millis(1_764_000_000_000);
+        let mut state = LeadState::new(LeadSnapshot::new(id, created));
+        let history = history
+            .into_iter()
+            .map(|(print, arrived, properties)| HistoryEntry {
+                print,
+                signal_type: "page_view".into(),
+                occurred_at_ms: created.millis() + arrived - 5,
+                properties: properties
+                    .into_iter()
+                    .map(|(k, v)| (format!("key{}", k % 4), format!("https://example.com/{}", v % 6)))
+                    .collect(),
+                arrived_at_ms: created.millis() + arrived,
+            })
+            .collect();
+        let seen = seen.into_iter().map(|(p, at)| (p, Timestamp::from_millis(created.millis() + at)));
+        state.ledger = LeadLedger::from_parts(seen, history);
+        state.version = 7;
+        state
+    }
+
+    proptest! {
+        /// Fingerprints kept as history marks or apart, property strings
+        /// shared: the ledger reads back as it was.
+        #[test]
+        fn ledgers_round_trip(
+            history in proptest::collection::vec((0u64..40, 0i64..100_000, proptest::collection::vec((0u8..8, 0u8..8), 0..4)), 0..24),
+            marks in proptest::collection::vec(0u8..3, 24),
+            extra in proptest::collection::vec((40u64..80, 0i64..100_000), 0..6),
+        ) {
+            // Each history print remembered at its arrival, at another time,
+            // or not at all; other prints remembered on their own.
+            let mut seen: Vec<(u64, i64)> = Vec::new();
+            for ((print, arrived, _), mark) in history.iter().zip(&marks) {
+                if seen.iter().any(|(p, _)| p == print) {
+                    continue;
+                }
+                match mark {
+                    0 => seen.push((*print, *arrived)),
+                    1 => seen.push((*print, arrived + 1)),
+                    _ => {}
+                }
+            }
+            seen.extend(extra);
+            seen.sort();
+            seen.dedup_by_key(|(p, _)| *p);
+            let state = lead_with(history, seen);
+            let bytes = encode(&state);
+            let back = decode(&state.lead.lead_id, state.version, &bytes).unwrap();
+            prop_assert_eq!(back.ledger.seen(), state.ledger.seen());
+            prop_assert_eq!(back, state);
+        }
+    }
+
+    #[test]
+    fn records_written_with_properties_inline_still_read() {
+        let history = (0..10).map(|i| (i, 1_000 * i as i64, vec![(1, 2), (3, 4)])).collect();
+        let state = lead_with(history, vec![(3, 3_000), (99, 5)]);
+        let mut record = LeadRecord::decode(encode(&state).as_slice()).unwrap();
+        assert_eq!(record.strings.len(), 4, "each name and value once");
+        assert_eq!(record.seen, [99], "only the print no history entry covers is listed");
+        for h in &mut record.history {
+            for pair in h.property_refs.chunks(2) {
+                h.properties.insert(record.strings[pair[0] as usize].clone(), record.strings[pair[1] as usize].clone());
+            }
+            h.property_refs.clear();
+        }
+        record.strings.clear();
+        let back = decode(&state.lead.lead_id, state.version, &record.encode_to_vec()).unwrap();
+        assert_eq!(back, state);
+    }
 
     #[test]
     fn stream_entries_round_trip_and_junk_is_refused() {
