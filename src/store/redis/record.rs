@@ -626,9 +626,13 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A raw history entry: fingerprint, arrival (ms after creation),
+    /// properties (name and value numbers).
+    type Entry = (u64, i64, Vec<(u8, u8)>);
+
     /// A lead whose ledger holds `history` (newest first) and remembers
     /// `seen`.
-    fn lead_with(history: Vec<(u64, i64, Vec<(u8, u8)>)>, seen: Vec<(u64, i64)>) -> LeadState {
+    fn lead_with(history: Vec<Entry>, seen: Vec<(u64, i64)>) -> LeadState {
         let id = LeadId::parse("lead-1").unwrap();
         let created = Timestamp::from_millis(1_764_000_000_000);
         let mut state = LeadState::new(LeadSnapshot::new(id, created));
