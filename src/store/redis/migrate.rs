@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
+use futures::StreamExt;
 use redis::{Script, Value};
 use serde::Deserialize;
 
@@ -28,6 +29,8 @@ const CHUNK: usize = 200;
 /// Stream entries read per round trip.
 const STREAM_CHUNK: usize = 1000;
 const DAY_MS: i64 = 86_400_000;
+/// Partitions converted at once.
+const PARALLEL_PARTITIONS: usize = 4;
 
 /// What a run did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -86,42 +89,66 @@ impl RedisStore {
         }
         report.found = Some(1);
         progress.start(sizes.iter().sum());
-        let leads_script = Script::new(include_str!("migrate.lua"));
-        let replace_script = Script::new(include_str!("replace.lua"));
-        for (partition, size) in (0..self.keys.partitions()).zip(sizes) {
-            let mut places: Vec<CohortPlace> = Vec::new();
-            let mut start = 0u64;
-            while start < size {
-                let stop = (start + CHUNK as u64 - 1).min(size - 1);
-                let index = self.keys.index(partition);
-                let members: Vec<String> = self
-                    .call(|mut c| async move {
-                        redis::cmd("ZRANGE").arg(&index).arg(start).arg(stop).query_async(&mut c).await
-                    })
-                    .await?;
-                let ids = members
-                    .into_iter()
-                    .map(|m| LeadId::from_stored(m).map_err(|e| StoreError::Internal(format!("lead index: {e}"))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let (written, already) = self.migrate_leads(&ids, &leads_script, &mut places).await?;
-                report.leads += written;
-                report.already += already;
-                progress.advance(ids.len() as u64);
-                start = stop + 1;
-            }
-            report.distributions += self.rebuild_distributions(partition, &places, &replace_script).await?;
-            for (stream, field) in [(self.keys.feed(partition), "c"), (self.keys.triggers(partition), "t")] {
-                let (entries, pending) = self.rebuild_stream(&stream, field).await?;
-                report.stream_entries += entries;
-                report.pending += pending;
-            }
+        let scripts = (Script::new(include_str!("migrate.lua")), Script::new(include_str!("replace.lua")));
+        // Partitions are independent: a few at once keep Redis and the
+        // encoder busy while the other waits for its reply.
+        let mut partitions = futures::stream::iter((0..self.keys.partitions()).zip(sizes))
+            .map(|(partition, size)| self.migrate_partition(partition, size, &scripts, progress))
+            .buffer_unordered(PARALLEL_PARTITIONS);
+        while let Some(done) = partitions.next().await {
+            let done = done?;
+            report.leads += done.leads;
+            report.already += done.already;
+            report.distributions += done.distributions;
+            report.stream_entries += done.stream_entries;
+            report.pending += done.pending;
         }
+        drop(partitions);
         let format_key = self.keys.format();
         let _: () = self
             .call(
                 |mut c| async move { redis::cmd("SET").arg(&format_key).arg(record::FORMAT).query_async(&mut c).await },
             )
             .await?;
+        Ok(report)
+    }
+
+    /// Converts one partition: its leads in chunks, then its cohort score
+    /// distributions, then its feed and trigger streams.
+    async fn migrate_partition(
+        &self,
+        partition: u32,
+        size: u64,
+        (leads_script, replace_script): &(Script, Script),
+        progress: &dyn MigrateProgress,
+    ) -> Result<MigrateReport, StoreError> {
+        let mut report = MigrateReport::default();
+        let mut places: Vec<CohortPlace> = Vec::new();
+        let mut start = 0u64;
+        while start < size {
+            let stop = (start + CHUNK as u64 - 1).min(size - 1);
+            let index = self.keys.index(partition);
+            let members: Vec<String> =
+                self.call(|mut c| async move {
+                    redis::cmd("ZRANGE").arg(&index).arg(start).arg(stop).query_async(&mut c).await
+                })
+                .await?;
+            let ids = members
+                .into_iter()
+                .map(|m| LeadId::from_stored(m).map_err(|e| StoreError::Internal(format!("lead index: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (written, already) = self.migrate_leads(&ids, leads_script, &mut places).await?;
+            report.leads += written;
+            report.already += already;
+            progress.advance(ids.len() as u64);
+            start = stop + 1;
+        }
+        report.distributions += self.rebuild_distributions(partition, &places, replace_script).await?;
+        for (stream, field) in [(self.keys.feed(partition), "c"), (self.keys.triggers(partition), "t")] {
+            let (entries, pending) = self.rebuild_stream(&stream, field).await?;
+            report.stream_entries += entries;
+            report.pending += pending;
+        }
         Ok(report)
     }
 
