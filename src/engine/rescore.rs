@@ -7,6 +7,8 @@ const CHUNK: usize = 500;
 
 /// Calls `visit` with every stored lead, partition by partition, chunk by
 /// chunk (bounded memory), until it answers `false` (then returns `false`).
+/// The next chunk of a partition is read while `visit` works on one, so the
+/// store and the service work at the same time.
 async fn for_each_lead<F, Fut>(store: &dyn crate::store::Leads, mut visit: F) -> Result<bool, StoreError>
 where
     F: FnMut(Vec<LeadState>) -> Fut,
@@ -14,10 +16,25 @@ where
 {
     for partition in 0..store.partitions() {
         let ids = store.lead_ids(partition).await?;
-        for chunk in ids.chunks(CHUNK) {
-            let batch = store.load(chunk).await?.into_iter().flatten().collect();
-            if !visit(batch).await? {
+        let mut chunks = ids.chunks(CHUNK);
+        let Some(first) = chunks.next() else { continue };
+        let mut loaded = store.load(first).await?;
+        loop {
+            let next = chunks.next();
+            let read_next = async {
+                match next {
+                    Some(chunk) => store.load(chunk).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (go_on, next_loaded) =
+                futures::future::join(visit(loaded.into_iter().flatten().collect()), read_next).await;
+            if !go_on? {
                 return Ok(false);
+            }
+            match next_loaded? {
+                Some(next_loaded) => loaded = next_loaded,
+                None => break,
             }
         }
     }

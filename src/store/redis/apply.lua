@@ -18,8 +18,15 @@
 --                           older than keep_ms by Redis' clock (MINID ~)
 -- Returns per lead: { 0 } the lead changed (nothing of it written), or
 --   { 1, the XADD ids in order }
-local time = redis.call('TIME')
-local redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- Redis' clock in unix ms, read once and only by a call that appends.
+local redis_now
+local function now_ms()
+  if not redis_now then
+    local time = redis.call('TIME')
+    redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  return redis_now
+end
 
 -- The index of the argument after the operation at `i`.
 local function skip(i)
@@ -69,7 +76,7 @@ for lead = 1, leads do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
     if write then
       if op == 'X' then
-        local min = string.format('%d', redis_now - tonumber(ARGV[i + 2]))
+        local min = string.format('%d', now_ms() - tonumber(ARGV[i + 2]))
         local args = { 'XADD', key, 'MINID', '~', min, '*' }
         for p = 1, 2 * tonumber(ARGV[i + 3]) do
           args[#args + 1] = ARGV[i + 3 + p]
