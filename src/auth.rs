@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 28] = [
+pub const RPCS: [(&str, Option<Scope>); 30] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -67,6 +67,8 @@ pub const RPCS: [(&str, Option<Scope>); 28] = [
     ("/leadscore.v1.Profiles/GetFunnel", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/UpsertAccount", Some(Scope::Ingest)),
     ("/leadscore.v1.Profiles/GetAccountScore", Some(Scope::Score)),
+    ("/leadscore.v1.Profiles/RecordSpend", Some(Scope::Ingest)),
+    ("/leadscore.v1.Profiles/GetCampaignReport", Some(Scope::Score)),
     ("/grpc.health.v1.Health/Check", None),
     ("/grpc.health.v1.Health/Watch", None),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),

@@ -58,6 +58,11 @@ pub enum Command {
         #[arg(long)]
         redis_url: Option<String>,
     },
+    /// Marketing spend.
+    Spend {
+        #[command(subcommand)]
+        command: SpendCommand,
+    },
     /// Score profiles and funnel figures of a running service, as tables.
     Report {
         #[command(subcommand)]
@@ -93,18 +98,51 @@ pub enum ReportCommand {
     /// Stage entries, conversions, time to stage, reopened leads and won
     /// revenue over whole UTC days, optionally by first-touch source.
     Funnel {
-        /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        addr: String,
-        /// First day, YYYY-MM-DD [default: 30 days before --to].
-        #[arg(long)]
-        from: Option<String>,
-        /// Day after the last one, YYYY-MM-DD [default: tomorrow, so today counts].
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        days: DaysArgs,
         /// Split by the leads' first-touch property.
         #[arg(long, value_parser = ["source", "channel", "campaign"])]
         group_by: Option<String>,
+    },
+    /// Spend, leads, MQLs, SQLs, opportunities, customers, won revenue, cost
+    /// per stage and return on spend over whole UTC days, per campaign,
+    /// source or channel (first touch), with spend drawn as a bar chart.
+    Campaigns {
+        #[command(flatten)]
+        days: DaysArgs,
+        /// Rows per campaign, source or channel.
+        #[arg(long, value_parser = ["source", "channel", "campaign"], default_value = "campaign")]
+        group_by: String,
+    },
+}
+
+/// A running service and a period of whole UTC days.
+#[derive(Debug, clap::Args)]
+pub struct DaysArgs {
+    /// The service.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// First day, YYYY-MM-DD [default: 30 days before --to].
+    #[arg(long)]
+    from: Option<String>,
+    /// Day after the last one, YYYY-MM-DD [default: tomorrow, so today counts].
+    #[arg(long)]
+    to: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpendCommand {
+    /// Sends the spend in a CSV file (an ad platform's export) to a running
+    /// service with `RecordSpend`, in calls of up to 500 rows. Columns, by
+    /// their header (any order, case ignored): `day` (or `date`),
+    /// `campaign`, `amount` (or `cost`, `spend`), and optionally `source`,
+    /// `channel`, `currency`. Sending a file again replaces the same days.
+    Import {
+        /// The CSV file.
+        file: PathBuf,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
     },
 }
 
@@ -183,8 +221,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             match crate::demo::seed(addr.clone(), leads, seed).await {
                 Ok(seeded) => {
                     println!(
-                        "seeded {} leads in {} accounts, {} signals and {} sales decisions into {addr}",
-                        seeded.leads, seeded.accounts, seeded.signals, seeded.decisions
+                        "seeded {} leads in {} accounts, {} signals, {} sales decisions and {} campaign days of \
+                         spend ({}.{:02} in all) into {addr}",
+                        seeded.leads,
+                        seeded.accounts,
+                        seeded.signals,
+                        seeded.decisions,
+                        seeded.spend_entries,
+                        seeded.spend / 100,
+                        seeded.spend % 100
                     );
                     for (stage, n) in &seeded.stages {
                         println!("  {stage:<13} {n:>6}");
@@ -201,6 +246,16 @@ pub async fn run(cli: Cli) -> ExitCode {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
         }
         Command::Migrate { config, redis_url } => migrate(config.as_deref(), redis_url).await,
+        Command::Spend { command: SpendCommand::Import { file, addr } } => match import_spend(&file, &addr).await {
+            Ok(n) => {
+                println!("recorded {n} spend entries from {} into {addr}", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("leadscore: spend import: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => {
             let json = args.json;
             match crate::bench::run(args).await {
@@ -300,25 +355,9 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
             };
             Ok(crate::report::render_cohort(&period, &filter, &response))
         }
-        ReportCommand::Funnel { addr, from, to, group_by } => {
-            let day = |text: &str| {
-                NaiveDate::parse_from_str(text, "%Y-%m-%d")
-                    .map_err(|_| format!("'{text}' is not a day: write YYYY-MM-DD"))
-            };
-            let to = match to {
-                Some(text) => day(&text)?,
-                None => today.succ_opt().unwrap_or(today),
-            };
-            let from = match from {
-                Some(text) => day(&text)?,
-                None => to - chrono::Days::new(30),
-            };
-            let group = match group_by.as_deref() {
-                Some("source") => pb::FunnelGroupBy::Source,
-                Some("channel") => pb::FunnelGroupBy::Channel,
-                Some("campaign") => pb::FunnelGroupBy::Campaign,
-                _ => pb::FunnelGroupBy::Unspecified,
-            };
+        ReportCommand::Funnel { days: DaysArgs { addr, from, to }, group_by } => {
+            let (from, to) = period_days(from, to, today)?;
+            let group = group_by_of(group_by.as_deref());
             let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
             let response = client
                 .get_funnel(pb::GetFunnelRequest {
@@ -333,7 +372,86 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
             let period = format!("{from} to {last} (UTC days)");
             Ok(crate::report::render_funnel(&period, group_by.as_deref().unwrap_or(""), &response))
         }
+        ReportCommand::Campaigns { days: DaysArgs { addr, from, to }, group_by } => {
+            let (from, to) = period_days(from, to, today)?;
+            let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
+            let response = client
+                .get_campaign_report(pb::GetCampaignReportRequest {
+                    from: Some(midnight(from)),
+                    to: Some(midnight(to)),
+                    group_by: group_by_of(Some(&group_by)).into(),
+                    model: pb::AttributionModel::FirstTouch.into(),
+                })
+                .await
+                .map_err(grpc_error)?
+                .into_inner();
+            let last = to.pred_opt().unwrap_or(to);
+            let period = format!("{from} to {last} (UTC days)");
+            Ok(crate::report::render_campaigns(&period, &group_by, &response))
+        }
     }
+}
+
+/// `--from` and `--to` as days: `--to` defaults to tomorrow (today counts),
+/// `--from` to 30 days before `--to`.
+fn period_days(
+    from: Option<String>,
+    to: Option<String>,
+    today: chrono::NaiveDate,
+) -> Result<(chrono::NaiveDate, chrono::NaiveDate), String> {
+    let day = |text: &str| {
+        chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+            .map_err(|_| format!("'{text}' is not a day: write YYYY-MM-DD"))
+    };
+    let to = match to {
+        Some(text) => day(&text)?,
+        None => today.succ_opt().unwrap_or(today),
+    };
+    let from = match from {
+        Some(text) => day(&text)?,
+        None => to - chrono::Days::new(30),
+    };
+    Ok((from, to))
+}
+
+fn group_by_of(name: Option<&str>) -> crate::api::pb::FunnelGroupBy {
+    use crate::api::pb::FunnelGroupBy;
+    match name {
+        Some("source") => FunnelGroupBy::Source,
+        Some("channel") => FunnelGroupBy::Channel,
+        Some("campaign") => FunnelGroupBy::Campaign,
+        _ => FunnelGroupBy::Unspecified,
+    }
+}
+
+/// Rows of spend per call.
+const SPEND_CALL: usize = 500;
+
+/// Sends a spend CSV file; returns how many entries were recorded.
+async fn import_spend(file: &std::path::Path, addr: &str) -> Result<usize, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let entries = crate::report::spend_csv(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    use crate::api::pb;
+    let channel = crate::client::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut client = pb::profiles_client::ProfilesClient::new(channel);
+    let mut recorded = 0;
+    for (i, chunk) in entries.chunks(SPEND_CALL).enumerate() {
+        let r = client
+            .record_spend(pb::RecordSpendRequest { spend: chunk.to_vec() })
+            .await
+            .map_err(|status| {
+                let first = i * SPEND_CALL;
+                format!(
+                    "rows {}-{} (and after) not recorded: {}",
+                    first + 2,
+                    first + chunk.len() + 1,
+                    format_args!("{}: {}", status.code(), status.message())
+                )
+            })?
+            .into_inner();
+        recorded += r.recorded as usize;
+    }
+    Ok(recorded)
 }
 
 async fn simulate_rules(

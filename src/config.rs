@@ -79,6 +79,8 @@ pub struct Settings {
     pub rules_reload_interval: Millis,
     /// Rescore every lead when a reloaded rule set is activated.
     pub rescore_on_reload: bool,
+    /// ISO 4217 code of every spend amount (one currency per deployment).
+    pub currency: String,
     /// How long fired nurture triggers are kept in the trigger stream.
     pub trigger_retention: Millis,
     /// A trigger delivered and not acknowledged for this long is delivered again.
@@ -163,6 +165,7 @@ impl Default for Settings {
             feed_poll_interval: Millis(250),
             rules_reload_interval: Millis(2_000),
             rescore_on_reload: true,
+            currency: crate::domain::spend::DEFAULT_CURRENCY.to_owned(),
             trigger_retention: Millis(7 * DAY),
             trigger_visibility_timeout: Millis(30_000),
             trigger_max_deliveries: 5,
@@ -196,7 +199,7 @@ impl Default for Settings {
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 47] = [
+pub const KEYS: [&str; 48] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -216,6 +219,7 @@ pub const KEYS: [&str; 47] = [
     "feed_poll_interval",
     "rules_reload_interval",
     "rescore_on_reload",
+    "currency",
     "trigger_retention",
     "trigger_visibility_timeout",
     "trigger_max_deliveries",
@@ -309,6 +313,12 @@ impl Settings {
         ];
         if let Some((key, _)) = positive.iter().find(|(_, d)| d.0 <= 0) {
             return Err(ConfigError(format!("{key} must be longer than 0s")));
+        }
+        if !crate::domain::spend::is_currency_code(&self.currency) {
+            return Err(ConfigError(format!(
+                "currency must be an ISO 4217 code of three capital letters (e.g. USD, EUR), not '{}'",
+                crate::text::bounded(&self.currency, 16)
+            )));
         }
         if self.max_batch_size == 0 || self.max_batch_size > 10_000 {
             return Err(ConfigError("max_batch_size must be 1 to 10000".into()));

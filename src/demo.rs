@@ -70,6 +70,14 @@ const SOURCES: [(&str, &str); 6] = [
 ];
 const CAMPAIGNS: [&str; 4] = ["q3-webinar-series", "q4-launch", "pricing-ebook", "always-on"];
 
+/// The paid campaigns: campaign, the source and channel it buys, its
+/// daily budget in whole currency units.
+const CAMPAIGN_SPEND: [(&str, &str, &str, i64); 3] = [
+    ("q3-webinar-series", "linkedin", "paid_social", 120),
+    ("q4-launch", "google", "paid_search", 300),
+    ("pricing-ebook", "g2", "review_site", 60),
+];
+
 /// What was seeded.
 #[derive(Debug, Default)]
 pub struct Seeded {
@@ -79,6 +87,9 @@ pub struct Seeded {
     /// Sales decisions made through SetStage (accept, recycle, won, …).
     pub decisions: usize,
     pub stages: BTreeMap<String, usize>,
+    /// Campaign days of spend recorded, and their sum in cents.
+    pub spend_entries: usize,
+    pub spend: i64,
 }
 
 const INDUSTRIES: [&str; 7] =
@@ -239,6 +250,31 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
     }
     for stage in stage_of.into_values() {
         *seeded.stages.entry(stage).or_default() += 1;
+    }
+    // What marketing spent: every paid campaign, every day of the last 90
+    // (today included), under the source and channel it buys.
+    let today = now.div_euclid(day);
+    let mut spend = Vec::new();
+    for (campaign, source, channel, daily) in CAMPAIGN_SPEND {
+        for d in (today - 89)..=today {
+            // ±30% around the campaign's daily budget, in cents.
+            let cents = daily * (70 + rng.below(61)) as i64;
+            let date =
+                chrono::DateTime::from_timestamp(d * day, 0).map(|t| t.date_naive().to_string()).unwrap_or_default();
+            spend.push(pb::SpendEntry {
+                campaign: campaign.to_owned(),
+                source: source.to_owned(),
+                channel: channel.to_owned(),
+                day: date,
+                amount: format!("{}.{:02}", cents / 100, cents % 100),
+                currency: String::new(),
+            });
+            seeded.spend += cents;
+        }
+    }
+    for chunk in spend.chunks(100) {
+        profiles.record_spend(pb::RecordSpendRequest { spend: chunk.to_vec() }).await?;
+        seeded.spend_entries += chunk.len();
     }
     Ok(seeded)
 }

@@ -1,6 +1,7 @@
 //! `leadscore report …`: the `Profiles` answers as readable tables, the
-//! score histogram drawn as a text bar chart. Rendering is pure (tested
-//! below); the CLI fetches over gRPC.
+//! score histogram and campaign spend drawn as text bar charts; and the
+//! spend CSV files `leadscore spend import` reads. Pure (tested below); the
+//! CLI fetches and sends over gRPC.
 
 use std::fmt::Write as _;
 
@@ -142,8 +143,204 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
     out
 }
 
+/// `1,250.40`-style money; "—" where there is no ratio.
+fn money(v: Option<f64>) -> String {
+    v.map_or_else(|| "—".to_owned(), |x| format!("{x:.2}"))
+}
+
+/// The campaign report as a table, then spend per row as a bar chart.
+pub fn render_campaigns(period: &str, group_by: &str, r: &pb::GetCampaignReportResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Campaigns {period}, by first-touch {group_by}, in {}", r.currency);
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:>12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12} {:>10} {:>10} {:>10} {:>12} {:>8}",
+        group_by,
+        "spend",
+        "leads",
+        "MQLs",
+        "SQLs",
+        "opps",
+        "customers",
+        "revenue",
+        "per lead",
+        "per MQL",
+        "per SQL",
+        "per customer",
+        "ROI"
+    );
+    let total = r.total.clone().unwrap_or_default();
+    for row in r.rows.iter().chain(std::iter::once(&total)) {
+        let name: String =
+            if std::ptr::eq(row, &total) { "total".to_owned() } else { row.value.chars().take(24).collect() };
+        let roi = row.roi.map_or_else(|| "—".to_owned(), percent);
+        let _ = writeln!(
+            out,
+            "{name:<24} {:>12.2} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12.2} {:>10} {:>10} {:>10} {:>12} {:>8}",
+            row.spend,
+            row.leads,
+            row.mqls,
+            row.sqls,
+            row.opportunities,
+            row.customers,
+            row.won_revenue,
+            money(row.cost_per_lead),
+            money(row.cost_per_mql),
+            money(row.cost_per_sql),
+            money(row.cost_per_customer),
+            roi
+        );
+    }
+    let _ = writeln!(out, "(per stage: spend / leads that reached it in the period; ROI: (revenue - spend) / spend)");
+    let max = r.rows.iter().map(|row| (row.spend * 100.0).round() as u64).max().unwrap_or(0);
+    if max > 0 {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "spend");
+        for row in r.rows.iter().filter(|row| row.spend > 0.0) {
+            let name: String = row.value.chars().take(24).collect();
+            let _ = writeln!(out, "{name:<24} {:>12.2} {}", row.spend, bar((row.spend * 100.0).round() as u64, max));
+        }
+    }
+    out
+}
+
+/// The fields of a CSV record (RFC 4180: quoted fields may hold commas,
+/// quotes doubled and line breaks); records end at an unquoted line break.
+fn csv_records(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut records = Vec::new();
+    let (mut record, mut field) = (Vec::new(), String::new());
+    let (mut quoted, mut was_quoted) = (false, false);
+    let mut chars = text.trim_start_matches('\u{feff}').chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => field.push(c),
+            (false, '"') if field.is_empty() && !was_quoted => {
+                quoted = true;
+                was_quoted = true;
+            }
+            (false, ',') => {
+                record.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            (false, '\r') => {}
+            (false, '\n') => {
+                record.push(std::mem::take(&mut field));
+                was_quoted = false;
+                if record.iter().any(|f| !f.is_empty()) {
+                    records.push(std::mem::take(&mut record));
+                }
+                record.clear();
+            }
+            (false, c) => field.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("line {}: a quoted field is not closed", records.len() + 1));
+    }
+    record.push(field);
+    if record.iter().any(|f| !f.is_empty()) {
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// The spend entries of a CSV file with a header row naming its columns:
+/// `day` (or `date`), `campaign`, `amount` (or `cost`, `spend`), and
+/// optionally `source`, `channel`, `currency`. Days and amounts are checked
+/// here, so an error names its row; the service checks the rest.
+pub fn spend_csv(text: &str) -> Result<Vec<pb::SpendEntry>, String> {
+    let mut records = csv_records(text)?.into_iter();
+    let header: Vec<String> =
+        records.next().ok_or("the file is empty")?.iter().map(|h| h.trim().to_lowercase()).collect();
+    let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
+    let (Some(day), Some(campaign), Some(amount)) =
+        (column(&["day", "date"]), column(&["campaign"]), column(&["amount", "cost", "spend"]))
+    else {
+        return Err(format!(
+            "the header must name the columns day (or date), campaign and amount (or cost, spend); it has: {}",
+            crate::text::bounded(&header.join(", "), 200)
+        ));
+    };
+    let (source, channel, currency) = (column(&["source"]), column(&["channel"]), column(&["currency"]));
+    let mut entries = Vec::new();
+    for (i, record) in records.enumerate() {
+        let row = i + 2;
+        let get = |at: Option<usize>| at.and_then(|at| record.get(at)).map_or(String::new(), |v| v.trim().to_owned());
+        let entry = pb::SpendEntry {
+            campaign: get(Some(campaign)),
+            source: get(source),
+            channel: get(channel),
+            day: get(Some(day)),
+            amount: get(Some(amount)),
+            currency: get(currency),
+        };
+        if chrono::NaiveDate::parse_from_str(&entry.day, "%Y-%m-%d").is_err() || entry.day.len() != 10 {
+            return Err(format!("row {row}: day '{}' is not YYYY-MM-DD", crate::text::bounded(&entry.day, 32)));
+        }
+        if let Err(why) = crate::domain::spend::Micros::parse(&entry.amount) {
+            return Err(format!("row {row}: amount '{}' {why}", crate::text::bounded(&entry.amount, 32)));
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn spend_csv_reads_quoted_fields_and_names_bad_rows() {
+        let text = "\u{feff}Date,Campaign,Source,Cost\r\n2026-11-02,\"Q4, \"\"launch\"\"\",google,1250.40\r\n\r\n2026-11-03,brand,,7\n";
+        let entries = spend_csv(text).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].campaign, "Q4, \"launch\"");
+        assert_eq!(
+            (entries[0].day.as_str(), entries[0].amount.as_str(), entries[0].source.as_str()),
+            ("2026-11-02", "1250.40", "google")
+        );
+        assert_eq!((entries[1].source.as_str(), entries[1].channel.as_str()), ("", ""));
+        let bad = spend_csv("day,campaign,amount\n2026-11-02,a,1\n2026-13-01,b,2\n").unwrap_err();
+        assert!(bad.contains("row 3") && bad.contains("2026-13-01"), "{bad}");
+        let bad = spend_csv("day,campaign,amount\n2026-11-02,a,-5\n").unwrap_err();
+        assert!(bad.contains("row 2") && bad.contains("-5"), "{bad}");
+        assert!(spend_csv("when,what\n").unwrap_err().contains("header must name"));
+        assert!(spend_csv("day,campaign,amount\n2026-11-02,\"open,1\n").unwrap_err().contains("not closed"));
+    }
+
+    #[test]
+    fn campaigns_table_shows_dashes_and_totals() {
+        let row = |value: &str, spend: f64, leads: u64, mqls: u64| pb::CampaignRow {
+            value: value.into(),
+            spend,
+            leads,
+            mqls,
+            cost_per_lead: (leads > 0 && spend > 0.0).then(|| spend / leads as f64),
+            cost_per_mql: (mqls > 0 && spend > 0.0).then(|| spend / mqls as f64),
+            roi: (spend > 0.0).then_some(-1.0),
+            ..Default::default()
+        };
+        let r = pb::GetCampaignReportResponse {
+            rows: vec![row("q4-launch", 2000.0, 40, 8), row("(none)", 0.0, 10, 0)],
+            total: Some(row("", 2000.0, 50, 8)),
+            currency: "EUR".into(),
+            model: pb::AttributionModel::FirstTouch.into(),
+        };
+        let text = render_campaigns("2026-11-01 to 2026-11-30 (UTC days)", "campaign", &r);
+        assert!(text.contains("in EUR"), "{text}");
+        let q4 = text.lines().find(|l| l.starts_with("q4-launch")).unwrap();
+        assert!(q4.contains("50.00") && q4.contains("250.00"), "{q4}");
+        let none = text.lines().find(|l| l.starts_with("(none)")).unwrap();
+        assert!(none.contains('—'), "{none}");
+        assert!(text.lines().any(|l| l.starts_with("total")), "{text}");
+        assert_eq!(text.lines().filter(|l| l.contains('█')).count(), 1, "one bar: the row with spend");
+    }
+
     use super::*;
 
     #[test]

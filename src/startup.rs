@@ -271,6 +271,7 @@ impl Application {
             metrics,
         );
         core.rescore_on_reload = settings.rescore_on_reload;
+        core.currency = settings.currency.clone();
         core.delivery = DeliveryPolicy {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
             max_deliveries: settings.trigger_max_deliveries,

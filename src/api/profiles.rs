@@ -6,14 +6,16 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, grade_to_proto, round_points, score_to_proto, stage_change_to_proto, timestamp_to_proto};
-use super::error::{ApiError, Violations};
+use super::error::{self, ApiError, Violations};
 use super::pb::{self, profiles_server::Profiles};
 use super::state::AppState;
-use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month};
+use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month, NO_VALUE};
+use crate::domain::spend::{CampaignRow, Micros, SpendEntry};
 use crate::domain::time::MILLIS_PER_DAY;
 use crate::domain::{Stage, Timestamp};
 use crate::engine::accounts;
 use crate::engine::profiles::{self, ScoreProfile};
+use crate::engine::spend;
 use crate::rules::RuleSet;
 
 const DEFAULT_HISTORY: u32 = 20;
@@ -73,6 +75,138 @@ fn required_day(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violat
         return None;
     }
     Some(at.utc_day())
+}
+
+/// Whole UTC days `from..to` (at most `MAX_FUNNEL_DAYS`).
+fn days(
+    from: Option<&prost_types::Timestamp>,
+    to: Option<&prost_types::Timestamp>,
+    v: &mut Violations,
+) -> (Option<i64>, Option<i64>) {
+    let from = required_day(from, "from", v);
+    let to = required_day(to, "to", v);
+    if let (Some(from), Some(to)) = (from, to) {
+        if to <= from {
+            v.add("to", "must be after from");
+        } else if to - from > MAX_FUNNEL_DAYS {
+            v.add("to", format!("a period spans at most {MAX_FUNNEL_DAYS} days"));
+        }
+    }
+    (from, to)
+}
+
+/// `None` for UNSPECIFIED.
+fn group_by(value: i32, v: &mut Violations) -> Option<FunnelGroupBy> {
+    match pb::FunnelGroupBy::try_from(value) {
+        Ok(pb::FunnelGroupBy::Unspecified) => None,
+        Ok(pb::FunnelGroupBy::Source) => Some(FunnelGroupBy::Source),
+        Ok(pb::FunnelGroupBy::Channel) => Some(FunnelGroupBy::Channel),
+        Ok(pb::FunnelGroupBy::Campaign) => Some(FunnelGroupBy::Campaign),
+        Err(_) => {
+            v.add("group_by", format!("unknown value {value}"));
+            None
+        }
+    }
+}
+
+/// Longest campaign, source or channel name in spend, in bytes.
+const MAX_SPEND_NAME: usize = 256;
+
+/// A campaign, source or channel name; empty is `(none)` unless required.
+fn spend_name(raw: String, field: String, required: bool, v: &mut Violations) -> Option<String> {
+    if raw.is_empty() {
+        if required {
+            v.add(field, "required");
+            return None;
+        }
+        return Some(NO_VALUE.to_owned());
+    }
+    if raw.len() > MAX_SPEND_NAME {
+        v.add(field, format!("at most {MAX_SPEND_NAME} bytes (got {})", raw.len()));
+        return None;
+    }
+    if raw.chars().any(char::is_control) {
+        v.add(field, "no control characters");
+        return None;
+    }
+    Some(raw)
+}
+
+/// A `YYYY-MM-DD` UTC day, as days since the epoch.
+fn spend_day(raw: &str, field: String, v: &mut Violations) -> Option<i64> {
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
+    match chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        Ok(day) if raw.len() == 10 && day >= epoch => Some(day.signed_duration_since(epoch).num_days()),
+        _ => {
+            v.add(field, format!("a UTC day from 1970-01-01, YYYY-MM-DD (got '{}')", error::bounded(raw, 32)));
+            None
+        }
+    }
+}
+
+fn spend_entries(spend: Vec<pb::SpendEntry>, currency: &str, max: usize) -> Result<Vec<SpendEntry>, ApiError> {
+    let mut v = Violations::default();
+    if spend.is_empty() {
+        v.add("spend", "send at least one entry");
+    }
+    if spend.len() > max {
+        v.add("spend", format!("at most {max} entries per call (got {})", spend.len()));
+        return v.into_result(Vec::new());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut entries = Vec::with_capacity(spend.len());
+    for (i, e) in spend.into_iter().enumerate() {
+        let field = |name: &str| format!("spend[{i}].{name}");
+        let campaign = spend_name(e.campaign, field("campaign"), true, &mut v);
+        let source = spend_name(e.source, field("source"), false, &mut v);
+        let channel = spend_name(e.channel, field("channel"), false, &mut v);
+        let day = spend_day(&e.day, field("day"), &mut v);
+        let amount = Micros::parse(&e.amount).map_err(|why| v.add(field("amount"), format!("amount {why}"))).ok();
+        if !e.currency.is_empty() && e.currency != currency {
+            v.add(
+                field("currency"),
+                format!(
+                    "this deployment records amounts in {currency} (got '{}'): convert before sending",
+                    error::bounded(&e.currency, 16)
+                ),
+            );
+        }
+        if let (Some(c), Some(d)) = (&campaign, day)
+            && !seen.insert((c.clone(), d))
+        {
+            v.add(field("day"), "the campaign's day is already in this call");
+        }
+        if let (Some(campaign), Some(source), Some(channel), Some(day), Some(amount)) =
+            (campaign, source, channel, day, amount)
+        {
+            entries.push(SpendEntry { campaign, source, channel, day, amount });
+        }
+    }
+    v.into_result(entries)
+}
+
+/// Money to the cent, as reported.
+fn cents(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn campaign_row_to_proto(r: &CampaignRow) -> pb::CampaignRow {
+    pb::CampaignRow {
+        value: r.value.clone(),
+        spend: r.spend.units(),
+        leads: r.leads,
+        mqls: r.mqls,
+        sqls: r.sqls,
+        opportunities: r.opportunities,
+        customers: r.customers,
+        won_revenue: cents(r.won_revenue),
+        cost_per_lead: r.cost_per_lead().map(cents),
+        cost_per_mql: r.cost_per_mql().map(cents),
+        cost_per_sql: r.cost_per_sql().map(cents),
+        cost_per_opportunity: r.cost_per_opportunity().map(cents),
+        cost_per_customer: r.cost_per_customer().map(cents),
+        roi: r.roi().map(|x| (x * 10_000.0).round() / 10_000.0),
+    }
 }
 
 fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
@@ -237,25 +371,8 @@ impl Profiles for ProfilesService {
     ) -> Result<Response<pb::GetFunnelResponse>, Status> {
         let req = request.into_inner();
         let mut v = Violations::default();
-        let from = required_day(req.from.as_ref(), "from", &mut v);
-        let to = required_day(req.to.as_ref(), "to", &mut v);
-        if let (Some(from), Some(to)) = (from, to) {
-            if to <= from {
-                v.add("to", "must be after from");
-            } else if to - from > MAX_FUNNEL_DAYS {
-                v.add("to", format!("a funnel spans at most {MAX_FUNNEL_DAYS} days"));
-            }
-        }
-        let group_by = match pb::FunnelGroupBy::try_from(req.group_by) {
-            Ok(pb::FunnelGroupBy::Unspecified) => None,
-            Ok(pb::FunnelGroupBy::Source) => Some(FunnelGroupBy::Source),
-            Ok(pb::FunnelGroupBy::Channel) => Some(FunnelGroupBy::Channel),
-            Ok(pb::FunnelGroupBy::Campaign) => Some(FunnelGroupBy::Campaign),
-            Err(_) => {
-                v.add("group_by", format!("unknown value {}", req.group_by));
-                None
-            }
-        };
+        let (from, to) = days(req.from.as_ref(), req.to.as_ref(), &mut v);
+        let group_by = group_by(req.group_by, &mut v);
         let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
         let counters = profiles::funnel(&self.state, from, to).await.map_err(ApiError::from)?;
         let groups = group_by
@@ -271,6 +388,41 @@ impl Profiles for ProfilesService {
             })
             .unwrap_or_default();
         Ok(Response::new(pb::GetFunnelResponse { total: Some(funnel_to_proto(&counters.total())), groups }))
+    }
+
+    #[tracing::instrument(name = "RecordSpend", skip_all, fields(entries))]
+    async fn record_spend(
+        &self,
+        request: Request<pb::RecordSpendRequest>,
+    ) -> Result<Response<pb::RecordSpendResponse>, Status> {
+        let entries =
+            spend_entries(request.into_inner().spend, &self.state.currency, self.state.limits.max_batch_size)?;
+        tracing::Span::current().record("entries", entries.len());
+        spend::record(self.state.core(), &entries).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::RecordSpendResponse { recorded: entries.len() as u32 }))
+    }
+
+    #[tracing::instrument(name = "GetCampaignReport", skip_all)]
+    async fn get_campaign_report(
+        &self,
+        request: Request<pb::GetCampaignReportRequest>,
+    ) -> Result<Response<pb::GetCampaignReportResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let (from, to) = days(req.from.as_ref(), req.to.as_ref(), &mut v);
+        let group_by = group_by(req.group_by, &mut v).unwrap_or(FunnelGroupBy::Campaign);
+        match pb::AttributionModel::try_from(req.model) {
+            Ok(pb::AttributionModel::Unspecified | pb::AttributionModel::FirstTouch) => {}
+            Err(_) => v.add("model", format!("unknown value {}", req.model)),
+        }
+        let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
+        let report = spend::campaign_report(self.state.core(), from, to, group_by).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::GetCampaignReportResponse {
+            rows: report.rows.iter().map(campaign_row_to_proto).collect(),
+            total: Some(campaign_row_to_proto(&report.total)),
+            currency: self.state.currency.clone(),
+            model: pb::AttributionModel::FirstTouch.into(),
+        }))
     }
 
     #[tracing::instrument(name = "UpsertAccount", skip_all, fields(account_id))]

@@ -13,6 +13,7 @@ pub mod profiles;
 #[cfg(test)]
 mod properties;
 pub mod qualification;
+pub mod spend;
 pub mod stage;
 pub mod state;
 pub mod time;

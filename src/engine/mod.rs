@@ -13,6 +13,7 @@
 //! - `inactivity` — the sweep that fires `inactive(…)` triggers
 //! - `accounts`   — account upserts, scores and qualification
 //! - `profiles`   — score profiles, cohort profiles, the funnel
+//! - `spend`      — marketing spend and the campaign report
 //! - `feed`       — reading the qualification change feed
 //! - `triggers`   — delivering, acknowledging and replaying triggers
 //!
@@ -37,6 +38,7 @@ pub mod jobs;
 pub mod leads;
 pub mod profiles;
 mod rescore;
+pub mod spend;
 mod state;
 pub mod triggers;
 

@@ -53,6 +53,8 @@ pub struct Core {
     pub required_approvers: Vec<String>,
     /// Start a rescore whenever a reloaded rule set is activated.
     pub rescore_on_reload: bool,
+    /// The currency spend is recorded and reported in (ISO 4217).
+    pub currency: String,
     pub jobs: super::jobs::Jobs,
     /// Serialises the writes of one lead within this replica (striped by
     /// lead), so they queue instead of retrying.
@@ -89,6 +91,7 @@ impl Core {
             profiles: ProfileLimits::default(),
             required_approvers,
             rescore_on_reload: false,
+            currency: crate::domain::spend::DEFAULT_CURRENCY.to_owned(),
             jobs: Default::default(),
             commit_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             metrics,

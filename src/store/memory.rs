@@ -6,13 +6,14 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions,
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions, Spend,
     StoreError, StoredAccount, TriggerQueue, TriggerStats,
 };
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{
     CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreDistribution,
 };
+use crate::domain::spend::SpendEntry;
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
 use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, StageChange, Timestamp};
 
@@ -45,6 +46,8 @@ struct Data {
     /// (month, model, group) → leads per score bucket.
     cohort_scores: HashMap<(Month, String, String), ScoreDistribution>,
     accounts: HashMap<AccountId, StoredAccountData>,
+    /// (UTC day, campaign) → spend.
+    spend: BTreeMap<(i64, String), SpendEntry>,
 }
 
 impl Data {
@@ -405,6 +408,23 @@ impl Accounts for MemoryStore {
         }
         account.qualified = Some((rule_id.to_owned(), at));
         Ok(true)
+    }
+}
+
+#[async_trait]
+impl Spend for MemoryStore {
+    async fn record_spend(&self, entries: &[SpendEntry]) -> Result<(), StoreError> {
+        let mut data = self.data();
+        for entry in entries {
+            data.spend.insert((entry.day, entry.campaign.clone()), entry.clone());
+        }
+        Ok(())
+    }
+
+    async fn spend(&self, from_day: i64, to_day: i64) -> Result<Vec<SpendEntry>, StoreError> {
+        let data = self.data();
+        let first = (from_day, String::new());
+        Ok(data.spend.range(first..).take_while(|((day, _), _)| *day < to_day).map(|(_, e)| e.clone()).collect())
     }
 }
 

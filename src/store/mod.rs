@@ -1,5 +1,5 @@
 //! Where leads live. Role traits — `Leads`, `ChangeFeed`, `TriggerQueue`,
-//! `Aggregates`, `Accounts`, `RuleSetVersions` — each implemented by both
+//! `Aggregates`, `Accounts`, `RuleSetVersions`, `Spend` — each implemented by both
 //! stores: Redis (the store of record) and an embedded in-memory store for
 //! trying the service without setup. `LeadStore` is all of them, what the
 //! application holds. Both pass the same contract tests
@@ -18,6 +18,7 @@ pub use memory::MemoryStore;
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
+use crate::domain::spend::SpendEntry;
 use crate::domain::state::{LeadChange, LeadState};
 use crate::domain::{Delivery, LeadId, LeadSnapshot, QualificationChange, Timestamp};
 
@@ -247,7 +248,18 @@ pub trait RuleSetVersions: Send + Sync + 'static {
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
 }
 
-/// A whole store: every role. Implemented for anything that plays them all.
-pub trait LeadStore: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions {}
+/// Marketing spend per campaign and UTC day.
+#[async_trait]
+pub trait Spend: Send + Sync + 'static {
+    /// Records each entry, replacing what was recorded for its campaign
+    /// and day.
+    async fn record_spend(&self, entries: &[SpendEntry]) -> Result<(), StoreError>;
 
-impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions> LeadStore for T {}
+    /// The entries of the UTC days `from_day..to_day`.
+    async fn spend(&self, from_day: i64, to_day: i64) -> Result<Vec<SpendEntry>, StoreError>;
+}
+
+/// A whole store: every role. Implemented for anything that plays them all.
+pub trait LeadStore: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend {}
+
+impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend> LeadStore for T {}

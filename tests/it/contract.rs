@@ -460,6 +460,31 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!((b.delivered, b.pending), (4, 4));
 }
 
+async fn spend_is_replaced_by_campaign_and_day_and_read_by_period(store: &dyn LeadStore) {
+    use leadscore::domain::spend::{Micros, SpendEntry};
+    let entry = |campaign: &str, day: i64, micros: i64| SpendEntry {
+        campaign: campaign.into(),
+        source: "google".into(),
+        channel: "paid_search".into(),
+        day,
+        amount: Micros(micros),
+    };
+    // Days across a month boundary (2024-10-31 is day 20027), a campaign
+    // name with the characters keys and fields must keep apart.
+    let odd = "q4 {launch}: é␟,x";
+    store
+        .record_spend(&[entry("q4", 20_026, 1_000_000), entry("q4", 20_027, 2_000_000), entry(odd, 20_028, 5)])
+        .await
+        .unwrap();
+    // A correction replaces the day; others stay.
+    store.record_spend(&[entry("q4", 20_027, 3_500_000)]).await.unwrap();
+    let all = store.spend(20_000, 20_100).await.unwrap();
+    assert_eq!(all, vec![entry("q4", 20_026, 1_000_000), entry("q4", 20_027, 3_500_000), entry(odd, 20_028, 5)]);
+    assert_eq!(store.spend(20_027, 20_028).await.unwrap(), vec![entry("q4", 20_027, 3_500_000)]);
+    assert_eq!(store.spend(20_029, 20_400).await.unwrap(), vec![]);
+    assert_eq!(store.spend(20_028, 20_028).await.unwrap(), vec![]);
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -499,6 +524,7 @@ contract!(
     changes_apply_only_onto_the_lead_as_read,
     the_feed_pages_in_order_and_resumes,
     triggers_are_delivered_at_least_once_per_group,
+    spend_is_replaced_by_campaign_and_day_and_read_by_period,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

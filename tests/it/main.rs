@@ -14,3 +14,4 @@ mod nurture;
 mod profiles;
 mod qualification;
 mod security;
+mod spend;

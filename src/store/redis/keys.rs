@@ -115,6 +115,12 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
     }
 
+    /// A UTC month's marketing spend (hash: `<day>␟<campaign>` →
+    /// `<source>␟<channel>␟<micros>`).
+    pub fn spend(&self, month: &str) -> String {
+        format!("{}:spend:{month}", self.prefix)
+    }
+
     /// The layout format of the data under this prefix (`record::FORMAT`).
     pub fn format(&self) -> String {
         format!("{}:format", self.prefix)

@@ -24,13 +24,15 @@ pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions,
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions, Spend,
     StoreError, StoredAccount, TriggerQueue, TriggerStats,
 };
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
-use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
+use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month};
+use crate::domain::spend::SpendEntry;
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
+use crate::domain::time::MILLIS_PER_DAY;
 use crate::domain::{Delivery, LeadId, QualificationChange, Timestamp};
 use codec::{SEP, num};
 use feed::{EntryId, FeedCursor};
@@ -451,6 +453,55 @@ impl Accounts for RedisStore {
         let value = format!("{rule_id}{SEP}{}", at.millis());
         self.call(|mut c| async move { c.hset_nx(key, "q", value).await }).await
     }
+}
+
+#[async_trait]
+impl Spend for RedisStore {
+    /// One `HSET` per entry (in its month's hash), pipelined. Not atomic
+    /// across months on a cluster: a failed call may have written some
+    /// entries, and sending it again writes the same.
+    async fn record_spend(&self, entries: &[SpendEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let (field, value) = codec::spend_field(entry);
+            pipe.hset(self.keys.spend(&spend_month(entry.day)), field, value).ignore();
+        }
+        let _: () = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(())
+    }
+
+    /// One hash read per month of the period, pipelined.
+    async fn spend(&self, from_day: i64, to_day: i64) -> Result<Vec<SpendEntry>, StoreError> {
+        if to_day <= from_day {
+            return Ok(Vec::new());
+        }
+        let first = Month::of(Timestamp::from_millis(from_day * MILLIS_PER_DAY));
+        let last = Month::of(Timestamp::from_millis((to_day - 1) * MILLIS_PER_DAY));
+        let mut pipe = redis::pipe();
+        for month in first.until(last.next()) {
+            pipe.hgetall(self.keys.spend(&month.key()));
+        }
+        let replies: Vec<HashMap<String, String>> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut entries = Vec::new();
+        for (field, value) in replies.iter().flatten() {
+            let entry = codec::parse_spend(field, value)
+                .ok_or_else(|| StoreError::Internal("a spend hash holds a field that is not a spend entry".into()))?;
+            if (from_day..to_day).contains(&entry.day) {
+                entries.push(entry);
+            }
+        }
+        entries.sort_by(|a, b| (a.day, &a.campaign).cmp(&(b.day, &b.campaign)));
+        Ok(entries)
+    }
+}
+
+/// The `YYYYMM` of a UTC day.
+fn spend_month(day: i64) -> String {
+    Month::of(Timestamp::from_millis(day * MILLIS_PER_DAY)).key()
 }
 
 #[async_trait]

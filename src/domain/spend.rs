@@ -1,0 +1,265 @@
+//! Marketing spend and what it bought: cost per lead, MQL, SQL, opportunity
+//! and customer, and return on spend, per campaign, source or channel. The
+//! pure parts: spend entries, exact money, and the campaign report computed
+//! from the day's spend and the funnel counters the scoring core keeps at
+//! write time.
+
+use std::collections::BTreeMap;
+
+use super::Stage;
+use super::profiles::{FunnelCounters, FunnelGroupBy, NO_VALUE};
+
+/// The currency of a deployment that names none (`currency` setting).
+pub const DEFAULT_CURRENCY: &str = "USD";
+
+/// Whether `code` looks like an ISO 4217 code: three capital letters.
+pub fn is_currency_code(code: &str) -> bool {
+    code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+/// Money in millionths of the currency unit (as ad platforms report cost):
+/// sums are exact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Micros(pub i64);
+
+/// The largest amount one entry may hold: 1e12 currency units.
+pub const MAX_AMOUNT: Micros = Micros(1_000_000_000_000_000_000);
+
+impl Micros {
+    /// A decimal amount (`1250`, `1250.4`, `0.000001`): digits, at most one
+    /// point and six decimals, not negative, at most `MAX_AMOUNT`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+        if whole.is_empty() && fraction.is_empty() {
+            return Err("is empty".into());
+        }
+        if !whole.bytes().all(|b| b.is_ascii_digit()) || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+            return Err("is not a decimal amount like 1250.40".into());
+        }
+        if fraction.len() > 6 {
+            return Err("has more than 6 decimals".into());
+        }
+        let whole: i64 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| "is too large".to_owned())? };
+        let fraction: i64 = format!("{fraction:0<6}").parse().unwrap_or(0);
+        let micros = whole.checked_mul(1_000_000).and_then(|w| w.checked_add(fraction)).ok_or("is too large")?;
+        if micros > MAX_AMOUNT.0 {
+            return Err("is more than 1,000,000,000,000".into());
+        }
+        Ok(Self(micros))
+    }
+
+    pub fn units(self) -> f64 {
+        self.0 as f64 / 1_000_000.0
+    }
+}
+
+impl std::fmt::Display for Micros {
+    /// The shortest exact decimal: `1250.4`, `0.000001`, `12`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (units, micros) = (self.0 / 1_000_000, (self.0 % 1_000_000).abs());
+        if micros == 0 {
+            write!(f, "{units}")
+        } else {
+            let fraction = format!("{micros:06}");
+            write!(f, "{units}.{}", fraction.trim_end_matches('0'))
+        }
+    }
+}
+
+/// What was spent on one campaign on one UTC day. A campaign has one
+/// source and channel (the properties its signals carry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendEntry {
+    pub campaign: String,
+    pub source: String,
+    pub channel: String,
+    /// Days since the Unix epoch (UTC).
+    pub day: i64,
+    pub amount: Micros,
+}
+
+impl SpendEntry {
+    /// The value this entry counts under when spend is split by `group_by`.
+    pub fn value(&self, group_by: FunnelGroupBy) -> &str {
+        match group_by {
+            FunnelGroupBy::Campaign => &self.campaign,
+            FunnelGroupBy::Source => &self.source,
+            FunnelGroupBy::Channel => &self.channel,
+        }
+    }
+}
+
+/// One row of a campaign report: a campaign, source or channel (or all).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CampaignRow {
+    pub value: String,
+    pub spend: Micros,
+    /// Leads that reached each stage in the period, credited to the value.
+    pub leads: u64,
+    pub mqls: u64,
+    pub sqls: u64,
+    pub opportunities: u64,
+    pub customers: u64,
+    pub won_revenue: f64,
+}
+
+impl CampaignRow {
+    fn per(&self, n: u64) -> Option<f64> {
+        (n > 0 && self.spend.0 > 0).then(|| self.spend.units() / n as f64)
+    }
+
+    pub fn cost_per_lead(&self) -> Option<f64> {
+        self.per(self.leads)
+    }
+
+    pub fn cost_per_mql(&self) -> Option<f64> {
+        self.per(self.mqls)
+    }
+
+    pub fn cost_per_sql(&self) -> Option<f64> {
+        self.per(self.sqls)
+    }
+
+    pub fn cost_per_opportunity(&self) -> Option<f64> {
+        self.per(self.opportunities)
+    }
+
+    pub fn cost_per_customer(&self) -> Option<f64> {
+        self.per(self.customers)
+    }
+
+    /// (won revenue − spend) / spend; none without spend.
+    pub fn roi(&self) -> Option<f64> {
+        (self.spend.0 > 0).then(|| (self.won_revenue - self.spend.units()) / self.spend.units())
+    }
+
+    fn add(&mut self, other: &CampaignRow) {
+        self.spend = Micros(self.spend.0 + other.spend.0);
+        self.leads += other.leads;
+        self.mqls += other.mqls;
+        self.sqls += other.sqls;
+        self.opportunities += other.opportunities;
+        self.customers += other.customers;
+        self.won_revenue += other.won_revenue;
+    }
+}
+
+/// Spend and its results over a period, by campaign, source or channel.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CampaignReport {
+    /// Most spend first, then most leads, then by value.
+    pub rows: Vec<CampaignRow>,
+    /// The sum of the rows.
+    pub total: CampaignRow,
+}
+
+/// First-touch attribution: every lead, and everything it reaches, is
+/// credited to the campaign, source and channel of its earliest signal
+/// (`(none)` when that signal had none) — the funnel's own grouping, kept
+/// at write time.
+pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: FunnelGroupBy) -> CampaignReport {
+    let mut rows: BTreeMap<String, CampaignRow> = BTreeMap::new();
+    for entry in spend {
+        let row = rows.entry(entry.value(group_by).to_owned()).or_default();
+        row.spend = Micros(row.spend.0 + entry.amount.0);
+    }
+    for (value, f) in funnel.by(group_by) {
+        let reached = |stage: Stage| f.passed.get(&stage).copied().unwrap_or(0);
+        let row = rows.entry(value).or_default();
+        row.leads += reached(Stage::Lead);
+        row.mqls += reached(Stage::Mql);
+        row.sqls += reached(Stage::Sql);
+        row.opportunities += reached(Stage::Opportunity);
+        row.customers += reached(Stage::Customer);
+        row.won_revenue += f.won_revenue;
+    }
+    let mut rows: Vec<CampaignRow> = rows
+        .into_iter()
+        .map(|(value, mut row)| {
+            row.value = value;
+            row
+        })
+        .filter(|r| r.spend.0 > 0 || r.leads > 0 || r.won_revenue != 0.0 || r.value != NO_VALUE)
+        .collect();
+    rows.sort_by(|a, b| b.spend.cmp(&a.spend).then(b.leads.cmp(&a.leads)).then_with(|| a.value.cmp(&b.value)));
+    let mut total = CampaignRow::default();
+    for row in &rows {
+        total.add(row);
+    }
+    CampaignReport { rows, total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::profiles::FunnelCounter;
+    use proptest::prelude::*;
+
+    #[test]
+    fn amounts_are_exact_and_bad_ones_say_why() {
+        assert_eq!(Micros::parse("1250.40"), Ok(Micros(1_250_400_000)));
+        assert_eq!(Micros::parse("0.000001"), Ok(Micros(1)));
+        assert_eq!(Micros::parse(".5"), Ok(Micros(500_000)));
+        assert_eq!(Micros::parse("12"), Ok(Micros(12_000_000)));
+        assert_eq!(Micros(1_250_400_000).to_string(), "1250.4");
+        assert_eq!(Micros(12_000_000).to_string(), "12");
+        for bad in ["", ".", "-3", "1e3", "1,5", "0.0000001", "99999999999999999999", "1000000000000.000001"] {
+            assert!(Micros::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn amounts_round_trip(micros in 0i64..=MAX_AMOUNT.0) {
+            prop_assert_eq!(Micros::parse(&Micros(micros).to_string()), Ok(Micros(micros)));
+        }
+    }
+
+    fn entry(campaign: &str, source: &str, day: i64, amount: i64) -> SpendEntry {
+        SpendEntry {
+            campaign: campaign.into(),
+            source: source.into(),
+            channel: "paid".into(),
+            day,
+            amount: Micros(amount),
+        }
+    }
+
+    #[test]
+    fn costs_per_stage_and_totals_that_add_up() {
+        let mut funnel = FunnelCounters::default();
+        for (group, stage, n) in [
+            ("campaign=q4", Stage::Lead, 40.0),
+            ("campaign=q4", Stage::Mql, 8.0),
+            ("campaign=q4", Stage::Customer, 1.0),
+            ("campaign=(none)", Stage::Lead, 10.0),
+            ("campaign=brand", Stage::Lead, 5.0),
+        ] {
+            funnel.add(group, FunnelCounter::Entered(stage), n);
+            funnel.add(group, FunnelCounter::Passed(stage), n);
+        }
+        funnel.add("campaign=q4", FunnelCounter::Revenue, 9_000.0);
+        let spend = [
+            entry("q4", "google", 1, 1_000_000_000),
+            entry("q4", "google", 2, 1_000_000_000),
+            entry("webinar", "linkedin", 1, 500_000_000),
+        ];
+        let report = campaign_report(&spend, &funnel, FunnelGroupBy::Campaign);
+        let values: Vec<&str> = report.rows.iter().map(|r| r.value.as_str()).collect();
+        assert_eq!(values, ["q4", "webinar", "(none)", "brand"]);
+        let q4 = &report.rows[0];
+        assert_eq!(
+            (q4.cost_per_lead(), q4.cost_per_mql(), q4.cost_per_customer()),
+            (Some(50.0), Some(250.0), Some(2000.0))
+        );
+        assert_eq!(q4.cost_per_sql(), None, "no SQL: no ratio");
+        assert_eq!(q4.roi(), Some(3.5));
+        assert_eq!(report.rows[1].cost_per_lead(), None, "spend without leads: no ratio");
+        assert_eq!(report.rows[3].roi(), None, "leads without spend");
+        assert_eq!(report.total.spend, Micros(2_500_000_000));
+        assert_eq!(report.total.leads, 55);
+        let by_source = campaign_report(&spend, &funnel, FunnelGroupBy::Source);
+        assert_eq!(by_source.total.spend, report.total.spend);
+    }
+}
