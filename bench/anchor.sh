@@ -17,6 +17,21 @@ wait_for() { # SECONDS COMMAND...: until COMMAND succeeds, or fail after SECONDS
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# own_redis: a redis-server of the benchmark's own on a free port
+# ($redis_port), a free port for the service ($grpc_port) and a scratch
+# directory ($dir); on exit the service ($service, once set) and Redis stop
+# and the directory goes.
+own_redis() {
+  redis_port=$(free_port)
+  grpc_port=$(free_port)
+  dir=$(mktemp -d)
+  trap 'if [[ -n "${service:-}" ]]; then kill "$service" 2>/dev/null || true; fi
+    redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
+    rm -rf "$dir"' EXIT
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes >/dev/null
+  wait_for 10 redis-cli -p "$redis_port" ping
+}
+
 redis_cpu() { # PORT: Redis CPU seconds so far (user + system)
   redis-cli -p "$1" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.6f", s}'
 }

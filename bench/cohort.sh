@@ -17,17 +17,7 @@ cd "$(dirname "$0")/.."
 source bench/anchor.sh
 leads=${1:-1000000}
 queries=${2:-200}
-redis_port=$(free_port)
-grpc_port=$(free_port)
-dir=$(mktemp -d)
-cleanup() {
-  [[ -n "${service:-}" ]] && kill "$service" 2>/dev/null || true
-  redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true
-  rm -rf "$dir"
-}
-trap cleanup EXIT
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes >/dev/null
-wait_for 10 redis-cli -p "$redis_port" ping
+own_redis
 cargo build --release --locked --quiet --bin leadscore --example cohort_profile
 anchor=$(minimal_update "$redis_port" 16 200000)
 read -r anchor_rps anchor_us <<<"$anchor"

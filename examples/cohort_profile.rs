@@ -13,13 +13,12 @@
 //!
 //!     cargo run --release --example cohort_profile -- http://127.0.0.1:50051 1000000 200 rescore
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
-use leadscore::api::pb::{
-    self, lead_scoring_client::LeadScoringClient, profiles_client::ProfilesClient,
-    qualification_client::QualificationClient,
-};
+use leadscore::api::pb::{self, profiles_client::ProfilesClient, qualification_client::QualificationClient};
+
+#[path = "population/mod.rs"]
+mod population;
 
 const TYPES: [&str; 8] = [
     "page_view",
@@ -41,41 +40,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rescore = args.next().as_deref() == Some("rescore");
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() as i64;
 
-    let client = LeadScoringClient::connect(addr.clone()).await?.max_decoding_message_size(64 << 20);
-    let started = Instant::now();
-    let loaded = futures::stream::iter((0..n).step_by(1000))
-        .map(|first| {
-            let mut client = client.clone();
-            async move {
-                let signals = (first..(first + 1000).min(n))
-                    .map(|i| {
-                        // Deterministic spread: type and age (up to 60 days) per lead.
-                        let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                        pb::Signal {
-                            event_id: format!("cohort-bench-{i}"),
-                            lead_id: format!("cohort-bench-lead-{i}"),
-                            r#type: TYPES[(h >> 7) as usize % TYPES.len()].into(),
-                            occurred_at: Some(prost_types::Timestamp {
-                                seconds: now - ((h >> 20) % (60 * 86_400)) as i64,
-                                nanos: 0,
-                            }),
-                            ..Default::default()
-                        }
-                    })
-                    .collect();
-                client.record_signals(pb::RecordSignalsRequest { signals }).await.map(|_| ())
-            }
-        })
-        .buffer_unordered(2)
-        .collect::<Vec<_>>()
-        .await;
-    if let Some(Err(e)) = loaded.into_iter().find(Result::is_err) {
-        return Err(e.into());
-    }
-    if n > 0 {
-        let took = started.elapsed();
-        println!("loaded {n} leads in {took:.1?} ({:.0} leads/s)", n as f64 / took.as_secs_f64());
-    }
+    population::load(&addr, n, |i| {
+        // Deterministic spread: type and age (up to 60 days) per lead.
+        let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        pb::Signal {
+            event_id: format!("cohort-bench-{i}"),
+            lead_id: format!("cohort-bench-lead-{i}"),
+            r#type: TYPES[(h >> 7) as usize % TYPES.len()].into(),
+            occurred_at: Some(prost_types::Timestamp { seconds: now - ((h >> 20) % (60 * 86_400)) as i64, nanos: 0 }),
+            ..Default::default()
+        }
+    })
+    .await?;
 
     let today = chrono::Utc::now().date_naive();
     let first = chrono::Datelike::with_day(&today, 1).unwrap_or(today);
@@ -90,27 +66,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         created_to: Some(at(next)),
         ..Default::default()
     };
-    let mut samples = Vec::with_capacity(queries);
+    let mut latencies = population::Latencies::default();
     let mut answer = None;
     for _ in 0..queries.max(1) {
-        let started = Instant::now();
-        answer = Some(profiles.get_cohort_score_profile(request.clone()).await?.into_inner());
-        samples.push(started.elapsed());
+        answer = Some(latencies.time(profiles.get_cohort_score_profile(request.clone())).await?.into_inner());
     }
-    samples.sort();
-    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
     let answer = answer.unwrap_or_default();
-    println!(
-        "GetCohortScoreProfile over {} leads ({} calls): p50 {:?}  p90 {:?}  p99 {:?}  max {:?}  mean {:?}",
-        answer.lead_count,
-        samples.len(),
-        q(0.5),
-        q(0.9),
-        q(0.99),
-        samples[samples.len() - 1],
-        mean
-    );
+    println!("GetCohortScoreProfile over {} leads ({} calls): {latencies}", answer.lead_count, latencies.calls());
     println!(
         "  p50 {}  p90 {}  p99 {}  min {}  max {}  buckets {}  MQL rate {}",
         answer.p50,

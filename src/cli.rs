@@ -136,7 +136,9 @@ pub enum SpendCommand {
     /// service with `RecordSpend`, in calls of up to 500 rows. Columns, by
     /// their header (any order, case ignored): `day` (or `date`),
     /// `campaign`, `amount` (or `cost`, `spend`), and optionally `source`,
-    /// `channel`, `currency`. Sending a file again replaces the same days.
+    /// `channel`, `currency`. Rows of the same day, campaign, source,
+    /// channel and currency are summed. Sending a file again replaces the
+    /// same days.
     Import {
         /// The CSV file.
         file: PathBuf,
@@ -442,10 +444,11 @@ async fn import_spend(file: &std::path::Path, addr: &str) -> Result<usize, Strin
             .map_err(|status| {
                 let first = i * SPEND_CALL;
                 format!(
-                    "rows {}-{} (and after) not recorded: {}",
-                    first + 2,
-                    first + chunk.len() + 1,
-                    format_args!("{}: {}", status.code(), status.message())
+                    "entries {}-{} of the file (after summing rows) and later ones not recorded: {}: {}",
+                    first + 1,
+                    first + chunk.len(),
+                    status.code(),
+                    status.message()
                 )
             })?
             .into_inner();

@@ -165,8 +165,12 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
                 }),
             })
             .await?;
-        let (source, channel) = SOURCES[rng.below(SOURCES.len() as u64) as usize];
+        let (mut source, mut channel) = SOURCES[rng.below(SOURCES.len() as u64) as usize];
         let campaign = rng.pick(&CAMPAIGNS);
+        // A paid campaign's leads come through what it buys.
+        if let Some((_, s, c, _)) = CAMPAIGN_SPEND.iter().find(|(name, ..)| *name == campaign) {
+            (source, channel) = (s, c);
+        }
         // Most leads are quiet; a quarter of the active ones are very engaged.
         let count = match rng.below(100) {
             0..30 => 0,

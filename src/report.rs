@@ -205,14 +205,19 @@ pub fn render_campaigns(period: &str, group_by: &str, r: &pb::GetCampaignReportR
     out
 }
 
-/// The fields of a CSV record (RFC 4180: quoted fields may hold commas,
-/// quotes doubled and line breaks); records end at an unquoted line break.
-fn csv_records(text: &str) -> Result<Vec<Vec<String>>, String> {
+/// The records of a CSV text (RFC 4180: quoted fields may hold commas,
+/// doubled quotes and line breaks), each with the line it starts on; blank
+/// lines are skipped.
+fn csv_records(text: &str) -> Result<Vec<(usize, Vec<String>)>, String> {
     let mut records = Vec::new();
     let (mut record, mut field) = (Vec::new(), String::new());
     let (mut quoted, mut was_quoted) = (false, false);
+    let (mut line, mut start) = (1, 1);
     let mut chars = text.trim_start_matches('\u{feff}').chars().peekable();
     while let Some(c) = chars.next() {
+        if c == '\n' {
+            line += 1;
+        }
         match (quoted, c) {
             (true, '"') if chars.peek() == Some(&'"') => {
                 chars.next();
@@ -233,31 +238,35 @@ fn csv_records(text: &str) -> Result<Vec<Vec<String>>, String> {
                 record.push(std::mem::take(&mut field));
                 was_quoted = false;
                 if record.iter().any(|f| !f.is_empty()) {
-                    records.push(std::mem::take(&mut record));
+                    records.push((start, std::mem::take(&mut record)));
                 }
                 record.clear();
+                start = line;
             }
             (false, c) => field.push(c),
         }
     }
     if quoted {
-        return Err(format!("line {}: a quoted field is not closed", records.len() + 1));
+        return Err(format!("line {start}: a quoted field is not closed"));
     }
     record.push(field);
     if record.iter().any(|f| !f.is_empty()) {
-        records.push(record);
+        records.push((start, record));
     }
     Ok(records)
 }
 
 /// The spend entries of a CSV file with a header row naming its columns:
 /// `day` (or `date`), `campaign`, `amount` (or `cost`, `spend`), and
-/// optionally `source`, `channel`, `currency`. Days and amounts are checked
-/// here, so an error names its row; the service checks the rest.
+/// optionally `source`, `channel`, `currency`. Rows of the same day,
+/// campaign, source, channel and currency (an export per ad group or
+/// device) are summed into one entry. Days and amounts are checked here, so
+/// an error names its line; the service checks the rest.
 pub fn spend_csv(text: &str) -> Result<Vec<pb::SpendEntry>, String> {
+    use crate::domain::spend::Micros;
     let mut records = csv_records(text)?.into_iter();
-    let header: Vec<String> =
-        records.next().ok_or("the file is empty")?.iter().map(|h| h.trim().to_lowercase()).collect();
+    let (_, header) = records.next().ok_or("the file is empty")?;
+    let header: Vec<String> = header.iter().map(|h| h.trim().to_lowercase()).collect();
     let column = |names: &[&str]| header.iter().position(|h| names.contains(&h.as_str()));
     let (Some(day), Some(campaign), Some(amount)) =
         (column(&["day", "date"]), column(&["campaign"]), column(&["amount", "cost", "spend"]))
@@ -268,47 +277,59 @@ pub fn spend_csv(text: &str) -> Result<Vec<pb::SpendEntry>, String> {
         ));
     };
     let (source, channel, currency) = (column(&["source"]), column(&["channel"]), column(&["currency"]));
-    let mut entries = Vec::new();
-    for (i, record) in records.enumerate() {
-        let row = i + 2;
-        let get = |at: Option<usize>| at.and_then(|at| record.get(at)).map_or(String::new(), |v| v.trim().to_owned());
-        let entry = pb::SpendEntry {
-            campaign: get(Some(campaign)),
-            source: get(source),
-            channel: get(channel),
-            day: get(Some(day)),
-            amount: get(Some(amount)),
-            currency: get(currency),
-        };
-        if chrono::NaiveDate::parse_from_str(&entry.day, "%Y-%m-%d").is_err() || entry.day.len() != 10 {
-            return Err(format!("row {row}: day '{}' is not YYYY-MM-DD", crate::text::bounded(&entry.day, 32)));
+    // (day, campaign, source, channel, currency) → summed amount, in file order.
+    type Key = (String, String, String, String, String);
+    let mut sums: Vec<(Key, Micros)> = Vec::new();
+    let mut at: std::collections::HashMap<Key, usize> = Default::default();
+    for (line, record) in records {
+        let get = |i: Option<usize>| i.and_then(|i| record.get(i)).map_or(String::new(), |v| v.trim().to_owned());
+        let key = (get(Some(day)), get(Some(campaign)), get(source), get(channel), get(currency));
+        if chrono::NaiveDate::parse_from_str(&key.0, "%Y-%m-%d").is_err() || key.0.len() != 10 {
+            return Err(format!("line {line}: day '{}' is not YYYY-MM-DD", crate::text::bounded(&key.0, 32)));
         }
-        if let Err(why) = crate::domain::spend::Micros::parse(&entry.amount) {
-            return Err(format!("row {row}: amount '{}' {why}", crate::text::bounded(&entry.amount, 32)));
+        let text = get(Some(amount));
+        let value = Micros::parse(&text)
+            .map_err(|why| format!("line {line}: amount '{}' {why}", crate::text::bounded(&text, 32)))?;
+        match at.get(&key) {
+            Some(i) => sums[*i].1 = sums[*i].1.plus(value),
+            None => {
+                at.insert(key.clone(), sums.len());
+                sums.push((key, value));
+            }
         }
-        entries.push(entry);
     }
-    Ok(entries)
+    Ok(sums
+        .into_iter()
+        .map(|((day, campaign, source, channel, currency), amount)| pb::SpendEntry {
+            campaign,
+            source,
+            channel,
+            day,
+            amount: amount.to_string(),
+            currency,
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
 
     #[test]
-    fn spend_csv_reads_quoted_fields_and_names_bad_rows() {
-        let text = "\u{feff}Date,Campaign,Source,Cost\r\n2026-11-02,\"Q4, \"\"launch\"\"\",google,1250.40\r\n\r\n2026-11-03,brand,,7\n";
+    fn spend_csv_reads_quoted_fields_sums_rows_and_names_bad_lines() {
+        let text = "\u{feff}Date,Campaign,Source,Cost\r\n2026-11-02,\"Q4, \"\"launch\"\"\",google,1250.40\r\n\r\n2026-11-03,brand,,7\n2026-11-02,\"Q4, \"\"launch\"\"\",google,0.60\n2026-11-02,\"Q4, \"\"launch\"\"\",linkedin,3\n";
         let entries = spend_csv(text).unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3, "two rows of one day, campaign and source summed");
         assert_eq!(entries[0].campaign, "Q4, \"launch\"");
         assert_eq!(
             (entries[0].day.as_str(), entries[0].amount.as_str(), entries[0].source.as_str()),
-            ("2026-11-02", "1250.40", "google")
+            ("2026-11-02", "1251", "google")
         );
         assert_eq!((entries[1].source.as_str(), entries[1].channel.as_str()), ("", ""));
-        let bad = spend_csv("day,campaign,amount\n2026-11-02,a,1\n2026-13-01,b,2\n").unwrap_err();
-        assert!(bad.contains("row 3") && bad.contains("2026-13-01"), "{bad}");
+        assert_eq!((entries[2].source.as_str(), entries[2].amount.as_str()), ("linkedin", "3"));
+        let bad = spend_csv("day,campaign,amount\n\n2026-11-02,\"a\nb\",1\n2026-13-01,b,2\n").unwrap_err();
+        assert!(bad.contains("line 5") && bad.contains("2026-13-01"), "{bad}");
         let bad = spend_csv("day,campaign,amount\n2026-11-02,a,-5\n").unwrap_err();
-        assert!(bad.contains("row 2") && bad.contains("-5"), "{bad}");
+        assert!(bad.contains("line 2") && bad.contains("-5"), "{bad}");
         assert!(spend_csv("when,what\n").unwrap_err().contains("header must name"));
         assert!(spend_csv("day,campaign,amount\n2026-11-02,\"open,1\n").unwrap_err().contains("not closed"));
     }

@@ -171,10 +171,10 @@ fn spend_entries(spend: Vec<pb::SpendEntry>, currency: &str, max: usize) -> Resu
                 ),
             );
         }
-        if let (Some(c), Some(d)) = (&campaign, day)
-            && !seen.insert((c.clone(), d))
+        if let (Some(c), Some(s), Some(ch), Some(d)) = (&campaign, &source, &channel, day)
+            && !seen.insert((c.clone(), s.clone(), ch.clone(), d))
         {
-            v.add(field("day"), "the campaign's day is already in this call");
+            v.add(field("day"), "the campaign's day through this source and channel is already in this call");
         }
         if let (Some(campaign), Some(source), Some(channel), Some(day), Some(amount)) =
             (campaign, source, channel, day, amount)

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::Stage;
-use super::profiles::{FunnelCounters, FunnelGroupBy, NO_VALUE};
+use super::profiles::{FunnelCounters, FunnelGroupBy};
 
 /// The currency of a deployment that names none (`currency` setting).
 pub const DEFAULT_CURRENCY: &str = "USD";
@@ -22,8 +22,9 @@ pub fn is_currency_code(code: &str) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Micros(pub i64);
 
-/// The largest amount one entry may hold: 1e12 currency units.
-pub const MAX_AMOUNT: Micros = Micros(1_000_000_000_000_000_000);
+/// The largest amount one entry may hold: 1e9 currency units (sums of
+/// entries saturate rather than wrap, far beyond any real budget).
+pub const MAX_AMOUNT: Micros = Micros(1_000_000_000_000_000);
 
 impl Micros {
     /// A decimal amount (`1250`, `1250.4`, `0.000001`): digits, at most one
@@ -44,13 +45,17 @@ impl Micros {
         let fraction: i64 = format!("{fraction:0<6}").parse().unwrap_or(0);
         let micros = whole.checked_mul(1_000_000).and_then(|w| w.checked_add(fraction)).ok_or("is too large")?;
         if micros > MAX_AMOUNT.0 {
-            return Err("is more than 1,000,000,000,000".into());
+            return Err("is more than 1,000,000,000".into());
         }
         Ok(Self(micros))
     }
 
     pub fn units(self) -> f64 {
         self.0 as f64 / 1_000_000.0
+    }
+
+    pub fn plus(self, other: Micros) -> Micros {
+        Micros(self.0.saturating_add(other.0))
     }
 }
 
@@ -67,8 +72,9 @@ impl std::fmt::Display for Micros {
     }
 }
 
-/// What was spent on one campaign on one UTC day. A campaign has one
-/// source and channel (the properties its signals carry).
+/// What was spent on one campaign, through one source and channel (the
+/// properties its signals carry), on one UTC day. A campaign run on two
+/// platforms is two entries a day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpendEntry {
     pub campaign: String,
@@ -135,7 +141,7 @@ impl CampaignRow {
     }
 
     fn add(&mut self, other: &CampaignRow) {
-        self.spend = Micros(self.spend.0 + other.spend.0);
+        self.spend = self.spend.plus(other.spend);
         self.leads += other.leads;
         self.mqls += other.mqls;
         self.sqls += other.sqls;
@@ -162,7 +168,7 @@ pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: 
     let mut rows: BTreeMap<String, CampaignRow> = BTreeMap::new();
     for entry in spend {
         let row = rows.entry(entry.value(group_by).to_owned()).or_default();
-        row.spend = Micros(row.spend.0 + entry.amount.0);
+        row.spend = row.spend.plus(entry.amount);
     }
     for (value, f) in funnel.by(group_by) {
         let reached = |stage: Stage| f.passed.get(&stage).copied().unwrap_or(0);
@@ -180,7 +186,11 @@ pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: 
             row.value = value;
             row
         })
-        .filter(|r| r.spend.0 > 0 || r.leads > 0 || r.won_revenue != 0.0 || r.value != NO_VALUE)
+        // A row with nothing in it (spend corrected to 0, counters moved
+        // elsewhere) is left out, whatever its name.
+        .filter(|r| {
+            r.spend.0 > 0 || r.leads + r.mqls + r.sqls + r.opportunities + r.customers > 0 || r.won_revenue != 0.0
+        })
         .collect();
     rows.sort_by(|a, b| b.spend.cmp(&a.spend).then(b.leads.cmp(&a.leads)).then_with(|| a.value.cmp(&b.value)));
     let mut total = CampaignRow::default();
@@ -204,7 +214,7 @@ mod tests {
         assert_eq!(Micros::parse("12"), Ok(Micros(12_000_000)));
         assert_eq!(Micros(1_250_400_000).to_string(), "1250.4");
         assert_eq!(Micros(12_000_000).to_string(), "12");
-        for bad in ["", ".", "-3", "1e3", "1,5", "0.0000001", "99999999999999999999", "1000000000000.000001"] {
+        for bad in ["", ".", "-3", "1e3", "1,5", "0.0000001", "99999999999999999999", "1000000000.000001"] {
             assert!(Micros::parse(bad).is_err(), "{bad}");
         }
     }
@@ -257,6 +267,12 @@ mod tests {
         assert_eq!(q4.roi(), Some(3.5));
         assert_eq!(report.rows[1].cost_per_lead(), None, "spend without leads: no ratio");
         assert_eq!(report.rows[3].roi(), None, "leads without spend");
+        // Spend corrected to nothing, no leads: no row.
+        let zero = campaign_report(&[entry("paused", "bing", 1, 0)], &funnel, FunnelGroupBy::Campaign);
+        assert!(zero.rows.iter().all(|r| r.value != "paused"));
+        // Sums saturate instead of wrapping.
+        let huge: Vec<SpendEntry> = (0..20_000).map(|d| entry("big", "google", d, MAX_AMOUNT.0)).collect();
+        assert_eq!(campaign_report(&huge, &funnel, FunnelGroupBy::Campaign).total.spend, Micros(i64::MAX));
         assert_eq!(report.total.spend, Micros(2_500_000_000));
         assert_eq!(report.total.leads, 55);
         let by_source = campaign_report(&spend, &funnel, FunnelGroupBy::Source);

@@ -46,8 +46,8 @@ struct Data {
     /// (month, model, group) → leads per score bucket.
     cohort_scores: HashMap<(Month, String, String), ScoreDistribution>,
     accounts: HashMap<AccountId, StoredAccountData>,
-    /// (UTC day, campaign) → spend.
-    spend: BTreeMap<(i64, String), SpendEntry>,
+    /// (UTC day, campaign, source, channel) → spend.
+    spend: BTreeMap<(i64, String, String, String), SpendEntry>,
 }
 
 impl Data {
@@ -416,15 +416,16 @@ impl Spend for MemoryStore {
     async fn record_spend(&self, entries: &[SpendEntry]) -> Result<(), StoreError> {
         let mut data = self.data();
         for entry in entries {
-            data.spend.insert((entry.day, entry.campaign.clone()), entry.clone());
+            let key = (entry.day, entry.campaign.clone(), entry.source.clone(), entry.channel.clone());
+            data.spend.insert(key, entry.clone());
         }
         Ok(())
     }
 
     async fn spend(&self, from_day: i64, to_day: i64) -> Result<Vec<SpendEntry>, StoreError> {
         let data = self.data();
-        let first = (from_day, String::new());
-        Ok(data.spend.range(first..).take_while(|((day, _), _)| *day < to_day).map(|(_, e)| e.clone()).collect())
+        let first = (from_day, String::new(), String::new(), String::new());
+        Ok(data.spend.range(first..).take_while(|((day, ..), _)| *day < to_day).map(|(_, e)| e.clone()).collect())
     }
 }
 

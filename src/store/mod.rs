@@ -251,8 +251,8 @@ pub trait RuleSetVersions: Send + Sync + 'static {
 /// Marketing spend per campaign and UTC day.
 #[async_trait]
 pub trait Spend: Send + Sync + 'static {
-    /// Records each entry, replacing what was recorded for its campaign
-    /// and day.
+    /// Records each entry, replacing what was recorded for its campaign,
+    /// source and channel on its day.
     async fn record_spend(&self, entries: &[SpendEntry]) -> Result<(), StoreError>;
 
     /// The entries of the UTC days `from_day..to_day`.

@@ -460,7 +460,7 @@ async fn triggers_are_delivered_at_least_once_per_group(store: &dyn LeadStore) {
     assert_eq!((b.delivered, b.pending), (4, 4));
 }
 
-async fn spend_is_replaced_by_campaign_and_day_and_read_by_period(store: &dyn LeadStore) {
+async fn spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period(store: &dyn LeadStore) {
     use leadscore::domain::spend::{Micros, SpendEntry};
     let entry = |campaign: &str, day: i64, micros: i64| SpendEntry {
         campaign: campaign.into(),
@@ -476,11 +476,22 @@ async fn spend_is_replaced_by_campaign_and_day_and_read_by_period(store: &dyn Le
         .record_spend(&[entry("q4", 20_026, 1_000_000), entry("q4", 20_027, 2_000_000), entry(odd, 20_028, 5)])
         .await
         .unwrap();
-    // A correction replaces the day; others stay.
-    store.record_spend(&[entry("q4", 20_027, 3_500_000)]).await.unwrap();
+    // A correction replaces the day; others stay, and so does the same
+    // campaign's day through another source.
+    let mut other_source = entry("q4", 20_027, 700_000);
+    other_source.source = "linkedin".into();
+    store.record_spend(&[entry("q4", 20_027, 3_500_000), other_source.clone()]).await.unwrap();
     let all = store.spend(20_000, 20_100).await.unwrap();
-    assert_eq!(all, vec![entry("q4", 20_026, 1_000_000), entry("q4", 20_027, 3_500_000), entry(odd, 20_028, 5)]);
-    assert_eq!(store.spend(20_027, 20_028).await.unwrap(), vec![entry("q4", 20_027, 3_500_000)]);
+    assert_eq!(
+        all,
+        vec![
+            entry("q4", 20_026, 1_000_000),
+            entry("q4", 20_027, 3_500_000),
+            other_source.clone(),
+            entry(odd, 20_028, 5)
+        ]
+    );
+    assert_eq!(store.spend(20_027, 20_028).await.unwrap(), vec![entry("q4", 20_027, 3_500_000), other_source]);
     assert_eq!(store.spend(20_029, 20_400).await.unwrap(), vec![]);
     assert_eq!(store.spend(20_028, 20_028).await.unwrap(), vec![]);
 }
@@ -524,7 +535,7 @@ contract!(
     changes_apply_only_onto_the_lead_as_read,
     the_feed_pages_in_order_and_resumes,
     triggers_are_delivered_at_least_once_per_group,
-    spend_is_replaced_by_campaign_and_day_and_read_by_period,
+    spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

@@ -217,7 +217,7 @@ async fn scenario(redis: Option<&RedisServer>) {
     let refused = run(&["spend", "import", csv.to_str().unwrap(), "--addr", &addr]);
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("row 2") && stderr.contains("1,000"), "{stderr}");
+    assert!(stderr.contains("line 2") && stderr.contains("1,000"), "{stderr}");
     std::fs::write(
         &csv,
         "Date,Campaign,Source,Channel,Cost\n2026-11-19,brand,bing,paid,100.01\n2026-11-20,brand,bing,paid,99.99\n",

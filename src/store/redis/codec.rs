@@ -50,20 +50,19 @@ pub fn parse_funnel_field(field: &str) -> Option<(&str, FunnelCounter)> {
     Some((parts[0], counter))
 }
 
-/// A spend entry's field (`<day>␟<campaign>`) and value
-/// (`<source>␟<channel>␟<micros>`): names hold no control characters.
+/// A spend entry's field (`<day>␟<campaign>␟<source>␟<channel>`) and value
+/// (millionths): names hold no control characters.
 pub fn spend_field(entry: &crate::domain::spend::SpendEntry) -> (String, String) {
     (
-        format!("{}{SEP}{}", entry.day, entry.campaign),
-        format!("{}{SEP}{}{SEP}{}", entry.source, entry.channel, entry.amount.0),
+        format!("{}{SEP}{}{SEP}{}{SEP}{}", entry.day, entry.campaign, entry.source, entry.channel),
+        entry.amount.0.to_string(),
     )
 }
 
 /// The entry of a spend field and value; `None` for anything else.
 pub fn parse_spend(field: &str, value: &str) -> Option<crate::domain::spend::SpendEntry> {
-    let (day, campaign) = field.split_once(SEP)?;
-    let mut parts = value.split(SEP);
-    let (source, channel, micros) = (parts.next()?, parts.next()?, parts.next()?);
+    let mut parts = field.split(SEP);
+    let (day, campaign, source, channel) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
         return None;
     }
@@ -72,7 +71,7 @@ pub fn parse_spend(field: &str, value: &str) -> Option<crate::domain::spend::Spe
         source: source.to_owned(),
         channel: channel.to_owned(),
         day: day.parse().ok()?,
-        amount: crate::domain::spend::Micros(micros.parse().ok()?),
+        amount: crate::domain::spend::Micros(value.parse().ok()?),
     })
 }
 

@@ -115,8 +115,8 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
     }
 
-    /// A UTC month's marketing spend (hash: `<day>␟<campaign>` →
-    /// `<source>␟<channel>␟<micros>`).
+    /// A UTC month's marketing spend (hash: `<day>␟<campaign>␟<source>␟<channel>`
+    /// → millionths).
     pub fn spend(&self, month: &str) -> String {
         format!("{}:spend:{month}", self.prefix)
     }

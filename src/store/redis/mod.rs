@@ -494,7 +494,9 @@ impl Spend for RedisStore {
                 entries.push(entry);
             }
         }
-        entries.sort_by(|a, b| (a.day, &a.campaign).cmp(&(b.day, &b.campaign)));
+        entries.sort_by(|a, b| {
+            (a.day, &a.campaign, &a.source, &a.channel).cmp(&(b.day, &b.campaign, &b.source, &b.channel))
+        });
         Ok(entries)
     }
 }
