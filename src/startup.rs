@@ -287,6 +287,16 @@ impl Application {
             per_connection: settings.max_trigger_streams_per_connection,
             per_token: settings.max_trigger_streams_per_token,
         }));
+        // Spend amounts are never converted: data kept in another currency
+        // is refused (checked again on every RecordSpend, should Redis be
+        // down now).
+        match crate::engine::spend::check_currency(state.core()).await {
+            Ok(()) => {}
+            Err(e @ crate::engine::spend::SpendError::Currency { .. }) => {
+                return Err(StartupError::DataFormat(e.to_string()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the stored spend's currency yet (store unavailable)"),
+        }
         let state = Arc::new(state);
         let listener = TcpListener::bind(settings.grpc_addr)
             .await

@@ -398,7 +398,14 @@ impl Profiles for ProfilesService {
         let entries =
             spend_entries(request.into_inner().spend, &self.state.currency, self.state.limits.max_batch_size)?;
         tracing::Span::current().record("entries", entries.len());
-        spend::record(self.state.core(), &entries).await.map_err(ApiError::from)?;
+        spend::record(self.state.core(), &entries).await.map_err(|e| match e {
+            spend::SpendError::Store(e) => ApiError::Store(e),
+            e @ spend::SpendError::Currency { .. } => ApiError::FailedPrecondition {
+                message: e.to_string(),
+                reason: "CURRENCY_MISMATCH",
+                metadata: Vec::new(),
+            },
+        })?;
         Ok(Response::new(pb::RecordSpendResponse { recorded: entries.len() as u32 }))
     }
 

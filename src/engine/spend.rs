@@ -5,9 +5,34 @@ use super::*;
 use crate::domain::profiles::FunnelGroupBy;
 use crate::domain::spend::{self, CampaignReport, SpendEntry};
 
-/// Records spend entries, each replacing its campaign's day.
-pub async fn record(state: &Core, entries: &[SpendEntry]) -> Result<(), StoreError> {
-    state.store.record_spend(entries).await
+/// Why spend was not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum SpendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The store keeps spend in another currency than this deployment's.
+    #[error(
+        "the spend stored here is in {recorded}, this deployment's currency is {configured}: set currency = \"{recorded}\" (amounts are never converted)"
+    )]
+    Currency { recorded: String, configured: String },
+}
+
+/// Checks that the store keeps spend in this deployment's currency
+/// (recording it on a store that has none yet).
+pub async fn check_currency(state: &Core) -> Result<(), SpendError> {
+    match state.store.claim_currency(&state.currency).await? {
+        Some(recorded) if recorded != state.currency => {
+            Err(SpendError::Currency { recorded, configured: state.currency.clone() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records spend entries, each replacing its campaign's day through its
+/// source and channel; refused when the store keeps another currency.
+pub async fn record(state: &Core, entries: &[SpendEntry]) -> Result<(), SpendError> {
+    check_currency(state).await?;
+    Ok(state.store.record_spend(entries).await?)
 }
 
 /// Spend and results over the UTC days `from_day..to_day` (first touch).

@@ -48,6 +48,8 @@ struct Data {
     accounts: HashMap<AccountId, StoredAccountData>,
     /// (UTC day, campaign, source, channel) → spend.
     spend: BTreeMap<(i64, String, String, String), SpendEntry>,
+    /// The currency of the spend.
+    currency: Option<String>,
 }
 
 impl Data {
@@ -426,6 +428,17 @@ impl Spend for MemoryStore {
         let data = self.data();
         let first = (from_day, String::new(), String::new(), String::new());
         Ok(data.spend.range(first..).take_while(|((day, ..), _)| *day < to_day).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError> {
+        let mut data = self.data();
+        match &data.currency {
+            Some(known) => Ok(Some(known.clone())),
+            None => {
+                data.currency = Some(currency.to_owned());
+                Ok(None)
+            }
+        }
     }
 }
 

@@ -257,6 +257,11 @@ pub trait Spend: Send + Sync + 'static {
 
     /// The entries of the UTC days `from_day..to_day`.
     async fn spend(&self, from_day: i64, to_day: i64) -> Result<Vec<SpendEntry>, StoreError>;
+
+    /// Records the currency spend is kept in, unless one is recorded: then
+    /// returns that one (the same or not). Kept for good: amounts are
+    /// never converted.
+    async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// A whole store: every role. Implemented for anything that plays them all.

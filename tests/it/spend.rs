@@ -246,3 +246,19 @@ async fn the_campaign_report_gives_spend_and_cost_per_stage_on_redis() {
 async fn the_embedded_store_gives_the_same_campaign_report() {
     scenario(None).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_kept_in_one_currency_is_not_relabelled_by_another_deployment() {
+    let redis = RedisServer::start();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    let mut profiles = ProfilesClient::new(app.channel().await);
+    profiles.record_spend(pb::RecordSpendRequest { spend: vec![spend("q4", "google", TODAY, "10")] }).await.unwrap();
+    app.stop().await;
+    let mut euros = settings(Some(redis.url()));
+    euros.currency = "EUR".into();
+    let refused = match leadscore::startup::Application::build(euros).await {
+        Ok(_) => panic!("started over spend kept in USD"),
+        Err(e) => e.to_string(),
+    };
+    assert!(refused.contains("in USD") && refused.contains("currency = \"USD\""), "{refused}");
+}

@@ -121,6 +121,11 @@ impl KeySpace {
         format!("{}:spend:{month}", self.prefix)
     }
 
+    /// The currency of all spend under this prefix (string, ISO 4217).
+    pub fn spend_currency(&self) -> String {
+        format!("{}:spend:currency", self.prefix)
+    }
+
     /// The layout format of the data under this prefix (`record::FORMAT`).
     pub fn format(&self) -> String {
         format!("{}:format", self.prefix)

@@ -499,6 +499,17 @@ impl Spend for RedisStore {
         });
         Ok(entries)
     }
+
+    /// `GET` then `SET NX`, in one round trip: two replicas claiming at
+    /// once both end up with the first one's.
+    async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.spend_currency();
+        let mut pipe = redis::pipe();
+        pipe.get(&key);
+        pipe.cmd("SET").arg(&key).arg(currency).arg("NX").ignore();
+        let (recorded,): (Option<String>,) = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        Ok(recorded)
+    }
 }
 
 /// The `YYYYMM` of a UTC day.
