@@ -2,6 +2,7 @@
 //! per-lead ledger. No I/O, no tokio, no Redis, no protobuf.
 
 pub mod account;
+pub mod attribution;
 pub mod decay;
 pub mod duration;
 pub mod ids;
