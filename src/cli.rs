@@ -499,7 +499,7 @@ impl crate::store::redis::migrate::MigrateProgress for Bar {
     fn start(&self, leads: u64) {
         self.0.set_length(leads);
         self.0.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} leads, {per_sec}, {eta} left")
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} leads, {eta} left")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );

@@ -71,7 +71,7 @@ fn required_month(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Viol
 fn required_day(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<i64> {
     let at = required_time(ts, field, v)?;
     if at.millis().rem_euclid(MILLIS_PER_DAY) != 0 {
-        v.add(field, "the funnel counts whole UTC days: give midnight UTC, e.g. 2026-11-01T00:00:00Z");
+        v.add(field, "periods are whole UTC days: give midnight UTC, e.g. 2026-11-01T00:00:00Z");
         return None;
     }
     Some(at.utc_day())

@@ -31,6 +31,9 @@ impl Micros {
     /// point and six decimals, not negative, at most `MAX_AMOUNT`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        if text.starts_with('-') {
+            return Err("is negative".into());
+        }
         let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
         if whole.is_empty() && fraction.is_empty() {
             return Err("is empty".into());
@@ -214,6 +217,7 @@ mod tests {
         assert_eq!(Micros::parse("12"), Ok(Micros(12_000_000)));
         assert_eq!(Micros(1_250_400_000).to_string(), "1250.4");
         assert_eq!(Micros(12_000_000).to_string(), "12");
+        assert_eq!(Micros::parse("-3"), Err("is negative".to_owned()));
         for bad in ["", ".", "-3", "1e3", "1,5", "0.0000001", "99999999999999999999", "1000000000.000001"] {
             assert!(Micros::parse(bad).is_err(), "{bad}");
         }

@@ -17,10 +17,14 @@ pub enum SpendError {
     Currency { recorded: String, configured: String },
 }
 
-/// Checks that the store keeps spend in this deployment's currency
-/// (recording it on a store that has none yet).
+/// Checks that spend already stored is in this deployment's currency
+/// (start-up: records nothing).
 pub async fn check_currency(state: &Core) -> Result<(), SpendError> {
-    match state.store.claim_currency(&state.currency).await? {
+    currency_matches(state, state.store.spend_currency().await?)
+}
+
+fn currency_matches(state: &Core, recorded: Option<String>) -> Result<(), SpendError> {
+    match recorded {
         Some(recorded) if recorded != state.currency => {
             Err(SpendError::Currency { recorded, configured: state.currency.clone() })
         }
@@ -31,7 +35,7 @@ pub async fn check_currency(state: &Core) -> Result<(), SpendError> {
 /// Records spend entries, each replacing its campaign's day through its
 /// source and channel; refused when the store keeps another currency.
 pub async fn record(state: &Core, entries: &[SpendEntry]) -> Result<(), SpendError> {
-    check_currency(state).await?;
+    currency_matches(state, state.store.claim_currency(&state.currency).await?)?;
     Ok(state.store.record_spend(entries).await?)
 }
 

@@ -430,6 +430,10 @@ impl Spend for MemoryStore {
         Ok(data.spend.range(first..).take_while(|((day, ..), _)| *day < to_day).map(|(_, e)| e.clone()).collect())
     }
 
+    async fn spend_currency(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.data().currency.clone())
+    }
+
     async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError> {
         let mut data = self.data();
         match &data.currency {

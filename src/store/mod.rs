@@ -262,6 +262,9 @@ pub trait Spend: Send + Sync + 'static {
     /// returns that one (the same or not). Kept for good: amounts are
     /// never converted.
     async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError>;
+
+    /// The currency spend is kept in, if any spend was recorded.
+    async fn spend_currency(&self) -> Result<Option<String>, StoreError>;
 }
 
 /// A whole store: every role. Implemented for anything that plays them all.

@@ -152,6 +152,23 @@ async fn migrate_and_compare(url: &str, conn: &mut dyn redis::ConnectionLike, al
     let rows: Vec<&Value> = keys.as_array().unwrap().iter().collect();
     load(conn, &rows);
 
+    // Without the configuration of the release that wrote it (4
+    // partitions, not the default 64), migrate refuses and converts nothing.
+    let wrong = Command::new(env!("CARGO_BIN_EXE_leadscore"))
+        .args(["migrate", "--redis-url", url])
+        .env_remove("LEADSCORE_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis_partitions") && stderr.contains("nothing was converted"), "{stderr}");
+    let format: Option<String> = redis::cmd("GET").arg("ls:format").query(conn).unwrap();
+    assert_eq!(format, None);
+    for row in rows.iter().filter(|r| s(&r["type"]) == "hash" && s(&r["key"]).contains(":lead:")) {
+        let kind: String = redis::cmd("TYPE").arg(s(&row["key"])).query(conn).unwrap();
+        assert_eq!(kind, "hash", "{} was converted", row["key"]);
+    }
+
     // This build refuses the old data and names the command.
     let mut config = settings(Some(url.to_owned()));
     config.redis_timeout = leadscore::config::Millis(2_000);

@@ -250,12 +250,14 @@ async fn the_embedded_store_gives_the_same_campaign_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spend_kept_in_one_currency_is_not_relabelled_by_another_deployment() {
     let redis = RedisServer::start();
+    let mut euros = settings(Some(redis.url()));
+    euros.currency = "EUR".into();
+    // A service that recorded no spend fixes no currency.
+    TestApp::spawn(euros.clone()).await.stop().await;
     let app = TestApp::spawn(settings(Some(redis.url()))).await;
     let mut profiles = ProfilesClient::new(app.channel().await);
     profiles.record_spend(pb::RecordSpendRequest { spend: vec![spend("q4", "google", TODAY, "10")] }).await.unwrap();
     app.stop().await;
-    let mut euros = settings(Some(redis.url()));
-    euros.currency = "EUR".into();
     let refused = match leadscore::startup::Application::build(euros).await {
         Ok(_) => panic!("started over spend kept in USD"),
         Err(e) => e.to_string(),

@@ -83,9 +83,30 @@ impl RedisStore {
         for partition in 0..self.keys.partitions() {
             pipe.cmd("ZCARD").arg(self.keys.index(partition));
         }
-        let sizes: Vec<u64> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        // One index past the last: data written with more partitions.
+        pipe.cmd("EXISTS").arg(self.keys.index(self.keys.partitions()));
+        let mut sizes: Vec<u64> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let beyond = sizes.pop().unwrap_or(0);
+        if beyond > 0 {
+            return Err(partitions_differ(self.keys.partitions(), true));
+        }
         if sizes.iter().all(|n| *n == 0) {
             return Ok(report);
+        }
+        // Before converting anything: the first leads of every index must
+        // live in its partition under the configured partition count.
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions() {
+            pipe.cmd("ZRANGE").arg(self.keys.index(partition)).arg(0).arg(99);
+        }
+        let firsts: Vec<Vec<String>> = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        for (partition, members) in (0..self.keys.partitions()).zip(firsts) {
+            for member in members {
+                let id = LeadId::from_stored(member).map_err(|e| StoreError::Internal(format!("lead index: {e}")))?;
+                if self.keys.partition(&id) != partition {
+                    return Err(partitions_differ(self.keys.partitions(), true));
+                }
+            }
         }
         report.found = Some(1);
         progress.start(sizes.iter().sum());
@@ -137,6 +158,11 @@ impl RedisStore {
                 .into_iter()
                 .map(|m| LeadId::from_stored(m).map_err(|e| StoreError::Internal(format!("lead index: {e}"))))
                 .collect::<Result<Vec<_>, _>>()?;
+            // Every listed lead must live in this partition under the configured
+            // partition count; otherwise the data was written with another.
+            if ids.iter().any(|id| self.keys.partition(id) != partition) {
+                return Err(partitions_differ(self.keys.partitions(), false));
+            }
             let (written, already) = self.migrate_leads(&ids, leads_script, &mut places).await?;
             report.leads += written;
             report.already += already;
@@ -447,6 +473,15 @@ impl RedisStore {
         let _: () = self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
         Ok((entries, pending_total))
     }
+}
+
+fn partitions_differ(configured: u32, nothing_converted: bool) -> StoreError {
+    StoreError::Internal(format!(
+        "the data was written with another redis_partitions than the {configured} configured here (its leads are \
+         indexed in other partitions): give migrate the configuration of the release that wrote it (its \
+         redis_partitions and redis_key_prefix){}",
+        if nothing_converted { "; nothing was converted" } else { "" }
+    ))
 }
 
 /// A format-1 lead as read: its hash and side keys.

@@ -500,6 +500,11 @@ impl Spend for RedisStore {
         Ok(entries)
     }
 
+    async fn spend_currency(&self) -> Result<Option<String>, StoreError> {
+        let key = self.keys.spend_currency();
+        self.call(|mut c| async move { c.get(&key).await }).await
+    }
+
     /// `GET` then `SET NX`, in one round trip: two replicas claiming at
     /// once both end up with the first one's.
     async fn claim_currency(&self, currency: &str) -> Result<Option<String>, StoreError> {
