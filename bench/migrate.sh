@@ -13,19 +13,13 @@ cd "$(dirname "$0")/.."
 
 leads="${1:-200000}"
 partitions=256
-out=target/bench
-mkdir -p "$out"
 source bench/anchor.sh
 
 cargo build --release --locked --quiet --bin leadscore --example cohort_profile
 bin=target/release/leadscore
 
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-  --pidfile "$PWD/$out/redis-migrate.pid" --logfile "$PWD/$out/redis-migrate.log"
+own_redis
 redis="redis-cli -p $redis_port"
-trap '$redis shutdown nosave >/dev/null 2>&1 || true' EXIT
-wait_for 10 $redis ping
 
 read -r anchor_rps anchor_cpu < <(minimal_update "$redis_port" 16 1000000)
 
@@ -33,7 +27,7 @@ echo "writing $leads format-1 leads" >&2
 python3 bench/format1_population.py "$leads" "$partitions" | $redis --pipe >/dev/null
 before=$($redis info memory | tr -d '\r' | awk -F: '/^used_memory:/ {print $2}')
 
-config="$out/migrate.toml"
+config="$dir/migrate.toml"
 printf 'redis_key_prefix = "ls"\nredis_partitions = %d\n' "$partitions" >"$config"
 redis_before=$(redis_cpu "$redis_port")
 started=$(date +%s.%N)
