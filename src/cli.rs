@@ -106,13 +106,17 @@ pub enum ReportCommand {
     },
     /// Spend, leads, MQLs, SQLs, opportunities, customers, won revenue, cost
     /// per stage and return on spend over whole UTC days, per campaign,
-    /// source or channel (first touch), with spend drawn as a bar chart.
+    /// source or channel under an attribution model, with spend and the
+    /// MQLs credited drawn as bar charts.
     Campaigns {
         #[command(flatten)]
         days: DaysArgs,
         /// Rows per campaign, source or channel.
         #[arg(long, value_parser = ["source", "channel", "campaign"], default_value = "campaign")]
         group_by: String,
+        /// How each lead's credit is shared among its touches.
+        #[arg(long, value_parser = ATTRIBUTION_MODELS, default_value = "first_touch")]
+        model: String,
     },
 }
 
@@ -374,7 +378,7 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
             let period = format!("{from} to {last} (UTC days)");
             Ok(crate::report::render_funnel(&period, group_by.as_deref().unwrap_or(""), &response))
         }
-        ReportCommand::Campaigns { days: DaysArgs { addr, from, to }, group_by } => {
+        ReportCommand::Campaigns { days: DaysArgs { addr, from, to }, group_by, model } => {
             let (from, to) = period_days(from, to, today)?;
             let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
             let response = client
@@ -382,14 +386,14 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
                     from: Some(midnight(from)),
                     to: Some(midnight(to)),
                     group_by: group_by_of(Some(&group_by)).into(),
-                    model: pb::AttributionModel::FirstTouch.into(),
+                    model: attribution_model(&model).into(),
                 })
                 .await
                 .map_err(grpc_error)?
                 .into_inner();
             let last = to.pred_opt().unwrap_or(to);
             let period = format!("{from} to {last} (UTC days)");
-            Ok(crate::report::render_campaigns(&period, &group_by, &response))
+            Ok(crate::report::render_campaigns(&period, &group_by, &model, &response))
         }
     }
 }
@@ -414,6 +418,21 @@ fn period_days(
         None => to - chrono::Days::new(30),
     };
     Ok((from, to))
+}
+
+/// The attribution models by their CLI names.
+const ATTRIBUTION_MODELS: [&str; 5] = ["first_touch", "last_touch", "linear", "time_decay", "position_based"];
+
+fn attribution_model(name: &str) -> crate::api::pb::AttributionModel {
+    use crate::api::pb::AttributionModel;
+    use crate::domain::attribution::Model;
+    match Model::parse_key(name) {
+        Some(Model::LastTouch) => AttributionModel::LastTouch,
+        Some(Model::Linear) => AttributionModel::Linear,
+        Some(Model::TimeDecay) => AttributionModel::TimeDecay,
+        Some(Model::PositionBased) => AttributionModel::PositionBased,
+        Some(Model::FirstTouch) | None => AttributionModel::FirstTouch,
+    }
 }
 
 fn group_by_of(name: Option<&str>) -> crate::api::pb::FunnelGroupBy {

@@ -149,9 +149,10 @@ fn money(v: Option<f64>) -> String {
 }
 
 /// The campaign report as a table, then spend per row as a bar chart.
-pub fn render_campaigns(period: &str, group_by: &str, r: &pb::GetCampaignReportResponse) -> String {
+pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCampaignReportResponse) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Campaigns {period}, by first-touch {group_by}, in {}", r.currency);
+    let model = model.replace('_', "-");
+    let _ = writeln!(out, "Campaigns {period}, by {group_by}, {model} attribution, in {}", r.currency);
     let _ = writeln!(out);
     let _ = writeln!(
         out,
@@ -179,11 +180,11 @@ pub fn render_campaigns(period: &str, group_by: &str, r: &pb::GetCampaignReportR
             out,
             "{name:<24} {:>12.2} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12.2} {:>10} {:>10} {:>10} {:>12} {:>8}",
             row.spend,
-            row.leads,
-            row.mqls,
-            row.sqls,
-            row.opportunities,
-            row.customers,
+            credited(row.leads),
+            credited(row.mqls),
+            credited(row.sqls),
+            credited(row.opportunities),
+            credited(row.customers),
             row.won_revenue,
             money(row.cost_per_lead),
             money(row.cost_per_mql),
@@ -202,7 +203,22 @@ pub fn render_campaigns(period: &str, group_by: &str, r: &pb::GetCampaignReportR
             let _ = writeln!(out, "{name:<24} {:>12.2} {}", row.spend, bar((row.spend * 100.0).round() as u64, max));
         }
     }
+    let max = r.rows.iter().map(|row| (row.mqls * 100.0).round() as u64).max().unwrap_or(0);
+    if max > 0 {
+        let _ = writeln!(out);
+        let _ = writeln!(out, "MQLs credited");
+        for row in r.rows.iter().filter(|row| row.mqls > 0.0) {
+            let name: String = row.value.chars().take(24).collect();
+            let mqls = credited(row.mqls);
+            let _ = writeln!(out, "{name:<24} {mqls:>12} {}", bar((row.mqls * 100.0).round() as u64, max));
+        }
+    }
     out
+}
+
+/// Leads credited: whole as they are, shares to the hundredth.
+fn credited(n: f64) -> String {
+    if n.fract() == 0.0 { format!("{n}") } else { format!("{n:.2}") }
 }
 
 /// The records of a CSV text (RFC 4180: quoted fields may hold commas,
@@ -336,30 +352,31 @@ mod tests {
 
     #[test]
     fn campaigns_table_shows_dashes_and_totals() {
-        let row = |value: &str, spend: f64, leads: u64, mqls: u64| pb::CampaignRow {
+        let row = |value: &str, spend: f64, leads: f64, mqls: f64| pb::CampaignRow {
             value: value.into(),
             spend,
             leads,
             mqls,
-            cost_per_lead: (leads > 0 && spend > 0.0).then(|| spend / leads as f64),
-            cost_per_mql: (mqls > 0 && spend > 0.0).then(|| spend / mqls as f64),
+            cost_per_lead: (leads > 0.0 && spend > 0.0).then(|| spend / leads),
+            cost_per_mql: (mqls > 0.0 && spend > 0.0).then(|| spend / mqls),
             roi: (spend > 0.0).then_some(-1.0),
             ..Default::default()
         };
         let r = pb::GetCampaignReportResponse {
-            rows: vec![row("q4-launch", 2000.0, 40, 8), row("(none)", 0.0, 10, 0)],
-            total: Some(row("", 2000.0, 50, 8)),
+            rows: vec![row("q4-launch", 2000.0, 40.0, 7.5), row("(none)", 0.0, 10.0, 0.5)],
+            total: Some(row("", 2000.0, 50.0, 8.0)),
             currency: "EUR".into(),
             model: pb::AttributionModel::FirstTouch.into(),
         };
-        let text = render_campaigns("2026-11-01 to 2026-11-30 (UTC days)", "campaign", &r);
-        assert!(text.contains("in EUR"), "{text}");
+        let text = render_campaigns("2026-11-01 to 2026-11-30 (UTC days)", "campaign", "linear", &r);
+        assert!(text.contains("linear attribution, in EUR"), "{text}");
         let q4 = text.lines().find(|l| l.starts_with("q4-launch")).unwrap();
-        assert!(q4.contains("50.00") && q4.contains("250.00"), "{q4}");
+        assert!(q4.contains("50.00") && q4.contains("266.67") && q4.contains("7.50"), "{q4}");
         let none = text.lines().find(|l| l.starts_with("(none)")).unwrap();
         assert!(none.contains('—'), "{none}");
         assert!(text.lines().any(|l| l.starts_with("total")), "{text}");
-        assert_eq!(text.lines().filter(|l| l.contains('█')).count(), 1, "one bar: the row with spend");
+        let bars: Vec<&str> = text.lines().filter(|l| l.contains('█')).collect();
+        assert_eq!(bars.len(), 3, "one spend bar (the row with spend), two MQL bars: {text}");
     }
 
     use super::*;

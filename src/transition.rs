@@ -18,6 +18,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::domain::attribution::{self, Journey, Touch};
 use crate::domain::ledger::fingerprint;
 use crate::domain::profiles::{
     self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreBucket, ScoreHistoryEntry,
@@ -120,6 +121,9 @@ struct Builder<'r> {
     now: Timestamp,
     state: LeadState,
     change: LeadChange,
+    /// The journey as stored, kept once this step changes it: its credit
+    /// deltas are computed when the step finishes.
+    journey_before: Option<Journey>,
 }
 
 impl<'r> Builder<'r> {
@@ -154,11 +158,14 @@ impl<'r> Builder<'r> {
             inactivity: Vec::new(),
             account: None,
         };
-        let mut b = Self { rules, settings, now, state, change };
+        let mut b = Self { rules, settings, now, state, change, journey_before: None };
         if created {
             let at = created_at.unwrap_or(now);
             b.state.first_touch = touch;
             let entry = creation_entry(initial_stage);
+            for stage in &entry.passed {
+                b.journey().reach(*stage, at);
+            }
             let groups = funnel_groups(b.state.first_touch.as_ref().map(|t| &t.values));
             b.count(&groups, &entry, at, 1.0);
             b.state.funnel_reached = profiles::funnel_rank(initial_stage);
@@ -168,6 +175,21 @@ impl<'r> Builder<'r> {
             b.change.indexed_at = Some(b.state.lead.created_at);
         }
         b
+    }
+
+    /// The journey, to change: the stored one is kept first.
+    fn journey(&mut self) -> &mut Journey {
+        if self.journey_before.is_none() {
+            self.journey_before = Some(self.state.journey.clone());
+        }
+        &mut self.state.journey
+    }
+
+    /// Adds a touch to the journey (if it changes what is kept).
+    fn add_touch(&mut self, touch: Touch) {
+        if self.state.journey.would_add(&touch) {
+            self.journey().add_touch(touch);
+        }
     }
 
     fn created(&self) -> bool {
@@ -212,6 +234,16 @@ impl<'r> Builder<'r> {
             self.state.reached_mql = true;
         }
         let passed = profiles::newly_passed(self.state.funnel_reached, change.to);
+        for stage in &passed {
+            if attribution::CREDITED_STAGES.contains(stage) {
+                self.journey().reach(*stage, change.at);
+            }
+        }
+        if let Some(amount) = change.deal_amount
+            && change.to == Stage::Customer
+        {
+            self.journey().won(change.at, attribution::micros(amount));
+        }
         self.state.funnel_reached = self.state.funnel_reached.max(profiles::funnel_rank(change.to));
         let entry = FunnelEntry {
             passed,
@@ -276,7 +308,10 @@ impl<'r> Builder<'r> {
             })
             .collect();
         let recorded = signals.iter().zip(&statuses).filter(|(_, st)| **st != SignalStatus::Duplicate);
-        self.earlier_touch(earliest_touch(recorded.map(|(s, _)| s)));
+        self.earlier_touch(earliest_touch(recorded.clone().map(|(s, _)| s)));
+        for (s, _) in recorded {
+            self.add_touch(Touch { at: s.occurred_at, values: profiles::first_touch(&s.properties) });
+        }
         let counted: BTreeSet<String> = signals
             .iter()
             .zip(&statuses)
@@ -401,6 +436,20 @@ impl<'r> Builder<'r> {
     }
 
     fn finish(mut self) -> LeadChange {
+        if let Some(before) = self.journey_before.take() {
+            let half_life = self.rules.attribution_half_life_ms;
+            for d in attribution::credit_changes(&before, &self.state.journey, half_life) {
+                let expires = Timestamp::from_millis((d.day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
+                self.change.aggregates.push(AggregateDelta::Credit {
+                    day: d.day,
+                    model: d.model,
+                    group: attribution::credit_group(d.group_by, &d.value),
+                    counter: d.counter,
+                    by: d.by,
+                    expires,
+                });
+            }
+        }
         self.state.version = self.change.expected_version + 1;
         self.change.state = self.state;
         self.change
@@ -882,7 +931,10 @@ mod tests {
     }
 
     fn signal(rules: &RuleSet, event: &str, ty: &str, at: Timestamp) -> ScoredSignal {
-        let properties = BTreeMap::from([("source".to_owned(), "ads".to_owned())]);
+        // Three campaigns, by the event id: leads touched by several.
+        let campaign = ["spring", "fall", "brand"][event.bytes().map(usize::from).sum::<usize>() % 3];
+        let properties =
+            BTreeMap::from([("source".to_owned(), "ads".to_owned()), ("campaign".to_owned(), campaign.to_owned())]);
         ScoredSignal {
             event_id: EventId::parse(event).unwrap(),
             signal_type: ty.into(),
@@ -896,6 +948,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     type Counts = HashMap<(Month, String, CohortCounter), i64>;
+    type Credits = HashMap<(i64, attribution::Model, String, attribution::CreditCounter), i64>;
     type Scores = HashMap<(Month, String, String, ScoreBucket), i64>;
 
     /// What a store keeps, kept the simplest way: the properties read it.
@@ -905,6 +958,7 @@ mod tests {
         counts: Counts,
         scores: Scores,
         funnel: HashMap<(String, profiles::FunnelCounter), f64>,
+        credits: Credits,
         feed: Vec<StageChange>,
         triggers: Vec<FiredTrigger>,
         created: u64,
@@ -930,6 +984,11 @@ mod tests {
                     AggregateDelta::CohortCount { month, group, counter, by } => {
                         *self.counts.entry((month, group, counter)).or_default() += by
                     }
+                    AggregateDelta::Credit { day, model, group, counter, by, .. } => {
+                        let n = self.credits.entry((day, model, group, counter)).or_default();
+                        *n += by;
+                        assert!(*n >= 0, "a credit went below zero");
+                    }
                     AggregateDelta::CohortScore { month, model, group, bucket, by } => {
                         let key = (month, model, group, bucket);
                         let n = self.scores.get(&key).copied().unwrap_or(0) + by;
@@ -953,6 +1012,20 @@ mod tests {
                 self.apply(change);
             }
             recorded
+        }
+
+        /// The credits recounted from every lead's journey.
+        fn recount_credits(&self, rules: &RuleSet) -> Credits {
+            let mut credits = Credits::new();
+            for state in self.leads.values() {
+                let all =
+                    attribution::credit_changes(&Journey::default(), &state.journey, rules.attribution_half_life_ms);
+                for d in all {
+                    let group = attribution::credit_group(d.group_by, &d.value);
+                    *credits.entry((d.day, d.model, group, d.counter)).or_default() += d.by;
+                }
+            }
+            credits
         }
 
         /// The cohort aggregates recounted from every lead's place.
@@ -1014,6 +1087,7 @@ mod tests {
                 prop_assert_eq!(a.lead.recorded, other.lead.recorded);
                 prop_assert_eq!(a.lead.stage, other.lead.stage);
                 prop_assert_eq!(&a.first_touch, &other.first_touch);
+                prop_assert_eq!(&a.journey.touches, &other.journey.touches);
             }
         }
 
@@ -1089,6 +1163,25 @@ mod tests {
             let (counts, scores) = sim.recount();
             let kept: HashMap<_, _> = sim.counts.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
             prop_assert_eq!(kept, counts);
+            // Credits: equal to a recount from the journeys, and under each
+            // model and grouping one whole lead per lead that reached a stage.
+            let credits: Credits = sim.credits.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
+            prop_assert_eq!(&credits, &sim.recount_credits(&rules));
+            for stage in attribution::CREDITED_STAGES {
+                let reached = sim.leads.values().filter(|l| l.journey.reached.iter().flatten().count() > 0
+                    && l.journey.reached[attribution::CREDITED_STAGES.iter().position(|s| *s == stage).unwrap()].is_some()).count() as i64;
+                for model in attribution::Model::ALL {
+                    let credited: i64 = credits
+                        .iter()
+                        .filter(|((_, m, g, c), _)| *m == model && g.starts_with("campaign=") && *c == attribution::CreditCounter::Reached(stage))
+                        .map(|(_, n)| n)
+                        .sum();
+                    prop_assert_eq!(credited, reached * attribution::WHOLE);
+                }
+            }
+            let passed_lead = sim.funnel.get(&("*".to_owned(), profiles::FunnelCounter::Passed(Stage::Lead))).copied().unwrap_or(0.0);
+            let reached_lead = sim.leads.values().filter(|l| l.journey.reached[0].is_some()).count();
+            prop_assert_eq!(passed_lead as usize, reached_lead, "the funnel and the credits count the same leads");
             prop_assert_eq!(&sim.scores, &scores);
             // Every lead entered a first stage, and every change one more.
             let entered: f64 = sim

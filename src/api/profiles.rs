@@ -9,6 +9,7 @@ use super::convert::{self, grade_to_proto, round_points, score_to_proto, stage_c
 use super::error::{self, ApiError, Violations};
 use super::pb::{self, profiles_server::Profiles};
 use super::state::AppState;
+use crate::domain::attribution::Model;
 use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month, NO_VALUE};
 use crate::domain::spend::{CampaignRow, Micros, SpendEntry};
 use crate::domain::time::MILLIS_PER_DAY;
@@ -194,11 +195,11 @@ fn campaign_row_to_proto(r: &CampaignRow) -> pb::CampaignRow {
     pb::CampaignRow {
         value: r.value.clone(),
         spend: r.spend.units(),
-        leads: r.leads,
-        mqls: r.mqls,
-        sqls: r.sqls,
-        opportunities: r.opportunities,
-        customers: r.customers,
+        leads: millionths(r.leads),
+        mqls: millionths(r.mqls),
+        sqls: millionths(r.sqls),
+        opportunities: millionths(r.opportunities),
+        customers: millionths(r.customers),
         won_revenue: cents(r.won_revenue),
         cost_per_lead: r.cost_per_lead().map(cents),
         cost_per_mql: r.cost_per_mql().map(cents),
@@ -207,6 +208,21 @@ fn campaign_row_to_proto(r: &CampaignRow) -> pb::CampaignRow {
         cost_per_customer: r.cost_per_customer().map(cents),
         roi: r.roi().map(|x| (x * 10_000.0).round() / 10_000.0),
     }
+}
+
+fn model_to_proto(model: Model) -> pb::AttributionModel {
+    match model {
+        Model::FirstTouch => pb::AttributionModel::FirstTouch,
+        Model::LastTouch => pb::AttributionModel::LastTouch,
+        Model::Linear => pb::AttributionModel::Linear,
+        Model::TimeDecay => pb::AttributionModel::TimeDecay,
+        Model::PositionBased => pb::AttributionModel::PositionBased,
+    }
+}
+
+/// Shares of leads to the millionth, as kept.
+fn millionths(x: f64) -> f64 {
+    (x * 1e6).round() / 1e6
 }
 
 fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
@@ -418,17 +434,25 @@ impl Profiles for ProfilesService {
         let mut v = Violations::default();
         let (from, to) = days(req.from.as_ref(), req.to.as_ref(), &mut v);
         let group_by = group_by(req.group_by, &mut v).unwrap_or(FunnelGroupBy::Campaign);
-        match pb::AttributionModel::try_from(req.model) {
-            Ok(pb::AttributionModel::Unspecified | pb::AttributionModel::FirstTouch) => {}
-            Err(_) => v.add("model", format!("unknown value {}", req.model)),
-        }
+        let model = match pb::AttributionModel::try_from(req.model) {
+            Ok(pb::AttributionModel::Unspecified | pb::AttributionModel::FirstTouch) => Model::FirstTouch,
+            Ok(pb::AttributionModel::LastTouch) => Model::LastTouch,
+            Ok(pb::AttributionModel::Linear) => Model::Linear,
+            Ok(pb::AttributionModel::TimeDecay) => Model::TimeDecay,
+            Ok(pb::AttributionModel::PositionBased) => Model::PositionBased,
+            Err(_) => {
+                v.add("model", format!("unknown value {}", req.model));
+                Model::FirstTouch
+            }
+        };
         let (Some(from), Some(to)) = v.into_result((from, to))? else { return Err(Status::internal("missing period")) };
-        let report = spend::campaign_report(self.state.core(), from, to, group_by).await.map_err(ApiError::from)?;
+        let report =
+            spend::campaign_report(self.state.core(), from, to, group_by, model).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::GetCampaignReportResponse {
             rows: report.rows.iter().map(campaign_row_to_proto).collect(),
             total: Some(campaign_row_to_proto(&report.total)),
             currency: self.state.currency.clone(),
-            model: pb::AttributionModel::FirstTouch.into(),
+            model: model_to_proto(model).into(),
         }))
     }
 

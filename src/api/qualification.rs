@@ -125,8 +125,8 @@ impl Qualification for QualificationService {
         if let Some(amount) = req.deal_amount {
             if to.is_some_and(|to| to != Stage::Customer) {
                 v.add("deal_amount", "only a move to STAGE_CUSTOMER carries a deal amount");
-            } else if !amount.is_finite() || !(0.0..=1e15).contains(&amount) {
-                v.add("deal_amount", "a finite amount from 0 to 1e15");
+            } else if !amount.is_finite() || !(0.0..=crate::domain::spend::MAX_AMOUNT.units()).contains(&amount) {
+                v.add("deal_amount", "a finite amount from 0 to 1,000,000,000");
             }
         }
         let (Some(lead_id), Some(to)) = v.into_result((lead_id, to))? else {

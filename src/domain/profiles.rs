@@ -340,7 +340,7 @@ fn round_bound(v: f64) -> f64 {
 // ---------------------------------------------------------------- funnel
 
 /// Which first-touch property splits a funnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FunnelGroupBy {
     Source,
     Channel,

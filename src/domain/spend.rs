@@ -1,13 +1,14 @@
 //! Marketing spend and what it bought: cost per lead, MQL, SQL, opportunity
 //! and customer, and return on spend, per campaign, source or channel. The
 //! pure parts: spend entries, exact money, and the campaign report computed
-//! from the day's spend and the funnel counters the scoring core keeps at
-//! write time.
+//! from the day's spend and the attribution credits the scoring core keeps
+//! at write time.
 
 use std::collections::BTreeMap;
 
 use super::Stage;
-use super::profiles::{FunnelCounters, FunnelGroupBy};
+use super::attribution::{CreditCounter, Credits, WHOLE};
+use super::profiles::FunnelGroupBy;
 
 /// The currency of a deployment that names none (`currency` setting).
 pub const DEFAULT_CURRENCY: &str = "USD";
@@ -104,18 +105,20 @@ impl SpendEntry {
 pub struct CampaignRow {
     pub value: String,
     pub spend: Micros,
-    /// Leads that reached each stage in the period, credited to the value.
-    pub leads: u64,
-    pub mqls: u64,
-    pub sqls: u64,
-    pub opportunities: u64,
-    pub customers: u64,
+    /// Leads that reached each stage in the period, credited to the value
+    /// (whole leads under first touch, shares of leads under the
+    /// multi-touch models).
+    pub leads: f64,
+    pub mqls: f64,
+    pub sqls: f64,
+    pub opportunities: f64,
+    pub customers: f64,
     pub won_revenue: f64,
 }
 
 impl CampaignRow {
-    fn per(&self, n: u64) -> Option<f64> {
-        (n > 0 && self.spend.0 > 0).then(|| self.spend.units() / n as f64)
+    fn per(&self, n: f64) -> Option<f64> {
+        (n > 0.0 && self.spend.0 > 0).then(|| self.spend.units() / n)
     }
 
     pub fn cost_per_lead(&self) -> Option<f64> {
@@ -163,25 +166,25 @@ pub struct CampaignReport {
     pub total: CampaignRow,
 }
 
-/// First-touch attribution: every lead, and everything it reaches, is
-/// credited to the campaign, source and channel of its earliest signal
-/// (`(none)` when that signal had none) — the funnel's own grouping, kept
-/// at write time.
-pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: FunnelGroupBy) -> CampaignReport {
+/// Spend and the credits kept at write time under one attribution model
+/// (`attribution::credit_changes`), as rows sorted by spend, then leads,
+/// then value, with their sum.
+pub fn campaign_report(spend: &[SpendEntry], credits: &Credits, group_by: FunnelGroupBy) -> CampaignReport {
     let mut rows: BTreeMap<String, CampaignRow> = BTreeMap::new();
     for entry in spend {
         let row = rows.entry(entry.value(group_by).to_owned()).or_default();
         row.spend = row.spend.plus(entry.amount);
     }
-    for (value, f) in funnel.by(group_by) {
-        let reached = |stage: Stage| f.passed.get(&stage).copied().unwrap_or(0);
-        let row = rows.entry(value).or_default();
+    for (value, counters) in credits.by(group_by) {
+        let get = |c: CreditCounter| counters.get(&c).copied().unwrap_or(0) as f64 / WHOLE as f64;
+        let reached = |stage: Stage| get(CreditCounter::Reached(stage));
+        let row = rows.entry(value.to_owned()).or_default();
         row.leads += reached(Stage::Lead);
         row.mqls += reached(Stage::Mql);
         row.sqls += reached(Stage::Sql);
         row.opportunities += reached(Stage::Opportunity);
         row.customers += reached(Stage::Customer);
-        row.won_revenue += f.won_revenue;
+        row.won_revenue += get(CreditCounter::Revenue);
     }
     let mut rows: Vec<CampaignRow> = rows
         .into_iter()
@@ -192,10 +195,10 @@ pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: 
         // A row with nothing in it (spend corrected to 0, counters moved
         // elsewhere) is left out, whatever its name.
         .filter(|r| {
-            r.spend.0 > 0 || r.leads + r.mqls + r.sqls + r.opportunities + r.customers > 0 || r.won_revenue != 0.0
+            r.spend.0 > 0 || r.leads + r.mqls + r.sqls + r.opportunities + r.customers > 0.0 || r.won_revenue != 0.0
         })
         .collect();
-    rows.sort_by(|a, b| b.spend.cmp(&a.spend).then(b.leads.cmp(&a.leads)).then_with(|| a.value.cmp(&b.value)));
+    rows.sort_by(|a, b| b.spend.cmp(&a.spend).then(b.leads.total_cmp(&a.leads)).then_with(|| a.value.cmp(&b.value)));
     let mut total = CampaignRow::default();
     for row in &rows {
         total.add(row);
@@ -206,7 +209,7 @@ pub fn campaign_report(spend: &[SpendEntry], funnel: &FunnelCounters, group_by: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::profiles::FunnelCounter;
+    use crate::domain::attribution::{CreditCounter, Credits, WHOLE};
     use proptest::prelude::*;
 
     #[test]
@@ -242,7 +245,7 @@ mod tests {
 
     #[test]
     fn costs_per_stage_and_totals_that_add_up() {
-        let mut funnel = FunnelCounters::default();
+        let mut funnel = Credits::default();
         for (group, stage, n) in [
             ("campaign=q4", Stage::Lead, 40.0),
             ("campaign=q4", Stage::Mql, 8.0),
@@ -250,10 +253,9 @@ mod tests {
             ("campaign=(none)", Stage::Lead, 10.0),
             ("campaign=brand", Stage::Lead, 5.0),
         ] {
-            funnel.add(group, FunnelCounter::Entered(stage), n);
-            funnel.add(group, FunnelCounter::Passed(stage), n);
+            funnel.add(group, CreditCounter::Reached(stage), (n * WHOLE as f64) as i64);
         }
-        funnel.add("campaign=q4", FunnelCounter::Revenue, 9_000.0);
+        funnel.add("campaign=q4", CreditCounter::Revenue, 9_000 * WHOLE);
         let spend = [
             entry("q4", "google", 1, 1_000_000_000),
             entry("q4", "google", 2, 1_000_000_000),
@@ -278,7 +280,7 @@ mod tests {
         let huge: Vec<SpendEntry> = (0..20_000).map(|d| entry("big", "google", d, MAX_AMOUNT.0)).collect();
         assert_eq!(campaign_report(&huge, &funnel, FunnelGroupBy::Campaign).total.spend, Micros(i64::MAX));
         assert_eq!(report.total.spend, Micros(2_500_000_000));
-        assert_eq!(report.total.leads, 55);
+        assert_eq!(report.total.leads, 55.0);
         let by_source = campaign_report(&spend, &funnel, FunnelGroupBy::Source);
         assert_eq!(by_source.total.spend, report.total.spend);
     }

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 
+use super::attribution::{CreditCounter, Journey, Model};
 use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreBucket, ScoreHistoryEntry};
 use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
 
@@ -69,6 +70,8 @@ pub struct LeadState {
     pub untouched_creation: Option<(Timestamp, Stage)>,
     /// Score changes, newest first, bounded by count and age.
     pub score_history: VecDeque<ScoreHistoryEntry>,
+    /// Touches, stages reached and deals won, for multi-touch attribution.
+    pub journey: Journey,
 }
 
 impl LeadState {
@@ -85,6 +88,7 @@ impl LeadState {
             reached_mql: false,
             untouched_creation: None,
             score_history: VecDeque::new(),
+            journey: Journey::default(),
         }
     }
 }
@@ -100,6 +104,10 @@ pub enum AggregateDelta {
     /// Leads in a score bucket of a cohort month's (model, group)
     /// distribution: +1 where a lead's score now counts, -1 where it did.
     CohortScore { month: Month, model: String, group: String, bucket: ScoreBucket, by: i64 },
+    /// The credit of a funnel group (`campaign=…`) under an attribution
+    /// model on a UTC day (millionths of a lead, or micros of revenue); the
+    /// day's credits may be dropped after `expires`.
+    Credit { day: i64, model: Model, group: String, counter: CreditCounter, by: i64, expires: Timestamp },
 }
 
 /// Everything one step does: written in one atomic step per lead.

@@ -1,7 +1,8 @@
 //! Marketing spend and the campaign report: spend as recorded, results from
-//! the funnel counters the scoring core keeps at write time.
+//! the attribution credits the scoring core keeps at write time.
 
 use super::*;
+use crate::domain::attribution::Model;
 use crate::domain::profiles::FunnelGroupBy;
 use crate::domain::spend::{self, CampaignReport, SpendEntry};
 
@@ -39,14 +40,16 @@ pub async fn record(state: &Core, entries: &[SpendEntry]) -> Result<(), SpendErr
     Ok(state.store.record_spend(entries).await?)
 }
 
-/// Spend and results over the UTC days `from_day..to_day` (first touch).
+/// Spend and results over the UTC days `from_day..to_day`, credited under
+/// `model` from the credits kept at write time.
 pub async fn campaign_report(
     state: &Core,
     from_day: i64,
     to_day: i64,
     group_by: FunnelGroupBy,
+    model: Model,
 ) -> Result<CampaignReport, StoreError> {
-    let (spent, funnel) =
-        futures::try_join!(state.store.spend(from_day, to_day), state.store.funnel(from_day, to_day))?;
-    Ok(spend::campaign_report(&spent, &funnel, group_by))
+    let (spent, credits) =
+        futures::try_join!(state.store.spend(from_day, to_day), state.store.credits(model, from_day, to_day))?;
+    Ok(spend::campaign_report(&spent, &credits, group_by))
 }

@@ -6,7 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::file::{
-    RawAccounts, RawMatcher, RawModel, RawProfiles, RawQualificationRule, RawRuleSet, RawSignalPoints, RawTrigger,
+    RawAccounts, RawAttribution, RawMatcher, RawModel, RawProfiles, RawQualificationRule, RawRuleSet, RawSignalPoints,
+    RawTrigger,
 };
 use super::qualify::{self, Facts, Needs, QualificationRule};
 use super::triggers::{self, TriggerDefinition};
@@ -168,11 +169,13 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
 
     let cohort_attributes = cohort_attributes(raw.profiles.as_ref(), &mut errors);
     let accounts = account_policy(raw.accounts.as_ref(), &primary_model, &models, &mut errors);
+    let attribution_half_life_ms = attribution_half_life(raw.attribution.as_ref(), &mut errors);
 
     if errors.list.is_empty() {
         Ok(RuleSet {
             cohort_attributes,
             accounts,
+            attribution_half_life_ms,
             version: raw.version.into_inner().trim().to_owned(),
             agreed_by,
             primary_model,
@@ -441,6 +444,17 @@ fn cohort_attributes(raw: Option<&toml::Spanned<RawProfiles>>, errors: &mut Erro
         );
     }
     names.clone()
+}
+
+/// The `[attribution]` section: the time-decay model's half-life (7 days
+/// without one).
+fn attribution_half_life(raw: Option<&toml::Spanned<RawAttribution>>, errors: &mut Errors<'_>) -> i64 {
+    let default = crate::domain::attribution::DEFAULT_HALF_LIFE_MS;
+    let Some(text) = raw.and_then(|r| r.get_ref().half_life.as_ref()) else { return default };
+    match half_life(text, errors) {
+        Decay::HalfLife { millis } => millis as i64,
+        Decay::None => default,
+    }
 }
 
 /// Cohort attributes a rule set may declare.

@@ -20,6 +20,13 @@ pub(super) struct RawRuleSet {
     pub triggers: Vec<Spanned<RawTrigger>>,
     pub profiles: Option<Spanned<RawProfiles>>,
     pub accounts: Option<Spanned<RawAccounts>>,
+    pub attribution: Option<Spanned<RawAttribution>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAttribution {
+    pub half_life: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

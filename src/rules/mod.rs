@@ -47,6 +47,8 @@ pub struct RuleSet {
     pub cohort_attributes: Vec<String>,
     /// How accounts score and qualify (`[accounts]`).
     pub accounts: crate::domain::account::AccountPolicy,
+    /// The time-decay attribution model's half-life (`[attribution]`).
+    pub attribution_half_life_ms: i64,
     /// The file as written.
     pub source: String,
     /// SHA-256 of `source`, hex: what `version` must always name.

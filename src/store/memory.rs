@@ -10,6 +10,7 @@ use super::{
     StoreError, StoredAccount, TriggerQueue, TriggerStats,
 };
 use crate::domain::account::AccountProfile;
+use crate::domain::attribution::{CreditCounter, Credits, Model};
 use crate::domain::profiles::{
     CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreDistribution,
 };
@@ -41,6 +42,8 @@ struct Data {
     groups: HashMap<String, Group>,
     /// UTC day → (group, counter) → value.
     funnel: BTreeMap<i64, HashMap<(String, FunnelCounter), f64>>,
+    /// (model, UTC day) → (group, counter) → credit.
+    credits: BTreeMap<(Model, i64), HashMap<(String, CreditCounter), i64>>,
     /// Cohort month → (group, counter) → leads.
     cohort_counts: BTreeMap<Month, HashMap<(String, CohortCounter), i64>>,
     /// (month, model, group) → leads per score bucket.
@@ -75,6 +78,11 @@ impl Data {
             match delta {
                 AggregateDelta::Funnel { day, group, counter, by, .. } => {
                     *self.funnel.entry(*day).or_default().entry((group.clone(), *counter)).or_default() += by;
+                }
+                AggregateDelta::Credit { day, model, group, counter, by, .. } => {
+                    let n =
+                        self.credits.entry((*model, *day)).or_default().entry((group.clone(), *counter)).or_default();
+                    *n = n.saturating_add(*by);
                 }
                 AggregateDelta::CohortCount { month, group, counter, by } => {
                     *self.cohort_counts.entry(*month).or_default().entry((group.clone(), *counter)).or_default() += by;
@@ -367,6 +375,17 @@ impl Aggregates for MemoryStore {
             }
         }
         Ok(counters)
+    }
+
+    async fn credits(&self, model: Model, from_day: i64, to_day: i64) -> Result<Credits, StoreError> {
+        let data = self.data();
+        let mut credits = Credits::default();
+        for fields in data.credits.range((model, from_day)..(model, to_day)).map(|(_, f)| f) {
+            for ((group, counter), by) in fields {
+                credits.add(group, *counter, *by);
+            }
+        }
+        Ok(credits)
     }
 }
 

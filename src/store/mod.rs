@@ -17,6 +17,7 @@ pub use memory::MemoryStore;
 
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
+use crate::domain::attribution::{Credits, Model};
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
 use crate::domain::spend::SpendEntry;
 use crate::domain::state::{LeadChange, LeadState};
@@ -211,6 +212,10 @@ pub trait Aggregates: Send + Sync + 'static {
 
     /// The funnel counters of the UTC days `from_day..to_day`.
     async fn funnel(&self, from_day: i64, to_day: i64) -> Result<FunnelCounters, StoreError>;
+
+    /// The credits under an attribution model of the UTC days
+    /// `from_day..to_day`.
+    async fn credits(&self, model: Model, from_day: i64, to_day: i64) -> Result<Credits, StoreError>;
 }
 
 /// Accounts (ABM): their profiles, lead lists and qualification.

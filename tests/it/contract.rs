@@ -609,14 +609,15 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     let mut conn = server.connection();
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     // The lead's record, the partition's lead index, inactivity index,
-    // cohort counts and scores, funnel counters.
-    assert_eq!(keys.len(), 6, "{keys:?}");
+    // cohort counts and scores, funnel counters, and the day's credits
+    // under each of the five attribution models.
+    assert_eq!(keys.len(), 11, "{keys:?}");
     // The partition's feed and trigger stream share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
     let alert = trigger("a", &lead, &change);
     move_stage(&store, &lead, &[change], vec![alert]).await;
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 8, "{keys:?}");
+    assert_eq!(keys.len(), 13, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()

@@ -2,6 +2,7 @@
 //! control characters, so the unit separator splits them safely.
 
 use crate::domain::Stage;
+use crate::domain::attribution::CreditCounter;
 use crate::domain::profiles::{CohortCounter, FunnelCounter};
 
 /// Separates the parts of fields and records.
@@ -50,6 +51,26 @@ pub fn parse_funnel_field(field: &str) -> Option<(&str, FunnelCounter)> {
     Some((parts[0], counter))
 }
 
+/// `group␟p␟STAGE` (leads reached, millionths) or `group␟v` (revenue,
+/// micros).
+pub fn credit_field(group: &str, counter: CreditCounter) -> String {
+    match counter {
+        CreditCounter::Reached(s) => format!("{group}{SEP}p{SEP}{}", s.as_str()),
+        CreditCounter::Revenue => format!("{group}{SEP}v"),
+    }
+}
+
+/// The group and counter of a credit field; `None` for anything else.
+pub fn parse_credit_field(field: &str) -> Option<(&str, CreditCounter)> {
+    let parts: Vec<&str> = field.split(SEP).collect();
+    let counter = match parts.as_slice() {
+        [_, "p", s] => CreditCounter::Reached(s.parse().ok()?),
+        [_, "v"] => CreditCounter::Revenue,
+        _ => return None,
+    };
+    Some((parts[0], counter))
+}
+
 /// A spend entry's field (`<day>␟<campaign>␟<source>␟<channel>`) and value
 /// (millionths): names hold no control characters.
 pub fn spend_field(entry: &crate::domain::spend::SpendEntry) -> (String, String) {
@@ -92,6 +113,10 @@ mod tests {
             assert_eq!(parse_funnel_field(&funnel_field("source=ads", counter)), Some(("source=ads", counter)));
         }
         assert_eq!(parse_funnel_field("junk"), None);
+        for counter in [CreditCounter::Reached(Stage::Opportunity), CreditCounter::Revenue] {
+            assert_eq!(parse_credit_field(&credit_field("campaign=a b", counter)), Some(("campaign=a b", counter)));
+        }
+        assert_eq!(parse_credit_field("g\u{1f}p\u{1f}NOPE"), None);
         assert_eq!(parse_funnel_field("g\u{1f}e\u{1f}NOPE"), None);
     }
 }

@@ -87,6 +87,11 @@ impl KeySpace {
         format!("{}funnel:{day}", self.base(partition))
     }
 
+    /// A UTC day's credits under a multi-touch attribution model (hash).
+    pub fn credit(&self, partition: u32, model: &str, day: i64) -> String {
+        format!("{}credit:{model}:{day}", self.base(partition))
+    }
+
     /// An account lives in the partition of its id.
     pub fn account(&self, account: &crate::domain::AccountId) -> AccountKeys {
         let partition = self.partition_of(account.as_str());

@@ -751,6 +751,7 @@ impl Format1Lead {
             None => None,
         };
         Ok(LeadState {
+            journey: Default::default(),
             lead,
             version: 1,
             ledger: LeadLedger::from_parts(seen, history),

@@ -29,6 +29,7 @@ use super::{
 };
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
+use crate::domain::attribution::{Credits, Model};
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month};
 use crate::domain::spend::SpendEntry;
 use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
@@ -397,6 +398,28 @@ impl Aggregates for RedisStore {
         }
         Ok(counters)
     }
+
+    /// O(partitions × days) hash reads, pipelined.
+    async fn credits(&self, model: Model, from_day: i64, to_day: i64) -> Result<Credits, StoreError> {
+        let mut pipe = redis::pipe();
+        for partition in 0..self.keys.partitions() {
+            for day in from_day..to_day {
+                pipe.hgetall(self.keys.credit(partition, model.key(), day));
+            }
+        }
+        let replies: Vec<HashMap<String, String>> =
+            self.call(|mut c| async move { pipe.query_async(&mut c).await }).await?;
+        let mut credits = Credits::default();
+        for (field, value) in replies.iter().flatten() {
+            if let Ok(v) = value.parse::<f64>()
+                && v.is_finite()
+                && let Some((group, counter)) = codec::parse_credit_field(field)
+            {
+                credits.add(group, counter, v.round() as i64);
+            }
+        }
+        Ok(credits)
+    }
 }
 
 #[async_trait]
@@ -627,6 +650,14 @@ impl RedisStore {
                         expiries.insert(key.clone(), *expires);
                         let field = codec::funnel_field(group, *counter).into_bytes();
                         ops.push(vec![b"F".to_vec(), k(&mut keys, key), field, text(&num(*by))]);
+                    }
+                    AggregateDelta::Credit { day, model, group, counter, by, expires } => {
+                        let key = self.keys.credit(partition, model.key(), *day);
+                        expiries.insert(key.clone(), *expires);
+                        let field = codec::credit_field(group, *counter).into_bytes();
+                        // A float increment: integer sums stay exact far
+                        // beyond any real total, and never overflow.
+                        ops.push(vec![b"F".to_vec(), k(&mut keys, key), field, text(by)]);
                     }
                     AggregateDelta::CohortCount { month, group, counter, by } => {
                         let key = self.keys.cohort_counts(partition, &month.key());

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::Message;
 
+use crate::domain::attribution::{Journey, Touch};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
 use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
@@ -87,6 +88,39 @@ struct LeadRecord {
     /// `seen_at` hold only the fingerprints this does not cover.
     #[prost(bytes = "vec", tag = "28")]
     seen_in_history: Vec<u8>,
+    /// The attribution journey's touches, oldest first.
+    #[prost(message, repeated, tag = "29")]
+    touches: Vec<TouchRecord>,
+    /// `CREDITED_STAGES` reached: their indexes, and when (milliseconds
+    /// after `created_at`).
+    #[prost(uint32, repeated, tag = "30")]
+    reached_stages: Vec<u32>,
+    #[prost(sint64, repeated, tag = "31")]
+    reached_at: Vec<i64>,
+    /// Won deals kept, newest first.
+    #[prost(message, repeated, tag = "32")]
+    deals: Vec<DealRecord>,
+    #[prost(uint64, tag = "33")]
+    deals_won: u64,
+}
+
+/// A touch: milliseconds after the lead's `created_at`, and its source,
+/// channel and campaign as indexes into `LeadRecord::strings`.
+#[derive(Clone, PartialEq, Message)]
+struct TouchRecord {
+    #[prost(sint64, tag = "1")]
+    at: i64,
+    #[prost(uint32, repeated, tag = "2")]
+    values: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DealRecord {
+    /// Milliseconds after the lead's `created_at`.
+    #[prost(sint64, tag = "1")]
+    at: i64,
+    #[prost(int64, tag = "2")]
+    micros: i64,
 }
 
 /// A score history entry, in hundredths of a point.
@@ -412,6 +446,23 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
             property_refs: h.properties.iter().flat_map(|(k, v)| [string_index(k), string_index(v)]).collect(),
         })
         .collect();
+    let journey = &state.journey;
+    let touches: Vec<TouchRecord> = journey
+        .touches
+        .iter()
+        .map(|t| TouchRecord {
+            at: t.at.millis() - created,
+            values: t.values.iter().map(|v| string_index(v)).collect(),
+        })
+        .collect();
+    let (reached_stages, reached_at): (Vec<u32>, Vec<i64>) = journey
+        .reached
+        .iter()
+        .enumerate()
+        .filter_map(|(i, at)| Some((i as u32, at.as_ref()?.millis() - created)))
+        .unzip();
+    let deals =
+        journey.deals.iter().map(|(at, micros)| DealRecord { at: at.millis() - created, micros: *micros }).collect();
     let mut score_models: Vec<String> = Vec::new();
     for entry in &state.score_history {
         for s in &entry.scores {
@@ -474,6 +525,11 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         signal_types,
         strings,
         seen_in_history,
+        touches,
+        reached_stages,
+        reached_at,
+        deals,
+        deals_won: journey.deals_won,
     };
     record.encode_to_vec()
 }
@@ -607,7 +663,22 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         Some(t) => Some((at(t), stage(r.untouched_stage)?)),
         None => None,
     };
+    let mut journey = Journey { deals_won: r.deals_won, ..Journey::default() };
+    for t in &r.touches {
+        let values: Vec<String> = t.values.iter().map(string).collect::<Result<_, _>>()?;
+        let values = <[String; 3]>::try_from(values).map_err(|_| corrupt("a touch without its three values".into()))?;
+        journey.touches.push(Touch { at: at(created.saturating_add(t.at)), values });
+    }
+    if r.reached_stages.len() != r.reached_at.len() {
+        return Err(corrupt("unmatched stages reached".into()));
+    }
+    for (i, t) in r.reached_stages.iter().zip(&r.reached_at) {
+        let slot = journey.reached.get_mut(*i as usize).ok_or_else(|| corrupt(format!("credited stage index {i}")))?;
+        *slot = Some(at(created.saturating_add(*t)));
+    }
+    journey.deals = r.deals.iter().map(|d| (at(created.saturating_add(d.at)), d.micros)).collect();
     Ok(LeadState {
+        journey,
         lead,
         version,
         ledger,
@@ -684,6 +755,32 @@ mod tests {
             let bytes = encode(&state);
             let back = decode(&state.lead.lead_id, state.version, &bytes).unwrap();
             prop_assert_eq!(back.ledger.seen(), state.ledger.seen());
+            prop_assert_eq!(back, state);
+        }
+    }
+
+    proptest! {
+        /// Touches share the property strings; stages reached and deals
+        /// read back as they were.
+        #[test]
+        fn journeys_round_trip(
+            touches in proptest::collection::vec((-100_000i64..10_000_000_000, 0u8..5, 0u8..3), 0..40),
+            reached in proptest::collection::vec(proptest::option::of(-1_000i64..1_000_000), 5),
+            deals in proptest::collection::vec((0i64..1_000_000, 0i64..=1_000_000_000_000_000), 0..12),
+        ) {
+            let mut state = lead_with(vec![(1, 10, vec![(1, 1)])], Vec::new());
+            let created = state.lead.created_at;
+            for (at, campaign, source) in touches {
+                let values = [format!("https://example.com/{source}"), "(none)".to_owned(), format!("c{campaign}")];
+                state.journey.add_touch(Touch { at: created.plus_millis(at), values });
+            }
+            for (slot, at) in state.journey.reached.iter_mut().zip(reached) {
+                *slot = at.map(|at| created.plus_millis(at));
+            }
+            for (at, micros) in deals {
+                state.journey.won(created.plus_millis(at), micros);
+            }
+            let back = decode(&state.lead.lead_id, state.version, &encode(&state)).unwrap();
             prop_assert_eq!(back, state);
         }
     }
