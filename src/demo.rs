@@ -182,6 +182,16 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             .map(|i| {
                 let signal_type = rng.weighted(&SIGNALS);
                 let at = now - rng.below(oldest as u64) as i64;
+                // A quarter of the touches come through another campaign
+                // (a retargeting ad, a newsletter): what multi-touch
+                // attribution shares credit among.
+                let (mut source, mut channel, mut campaign) = (source, channel, campaign);
+                if rng.below(100) < 25 {
+                    campaign = rng.pick(&CAMPAIGNS);
+                    if let Some((_, s, c, _)) = CAMPAIGN_SPEND.iter().find(|(name, ..)| *name == campaign) {
+                        (source, channel) = (s, c);
+                    }
+                }
                 let mut properties = HashMap::from([
                     ("source".to_owned(), source.to_owned()),
                     ("channel".to_owned(), channel.to_owned()),
@@ -218,6 +228,10 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
     let mut ids: Vec<String> = stage_of.keys().cloned().collect();
     ids.sort();
     for lead_id in ids {
+        // Each lead's decisions from its own draw: seeding again makes the
+        // same ones, whatever the others' stages are by then.
+        let mut rng =
+            Rng(lead_id.bytes().fold(seed.max(1), |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)).max(1));
         let mut path: Vec<(pb::Stage, Option<f64>)> = Vec::new();
         match stage_of[&lead_id].as_str() {
             "MQL" => match rng.below(100) {

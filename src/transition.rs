@@ -181,6 +181,7 @@ impl<'r> Builder<'r> {
     fn journey(&mut self) -> &mut Journey {
         if self.journey_before.is_none() {
             self.journey_before = Some(self.state.journey.clone());
+            self.state.journey.half_life_ms = self.rules.attribution_half_life_ms;
         }
         &mut self.state.journey
     }
@@ -437,8 +438,7 @@ impl<'r> Builder<'r> {
 
     fn finish(mut self) -> LeadChange {
         if let Some(before) = self.journey_before.take() {
-            let half_life = self.rules.attribution_half_life_ms;
-            for d in attribution::credit_changes(&before, &self.state.journey, half_life) {
+            for d in attribution::credit_changes(&before, &self.state.journey) {
                 let expires = Timestamp::from_millis((d.day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
                 self.change.aggregates.push(AggregateDelta::Credit {
                     day: d.day,
@@ -850,9 +850,14 @@ pub fn rescore(rules: &RuleSet, settings: &Settings, now: Timestamp, stored: Lea
         }
         _ => true,
     };
+    // Credit shared under another half-life is shared again.
+    let half_life_changed = b.state.journey.credited() && b.state.journey.half_life() != rules.attribution_half_life_ms;
+    if half_life_changed {
+        b.journey();
+    }
     b.qualify();
     answer.stage_changed = !b.change.feed.is_empty();
-    if !(answer.rebuilt || fits_changed || place_changed || answer.stage_changed) {
+    if !(answer.rebuilt || fits_changed || place_changed || answer.stage_changed || half_life_changed) {
         return None;
     }
     let cause = (answer.rebuilt || fits_changed).then(|| format!("rescore:{}", rules.version));
@@ -1015,11 +1020,11 @@ mod tests {
         }
 
         /// The credits recounted from every lead's journey.
-        fn recount_credits(&self, rules: &RuleSet) -> Credits {
+        fn recount_credits(&self) -> Credits {
             let mut credits = Credits::new();
             for state in self.leads.values() {
-                let all =
-                    attribution::credit_changes(&Journey::default(), &state.journey, rules.attribution_half_life_ms);
+                let none = Journey { half_life_ms: state.journey.half_life_ms, ..Journey::default() };
+                let all = attribution::credit_changes(&none, &state.journey);
                 for d in all {
                     let group = attribution::credit_group(d.group_by, &d.value);
                     *credits.entry((d.day, d.model, group, d.counter)).or_default() += d.by;
@@ -1166,7 +1171,7 @@ mod tests {
             // Credits: equal to a recount from the journeys, and under each
             // model and grouping one whole lead per lead that reached a stage.
             let credits: Credits = sim.credits.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
-            prop_assert_eq!(&credits, &sim.recount_credits(&rules));
+            prop_assert_eq!(&credits, &sim.recount_credits());
             for stage in attribution::CREDITED_STAGES {
                 let reached = sim.leads.values().filter(|l| l.journey.reached.iter().flatten().count() > 0
                     && l.journey.reached[attribution::CREDITED_STAGES.iter().position(|s| *s == stage).unwrap()].is_some()).count() as i64;
@@ -1212,6 +1217,55 @@ mod tests {
         assert!(bucket(&sim) < before, "{:?} < {before:?}", bucket(&sim));
         assert!(rescore(&rules, &settings, later, sim.load(&lead).unwrap()).is_none(), "up to date");
         assert_eq!(sim.recount().1, sim.scores);
+    }
+
+    #[test]
+    fn a_new_half_life_shares_time_decay_credit_again_on_rescore() {
+        let rules = rules();
+        let settings = settings();
+        let mut sim = Sim::default();
+        let lead = id("h");
+        let early = signal(&rules, "e1", "page_view", NOW.plus_millis(-10 * DAY));
+        sim.record(&rules, &lead, &[early, signal(&rules, "e2", "webinar_attended", NOW)], NOW);
+        let request = StageRequest {
+            to: Stage::Mql,
+            expected: None,
+            actor: "rep".into(),
+            reason: String::new(),
+            deal_amount: None,
+        };
+        sim.apply(set_stage(&rules, &settings, NOW, sim.load(&lead), request).unwrap());
+        let decayed = |sim: &Sim| -> Vec<i64> {
+            let mut v: Vec<i64> = sim
+                .credits
+                .iter()
+                .filter(|((_, m, g, c), n)| {
+                    *m == attribution::Model::TimeDecay
+                        && g.starts_with("campaign=")
+                        && *c == attribution::CreditCounter::Reached(Stage::Mql)
+                        && **n != 0
+                })
+                .map(|(_, n)| *n)
+                .collect();
+            v.sort();
+            v
+        };
+        let before = decayed(&sim);
+        assert_eq!(before.len(), 2, "two campaigns share the MQL: {before:?}");
+        let source =
+            crate::DEFAULT_RULES.replace("[attribution]\nhalf_life = \"7d\"", "[attribution]\nhalf_life = \"1d\"");
+        assert_ne!(source, crate::DEFAULT_RULES);
+        let shorter = RuleSet::parse(&source).unwrap();
+        let step = rescore(&shorter, &settings, NOW, sim.load(&lead).unwrap()).expect("credit to share again");
+        sim.apply(step.change);
+        let after = decayed(&sim);
+        assert!(after[0] < before[0], "the older touch weighs less under a shorter half-life: {before:?} {after:?}");
+        assert_eq!(after.iter().sum::<i64>(), attribution::WHOLE);
+        assert_eq!(
+            sim.credits.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect::<Credits>(),
+            sim.recount_credits()
+        );
+        assert!(rescore(&shorter, &settings, NOW, sim.load(&lead).unwrap()).is_none(), "up to date");
     }
 
     #[test]

@@ -128,9 +128,22 @@ pub struct Journey {
     pub deals: Vec<(Timestamp, i64)>,
     /// Deals ever won.
     pub deals_won: u64,
+    /// The time-decay half-life its credit was shared with (0: the
+    /// default).
+    pub half_life_ms: i64,
 }
 
 impl Journey {
+    /// The time-decay half-life in effect.
+    pub fn half_life(&self) -> i64 {
+        if self.half_life_ms > 0 { self.half_life_ms } else { DEFAULT_HALF_LIFE_MS }
+    }
+
+    /// Whether anything it keeps has been credited.
+    pub fn credited(&self) -> bool {
+        self.reached.iter().any(Option::is_some) || !self.deals.is_empty()
+    }
+
     /// Whether `touch` would change the touches kept.
     pub fn would_add(&self, touch: &Touch) -> bool {
         let Some(first) = self.touches.first() else { return true };
@@ -236,10 +249,12 @@ fn credit(
 
 /// What moving a lead's journey from `old` to `new` changes in the kept
 /// credits: every moment of `new` whose sharing touches changed (or that is
-/// new) takes back its old shares and gives its new ones. Deals no longer
-/// kept keep their credit. Zero changes are left out.
-pub fn credit_changes(old: &Journey, new: &Journey, half_life_ms: i64) -> Vec<CreditDelta> {
+/// new, or all of them when the half-life changed) takes back its old
+/// shares and gives its new ones. Deals no longer kept keep their credit.
+/// Zero changes are left out.
+pub fn credit_changes(old: &Journey, new: &Journey) -> Vec<CreditDelta> {
     let mut out: BTreeMap<CreditKey, i64> = BTreeMap::new();
+    let (old_half_life, new_half_life) = (old.half_life(), new.half_life());
     let new_deals = new.deals_won.saturating_sub(old.deals_won) as usize;
     let reached = CREDITED_STAGES.iter().enumerate().filter_map(|(i, stage)| {
         let at = new.reached[i]?;
@@ -251,12 +266,12 @@ pub fn credit_changes(old: &Journey, new: &Journey, half_life_ms: i64) -> Vec<Cr
         let rel_new = new.relevant(at);
         if was_credited {
             let rel_old = old.relevant(at);
-            if rel_old == rel_new {
+            if rel_old == rel_new && old_half_life == new_half_life {
                 continue;
             }
-            credit(&mut out, &rel_old, counter, at, amount, -1, half_life_ms);
+            credit(&mut out, &rel_old, counter, at, amount, -1, old_half_life);
         }
-        credit(&mut out, &rel_new, counter, at, amount, 1, half_life_ms);
+        credit(&mut out, &rel_new, counter, at, amount, 1, new_half_life);
     }
     out.into_iter()
         .filter(|(_, by)| *by != 0)
@@ -439,6 +454,7 @@ mod tests {
         Touches(Vec<(i64, usize)>),
         Reach(usize, i64),
         Won(i64, i64),
+        HalfLife(i64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -446,6 +462,7 @@ mod tests {
             3 => proptest::collection::vec((0i64..60, 0usize..4), 1..6).prop_map(Op::Touches),
             1 => (0usize..5, 0i64..70).prop_map(|(s, d)| Op::Reach(s, d)),
             1 => (0i64..70, 0i64..=1_000_000_000_000).prop_map(|(d, m)| Op::Won(d, m)),
+            1 => (1i64..30).prop_map(|d| Op::HalfLife(d * DAY)),
         ]
     }
 
@@ -464,7 +481,7 @@ mod tests {
 
     /// Runs the steps, keeping credits from the deltas as a store would.
     fn run(ops: &[Op]) -> (Journey, Kept) {
-        let (mut j, mut kept) = (Journey::default(), Kept::new());
+        let (mut j, mut kept) = (Journey { half_life_ms: HALF_LIFE, ..Journey::default() }, Kept::new());
         for op in ops {
             let old = j.clone();
             match op {
@@ -477,15 +494,17 @@ mod tests {
                     j.reach(CREDITED_STAGES[*s], Timestamp::from_millis(day * DAY));
                 }
                 Op::Won(day, micros) => j.won(Timestamp::from_millis(day * DAY), *micros),
+                Op::HalfLife(ms) => j.half_life_ms = *ms,
             }
-            keep(&mut kept, credit_changes(&old, &j, HALF_LIFE));
+            keep(&mut kept, credit_changes(&old, &j));
         }
         (j, kept)
     }
 
     fn recount(j: &Journey) -> Kept {
         let mut kept = Kept::new();
-        keep(&mut kept, credit_changes(&Journey::default(), j, HALF_LIFE));
+        let none = Journey { half_life_ms: j.half_life_ms, ..Journey::default() };
+        keep(&mut kept, credit_changes(&none, j));
         kept
     }
 

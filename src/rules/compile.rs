@@ -679,6 +679,20 @@ points = 15
     }
 
     #[test]
+    fn the_attribution_half_life() {
+        let day = 86_400_000;
+        let rules = compile(&format!("{MINIMAL}\n[attribution]\nhalf_life = \"3d\"\n"), &[]).unwrap();
+        assert_eq!(rules.attribution_half_life_ms, 3 * day);
+        assert_eq!(compile(MINIMAL, &[]).unwrap().attribution_half_life_ms, 7 * day);
+        for (bad, expected) in [("0d", "more than 0"), ("soon", "invalid duration 'soon'")] {
+            let errors = compile(&format!("{MINIMAL}\n[attribution]\nhalf_life = \"{bad}\"\n"), &[]).unwrap_err();
+            assert!(errors.iter().any(|e| e.message.contains(expected)), "{bad}: {errors:?}");
+        }
+        let errors = compile(&format!("{MINIMAL}\n[attribution]\nhalflife = \"3d\"\n"), &[]).unwrap_err();
+        assert!(errors.iter().any(|e| e.message.contains("halflife")), "{errors:?}");
+    }
+
+    #[test]
     fn profiles_and_accounts_sections() {
         let good = format!(
             "{MINIMAL}\n[profiles]\ncohort_attributes = [\"industry\"]\n\n[accounts]\naggregate = \"top\"\ntop = 2\n\

@@ -102,6 +102,9 @@ struct LeadRecord {
     deals: Vec<DealRecord>,
     #[prost(uint64, tag = "33")]
     deals_won: u64,
+    /// The time-decay half-life the journey's credit was shared with.
+    #[prost(int64, tag = "34")]
+    credit_half_life_ms: i64,
 }
 
 /// A touch: milliseconds after the lead's `created_at`, and its source,
@@ -530,6 +533,7 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         reached_at,
         deals,
         deals_won: journey.deals_won,
+        credit_half_life_ms: journey.half_life_ms,
     };
     record.encode_to_vec()
 }
@@ -663,7 +667,7 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         Some(t) => Some((at(t), stage(r.untouched_stage)?)),
         None => None,
     };
-    let mut journey = Journey { deals_won: r.deals_won, ..Journey::default() };
+    let mut journey = Journey { deals_won: r.deals_won, half_life_ms: r.credit_half_life_ms, ..Journey::default() };
     for t in &r.touches {
         let values: Vec<String> = t.values.iter().map(string).collect::<Result<_, _>>()?;
         let values = <[String; 3]>::try_from(values).map_err(|_| corrupt("a touch without its three values".into()))?;
@@ -780,6 +784,7 @@ mod tests {
             for (at, micros) in deals {
                 state.journey.won(created.plus_millis(at), micros);
             }
+            state.journey.half_life_ms = 3 * 86_400_000;
             let back = decode(&state.lead.lead_id, state.version, &encode(&state)).unwrap();
             prop_assert_eq!(back, state);
         }
