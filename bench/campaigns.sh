@@ -4,12 +4,14 @@
 #   bench/campaigns.sh [LEADS] [QUERIES]      # defaults: 1000000 100
 #
 # Starts redis-server on a free port and the release service against it,
-# loads LEADS leads through RecordSignals (each with one signal from one of
-# 100 campaigns over 10 sources and 5 channels, within the last 30 days)
-# and 90 days of spend per campaign, then asks for the last 30 days'
-# GetCampaignReport QUERIES times by campaign, by source and by channel
-# (latency percentiles; examples/campaign_report.rs). Prints what the
-# report reads from Redis per call. Cleans up after itself.
+# loads LEADS leads through RecordSignals (each with three signals from
+# campaigns drawn from 100 over 10 sources and 5 channels, within the last
+# 30 days) and 90 days of spend per campaign, prints what a lead record and
+# its attribution journey take in Redis, then asks for the last 30 days'
+# GetCampaignReport QUERIES times under each attribution model by campaign,
+# by source and by channel (latency percentiles;
+# examples/campaign_report.rs). Prints what the report reads from Redis per
+# call, and what the credits take. Cleans up after itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/anchor.sh
@@ -21,12 +23,15 @@ cargo build --release --locked --quiet --bin leadscore --example cohort_profile 
   --grpc-addr "127.0.0.1:$grpc_port" --metrics-addr off >"$dir/service.log" 2>&1 &
 service=$!
 wait_for 30 ./target/release/leadscore health --addr "http://127.0.0.1:$grpc_port" || { cat "$dir/service.log" >&2; exit 1; }
-./target/release/examples/campaign_report "http://127.0.0.1:$grpc_port" "$leads" 0 >/dev/null
+./target/release/examples/campaign_report "http://127.0.0.1:$grpc_port" "$leads" 0 "redis://127.0.0.1:$redis_port" | grep -E '^(loaded|lead records)'
+redis-cli -p "$redis_port" --scan --pattern '*:credit:*' | sed 's/^/MEMORY USAGE /' | redis-cli -p "$redis_port" | awk \
+  '{ n++; b += $1 } END { printf "credit hashes: %d keys, %.1f MiB in all\n", n, b / 1048576 }'
+redis-cli -p "$redis_port" info memory | tr -d '\r' | grep '^used_memory_human'
 redis-cli -p "$redis_port" config resetstat >/dev/null
 ./target/release/examples/campaign_report "http://127.0.0.1:$grpc_port" 0 "$queries"
 redis-cli -p "$redis_port" info commandstats | tr -d '\r' | python3 -c '
 import sys
-q = 3 * int(sys.argv[1])
+q = 15 * int(sys.argv[1])
 for line in sys.stdin:
     if line.startswith("cmdstat_hgetall:"):
         f = dict(kv.split("=") for kv in line.split(":", 1)[1].split(","))

@@ -31,7 +31,7 @@ pub async fn load(
     }
     if n > 0 {
         let took = started.elapsed();
-        println!("loaded {n} leads in {took:.1?} ({:.0} leads/s)", n as f64 / took.as_secs_f64());
+        println!("loaded {n} signals in {took:.1?} ({:.0} signals/s)", n as f64 / took.as_secs_f64());
     }
     Ok(())
 }

@@ -710,7 +710,12 @@ async fn same_history_same_answers(a: &dyn LeadStore, b: &dyn LeadStore, seed: u
                 // Event ids repeat now and then: duplicates.
                 let event = format!("e{}", (n * 4 + i).saturating_sub(rng.below(3) * 4));
                 let ty = types[rng.below(types.len() as u64) as usize];
-                let props: &[(&str, &str)] = if rng.below(2) == 0 { &[("source", "ads")] } else { &[] };
+                let props: &[(&str, &str)] = match rng.below(4) {
+                    0 => &[("source", "ads")],
+                    1 => &[("source", "ads"), ("campaign", "spring")],
+                    2 => &[("campaign", "fall"), ("channel", "email")],
+                    _ => &[],
+                };
                 scored(&rules, &event, ty, now.plus_millis(-(rng.below(40 * 24) as i64) * 3_600_000), props)
             })
             .collect();
@@ -786,6 +791,11 @@ async fn same_history_same_answers(a: &dyn LeadStore, b: &dyn LeadStore, seed: u
     }
     let (from, to) = (NOW.utc_day() - 60, NOW.utc_day() + 10);
     assert_eq!(a.funnel(from, to).await.unwrap(), b.funnel(from, to).await.unwrap());
+    for model in leadscore::domain::attribution::Model::ALL {
+        let credits = a.credits(model, from, to).await.unwrap();
+        assert!(!credits.groups.is_empty(), "{model:?}: credits kept");
+        assert_eq!(credits, b.credits(model, from, to).await.unwrap(), "{model:?}");
+    }
 }
 
 #[tokio::test]
