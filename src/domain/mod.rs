@@ -14,6 +14,7 @@ pub mod profiles;
 #[cfg(test)]
 mod properties;
 pub mod qualification;
+pub mod sla;
 pub mod spend;
 pub mod stage;
 pub mod state;
