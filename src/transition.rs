@@ -214,7 +214,7 @@ impl<'r> Builder<'r> {
     /// moving a creation entry counted before any touch under it.
     fn earlier_touch(&mut self, candidate: Option<FirstTouch>) {
         let Some(candidate) = candidate else { return };
-        if self.state.first_touch.as_ref().is_some_and(|t| candidate.at >= t.at) {
+        if self.state.first_touch.as_ref().is_some_and(|t| (candidate.at, &candidate.values) >= (t.at, &t.values)) {
             return;
         }
         let first = self.state.first_touch.is_none();
@@ -236,7 +236,7 @@ impl<'r> Builder<'r> {
         }
         let passed = profiles::newly_passed(self.state.funnel_reached, change.to);
         for stage in &passed {
-            if attribution::CREDITED_STAGES.contains(stage) {
+            if attribution::CREDITED_STAGES.contains(stage) && !self.state.journey.has_reached(*stage) {
                 self.journey().reach(*stage, change.at);
             }
         }

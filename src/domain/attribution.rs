@@ -183,6 +183,11 @@ impl Journey {
         true
     }
 
+    /// Whether a credited stage has been reached.
+    pub fn has_reached(&self, stage: Stage) -> bool {
+        CREDITED_STAGES.iter().position(|s| *s == stage).is_some_and(|i| self.reached[i].is_some())
+    }
+
     /// Records the first reaching of a credited stage; answers whether it
     /// was the first.
     pub fn reach(&mut self, stage: Stage, at: Timestamp) -> bool {

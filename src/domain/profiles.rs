@@ -376,11 +376,25 @@ pub fn first_touch(properties: &BTreeMap<String, String>) -> [String; 3] {
     })
 }
 
-/// The earliest of some signals: its `occurred_at` and first-touch values.
+/// The earliest of some signals: its `occurred_at` and first-touch values;
+/// of signals at the same instant, the one with the least values (as an
+/// attribution journey orders its touches), whatever order they came in.
 pub fn earliest_touch<'a>(
     signals: impl IntoIterator<Item = (Timestamp, &'a BTreeMap<String, String>)>,
 ) -> Option<(Timestamp, [String; 3])> {
-    signals.into_iter().min_by_key(|(at, _)| *at).map(|(at, properties)| (at, first_touch(properties)))
+    let mut best: Option<(Timestamp, &BTreeMap<String, String>)> = None;
+    for (at, properties) in signals {
+        let earlier = match best {
+            None => true,
+            Some((b, _)) if at != b => at < b,
+            // Ties only: the values are built to be compared.
+            Some((_, kept)) => first_touch(properties) < first_touch(kept),
+        };
+        if earlier {
+            best = Some((at, properties));
+        }
+    }
+    best.map(|(at, properties)| (at, first_touch(properties)))
 }
 
 /// The funnel groups a lead with these first-touch values counts in.
@@ -648,6 +662,26 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// The earliest touch of some signals does not depend on their
+        /// order, ties at the same instant included, and is the first a
+        /// journey keeps.
+        #[test]
+        fn the_earliest_touch_whatever_the_order(signals in proptest::collection::vec((0i64..4, 0usize..3), 1..8)) {
+            let props: Vec<(Timestamp, BTreeMap<String, String>)> = signals
+                .iter()
+                .map(|(at, c)| (Timestamp::from_millis(*at), [("campaign".to_owned(), ["a", "b", ""][*c].to_owned())].into()))
+                .collect();
+            let forward = earliest_touch(props.iter().map(|(at, p)| (*at, p)));
+            let backward = earliest_touch(props.iter().rev().map(|(at, p)| (*at, p)));
+            proptest::prop_assert_eq!(&forward, &backward);
+            let mut journey = crate::domain::attribution::Journey::default();
+            for (at, p) in &props {
+                journey.add_touch(crate::domain::attribution::Touch { at: *at, values: first_touch(p) });
+            }
+            let first = journey.touches.first().map(|t| (t.at, t.values.clone()));
+            proptest::prop_assert_eq!(forward, first);
+        }
+
         /// The distribution answers what sorting every lead's rounded score
         /// answers: nearest-rank percentiles, extremes, bars that add up.
         #[test]
