@@ -88,7 +88,8 @@ impl Model {
     /// Every model, each kept as credits at write time. First touch too,
     /// rather than read from the funnel, whose entries stay under the first
     /// touch known when they were counted: here a signal that arrives late
-    /// with an earlier `occurred_at` moves the credit.
+    /// with an earlier `occurred_at` moves the credit (unless the journey
+    /// is `settled`).
     pub const ALL: [Model; 5] =
         [Model::FirstTouch, Model::LastTouch, Model::Linear, Model::TimeDecay, Model::PositionBased];
 
@@ -132,6 +133,11 @@ pub struct Journey {
     /// The time-decay half-life its credit was shared with (0: the
     /// default).
     pub half_life_ms: i64,
+    /// Whether it ever dropped touches to stay within `MAX_TOUCHES`: from
+    /// then on, the credit it gave stays as given (a recount could no
+    /// longer see the touches it was shared among), and only moments
+    /// reached later are shared, among the touches kept then.
+    pub settled: bool,
 }
 
 impl Journey {
@@ -178,22 +184,29 @@ impl Journey {
         }
         if kept.len() > MAX_TOUCHES {
             kept.drain(1..=kept.len() - MAX_TOUCHES);
+            self.settled = true;
         }
         self.touches = kept;
         true
     }
 
+    /// When a stage was first reached: `None` for a stage not credited.
+    fn slot(&mut self, stage: Stage) -> Option<&mut Option<Timestamp>> {
+        let i = CREDITED_STAGES.iter().position(|s| *s == stage)?;
+        self.reached.get_mut(i)
+    }
+
     /// Whether a credited stage has been reached.
     pub fn has_reached(&self, stage: Stage) -> bool {
-        CREDITED_STAGES.iter().position(|s| *s == stage).is_some_and(|i| self.reached[i].is_some())
+        CREDITED_STAGES.iter().zip(&self.reached).any(|(s, at)| *s == stage && at.is_some())
     }
 
     /// Records the first reaching of a credited stage; answers whether it
     /// was the first.
     pub fn reach(&mut self, stage: Stage, at: Timestamp) -> bool {
-        match CREDITED_STAGES.iter().position(|s| *s == stage) {
-            Some(i) if self.reached[i].is_none() => {
-                self.reached[i] = Some(at);
+        match self.slot(stage) {
+            Some(slot @ None) => {
+                *slot = Some(at);
                 true
             }
             _ => false,
@@ -268,10 +281,9 @@ pub fn credit_changes(old: &Journey, new: &Journey) -> Vec<CreditDelta> {
     });
     let deals =
         new.deals.iter().enumerate().map(|(i, (at, micros))| (CreditCounter::Revenue, *at, *micros, i >= new_deals));
-    // A full journey drops its oldest touches (after the first) as new ones
-    // come: what it credited stays as given, since a recount could no
-    // longer see the touches it was shared among.
-    let settled = old.touches.len() >= MAX_TOUCHES;
+    // Once touches were dropped (before or by this change), what was
+    // credited stays as given.
+    let settled = old.settled || new.settled;
     for (counter, at, amount, was_credited) in reached.chain(deals) {
         let rel_new = new.relevant(at);
         if was_credited {
@@ -406,6 +418,12 @@ mod tests {
     const HALF_LIFE: i64 = 7 * DAY;
 
     fn touch(day: i64, campaign: &str) -> Touch {
+        if campaign == NO_VALUE {
+            return Touch {
+                at: Timestamp::from_millis(day * DAY),
+                values: [NO_VALUE.into(), NO_VALUE.into(), NO_VALUE.into()],
+            };
+        }
         Touch { at: Timestamp::from_millis(day * DAY), values: ["google".into(), "paid".into(), campaign.into()] }
     }
 
@@ -491,6 +509,37 @@ mod tests {
     }
 
     #[test]
+    fn a_journey_that_dropped_touches_stays_settled() {
+        // An untagged first touch, then 31 tagged ones: full, nothing
+        // dropped yet.
+        let mut all = vec![touch(10, NO_VALUE)];
+        all.extend((11..42).map(|d| touch(d, "x")));
+        let mut j = journey(&all);
+        assert_eq!((j.touches.len(), j.settled), (MAX_TOUCHES, false));
+        j.add_touch(touch(50, "x"));
+        assert!(j.settled, "the oldest tagged touch was dropped");
+        j.reach(Stage::Mql, Timestamp::from_millis(45 * DAY));
+        let mut kept = Kept::new();
+        keep(&mut kept, credit_changes(&Journey::default(), &j));
+        // A late signal earlier than the untagged first replaces it: the
+        // journey stays settled, so the MQL's credit is neither re-shared
+        // nor taken back.
+        let old = j.clone();
+        assert!(j.add_touch(touch(5, "y")));
+        assert!(j.settled);
+        assert_eq!(credit_changes(&old, &j), []);
+        // A batch that crosses the bound in one change settles it too.
+        let mut j = journey(&(0..30).map(|d| touch(d, "x")).collect::<Vec<_>>());
+        j.reach(Stage::Mql, Timestamp::from_millis(29 * DAY));
+        let old = j.clone();
+        for d in 0..5 {
+            j.add_touch(touch(d, "z"));
+        }
+        assert!(j.settled);
+        assert_eq!(credit_changes(&old, &j), [], "the MQL keeps what it was given");
+    }
+
+    #[test]
     fn time_decay_weighs_the_newest_touch_whatever_the_half_life() {
         let j = journey(&[touch(1, "a"), touch(30, "b"), touch(31, "c")]);
         let at = Timestamp::from_millis(400 * DAY);
@@ -512,15 +561,16 @@ mod tests {
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => proptest::collection::vec((0i64..60, 0usize..4), 1..6).prop_map(Op::Touches),
+            3 => proptest::collection::vec((0i64..60, 0usize..5), 1..12).prop_map(Op::Touches),
             1 => (0usize..5, 0i64..70).prop_map(|(s, d)| Op::Reach(s, d)),
             1 => (0i64..70, 0i64..=1_000_000_000_000).prop_map(|(d, m)| Op::Won(d, m)),
             1 => (1i64..30).prop_map(|d| Op::HalfLife(d * DAY)),
         ]
     }
 
+    /// A campaign, or none (an untagged touch, kept only as the first).
     fn campaign(c: usize) -> &'static str {
-        ["a", "b", "c", "d"][c]
+        ["a", "b", "c", "d", NO_VALUE][c]
     }
 
     type Kept = BTreeMap<(i64, Model, FunnelGroupBy, String, CreditCounter), i64>;
@@ -584,15 +634,15 @@ mod tests {
         }
 
         /// Whatever a lead goes through, the credits kept from the deltas
-        /// equal a recount from its journey (until it is full), never go
-        /// below zero, and per
-        /// model and grouping sum exactly to what was reached and won.
+        /// equal a recount from its journey (until it drops touches), never
+        /// go below zero, and per model and grouping sum exactly to what
+        /// was reached and won.
         #[test]
         fn kept_credits_equal_a_recount_and_sum_to_the_whole(ops in proptest::collection::vec(op(), 1..25)) {
             let deals = ops.iter().filter(|o| matches!(o, Op::Won(..))).count();
             prop_assume!(deals <= MAX_DEALS);
             let (j, kept) = run(&ops);
-            if j.touches.len() < MAX_TOUCHES {
+            if !j.settled {
                 prop_assert_eq!(&kept, &recount(&j));
             }
             prop_assert!(kept.values().all(|n| *n > 0), "{:?}", kept);

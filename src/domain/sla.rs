@@ -6,11 +6,10 @@
 //!
 //! Pure and bounded: every answer walks at most `MAX_DAYS` local days.
 //! `handover` tells where one hand-over stands: on time, late, or waiting.
-//! Not yet read from the rule file (the `[sla]` section is to come).
 
 use std::collections::BTreeSet;
 
-use chrono::{Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono::{Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Timelike};
 use chrono_tz::Tz;
 
 use super::Timestamp;
@@ -47,7 +46,7 @@ impl BusinessHours {
             LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => t.timestamp_millis(),
             LocalResult::None => {
                 // Gaps last at most a few hours: the first valid minute.
-                let mut probe = local;
+                let mut probe = local.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap_or(local);
                 for _ in 0..(24 * 60) {
                     probe += chrono::Duration::minutes(1);
                     if let LocalResult::Single(t) | LocalResult::Ambiguous(t, _) = self.zone.from_local_datetime(&probe)
@@ -72,7 +71,9 @@ impl BusinessHours {
 
     /// The local day of an instant.
     fn local_day(&self, at: Timestamp) -> NaiveDate {
-        let utc = chrono::DateTime::from_timestamp_millis(at.millis()).unwrap_or_default();
+        // Years 1 to 9999: any zone's offset keeps the local day in range.
+        let millis = at.millis().clamp(-62_135_596_800_000, 253_402_300_799_999);
+        let utc = chrono::DateTime::from_timestamp_millis(millis).unwrap_or_default();
         utc.with_timezone(&self.zone).date_naive()
     }
 
@@ -93,7 +94,7 @@ impl SlaClock {
             return 0;
         }
         match self {
-            SlaClock::Always => b - a,
+            SlaClock::Always => b.saturating_sub(a),
             SlaClock::Business(hours) => hours
                 .windows(from)
                 .take_while(|(open, _)| *open < b)
@@ -139,17 +140,17 @@ pub enum Handover {
     /// Decided `late_by` after the deadline.
     Late { took: i64, late_by: i64 },
     /// Not decided yet; `due` is the deadline, `age` the counted time so
-    /// far (past `within`: breached and still waiting).
-    Waiting { age: i64, due: Timestamp },
+    /// far; `overdue` once `due` has passed (a decision now would be late).
+    Waiting { age: i64, due: Timestamp, overdue: bool },
 }
 
 impl Handover {
     /// Whether the deadline has passed without a decision in time.
-    pub fn breached(self, within: i64) -> bool {
+    pub fn breached(self) -> bool {
         match self {
             Handover::OnTime { .. } => false,
             Handover::Late { .. } => true,
-            Handover::Waiting { age, .. } => age >= within,
+            Handover::Waiting { overdue, .. } => overdue,
         }
     }
 }
@@ -170,10 +171,10 @@ pub fn handover(
             if at <= due {
                 Handover::OnTime { took }
             } else {
-                Handover::Late { took, late_by: at.millis() - due.millis() }
+                Handover::Late { took, late_by: at.millis().saturating_sub(due.millis()) }
             }
         }
-        None => Handover::Waiting { age: clock.elapsed(handed, now), due },
+        None => Handover::Waiting { age: clock.elapsed(handed, now), due, overdue: now > due },
     }
 }
 
@@ -252,11 +253,21 @@ mod tests {
         let late = due.plus_millis(2 * HOUR);
         let h = handover(&clock, within, handed, Some(late), late);
         assert_eq!(h, Handover::Late { took: within + HOUR, late_by: 2 * HOUR }, "17:00 to 18:00 does not count");
-        assert!(h.breached(within));
+        assert!(h.breached());
         let waiting = handover(&clock, within, handed, None, monday);
-        assert_eq!(waiting, Handover::Waiting { age: 3 * HOUR, due });
-        assert!(!waiting.breached(within));
-        assert!(handover(&clock, within, handed, None, late).breached(within));
+        assert_eq!(waiting, Handover::Waiting { age: 3 * HOUR, due, overdue: false });
+        assert!(!waiting.breached());
+        assert!(!handover(&clock, within, handed, None, due).breached(), "a decision at the deadline is in time");
+        assert_eq!(handover(&clock, within, handed, Some(due), due), Handover::OnTime { took: within });
+        let evening = handover(&clock, within, handed, None, late);
+        assert_eq!(evening, Handover::Waiting { age: within + HOUR, due, overdue: true });
+        assert!(evening.breached());
+        // Instants beyond the calendar: no panic, no overflow.
+        let (min, max) = (Timestamp::from_millis(i64::MIN), Timestamp::from_millis(i64::MAX));
+        assert_eq!(SlaClock::Always.elapsed(min, max), i64::MAX);
+        assert_eq!(clock.elapsed(max, max), 0);
+        assert_eq!(clock.deadline(max, HOUR), max);
+        let _ = clock.elapsed(min, handed);
     }
 
     proptest! {

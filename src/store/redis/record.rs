@@ -105,6 +105,9 @@ struct LeadRecord {
     /// The time-decay half-life the journey's credit was shared with.
     #[prost(int64, tag = "34")]
     credit_half_life_ms: i64,
+    /// The journey dropped touches: its credit stays as given.
+    #[prost(bool, tag = "35")]
+    journey_settled: bool,
 }
 
 /// A touch: milliseconds after the lead's `created_at`, and its source,
@@ -534,6 +537,7 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         deals,
         deals_won: journey.deals_won,
         credit_half_life_ms: journey.half_life_ms,
+        journey_settled: journey.settled,
     };
     record.encode_to_vec()
 }
@@ -681,6 +685,7 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         *slot = Some(at(created.saturating_add(*t)));
     }
     journey.deals = r.deals.iter().map(|d| (at(created.saturating_add(d.at)), d.micros)).collect();
+    journey.settled = r.journey_settled;
     Ok(LeadState {
         journey,
         lead,
