@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 30] = [
+pub const RPCS: [(&str, Option<Scope>); 31] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -65,6 +65,7 @@ pub const RPCS: [(&str, Option<Scope>); 30] = [
     ("/leadscore.v1.Profiles/GetScoreProfile", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/GetCohortScoreProfile", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/GetFunnel", Some(Scope::Score)),
+    ("/leadscore.v1.Profiles/ListHandovers", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/UpsertAccount", Some(Scope::Ingest)),
     ("/leadscore.v1.Profiles/GetAccountScore", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/RecordSpend", Some(Scope::Ingest)),

@@ -104,6 +104,17 @@ pub enum ReportCommand {
         #[arg(long, value_parser = ["source", "channel", "campaign"])]
         group_by: Option<String>,
     },
+    /// MQLs waiting for sales' decision under the follow-up agreement
+    /// ([sla]), longest waiting first: wall-clock and counted time, time
+    /// to the deadline, owner.
+    Handovers {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Leads shown (at most 500).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Spend, leads, MQLs, SQLs, opportunities, customers, won revenue, cost
     /// per stage and return on spend over whole UTC days, per campaign,
     /// source or channel under an attribution model, with spend and the
@@ -164,6 +175,17 @@ pub enum DemoCommand {
         #[arg(long, default_value_t = 300)]
         leads: usize,
         /// Same seed, same leads and signals.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Play sales catching up on its desk: accept (about 70%) or recycle
+    /// every MQL waiting for a decision; those past their follow-up deadline
+    /// are decided late.
+    Decide {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Same seed, same decisions.
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
@@ -248,6 +270,22 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Demo { command: DemoCommand::Decide { addr, seed } } => match crate::demo::decide(addr, seed).await {
+            Ok(d) => {
+                println!(
+                    "sales decided on {} waiting MQLs: {} accepted, {} recycled; {} after their deadline",
+                    d.accepted + d.recycled,
+                    d.accepted,
+                    d.recycled,
+                    d.late
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("leadscore: demo decide failed: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Rules { command: RulesCommand::Simulate { file, config, redis_url, examples } } => {
             simulate_rules(&file, config.as_deref(), redis_url, examples).await
         }
@@ -377,6 +415,12 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
             let last = to.pred_opt().unwrap_or(to);
             let period = format!("{from} to {last} (UTC days)");
             Ok(crate::report::render_funnel(&period, group_by.as_deref().unwrap_or(""), &response))
+        }
+        ReportCommand::Handovers { addr, limit } => {
+            let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(&addr).await?);
+            let response =
+                client.list_handovers(pb::ListHandoversRequest { limit }).await.map_err(grpc_error)?.into_inner();
+            Ok(crate::report::render_handovers(&response, chrono::Utc::now().timestamp()))
         }
         ReportCommand::Campaigns { days: DaysArgs { addr, from, to }, group_by, model } => {
             let (from, to) = period_days(from, to, today)?;

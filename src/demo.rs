@@ -92,6 +92,65 @@ pub struct Seeded {
     pub spend: i64,
 }
 
+/// A lead's own draw: the same for the same lead and seed, whatever else
+/// was drawn before.
+fn lead_rng(lead_id: &str, seed: u64) -> Rng {
+    Rng(lead_id.bytes().fold(seed.max(1), |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)).max(1))
+}
+
+const SALES_REPS: [&str; 3] = ["ann@sales.example", "bob@sales.example", "cleo@sales.example"];
+
+/// What `decide` did.
+#[derive(Debug, Default)]
+pub struct Decided {
+    pub accepted: usize,
+    pub recycled: usize,
+    /// Of those, decided after their deadline.
+    pub late: usize,
+}
+
+/// Plays sales catching up on its desk: every lead waiting for a decision
+/// (`ListHandovers`) is accepted (SAL, about 70%) or recycled, the same for
+/// the same lead and seed. Those past their deadline count as late.
+pub async fn decide(addr: String, seed: u64) -> Result<Decided, Box<dyn std::error::Error>> {
+    let connection = crate::client::connect(&addr).await?;
+    let mut profiles = ProfilesClient::new(connection.clone());
+    let mut crm = QualificationClient::new(connection);
+    let mut decided = Decided::default();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let desk = profiles.list_handovers(pb::ListHandoversRequest { limit: 500 }).await?.into_inner();
+        // Leads a decision could not take off the desk are not retried.
+        let fresh: Vec<_> = desk.handovers.into_iter().filter(|h| seen.insert(h.lead_id.clone())).collect();
+        if fresh.is_empty() {
+            return Ok(decided);
+        }
+        for h in fresh {
+            let mut rng = lead_rng(&h.lead_id, seed);
+            let to = if rng.below(100) < 70 { pb::Stage::Sal } else { pb::Stage::Recycled };
+            let request = pb::SetStageRequest {
+                lead_id: h.lead_id.clone(),
+                to: to.into(),
+                actor: "demo-sales".into(),
+                reason: "demo follow-up".into(),
+                expected_stage: pb::Stage::Mql.into(),
+                ..Default::default()
+            };
+            // A lead that moved meanwhile (e.g. by a rule) is left as it is.
+            if crm.set_stage(request).await.is_err() {
+                continue;
+            }
+            match to {
+                pb::Stage::Sal => decided.accepted += 1,
+                _ => decided.recycled += 1,
+            }
+            if h.overdue {
+                decided.late += 1;
+            }
+        }
+    }
+}
+
 const INDUSTRIES: [&str; 7] =
     ["software", "saas", "financial_services", "healthcare", "manufacturing", "retail", "education"];
 
@@ -144,6 +203,8 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             ("industry", INDUSTRIES[(company % INDUSTRIES.len() as u64) as usize].to_owned()),
             ("country", rng.pick(&["us", "us", "gb", "de", "fr", "nl", "br", "in"]).to_owned()),
             ("email_domain", email_domain),
+            // The sales rep the CRM assigned (the follow-up agreement's owner).
+            ("owner", SALES_REPS[(company % SALES_REPS.len() as u64) as usize].to_owned()),
             (
                 "title",
                 rng.pick(&["Head of Marketing", "VP Sales", "Marketing Intern", "CFO", "Ops Manager", "Engineer"])
@@ -230,8 +291,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
     for lead_id in ids {
         // Each lead's decisions from its own draw: seeding again makes the
         // same ones, whatever the others' stages are by then.
-        let mut rng =
-            Rng(lead_id.bytes().fold(seed.max(1), |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)).max(1));
+        let mut rng = lead_rng(&lead_id, seed);
         let mut path: Vec<(pb::Stage, Option<f64>)> = Vec::new();
         match stage_of[&lead_id].as_str() {
             "MQL" => match rng.below(100) {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tracing::Instrument;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric leadscore exports.
@@ -26,6 +26,8 @@ pub struct Metrics {
     pub signals: IntCounterVec,
     /// Stage changes by from, to and what made them (rule, manual).
     transitions: IntCounterVec,
+    /// Follow-up deadlines this replica found passed without a decision.
+    sla_breaches: IntCounter,
     rule_set: IntGaugeVec,
     /// Redis command (or pipeline) latency by operation.
     pub redis_duration: HistogramVec,
@@ -108,6 +110,12 @@ impl Metrics {
             &["from", "to", "by"],
         )
         .expect("valid metric");
+        let sla_breaches = IntCounter::new(
+            "sla_breaches_total",
+            "Hand-overs to sales whose follow-up deadline ([sla] in the rule file) this replica found passed \
+             without a decision",
+        )
+        .expect("valid metric");
         let rule_set = IntGaugeVec::new(Opts::new("rule_set_info", "The active rule set (value 1)"), &["version"])
             .expect("valid metric");
         let redis_duration = HistogramVec::new(
@@ -154,6 +162,7 @@ impl Metrics {
             Box::new(in_flight.clone()),
             Box::new(signals.clone()),
             Box::new(transitions.clone()),
+            Box::new(sla_breaches.clone()),
             Box::new(rule_set.clone()),
             Box::new(redis_duration.clone()),
             Box::new(triggers.clone()),
@@ -171,6 +180,7 @@ impl Metrics {
             in_flight,
             signals,
             transitions,
+            sla_breaches,
             rule_set,
             redis_duration,
             triggers,
@@ -191,6 +201,11 @@ impl Metrics {
             };
             self.transitions.with_label_values(&[c.from.as_str(), c.to.as_str(), by]).inc();
         }
+    }
+
+    /// Counts follow-up deadlines found passed.
+    pub fn sla_breaches(&self, breaches: u64) {
+        self.sla_breaches.inc_by(breaches);
     }
 
     /// Remembers a consumer group to report its triggers.

@@ -110,20 +110,23 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
         "reopened leads: {}   won: {} deals, revenue {:.2}",
         total.reopened_leads, total.won_deals, total.won_revenue
     );
+    let _ = writeln!(out, "{}", follow_up_line(&total));
     if r.groups.is_empty() {
         return out;
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<24} {:>7} {:>7} {:>7} {:>9} {:>12}  {:>9}",
+        "{:<24} {:>7} {:>7} {:>7} {:>9} {:>12}  {:>9}  {:>8} {:>8}",
         format!("first-touch {group_by}"),
         "leads",
         "MQL",
         "SQL",
         "customers",
         "revenue",
-        "LEAD→MQL"
+        "LEAD→MQL",
+        "in time",
+        "breaches"
     );
     for g in &r.groups {
         let f = g.funnel.clone().unwrap_or_default();
@@ -131,14 +134,69 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
         let name: String = g.value.chars().take(24).collect();
         let _ = writeln!(
             out,
-            "{name:<24} {:>7} {:>7} {:>7} {:>9} {:>12.2}  {:>9}",
+            "{name:<24} {:>7} {:>7} {:>7} {:>9} {:>12.2}  {:>9}  {:>8} {:>8}",
             entered(&f, pb::Stage::Lead),
             entered(&f, pb::Stage::Mql),
             entered(&f, pb::Stage::Sql),
             entered(&f, pb::Stage::Customer),
             f.won_revenue,
-            percent(rate)
+            percent(rate),
+            f.sla_attainment.map_or_else(|| "—".to_owned(), percent),
+            f.sla_breaches
         );
+    }
+    out
+}
+
+/// The follow-up agreement's figures of a funnel: hand-overs decided in
+/// time and late, attainment, speed to lead, breaches.
+fn follow_up_line(f: &pb::Funnel) -> String {
+    let duration =
+        |d: &Option<prost_types::Duration>| d.as_ref().map_or("—".to_owned(), |d| human_duration(d.seconds));
+    format!(
+        "follow-up: {} decided in time, {} late ({} in time)   speed to lead: median {}, p90 {}   breaches: {}",
+        f.handovers_on_time,
+        f.handovers_late,
+        f.sla_attainment.map_or_else(|| "—".to_owned(), percent),
+        duration(&f.speed_to_lead_median),
+        duration(&f.speed_to_lead_p90),
+        f.sla_breaches
+    )
+}
+
+/// Sales' desk: the hand-overs waiting, longest first.
+pub fn render_handovers(r: &pb::ListHandoversResponse, now_seconds: i64) -> String {
+    let mut out = String::new();
+    let agreement = if r.agreement.is_empty() { "no follow-up agreement ([sla]) in force" } else { &r.agreement };
+    let _ = writeln!(out, "{} MQLs waiting for sales — agreement: {agreement}", r.waiting);
+    if r.handovers.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:>10} {:>10} {:>10}  {:<8} {:>6}  {:<16} owner",
+        "lead", "waiting", "counted", "due in", "", "score", "source"
+    );
+    for h in &r.handovers {
+        let seconds = |d: &Option<prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
+        let due = h.due.as_ref().map_or(0, |t| t.seconds) - now_seconds;
+        let due_in = if h.overdue { format!("-{}", human_duration(-due.min(0))) } else { human_duration(due.max(0)) };
+        let name: String = h.lead_id.chars().take(24).collect();
+        let source: String = h.source.chars().take(16).collect();
+        let _ = writeln!(
+            out,
+            "{name:<24} {:>10} {:>10} {:>10}  {:<8} {:>6.1}  {source:<16} {}",
+            human_duration(seconds(&h.waiting)),
+            human_duration(seconds(&h.age)),
+            due_in,
+            if h.overdue { "OVERDUE" } else { "" },
+            h.score.as_ref().map_or(0.0, |s| s.total),
+            if h.owner.is_empty() { "—" } else { &h.owner }
+        );
+    }
+    if r.waiting > r.handovers.len() as u64 {
+        let _ = writeln!(out, "… and {} more (--limit)", r.waiting - r.handovers.len() as u64);
     }
     out
 }
@@ -434,6 +492,12 @@ mod tests {
                 rate: mql as f64 / lead as f64,
             }],
             won_revenue: revenue,
+            handovers_on_time: 3,
+            handovers_late: 1,
+            sla_attainment: Some(0.75),
+            speed_to_lead_median: Some(prost_types::Duration { seconds: 7_200, nanos: 0 }),
+            speed_to_lead_p90: Some(prost_types::Duration { seconds: 30 * 3_600, nanos: 0 }),
+            sla_breaches: 2,
             ..Default::default()
         };
         let r = pb::GetFunnelResponse {
@@ -443,9 +507,45 @@ mod tests {
         let text = render_funnel("2026-11-01 .. 2026-11-23", "source", &r);
         assert!(text.contains("MQL                  4        4  2d 0h"), "{text}");
         assert!(text.contains("LEAD→MQL 40.0%"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("google") && l.contains("500.00") && l.contains("50.0%")), "{text}");
         assert!(
-            text.lines().any(|l| l.starts_with("google") && l.contains("500.00") && l.ends_with("50.0%")),
+            text.contains(
+                "follow-up: 3 decided in time, 1 late (75.0% in time)   speed to lead: median 2h 0m, p90 1d 6h   \
+                 breaches: 2"
+            ),
             "{text}"
         );
+        assert!(text.lines().any(|l| l.starts_with("google") && l.ends_with("75.0%        2")), "{text}");
+    }
+
+    #[test]
+    fn the_desk_shows_who_waits_and_what_is_overdue() {
+        let now = 1_796_396_400;
+        let handover = |lead: &str, waited: i64, due_in: i64, owner: &str| pb::Handover {
+            lead_id: lead.into(),
+            due: Some(prost_types::Timestamp { seconds: now + due_in, nanos: 0 }),
+            age: Some(prost_types::Duration { seconds: waited.min(8 * 3_600), nanos: 0 }),
+            waiting: Some(prost_types::Duration { seconds: waited, nanos: 0 }),
+            overdue: due_in < 0,
+            owner: owner.into(),
+            score: Some(pb::ScoreSnapshot { total: 51.0, ..Default::default() }),
+            source: "webinar".into(),
+            ..Default::default()
+        };
+        let r = pb::ListHandoversResponse {
+            waiting: 3,
+            handovers: vec![handover("lead-1", 30 * 3_600, -6 * 3_600, "ann@crm"), handover("lead-2", 600, 86_000, "")],
+            agreement: "within 24h".into(),
+        };
+        let text = render_handovers(&r, now);
+        assert!(text.starts_with("3 MQLs waiting for sales — agreement: within 24h"), "{text}");
+        let first = text.lines().find(|l| l.starts_with("lead-1")).unwrap();
+        assert!(first.contains("1d 6h") && first.contains("-6h 0m") && first.contains("OVERDUE"), "{first}");
+        assert!(first.ends_with("ann@crm"), "{first}");
+        let second = text.lines().find(|l| l.starts_with("lead-2")).unwrap();
+        assert!(!second.contains("OVERDUE") && second.ends_with('—'), "{second}");
+        assert!(text.contains("… and 1 more (--limit)"), "{text}");
+        let none = render_handovers(&pb::ListHandoversResponse::default(), now);
+        assert_eq!(none, "0 MQLs waiting for sales — agreement: no follow-up agreement ([sla]) in force\n");
     }
 }

@@ -364,7 +364,7 @@ impl Application {
         if !self.version_recorded {
             tokio::spawn(record_version_when_possible(self.state.core().clone(), stopping_tx.subscribe()));
         }
-        let sweep_task = tokio::spawn(sweep_inactivity_every(
+        let sweep_task = tokio::spawn(sweep_every(
             self.state.core().clone(),
             self.settings.inactivity_sweep_interval.duration(),
             stopping_tx.subscribe(),
@@ -488,21 +488,25 @@ async fn set_status(reporter: &HealthReporter, status: ServingStatus) {
     }
 }
 
-/// Runs the inactivity sweep until `stopping` turns true.
-async fn sweep_inactivity_every(
-    state: Arc<crate::engine::Core>,
-    interval: Duration,
-    mut stopping: watch::Receiver<bool>,
-) {
+/// Runs the sweeps (inactivity triggers, follow-up deadlines) until
+/// `stopping` turns true.
+async fn sweep_every(state: Arc<crate::engine::Core>, interval: Duration, mut stopping: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = stopping.changed() => return,
         }
-        match crate::engine::sweep_inactivity(&state).await {
-            Ok(0) => {}
-            Ok(fired) => tracing::info!(fired, "inactivity triggers fired"),
-            Err(e) => tracing::warn!(error = %e, "inactivity sweep failed; retrying next round"),
+        match crate::engine::sweep_due(&state).await {
+            Ok(swept) => {
+                if swept.inactivity_triggers > 0 {
+                    tracing::info!(fired = swept.inactivity_triggers, "inactivity triggers fired");
+                }
+                if swept.breaches > 0 {
+                    state.metrics.sla_breaches(swept.breaches);
+                    tracing::info!(breaches = swept.breaches, "follow-up deadlines passed without a sales decision");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next round"),
         }
     }
 }

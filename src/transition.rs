@@ -21,12 +21,13 @@ use std::collections::BTreeSet;
 use crate::domain::attribution::{self, Journey, Touch};
 use crate::domain::ledger::fingerprint;
 use crate::domain::profiles::{
-    self, CohortCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreBucket, ScoreHistoryEntry,
-    funnel_groups,
+    self, CohortCounter, FunnelCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreBucket,
+    ScoreHistoryEntry, funnel_groups,
 };
-use crate::domain::state::{AggregateDelta, CohortPlace, FirstTouch, LeadChange, LeadState};
+use crate::domain::sla::{Agreement, Pending};
+use crate::domain::state::{AggregateDelta, CohortPlace, Due, FirstTouch, LeadChange, LeadState};
 use crate::domain::{
-    Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
+    Breach, Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
     ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
 };
 use crate::rules::RuleSet;
@@ -155,7 +156,7 @@ impl<'r> Builder<'r> {
             triggers: Vec::new(),
             aggregates: Vec::new(),
             indexed_at: None,
-            inactivity: Vec::new(),
+            due: Vec::new(),
             account: None,
         };
         let mut b = Self { rules, settings, now, state, change, journey_before: None };
@@ -200,12 +201,18 @@ impl<'r> Builder<'r> {
     /// Adds (`sign` 1) or takes back (-1) a funnel entry's counters for
     /// some groups on the day of `at`.
     fn count(&mut self, groups: &[String], entry: &FunnelEntry, at: Timestamp, sign: f64) {
+        let increments: Vec<_> = entry.increments().into_iter().map(|(counter, by)| (counter, sign * by)).collect();
+        self.count_counters(groups, &increments, at);
+    }
+
+    /// Adds funnel counter increments for some groups on the day of `at`.
+    fn count_counters(&mut self, groups: &[String], increments: &[(FunnelCounter, f64)], at: Timestamp) {
         let day = at.utc_day();
         let expires = Timestamp::from_millis((day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
         for group in groups {
-            for (counter, by) in entry.increments() {
+            for &(counter, by) in increments {
                 let group = group.clone();
-                self.change.aggregates.push(AggregateDelta::Funnel { day, group, counter, by: sign * by, expires });
+                self.change.aggregates.push(AggregateDelta::Funnel { day, group, counter, by, expires });
             }
         }
     }
@@ -257,6 +264,42 @@ impl<'r> Builder<'r> {
         self.count(&groups, &entry, change.at, 1.0);
     }
 
+    /// The follow-up agreement: a lead leaving MQL by `SetStage` is sales'
+    /// decision on its hand-over (counted in time or late, with its speed
+    /// to lead; by a rule, the hand-over ends uncounted); a lead entering
+    /// MQL under an agreement is handed over, with a deadline.
+    fn follow_up(&mut self, change: &StageChange) {
+        if change.from == Stage::Mql {
+            if let Some(pending) = self.state.handover.take() {
+                let groups = funnel_groups(self.state.first_touch.as_ref().map(|t| &t.values));
+                // A deadline passed that the sweep had not got to yet: its
+                // breach counts now (no trigger: the lead has moved on).
+                if change.at > pending.due && !pending.breached {
+                    self.count_counters(&groups, &[(FunnelCounter::Breached, 1.0)], pending.due);
+                }
+                // A rule moving the lead on (a hand-raiser to SQL, a
+                // disqualifier) ends the hand-over without a sales decision.
+                if matches!(change.cause, Cause::Manual { .. }) {
+                    let on_time = change.at <= pending.due;
+                    let waited = change.at.millis().saturating_sub(pending.handed_at.millis());
+                    self.count_counters(&groups, &profiles::decision_increments(on_time, waited), change.at);
+                }
+            }
+            // Off the desk, even a lead whose hand-over an older release
+            // dropped (see README, Storage).
+            self.change.due.push((Due::Waiting, None));
+            self.change.due.push((Due::Deadline, None));
+        }
+        if change.to == Stage::Mql
+            && let Some(agreement) = &self.rules.sla
+        {
+            let pending = Pending { handed_at: change.at, due: agreement.due(change.at), breached: false };
+            self.state.handover = Some(pending);
+            self.change.due.push((Due::Waiting, Some(pending.handed_at)));
+            self.change.due.push((Due::Deadline, Some(pending.due)));
+        }
+    }
+
     /// Fires `fire` unless its cooldown for the lead still runs at `at`.
     fn fire(&mut self, fire: TriggerFire, at: Timestamp) -> bool {
         let last = self.state.lead.trigger_fired.get(&fire.trigger.definition_id);
@@ -277,6 +320,7 @@ impl<'r> Builder<'r> {
             }
             self.state.lead.stage = change.to;
             self.state.lead.stage_since = change.at;
+            self.follow_up(&change);
             self.enter(&change);
             self.state.stages.push_front(change.clone());
             self.change.feed.push(change);
@@ -334,7 +378,7 @@ impl<'r> Builder<'r> {
         }
         if !counted.is_empty() {
             for (def, _) in self.rules.inactivity_triggers() {
-                self.change.inactivity.push((def.id.clone(), Some(self.now)));
+                self.change.due.push((Due::Inactivity(def.id.clone()), Some(self.now)));
             }
         }
         (statuses, counted)
@@ -546,6 +590,7 @@ fn fire(
             reason,
             score,
             stage,
+            breach: None,
         },
     }
 }
@@ -896,7 +941,7 @@ pub fn inactivity(
     let lead_id = stored.lead.lead_id.clone();
     let stage = stored.lead.stage;
     let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
-    b.change.inactivity.push((definition.id.clone(), None));
+    b.change.due.push((Due::Inactivity(definition.id.clone()), None));
     let mut fired = false;
     if let Some(engaged_at) = engaged_at
         && rules.trigger_condition_holds(definition, &b.state.lead, now)
@@ -910,6 +955,47 @@ pub fn inactivity(
         }
     }
     Some(Step { change: b.finish(), answer: fired })
+}
+
+/// The follow-up check of one lead listed by its deadline: if the deadline
+/// has passed without a decision, the breach is counted (on the deadline's
+/// day) and the `sla_breached` triggers whose condition holds fire, with
+/// the owner and how late. The lead leaves the deadline index either way;
+/// it stays on the desk (`Due::Waiting`) until sales decides. `None` while
+/// the deadline is ahead.
+pub fn breach(
+    rules: &RuleSet,
+    settings: &Settings,
+    agreement: &Agreement,
+    now: Timestamp,
+    stored: LeadState,
+) -> Option<Step<bool>> {
+    if stored.handover.is_some_and(|p| p.due >= now) {
+        return None;
+    }
+    let lead_id = stored.lead.lead_id.clone();
+    let stage = stored.lead.stage;
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
+    b.change.due.push((Due::Deadline, None));
+    let Some(pending) = b.state.handover.filter(|p| !p.breached) else {
+        return Some(Step { change: b.finish(), answer: false });
+    };
+    b.state.handover = Some(Pending { breached: true, ..pending });
+    let groups = funnel_groups(b.state.first_touch.as_ref().map(|t| &t.values));
+    b.count_counters(&groups, &[(FunnelCounter::Breached, 1.0)], pending.due);
+    let owner = b.state.lead.attributes.get(&agreement.owner_attribute).cloned().unwrap_or_default();
+    let late_by_ms = now.millis().saturating_sub(pending.due.millis());
+    let score = ScoreSnapshot::of(&rules.primary().score(&b.state.lead, now));
+    let reason = format!("no sales decision by {} (handed over {})", pending.due, pending.handed_at);
+    for def in rules.breach_triggers() {
+        if rules.trigger_condition_holds(def, &b.state.lead, now) {
+            let mut f = fire(def, &b.state.lead, now, reason.clone(), score.clone(), stage);
+            f.trigger.breach =
+                Some(Breach { owner: owner.clone(), handed_at: pending.handed_at, due: pending.due, late_by_ms });
+            b.fire(f, now);
+        }
+    }
+    Some(Step { change: b.finish(), answer: true })
 }
 
 #[cfg(test)]
@@ -1357,7 +1443,7 @@ mod tests {
         let mut sim = Sim::default();
         let lead = id("quiet");
         let r = sim.record(&rules, &lead, &[signal(&rules, "a", "webinar_attended", NOW)], NOW);
-        assert_eq!(r.change.unwrap().inactivity, [(def.id.clone(), Some(NOW))]);
+        assert_eq!(r.change.unwrap().due, [(Due::Inactivity(def.id.clone()), Some(NOW))]);
         // Not quiet long enough: nothing to write.
         assert!(
             inactivity(&rules, &settings, NOW.plus_millis(quiet - 1), sim.load(&lead).unwrap(), def, quiet).is_none()
@@ -1365,10 +1451,117 @@ mod tests {
         let later = NOW.plus_millis(quiet + 1);
         let step = inactivity(&rules, &settings, later, sim.load(&lead).unwrap(), def, quiet).unwrap();
         assert!(step.answer);
-        assert_eq!(step.change.inactivity, [(def.id.clone(), None)]);
+        assert_eq!(step.change.due, [(Due::Inactivity(def.id.clone()), None)]);
         sim.apply(step.change);
         // Listed again by mistake, the same spell does not fire twice.
         let again = inactivity(&rules, &settings, later.plus_millis(1), sim.load(&lead).unwrap(), def, quiet).unwrap();
         assert!(!again.answer);
+    }
+
+    /// The default rules without their follow-up agreement.
+    fn rules_without_sla() -> RuleSet {
+        let source = crate::DEFAULT_RULES
+            .replace("[sla]\nwithin = \"24h\"\nowner_attribute = \"owner\"\n", "")
+            .replace("on = \"sla_breached\"", "on = \"stage_entered(SAL)\"");
+        let rules = RuleSet::parse(&source).unwrap();
+        assert!(rules.sla.is_none());
+        rules
+    }
+
+    #[test]
+    fn a_handover_is_decided_in_time_or_late_and_a_passed_deadline_breaches_once() {
+        // The default rules: 24 hours, and an escalation on breaches.
+        let rules = rules();
+        let settings = settings();
+        let mut sim = Sim::default();
+        let to =
+            |to| StageRequest { to, expected: None, actor: "rep".into(), reason: String::new(), deal_amount: None };
+        let counted = |sim: &Sim, group: &str, c| sim.funnel.get(&(group.to_owned(), c)).copied().unwrap_or(0.0);
+        let due = NOW.plus_millis(DAY);
+        for name in ["prompt", "slow", "never"] {
+            let lead = id(name);
+            sim.record(&rules, &lead, &[signal(&rules, &format!("{name}-1"), "page_view", NOW)], NOW);
+            let change = set_stage(&rules, &settings, NOW, sim.load(&lead), to(Stage::Mql)).unwrap();
+            assert_eq!(change.state.handover, Some(Pending { handed_at: NOW, due, breached: false }));
+            assert!(
+                change.due.contains(&(Due::Waiting, Some(NOW))) && change.due.contains(&(Due::Deadline, Some(due)))
+            );
+            sim.apply(change);
+        }
+        // Accepted after two hours: in time.
+        let change = set_stage(&rules, &settings, NOW.plus_millis(7_200_000), sim.load(&id("prompt")), to(Stage::Sal));
+        let change = change.unwrap();
+        assert_eq!(change.state.handover, None);
+        assert!(change.due.contains(&(Due::Waiting, None)) && change.due.contains(&(Due::Deadline, None)));
+        sim.apply(change);
+        assert_eq!(counted(&sim, "*", FunnelCounter::Decided { on_time: true }), 1.0);
+        assert_eq!(counted(&sim, "source=ads", FunnelCounter::Decided { on_time: true }), 1.0);
+        let two_hours = profiles::duration_bucket(7_200_000);
+        assert_eq!(counted(&sim, "*", FunnelCounter::SpeedToLead(two_hours)), 1.0);
+        // Before the deadline the sweep has nothing to do.
+        let agreement = rules.sla.as_ref().unwrap();
+        assert!(breach(&rules, &settings, agreement, due, sim.load(&id("slow")).unwrap()).is_none());
+        // After it: one breach, counted on the deadline's day, and the
+        // escalation fires with the owner and how late.
+        let mut slow = sim.load(&id("slow")).unwrap();
+        slow.lead.attributes.insert("owner".into(), "jane@crm".into());
+        sim.leads.insert(id("slow"), slow);
+        let later = due.plus_millis(30_000);
+        let step = breach(&rules, &settings, agreement, later, sim.load(&id("slow")).unwrap()).unwrap();
+        assert!(step.answer);
+        assert_eq!(step.change.due, [(Due::Deadline, None)], "still on the desk");
+        let [trigger] = step.change.triggers.as_slice() else { panic!("{:?}", step.change.triggers) };
+        assert_eq!((trigger.definition_id.as_str(), trigger.program.as_str()), ("sla_escalation", "sales-escalation"));
+        let expected = Breach { owner: "jane@crm".into(), handed_at: NOW, due, late_by_ms: 30_000 };
+        assert_eq!(trigger.breach, Some(expected));
+        let days: Vec<i64> = step
+            .change
+            .aggregates
+            .iter()
+            .filter_map(|a| match a {
+                AggregateDelta::Funnel { day, counter: FunnelCounter::Breached, group, .. } if group == "*" => {
+                    Some(*day)
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(days, [due.utc_day()]);
+        sim.apply(step.change);
+        // Listed again by mistake: not counted twice.
+        let again = breach(&rules, &settings, agreement, later.plus_millis(1), sim.load(&id("slow")).unwrap()).unwrap();
+        assert!(!again.answer && again.change.triggers.is_empty());
+        sim.apply(again.change);
+        assert_eq!(counted(&sim, "*", FunnelCounter::Breached), 1.0);
+        // Recycled the next day: late.
+        let next_day = NOW.plus_millis(2 * DAY);
+        sim.apply(set_stage(&rules, &settings, next_day, sim.load(&id("slow")), to(Stage::Recycled)).unwrap());
+        assert_eq!(counted(&sim, "*", FunnelCounter::Decided { on_time: false }), 1.0);
+        assert_eq!(counted(&sim, "*", FunnelCounter::SpeedToLead(profiles::duration_bucket(2 * DAY))), 1.0);
+        // A lead decided on before the sweep got to it leaves the index.
+        sim.apply(set_stage(&rules, &settings, later, sim.load(&id("never")), to(Stage::Disqualified)).unwrap());
+        assert_eq!(counted(&sim, "*", FunnelCounter::Breached), 2.0, "decided late before the sweep found it");
+        let stale = breach(&rules, &settings, agreement, later, sim.load(&id("never")).unwrap()).unwrap();
+        assert!(!stale.answer);
+        assert_eq!(stale.change.due, [(Due::Deadline, None)]);
+        // A rule moving an MQL on is no sales decision: the hand-over ends
+        // uncounted.
+        let raiser = id("raiser");
+        sim.record(&rules, &raiser, &[signal(&rules, "r-1", "page_view", NOW)], NOW);
+        sim.apply(set_stage(&rules, &settings, NOW, sim.load(&raiser), to(Stage::Mql)).unwrap());
+        let r = sim.record(&rules, &raiser, &[signal(&rules, "r-2", "demo_requested", NOW)], NOW);
+        let change = r.change.unwrap();
+        assert_eq!((change.state.lead.stage, change.state.handover), (Stage::Sql, None));
+        assert!(change.due.contains(&(Due::Waiting, None)));
+        let decided = |sim: &Sim| {
+            counted(sim, "*", FunnelCounter::Decided { on_time: true })
+                + counted(sim, "*", FunnelCounter::Decided { on_time: false })
+        };
+        assert_eq!(decided(&sim), 3.0, "prompt, slow and never; not raiser");
+        // Without an agreement, becoming an MQL hands nothing over.
+        let plain =
+            set_stage(&rules_without_sla(), &settings, NOW, sim.load(&id("prompt")), to(Stage::Recycled)).unwrap();
+        sim.apply(plain);
+        let back = set_stage(&rules_without_sla(), &settings, NOW, sim.load(&id("prompt")), to(Stage::Mql)).unwrap();
+        assert_eq!(back.state.handover, None);
     }
 }

@@ -37,6 +37,11 @@ pub fn timestamp_to_proto(t: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
+/// Milliseconds as a protobuf duration (seconds and nanos of one sign).
+pub fn duration_to_proto(ms: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
 fn id<T>(parse: fn(String) -> Result<T, IdError>, raw: String, field: &str, v: &mut Violations) -> Option<T> {
     parse(raw).map_err(|e| v.add(field, format!("{field} {e}"))).ok()
 }

@@ -72,6 +72,10 @@ pub fn trigger_to_proto(d: &Delivery) -> pb::NurtureTrigger {
         score: Some(convert::score_snapshot_to_proto(&t.score)),
         stage: convert::stage_to_proto(t.stage).into(),
         delivery_count: d.delivery_count,
+        owner: t.breach.as_ref().map(|b| b.owner.clone()).unwrap_or_default(),
+        handed_over_at: t.breach.as_ref().map(|b| timestamp_to_proto(b.handed_at)),
+        due: t.breach.as_ref().map(|b| timestamp_to_proto(b.due)),
+        late_by: t.breach.as_ref().map(|b| convert::duration_to_proto(b.late_by_ms)),
     }
 }
 
@@ -214,10 +218,7 @@ impl Nurture for NurtureService {
                 id: t.id.clone(),
                 on: t.on.to_string(),
                 when: t.when.as_ref().map(|(w, _)| w.clone()).unwrap_or_default(),
-                cooldown: Some(prost_types::Duration {
-                    seconds: t.cooldown_ms / 1000,
-                    nanos: ((t.cooldown_ms % 1000) * 1_000_000) as i32,
-                }),
+                cooldown: Some(convert::duration_to_proto(t.cooldown_ms)),
                 program: t.program.clone(),
             })
             .collect();

@@ -34,6 +34,10 @@ pub struct ProfilesService {
     state: Arc<AppState>,
 }
 
+/// Hand-overs `ListHandovers` returns by default, and at most.
+const DEFAULT_HANDOVERS: u32 = 50;
+const MAX_HANDOVERS: u32 = 500;
+
 impl ProfilesService {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
@@ -233,9 +237,7 @@ fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
                 stage: convert::stage_to_proto(stage).into(),
                 entered: funnel.entered.get(&stage).copied().unwrap_or(0),
                 reached: funnel.passed.get(&stage).copied().unwrap_or(0),
-                median_time_to_stage: funnel
-                    .median_time_to(stage)
-                    .map(|ms| prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }),
+                median_time_to_stage: funnel.median_time_to(stage).map(convert::duration_to_proto),
             })
             .collect(),
         conversions: funnel
@@ -250,6 +252,12 @@ fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
         reopened_leads: funnel.reopened,
         won_revenue: round_points(funnel.won_revenue),
         won_deals: funnel.won_deals,
+        handovers_on_time: funnel.handovers_on_time,
+        handovers_late: funnel.handovers_late,
+        sla_attainment: funnel.sla_attainment().map(round_rate),
+        speed_to_lead_median: funnel.speed_to_lead(0.5).map(convert::duration_to_proto),
+        speed_to_lead_p90: funnel.speed_to_lead(0.9).map(convert::duration_to_proto),
+        sla_breaches: funnel.sla_breaches,
     }
 }
 
@@ -404,6 +412,44 @@ impl Profiles for ProfilesService {
             })
             .unwrap_or_default();
         Ok(Response::new(pb::GetFunnelResponse { total: Some(funnel_to_proto(&counters.total())), groups }))
+    }
+
+    #[tracing::instrument(name = "ListHandovers", skip_all)]
+    async fn list_handovers(
+        &self,
+        request: Request<pb::ListHandoversRequest>,
+    ) -> Result<Response<pb::ListHandoversResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        if req.limit > MAX_HANDOVERS {
+            v.add("limit", format!("at most {MAX_HANDOVERS}"));
+        }
+        v.into_result(())?;
+        let limit = if req.limit == 0 { DEFAULT_HANDOVERS } else { req.limit } as usize;
+        let desk = profiles::desk(&self.state, limit).await.map_err(ApiError::from)?;
+        let now = self.state.clock.now();
+        let handovers = desk
+            .entries
+            .into_iter()
+            .map(|e| {
+                let (lead_id, _) = convert::subject_ids(&e.lead.lead_id);
+                pb::Handover {
+                    lead_id,
+                    handed_over_at: Some(timestamp_to_proto(e.pending.handed_at)),
+                    due: Some(timestamp_to_proto(e.pending.due)),
+                    age: Some(convert::duration_to_proto(e.age_ms)),
+                    waiting: Some(convert::duration_to_proto(
+                        now.millis().saturating_sub(e.pending.handed_at.millis()).max(0),
+                    )),
+                    overdue: e.overdue,
+                    owner: e.owner,
+                    score: Some(convert::score_snapshot_to_proto(&e.score)),
+                    source: e.source,
+                }
+            })
+            .collect();
+        let agreement = desk.agreement.map(|a| a.to_string()).unwrap_or_default();
+        Ok(Response::new(pb::ListHandoversResponse { waiting: desk.waiting, handovers, agreement }))
     }
 
     #[tracing::instrument(name = "RecordSpend", skip_all, fields(entries))]

@@ -25,7 +25,7 @@ pub use ids::{AccountId, EventId, IdError, LeadId, VisitorId};
 pub use lead::{LeadProfile, LeadSnapshot};
 pub use ledger::{IngestPolicy, LeadLedger, ScoredSignal, SignalStatus};
 pub use model::{Condition, Contribution, FitRule, Grade, GradeThresholds, Score, ScoringModel};
-pub use nurture::{Delivery, FiredTrigger, TriggerFire, TriggerOn};
+pub use nurture::{Breach, Delivery, FiredTrigger, TriggerFire, TriggerOn};
 pub use qualification::{Cause, QualificationChange, ScoreSnapshot, StageChange};
 pub use stage::Stage;
 pub use time::{Clock, SystemClock, Timestamp};

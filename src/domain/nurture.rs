@@ -17,6 +17,8 @@ pub enum TriggerOn {
     Inactive(i64),
     /// New engagement after this long without (ms), or of a recycled lead.
     Reengaged(i64),
+    /// A hand-over's follow-up deadline (`[sla]`) passed without a decision.
+    SlaBreached,
 }
 
 impl std::fmt::Display for TriggerOn {
@@ -29,6 +31,7 @@ impl std::fmt::Display for TriggerOn {
             TriggerOn::Signal(t) => write!(f, "signal({t})"),
             TriggerOn::Inactive(ms) => write!(f, "inactive({})", format_duration(*ms)),
             TriggerOn::Reengaged(ms) => write!(f, "reengaged({})", format_duration(*ms)),
+            TriggerOn::SlaBreached => write!(f, "sla_breached"),
         }
     }
 }
@@ -45,6 +48,19 @@ pub struct FiredTrigger {
     pub reason: String,
     pub score: ScoreSnapshot,
     pub stage: Stage,
+    /// With an `sla_breached` trigger: the hand-over it is about.
+    pub breach: Option<Breach>,
+}
+
+/// A follow-up deadline passed without a sales decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Breach {
+    /// The lead's owner (the agreement's `owner_attribute`), `""` if unknown.
+    pub owner: String,
+    pub handed_at: Timestamp,
+    pub due: Timestamp,
+    /// How late the lead is when the trigger fires.
+    pub late_by_ms: i64,
 }
 
 /// A trigger to fire with a stage change, unless its cooldown for the lead

@@ -459,6 +459,20 @@ pub enum FunnelCounter {
     Won,
     /// Won revenue.
     Revenue,
+    /// Hand-overs to sales decided on (`[sla]`): in time or late.
+    Decided { on_time: bool },
+    /// Decided hand-overs by wall-clock time from hand-over to decision
+    /// (`duration_bucket`): speed to lead.
+    SpeedToLead(i64),
+    /// Hand-overs whose deadline passed without a decision (on the
+    /// deadline's day).
+    Breached,
+}
+
+/// The funnel counters of one decided hand-over: in time or late, and its
+/// speed to lead.
+pub fn decision_increments(on_time: bool, waited_ms: i64) -> [(FunnelCounter, f64); 2] {
+    [(FunnelCounter::Decided { on_time }, 1.0), (FunnelCounter::SpeedToLead(duration_bucket(waited_ms.max(0))), 1.0)]
 }
 
 impl FunnelEntry {
@@ -491,6 +505,23 @@ pub struct Funnel {
     pub reopened: u64,
     pub won_deals: u64,
     pub won_revenue: f64,
+    /// Hand-overs decided in time and late.
+    pub handovers_on_time: u64,
+    pub handovers_late: u64,
+    /// Speed to lead: duration bucket → decided hand-overs.
+    pub speed_to_lead: BTreeMap<i64, u64>,
+    pub sla_breaches: u64,
+}
+
+/// The `p` quantile (0 < p ≤ 1, nearest rank) of durations kept in
+/// `duration_bucket`s, if any.
+fn bucket_quantile(buckets: &BTreeMap<i64, u64>, p: f64) -> Option<i64> {
+    let n: u64 = buckets.values().sum();
+    let mut seen = 0;
+    buckets.iter().find_map(|(b, count)| {
+        seen += count;
+        (seen >= nearest_rank(p, n)).then(|| bucket_millis(*b))
+    })
 }
 
 impl Funnel {
@@ -500,13 +531,24 @@ impl Funnel {
 
     /// Median time from creation to entering `stage`, if any entered.
     pub fn median_time_to(&self, stage: Stage) -> Option<i64> {
-        let buckets = self.durations.get(&stage)?;
-        let n: u64 = buckets.values().sum();
-        let mut seen = 0;
-        buckets.iter().find_map(|(b, count)| {
-            seen += count;
-            (seen >= nearest_rank(0.5, n)).then(|| bucket_millis(*b))
-        })
+        bucket_quantile(self.durations.get(&stage)?, 0.5)
+    }
+
+    /// The `p` quantile of speed to lead, if any hand-over was decided.
+    pub fn speed_to_lead(&self, p: f64) -> Option<i64> {
+        bucket_quantile(&self.speed_to_lead, p)
+    }
+
+    /// The share of decided hand-overs decided in time, if any was.
+    pub fn sla_attainment(&self) -> Option<f64> {
+        let decided = self.handovers_on_time + self.handovers_late;
+        (decided > 0).then(|| self.handovers_on_time as f64 / decided as f64)
+    }
+
+    /// Whether anything was counted (counters moved to another group leave
+    /// zeros behind).
+    pub fn is_empty(&self) -> bool {
+        self.total_entered() == 0 && self.sla_breaches == 0
     }
 
     /// `passed(to) / passed(from)` between consecutive `FUNNEL_STAGES`:
@@ -534,6 +576,10 @@ impl Funnel {
             FunnelCounter::Reopened => self.reopened += count,
             FunnelCounter::Won => self.won_deals += count,
             FunnelCounter::Revenue => self.won_revenue += by,
+            FunnelCounter::Decided { on_time: true } => self.handovers_on_time += count,
+            FunnelCounter::Decided { on_time: false } => self.handovers_late += count,
+            FunnelCounter::SpeedToLead(bucket) => *self.speed_to_lead.entry(bucket).or_default() += count,
+            FunnelCounter::Breached => self.sla_breaches += count,
         }
     }
 }
@@ -569,8 +615,7 @@ impl FunnelCounters {
             .groups
             .iter()
             .filter_map(|(g, f)| Some((g.strip_prefix(&prefix)?.to_owned(), f.clone())))
-            // Counters moved to another group leave zeros behind.
-            .filter(|(_, f)| f.total_entered() > 0)
+            .filter(|(_, f)| !f.is_empty())
             .collect();
         out.sort_by(|a, b| b.1.total_entered().cmp(&a.1.total_entered()).then_with(|| a.0.cmp(&b.0)));
         out

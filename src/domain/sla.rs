@@ -5,7 +5,9 @@
 //! included), holidays left out.
 //!
 //! Pure and bounded: every answer walks at most `MAX_DAYS` local days.
-//! `handover` tells where one hand-over stands: on time, late, or waiting.
+//! `handover` tells where one hand-over stands: on time, late, or waiting;
+//! `Agreement` is the rule file's `[sla]` section, `Pending` a lead's
+//! hand-over waiting for sales.
 
 use std::collections::BTreeSet;
 
@@ -130,6 +132,72 @@ impl SlaClock {
     }
 }
 
+/// The follow-up agreement of the rule file (`[sla]`): every lead that
+/// becomes an MQL must be decided on by sales (a `SetStage` out of MQL:
+/// accepted, recycled, disqualified) within `within_ms` of counted time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Agreement {
+    pub clock: SlaClock,
+    pub within_ms: i64,
+    /// The lead attribute naming its owner (the sales rep), told with a breach.
+    pub owner_attribute: String,
+}
+
+impl Agreement {
+    /// The deadline of a hand-over at `handed`.
+    pub fn due(&self, handed: Timestamp) -> Timestamp {
+        self.clock.deadline(handed, self.within_ms)
+    }
+
+    /// Where a pending hand-over stands at `now`, decided at `decided` if
+    /// it was; held to the deadline it was given.
+    pub fn stands(&self, pending: Pending, decided: Option<Timestamp>, now: Timestamp) -> Handover {
+        let took = |at: Timestamp| self.clock.elapsed(pending.handed_at, at);
+        match decided {
+            Some(at) if at <= pending.due => Handover::OnTime { took: took(at) },
+            Some(at) => Handover::Late { took: took(at), late_by: at.millis().saturating_sub(pending.due.millis()) },
+            None => Handover::Waiting { age: took(now), due: pending.due, overdue: now > pending.due },
+        }
+    }
+}
+
+/// In words: "within 24h" or "within 24h of business hours: Europe/Berlin,
+/// mon tue wed thu fri 09:00-17:00, 3 holidays".
+impl std::fmt::Display for Agreement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Agreements are stated in hours ("24h", not "1d": a day of
+        // business hours is not a calendar day).
+        const HOUR: i64 = 3_600_000;
+        match self.within_ms {
+            ms if ms % HOUR == 0 => write!(f, "within {}h", ms / HOUR)?,
+            ms => write!(f, "within {}", super::duration::format_duration(ms))?,
+        }
+        if let SlaClock::Business(h) = &self.clock {
+            const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+            let days: Vec<&str> = DAYS.iter().zip(h.working_days).filter(|(_, on)| *on).map(|(d, _)| *d).collect();
+            let (open, close) = (h.open.format("%H:%M"), h.close.format("%H:%M"));
+            write!(f, " of business hours: {}, {} {open}-{close}", h.zone, days.join(" "))?;
+            match h.holidays.len() {
+                0 => {}
+                1 => write!(f, ", 1 holiday")?,
+                n => write!(f, ", {n} holidays")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A lead handed over to sales and not yet decided on: when, and the
+/// deadline the agreement in force then gave it (a later rule set does not
+/// move it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub handed_at: Timestamp,
+    pub due: Timestamp,
+    /// The breach was counted (once per hand-over).
+    pub breached: bool,
+}
+
 /// Where one hand-over stands against the agreement: `within` of counted
 /// time from the moment a lead was handed over (became an MQL) to sales'
 /// decision (accepted or recycled).
@@ -152,29 +220,6 @@ impl Handover {
             Handover::Late { .. } => true,
             Handover::Waiting { overdue, .. } => overdue,
         }
-    }
-}
-
-/// Where a hand-over at `handed` stands at `now`, decided at `decided` if
-/// it was (a decision before the hand-over counts as at it).
-pub fn handover(
-    clock: &SlaClock,
-    within: i64,
-    handed: Timestamp,
-    decided: Option<Timestamp>,
-    now: Timestamp,
-) -> Handover {
-    let due = clock.deadline(handed, within);
-    match decided {
-        Some(at) => {
-            let took = clock.elapsed(handed, at);
-            if at <= due {
-                Handover::OnTime { took }
-            } else {
-                Handover::Late { took, late_by: at.millis().saturating_sub(due.millis()) }
-            }
-        }
-        None => Handover::Waiting { age: clock.elapsed(handed, now), due, overdue: now > due },
     }
 }
 
@@ -249,19 +294,27 @@ mod tests {
         let due = clock.deadline(handed, within);
         assert_eq!(due, utc("2026-12-09T15:00:00Z"));
         let monday = utc("2026-12-07T10:00:00Z");
-        assert_eq!(handover(&clock, within, handed, Some(monday), monday), Handover::OnTime { took: 3 * HOUR });
+        let agreement = Agreement { clock, within_ms: within, owner_attribute: "owner".into() };
+        assert_eq!(
+            agreement.to_string(),
+            "within 24h of business hours: Europe/Berlin, mon tue wed thu fri 09:00-17:00, 1 holiday"
+        );
+        let pending = Pending { handed_at: handed, due: agreement.due(handed), breached: false };
+        let handover = |decided: Option<Timestamp>, now: Timestamp| agreement.stands(pending, decided, now);
+        assert_eq!(handover(Some(monday), monday), Handover::OnTime { took: 3 * HOUR });
         let late = due.plus_millis(2 * HOUR);
-        let h = handover(&clock, within, handed, Some(late), late);
+        let h = handover(Some(late), late);
         assert_eq!(h, Handover::Late { took: within + HOUR, late_by: 2 * HOUR }, "17:00 to 18:00 does not count");
         assert!(h.breached());
-        let waiting = handover(&clock, within, handed, None, monday);
+        let waiting = handover(None, monday);
         assert_eq!(waiting, Handover::Waiting { age: 3 * HOUR, due, overdue: false });
         assert!(!waiting.breached());
-        assert!(!handover(&clock, within, handed, None, due).breached(), "a decision at the deadline is in time");
-        assert_eq!(handover(&clock, within, handed, Some(due), due), Handover::OnTime { took: within });
-        let evening = handover(&clock, within, handed, None, late);
+        assert!(!handover(None, due).breached(), "a decision at the deadline is in time");
+        assert_eq!(handover(Some(due), due), Handover::OnTime { took: within });
+        let evening = handover(None, late);
         assert_eq!(evening, Handover::Waiting { age: within + HOUR, due, overdue: true });
         assert!(evening.breached());
+        let clock = &agreement.clock;
         // Instants beyond the calendar: no panic, no overflow.
         let (min, max) = (Timestamp::from_millis(i64::MIN), Timestamp::from_millis(i64::MAX));
         assert_eq!(SlaClock::Always.elapsed(min, max), i64::MAX);

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use super::attribution::{CreditCounter, Journey, Model};
 use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreBucket, ScoreHistoryEntry};
+use super::sla::Pending;
 use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
 
 /// The earliest signal's `occurred_at` and its source, channel, campaign.
@@ -72,6 +73,9 @@ pub struct LeadState {
     pub score_history: VecDeque<ScoreHistoryEntry>,
     /// Touches, stages reached and deals won, for multi-touch attribution.
     pub journey: Journey,
+    /// Handed over to sales (became an MQL under a follow-up agreement)
+    /// and not decided on yet.
+    pub handover: Option<Pending>,
 }
 
 impl LeadState {
@@ -89,6 +93,7 @@ impl LeadState {
             untouched_creation: None,
             score_history: VecDeque::new(),
             journey: Journey::default(),
+            handover: None,
         }
     }
 }
@@ -110,6 +115,18 @@ pub enum AggregateDelta {
     Credit { day: i64, model: Model, group: String, counter: CreditCounter, by: i64, expires: Timestamp },
 }
 
+/// A per-partition index of leads by the instant something falls due for
+/// them: the sweeps read it instead of scanning leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Due {
+    /// An `inactive(…)` trigger definition: leads by last engagement.
+    Inactivity(String),
+    /// Hand-overs waiting for sales, by when they were handed over.
+    Waiting,
+    /// Hand-overs not yet past their deadline, by deadline.
+    Deadline,
+}
+
 /// Everything one step does: written in one atomic step per lead.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LeadChange {
@@ -124,9 +141,8 @@ pub struct LeadChange {
     pub aggregates: Vec<AggregateDelta>,
     /// (Re)lists the lead in its partition's lead index by this time.
     pub indexed_at: Option<Timestamp>,
-    /// Inactivity definition → listed by this engagement time (`Some`) or
-    /// taken off its index (`None`).
-    pub inactivity: Vec<(String, Option<Timestamp>)>,
+    /// Listed in an index by this time (`Some`) or taken off it (`None`).
+    pub due: Vec<(Due, Option<Timestamp>)>,
     /// The account the lead left and the one it joined, when it changed
     /// (or was named again: listing is idempotent).
     pub account: Option<(Option<AccountId>, Option<AccountId>)>,

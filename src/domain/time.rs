@@ -27,6 +27,17 @@ impl Timestamp {
     }
 }
 
+/// RFC 3339 in UTC, to the second (e.g. `2026-12-04T15:00:00Z`); the raw
+/// milliseconds beyond the calendar.
+impl std::fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match chrono::DateTime::from_timestamp_millis(self.0) {
+            Some(t) => write!(f, "{}", t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            None => write!(f, "{} ms", self.0),
+        }
+    }
+}
+
 /// Where "now" comes from; tests substitute a controllable clock.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
@@ -55,5 +66,7 @@ mod tests {
         assert_eq!(Timestamp::from_millis(MILLIS_PER_DAY - 1).utc_day(), 0);
         assert_eq!(Timestamp::from_millis(MILLIS_PER_DAY).utc_day(), 1);
         assert_eq!(Timestamp::from_millis(-1).utc_day(), -1);
+        assert_eq!(Timestamp::from_millis(1_796_396_400_999).to_string(), "2026-12-04T15:00:00Z");
+        assert_eq!(Timestamp::from_millis(i64::MAX).to_string(), format!("{} ms", i64::MAX));
     }
 }

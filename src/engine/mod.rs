@@ -10,7 +10,8 @@
 //! - `ingest`     — recording signals; identifying visitors
 //! - `leads`      — reading leads; profile upserts and sales decisions
 //! - `rescore`    — simulate and rescore under a rule set
-//! - `inactivity` — the sweep that fires `inactive(…)` triggers
+//! - `sweeps`     — firing `inactive(…)` triggers, counting passed follow-up
+//!   deadlines (and firing `sla_breached` triggers)
 //! - `accounts`   — account upserts, scores and qualification
 //! - `profiles`   — score profiles, cohort profiles, the funnel
 //! - `spend`      — marketing spend and the campaign report
@@ -32,7 +33,6 @@ use crate::transition::{self, Settings};
 
 pub mod accounts;
 pub mod feed;
-mod inactivity;
 mod ingest;
 pub mod jobs;
 pub mod leads;
@@ -40,6 +40,7 @@ pub mod profiles;
 mod rescore;
 pub mod spend;
 mod state;
+mod sweeps;
 pub mod triggers;
 
 use jobs::{JobState, RescoreJob};
@@ -47,12 +48,12 @@ pub use state::{ActiveRules, Core, ProfileLimits};
 
 /// Why a use case failed: the store could not read or write.
 pub use crate::store::StoreError;
-pub use inactivity::sweep_inactivity;
 pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
 pub use leads::{SetStageError, set_stage, upsert_lead};
 pub use rescore::{
     RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, simulate_now, start_rescore, version_clash,
 };
+pub use sweeps::{Swept, sweep_due};
 
 /// Attempts before giving up on a lead that keeps changing under us.
 const MAX_ATTEMPTS: u32 = 8;

@@ -6,8 +6,8 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use super::file::{
-    RawAccounts, RawAttribution, RawMatcher, RawModel, RawProfiles, RawQualificationRule, RawRuleSet, RawSignalPoints,
-    RawTrigger,
+    RawAccounts, RawAttribution, RawBusinessHours, RawMatcher, RawModel, RawProfiles, RawQualificationRule, RawRuleSet,
+    RawSignalPoints, RawSla, RawTrigger,
 };
 use super::qualify::{self, Facts, Needs, QualificationRule};
 use super::triggers::{self, TriggerDefinition};
@@ -170,12 +170,22 @@ pub(super) fn compile(source: &str, required_approvers: &[String]) -> Result<Rul
     let cohort_attributes = cohort_attributes(raw.profiles.as_ref(), &mut errors);
     let accounts = account_policy(raw.accounts.as_ref(), &primary_model, &models, &mut errors);
     let attribution_half_life_ms = attribution_half_life(raw.attribution.as_ref(), &mut errors);
+    let sla = raw.sla.as_ref().and_then(|sla| agreement(sla.get_ref(), &mut errors));
+    if raw.sla.is_none() {
+        for (def, raw) in trigger_defs.iter().zip(&raw.triggers) {
+            if def.on == crate::domain::TriggerOn::SlaBreached {
+                let message = format!("trigger '{}': on = 'sla_breached' needs an [sla] section", def.id);
+                errors.push(raw.get_ref().on.span(), message);
+            }
+        }
+    }
 
     if errors.list.is_empty() {
         Ok(RuleSet {
             cohort_attributes,
             accounts,
             attribution_half_life_ms,
+            sla,
             version: raw.version.into_inner().trim().to_owned(),
             agreed_by,
             primary_model,
@@ -457,6 +467,121 @@ fn attribution_half_life(raw: Option<&toml::Spanned<RawAttribution>>, errors: &m
     }
 }
 
+/// Longest follow-up agreement: a year of counted time.
+const MAX_WITHIN_MS: i64 = 365 * 86_400_000;
+/// Holidays a business calendar may list.
+pub const MAX_HOLIDAYS: usize = 1000;
+/// Working-day names, Monday first.
+const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+/// The `[sla]` section: the follow-up agreement, in business hours if it
+/// says so.
+fn agreement(raw: &RawSla, errors: &mut Errors<'_>) -> Option<crate::domain::sla::Agreement> {
+    use crate::domain::sla::{Agreement, SlaClock};
+    let within_ms = match parse_duration(raw.within.get_ref()) {
+        Ok(ms) if ms > 0 && ms <= MAX_WITHIN_MS => Some(ms),
+        Ok(_) => {
+            errors.push(raw.within.span(), "sla: within must be more than 0 and at most 365d");
+            None
+        }
+        Err(e) => {
+            errors.push(raw.within.span(), format!("sla: within: {e}"));
+            None
+        }
+    };
+    let owner_attribute = match &raw.owner_attribute {
+        None => Some("owner".to_owned()),
+        Some(name) => {
+            let n = name.get_ref();
+            let valid = (1..=64).contains(&n.len())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            if !valid {
+                errors.push(name.span(), "sla: owner_attribute: letters, digits, '_', '.', '-' (1 to 64 bytes)");
+            }
+            valid.then(|| n.clone())
+        }
+    };
+    let clock = match &raw.business_hours {
+        None => Some(SlaClock::Always),
+        Some(hours) => business_hours(hours.get_ref(), errors).map(SlaClock::Business),
+    };
+    Some(Agreement { clock: clock?, within_ms: within_ms?, owner_attribute: owner_attribute? })
+}
+
+/// `[sla.business_hours]`: a time zone, working days, opening hours and
+/// holidays.
+fn business_hours(raw: &RawBusinessHours, errors: &mut Errors<'_>) -> Option<crate::domain::sla::BusinessHours> {
+    use chrono::{NaiveDate, NaiveTime};
+    let zone = match raw.zone.get_ref().parse::<chrono_tz::Tz>() {
+        Ok(zone) => Some(zone),
+        Err(_) => {
+            let message = format!(
+                "sla: unknown time zone '{}' (an IANA name such as Europe/Berlin or America/New_York)",
+                crate::text::bounded(raw.zone.get_ref(), 64)
+            );
+            errors.push(raw.zone.span(), message);
+            None
+        }
+    };
+    let mut working_days = [false; 7];
+    let mut days_ok = true;
+    for day in raw.days.get_ref() {
+        match DAY_NAMES.iter().position(|d| d == day) {
+            Some(i) if !working_days[i] => working_days[i] = true,
+            Some(_) => {
+                errors.push(raw.days.span(), format!("sla: working day '{day}' is listed twice"));
+                days_ok = false;
+            }
+            None => {
+                let message =
+                    format!("sla: unknown day '{}'; days are {}", crate::text::bounded(day, 16), DAY_NAMES.join(", "));
+                errors.push(raw.days.span(), message);
+                days_ok = false;
+            }
+        }
+    }
+    if days_ok && !working_days.contains(&true) {
+        errors.push(raw.days.span(), "sla: business hours need at least one working day");
+        days_ok = false;
+    }
+    let time = |text: &toml::Spanned<String>, what: &str, errors: &mut Errors<'_>| {
+        let parsed = NaiveTime::parse_from_str(text.get_ref(), "%H:%M").ok();
+        if parsed.is_none() {
+            errors.push(text.span(), format!("sla: {what} must be a local time as HH:MM, e.g. \"09:00\""));
+        }
+        parsed
+    };
+    let (open, close) = (time(&raw.open, "open", errors), time(&raw.close, "close", errors));
+    if let (Some(o), Some(c)) = (open, close)
+        && o >= c
+    {
+        errors.push(raw.close.span(), "sla: close must be later than open on the same day");
+        return None;
+    }
+    if raw.holidays.len() > MAX_HOLIDAYS {
+        errors.push(raw.holidays[MAX_HOLIDAYS].span(), format!("sla: at most {MAX_HOLIDAYS} holidays"));
+        return None;
+    }
+    let mut holidays = BTreeSet::new();
+    let mut holidays_ok = true;
+    for day in &raw.holidays {
+        // Duplicate dates are harmless.
+        match NaiveDate::parse_from_str(day.get_ref(), "%Y-%m-%d") {
+            Ok(date) => {
+                holidays.insert(date);
+            }
+            Err(_) => {
+                errors.push(day.span(), "sla: holidays are dates as YYYY-MM-DD, e.g. \"2026-12-25\"");
+                holidays_ok = false;
+            }
+        }
+    }
+    if !(days_ok && holidays_ok) {
+        return None;
+    }
+    Some(crate::domain::sla::BusinessHours { zone: zone?, working_days, open: open?, close: close?, holidays })
+}
+
 /// Cohort attributes a rule set may declare.
 pub const MAX_COHORT_ATTRIBUTES: usize = 8;
 
@@ -676,6 +801,53 @@ points = 15
         assert!(errors[1].message.contains("invalid duration 'soon'"));
         assert_eq!(errors[2].line, 19);
         assert!(errors[2].message.contains("'webinar', which is not declared"));
+    }
+
+    #[test]
+    fn the_follow_up_agreement() {
+        use crate::domain::sla::SlaClock;
+        let hour = 3_600_000;
+        let rules = compile(&format!("{MINIMAL}\n[sla]\nwithin = \"24h\"\n"), &[]).unwrap();
+        let sla = rules.sla.unwrap();
+        assert_eq!((sla.within_ms, &sla.clock, sla.owner_attribute.as_str()), (24 * hour, &SlaClock::Always, "owner"));
+        assert!(compile(MINIMAL, &[]).unwrap().sla.is_none());
+        let business = format!(
+            "{MINIMAL}\n[sla]\nwithin = \"8h\"\nowner_attribute = \"crm_owner\"\n[sla.business_hours]\n\
+             zone = \"Europe/Berlin\"\ndays = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]\n\
+             open = \"09:00\"\nclose = \"17:30\"\nholidays = [\"2026-12-25\", \"2026-12-26\"]\n"
+        );
+        let sla = compile(&business, &[]).unwrap().sla.unwrap();
+        assert_eq!(sla.owner_attribute, "crm_owner");
+        assert_eq!(
+            sla.to_string(),
+            "within 8h of business hours: Europe/Berlin, mon tue wed thu fri 09:00-17:30, 2 holidays"
+        );
+        for (from, to, expected) in [
+            ("within = \"8h\"", "within = \"0s\"", "more than 0"),
+            ("within = \"8h\"", "within = \"400d\"", "at most 365d"),
+            ("Europe/Berlin", "Mars/Olympus", "unknown time zone 'Mars/Olympus'"),
+            ("\"fri\"]", "\"fri\", \"fri\"]", "'fri' is listed twice"),
+            ("\"fri\"]", "\"friday\"]", "unknown day 'friday'"),
+            ("days = [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]", "days = []", "at least one working day"),
+            ("close = \"17:30\"", "close = \"08:00\"", "close must be later than open"),
+            ("open = \"09:00\"", "open = \"9am\"", "open must be a local time as HH:MM"),
+            ("\"2026-12-26\"", "\"26.12.2026\"", "holidays are dates as YYYY-MM-DD"),
+            ("owner_attribute = \"crm_owner\"", "owner_attribute = \"crm owner\"", "owner_attribute"),
+            ("open = ", "opens = ", "unknown field `opens`"),
+        ] {
+            let errors = compile(&business.replace(from, to), &[]).unwrap_err();
+            assert!(errors.iter().any(|e| e.message.contains(expected)), "{to}: {errors:?}");
+        }
+        let many: Vec<String> = (0..=MAX_HOLIDAYS).map(|d| format!("\"{}\"", 2000 + d / 360)).collect();
+        let errors =
+            compile(&business.replace("\"2026-12-25\", ", &format!("{}, ", many.join(", "))), &[]).unwrap_err();
+        assert!(errors.iter().any(|e| e.message.contains("at most 1000 holidays")), "{errors:?}");
+        // A breach trigger needs an agreement to breach.
+        let trigger = "\n[[triggers]]\nid = \"escalate\"\non = \"sla_breached\"\n";
+        let errors = compile(&format!("{MINIMAL}{trigger}"), &[]).unwrap_err();
+        assert!(errors.iter().any(|e| e.message.contains("needs an [sla] section")), "{errors:?}");
+        let rules = compile(&format!("{MINIMAL}{trigger}\n[sla]\nwithin = \"1h\"\n"), &[]).unwrap();
+        assert_eq!(rules.breach_triggers().count(), 1);
     }
 
     #[test]

@@ -21,6 +21,26 @@ pub(super) struct RawRuleSet {
     pub profiles: Option<Spanned<RawProfiles>>,
     pub accounts: Option<Spanned<RawAccounts>>,
     pub attribution: Option<Spanned<RawAttribution>>,
+    pub sla: Option<Spanned<RawSla>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSla {
+    pub within: Spanned<String>,
+    pub owner_attribute: Option<Spanned<String>>,
+    pub business_hours: Option<Spanned<RawBusinessHours>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBusinessHours {
+    pub zone: Spanned<String>,
+    pub days: Spanned<Vec<String>>,
+    pub open: Spanned<String>,
+    pub close: Spanned<String>,
+    #[serde(default)]
+    pub holidays: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -49,6 +49,8 @@ pub struct RuleSet {
     pub accounts: crate::domain::account::AccountPolicy,
     /// The time-decay attribution model's half-life (`[attribution]`).
     pub attribution_half_life_ms: i64,
+    /// The sales follow-up agreement (`[sla]`), if the teams signed one.
+    pub sla: Option<crate::domain::sla::Agreement>,
     /// The file as written.
     pub source: String,
     /// SHA-256 of `source`, hex: what `version` must always name.
@@ -260,7 +262,7 @@ impl RuleSet {
                         && (before.stage == Stage::Recycled
                             || before.last_engaged_at.is_some_and(|at| now.millis() - at.millis() >= *quiet_ms))
                 }
-                StageEntered(_) | Inactive(_) => false,
+                StageEntered(_) | Inactive(_) | SlaBreached => false,
             })
             .filter(|t| self.trigger_condition_holds(t, after, now))
             .collect()
@@ -272,6 +274,11 @@ impl RuleSet {
             crate::domain::TriggerOn::Inactive(ms) => Some((t, ms)),
             _ => None,
         })
+    }
+
+    /// The `sla_breached` definitions.
+    pub fn breach_triggers(&self) -> impl Iterator<Item = &triggers::TriggerDefinition> {
+        self.triggers.iter().filter(|t| t.on == crate::domain::TriggerOn::SlaBreached)
     }
 
     /// Whether a trigger definition's condition (if any) holds for `lead` now.
@@ -345,6 +352,9 @@ impl RuleSet {
                 String::new()
             };
             let _ = writeln!(out, "  {}: on {}{when} -> program {}{cooldown}", t.id, t.on, t.program);
+        }
+        if let Some(sla) = &self.sla {
+            let _ = writeln!(out, "follow-up agreement: every MQL decided on by sales {sla}");
         }
         let _ = writeln!(out, "{} qualification rules", self.qualification.len());
         for rule in &self.qualification {

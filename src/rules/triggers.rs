@@ -20,7 +20,10 @@ pub struct TriggerDefinition {
 
 /// Parses an `on` expression such as `stage_entered(MQL)` or `inactive(30d)`.
 pub fn parse_on(text: &str, signal_types: &BTreeSet<String>) -> Result<TriggerOn, String> {
-    let usage = "use stage_entered(STAGE), score_above(N), score_below(N), signal(TYPE), inactive(DURATION) or reengaged(DURATION)";
+    let usage = "use stage_entered(STAGE), score_above(N), score_below(N), signal(TYPE), inactive(DURATION), reengaged(DURATION) or sla_breached";
+    if text.trim() == "sla_breached" {
+        return Ok(TriggerOn::SlaBreached);
+    }
     let (kind, arg) = text
         .trim()
         .strip_suffix(')')
@@ -62,5 +65,7 @@ mod tests {
             assert!(parse_on(bad, &types).is_err(), "{bad}");
         }
         assert_eq!(TriggerOn::Inactive(30 * 86_400_000).to_string(), "inactive(30d)");
+        assert_eq!(parse_on(" sla_breached ", &types), Ok(TriggerOn::SlaBreached));
+        assert_eq!(TriggerOn::SlaBreached.to_string(), "sla_breached");
     }
 }

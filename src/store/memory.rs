@@ -15,7 +15,7 @@ use crate::domain::profiles::{
     CohortCounter, CohortProfile, CohortQuery, FunnelCounter, FunnelCounters, Month, ScoreDistribution,
 };
 use crate::domain::spend::SpendEntry;
-use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
+use crate::domain::state::{AggregateDelta, Due, LeadChange, LeadState};
 use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, StageChange, Timestamp};
 
 #[derive(Debug, Default)]
@@ -30,8 +30,8 @@ struct Data {
     leads: HashMap<LeadId, LeadState>,
     /// The partition's lead index: lead id → created_at.
     index: BTreeMap<LeadId, Timestamp>,
-    /// Inactivity definition → lead id → last engagement.
-    inactive: HashMap<String, HashMap<LeadId, Timestamp>>,
+    /// Index → lead id → when it falls due.
+    due: HashMap<Due, HashMap<LeadId, Timestamp>>,
     /// The change feed; a cursor is `m<number of changes consumed>`.
     feed: Vec<(LeadId, StageChange)>,
     /// Fired triggers; a trigger's id is `t<index>`.
@@ -95,8 +95,8 @@ impl Data {
         if let Some(at) = change.indexed_at {
             self.index.insert(id.clone(), at);
         }
-        for (definition, at) in &change.inactivity {
-            let index = self.inactive.entry(definition.clone()).or_default();
+        for (due, at) in &change.due {
+            let index = self.due.entry(due.clone()).or_default();
             match at {
                 Some(at) => index.insert(id.clone(), *at),
                 None => index.remove(id),
@@ -190,19 +190,23 @@ impl Leads for MemoryStore {
         Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
 
-    async fn inactive_leads(
+    async fn due_leads(
         &self,
-        definition: &str,
+        due: &Due,
         _partition: u32,
         before: Timestamp,
         limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError> {
+    ) -> Result<Vec<(LeadId, Timestamp)>, StoreError> {
         let data = self.data();
-        let Some(index) = data.inactive.get(definition) else { return Ok(Vec::new()) };
-        let mut due: Vec<(Timestamp, LeadId)> =
+        let Some(index) = data.due.get(due) else { return Ok(Vec::new()) };
+        let mut listed: Vec<(Timestamp, LeadId)> =
             index.iter().filter(|(_, at)| **at <= before).map(|(id, at)| (*at, id.clone())).collect();
-        due.sort();
-        Ok(due.into_iter().take(limit).map(|(_, id)| id).collect())
+        listed.sort();
+        Ok(listed.into_iter().take(limit).map(|(at, id)| (id, at)).collect())
+    }
+
+    async fn due_count(&self, due: &Due, _partition: u32) -> Result<u64, StoreError> {
+        Ok(self.data().due.get(due).map_or(0, |index| index.len() as u64))
     }
 }
 

@@ -20,7 +20,7 @@ use crate::domain::account::AccountProfile;
 use crate::domain::attribution::{Credits, Model};
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters};
 use crate::domain::spend::SpendEntry;
-use crate::domain::state::{LeadChange, LeadState};
+use crate::domain::state::{Due, LeadChange, LeadState};
 use crate::domain::{Delivery, LeadId, LeadSnapshot, QualificationChange, Timestamp};
 
 #[derive(Debug, thiserror::Error)]
@@ -136,15 +136,18 @@ pub trait Leads: Send + Sync + 'static {
         Ok(self.load(ids).await?.into_iter().map(|s| s.map(|s| s.lead)).collect())
     }
 
-    /// Leads of a partition listed under the inactivity trigger
-    /// `definition`, engaged last at or before `before` (at most `limit`).
-    async fn inactive_leads(
+    /// Leads of a partition listed in the index `due` at or before
+    /// `before`, earliest first (at most `limit`), with their times.
+    async fn due_leads(
         &self,
-        definition: &str,
+        due: &Due,
         partition: u32,
         before: Timestamp,
         limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError>;
+    ) -> Result<Vec<(LeadId, Timestamp)>, StoreError>;
+
+    /// How many leads of a partition the index `due` lists.
+    async fn due_count(&self, due: &Due, partition: u32) -> Result<u64, StoreError>;
 
     /// How many partitions `lead_ids` walks.
     fn partitions(&self) -> u32;

@@ -121,7 +121,7 @@ fn moved(state: &LeadState, changes: &[StageChange], triggers: Vec<FiredTrigger>
         triggers,
         aggregates: Vec::new(),
         indexed_at: None,
-        inactivity: Vec::new(),
+        due: Vec::new(),
         account: None,
     }
 }
@@ -379,6 +379,7 @@ fn trigger(definition: &str, lead: &LeadId, change: &StageChange) -> FiredTrigge
         reason: "r".into(),
         score: change.score.clone(),
         stage: change.to,
+        breach: None,
     }
 }
 

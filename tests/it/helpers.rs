@@ -419,3 +419,16 @@ pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
 pub fn metric_value(text: &str, line_start: &str) -> f64 {
     text.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(0.0)
 }
+
+/// Every trigger the stream delivers until it has been quiet for 600 ms.
+/// (One long-lived stream per test: a stream closed and reopened could
+/// leave a trigger held by the closed one until its visibility timeout.)
+pub async fn drain(stream: &mut tonic::Streaming<pb::StreamTriggersResponse>) -> Vec<pb::NurtureTrigger> {
+    let mut got = Vec::new();
+    while let Ok(Some(Ok(item))) =
+        tokio::time::timeout(Duration::from_millis(600), stream.message()).await.map(|m| m.transpose())
+    {
+        got.push(item.trigger.unwrap());
+    }
+    got
+}

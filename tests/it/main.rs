@@ -14,4 +14,5 @@ mod nurture;
 mod profiles;
 mod qualification;
 mod security;
+mod sla;
 mod spend;

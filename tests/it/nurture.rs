@@ -9,7 +9,9 @@ use leadscore::api::pb::nurture_client::NurtureClient;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
-use crate::helpers::{DAY, ManualClock, RedisServer, TestApp, now_millis, record, settings, signal, violated_fields};
+use crate::helpers::{
+    DAY, ManualClock, RedisServer, TestApp, drain, now_millis, record, settings, signal, violated_fields,
+};
 
 async fn app() -> (RedisServer, TestApp) {
     let redis = RedisServer::start();
@@ -181,6 +183,7 @@ async fn definitions_are_listed_and_bad_names_refused() {
             ("book_discovery_call", "stage_entered(SQL)"),
             ("long_term_nurture", "stage_entered(RECYCLED)"),
             ("win_back_dormant", "inactive(30d)"),
+            ("sla_escalation", "sla_breached"),
         ]
     );
     assert_eq!(defs.definitions[0].cooldown.as_ref().unwrap().seconds, 7 * 86_400);
@@ -252,19 +255,6 @@ async fn replicas(redis: &RedisServer, clock: &std::sync::Arc<ManualClock>) -> (
     let a = TestApp::spawn_with_clock(s.clone(), clock.clone()).await;
     let b = TestApp::spawn_with_clock(s, clock.clone()).await;
     (a, b)
-}
-
-/// Every trigger the stream delivers until it has been quiet for 600 ms.
-/// (One long-lived stream per test: a stream closed and reopened could
-/// leave a trigger held by the closed one until its visibility timeout.)
-async fn drain(stream: &mut Streaming<pb::StreamTriggersResponse>) -> Vec<pb::NurtureTrigger> {
-    let mut got = Vec::new();
-    while let Ok(Some(Ok(item))) =
-        tokio::time::timeout(Duration::from_millis(600), stream.message()).await.map(|m| m.transpose())
-    {
-        got.push(item.trigger.unwrap());
-    }
-    got
 }
 
 #[tokio::test]

@@ -23,7 +23,8 @@ pub fn cohort_field(group: &str, counter: CohortCounter) -> String {
 }
 
 /// `group␟e␟STAGE`, `group␟p␟STAGE`, `group␟d␟STAGE␟bucket`, `group␟r`,
-/// `group␟w`, `group␟v`.
+/// `group␟w`, `group␟v`; hand-overs `group␟h␟on_time`, `group␟h␟late`,
+/// `group␟h␟s␟bucket`, `group␟h␟breached`.
 pub fn funnel_field(group: &str, counter: FunnelCounter) -> String {
     match counter {
         FunnelCounter::Entered(s) => format!("{group}{SEP}e{SEP}{}", s.as_str()),
@@ -32,6 +33,10 @@ pub fn funnel_field(group: &str, counter: FunnelCounter) -> String {
         FunnelCounter::Reopened => format!("{group}{SEP}r"),
         FunnelCounter::Won => format!("{group}{SEP}w"),
         FunnelCounter::Revenue => format!("{group}{SEP}v"),
+        FunnelCounter::Decided { on_time: true } => format!("{group}{SEP}h{SEP}on_time"),
+        FunnelCounter::Decided { on_time: false } => format!("{group}{SEP}h{SEP}late"),
+        FunnelCounter::SpeedToLead(bucket) => format!("{group}{SEP}h{SEP}s{SEP}{bucket}"),
+        FunnelCounter::Breached => format!("{group}{SEP}h{SEP}breached"),
     }
 }
 
@@ -46,6 +51,10 @@ pub fn parse_funnel_field(field: &str) -> Option<(&str, FunnelCounter)> {
         [_, "r"] => FunnelCounter::Reopened,
         [_, "w"] => FunnelCounter::Won,
         [_, "v"] => FunnelCounter::Revenue,
+        [_, "h", "on_time"] => FunnelCounter::Decided { on_time: true },
+        [_, "h", "late"] => FunnelCounter::Decided { on_time: false },
+        [_, "h", "s", bucket] => FunnelCounter::SpeedToLead(bucket.parse().ok()?),
+        [_, "h", "breached"] => FunnelCounter::Breached,
         _ => return None,
     };
     Some((parts[0], counter))
@@ -109,6 +118,10 @@ mod tests {
             FunnelCounter::Reopened,
             FunnelCounter::Won,
             FunnelCounter::Revenue,
+            FunnelCounter::Decided { on_time: true },
+            FunnelCounter::Decided { on_time: false },
+            FunnelCounter::SpeedToLead(42),
+            FunnelCounter::Breached,
         ] {
             assert_eq!(parse_funnel_field(&funnel_field("source=ads", counter)), Some(("source=ads", counter)));
         }

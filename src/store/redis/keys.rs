@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 
 use crate::domain::LeadId;
+use crate::domain::state::Due;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeySpace {
@@ -114,10 +115,15 @@ impl KeySpace {
         format!("{}:{{p{partition}}}:triggers:counters:{group}", self.prefix)
     }
 
-    /// Leads of a partition waiting for an inactivity trigger, by last
-    /// engagement.
-    pub fn inactive(&self, definition: &str, partition: u32) -> String {
-        format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix)
+    /// A partition's index `due` (sorted set of lead ids): leads waiting
+    /// for an inactivity trigger by last engagement, hand-overs waiting for
+    /// sales by hand-over time, and by deadline until it passes.
+    pub fn due(&self, due: &Due, partition: u32) -> String {
+        match due {
+            Due::Inactivity(definition) => format!("{}:{{p{partition}}}:inactive:{definition}", self.prefix),
+            Due::Waiting => format!("{}:{{p{partition}}}:handover:waiting", self.prefix),
+            Due::Deadline => format!("{}:{{p{partition}}}:handover:deadline", self.prefix),
+        }
     }
 
     /// A UTC month's marketing spend (hash: `<day>␟<campaign>␟<source>␟<channel>`

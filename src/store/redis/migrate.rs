@@ -593,6 +593,7 @@ fn fired_trigger(json: &[u8]) -> Result<FiredTrigger, String> {
         reason: t.reason,
         score: snapshot(t.score),
         stage: stage(&t.stage)?,
+        breach: None,
     })
 }
 
@@ -762,6 +763,7 @@ impl Format1Lead {
             reached_mql: self.field("rq") == Some("1"),
             untouched_creation,
             score_history,
+            handover: None,
         })
     }
 }

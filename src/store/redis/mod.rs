@@ -32,7 +32,7 @@ use crate::domain::account::AccountProfile;
 use crate::domain::attribution::{Credits, Model};
 use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month};
 use crate::domain::spend::SpendEntry;
-use crate::domain::state::{AggregateDelta, LeadChange, LeadState};
+use crate::domain::state::{AggregateDelta, Due, LeadChange, LeadState};
 use crate::domain::time::MILLIS_PER_DAY;
 use crate::domain::{Delivery, LeadId, QualificationChange, Timestamp};
 use codec::{SEP, num};
@@ -223,20 +223,21 @@ impl Leads for RedisStore {
         self.keys.partitions()
     }
 
-    async fn inactive_leads(
+    async fn due_leads(
         &self,
-        definition: &str,
+        due: &Due,
         partition: u32,
         before: Timestamp,
         limit: usize,
-    ) -> Result<Vec<LeadId>, StoreError> {
-        let key = self.keys.inactive(definition, partition);
-        let raw: Vec<String> = self
+    ) -> Result<Vec<(LeadId, Timestamp)>, StoreError> {
+        let key = self.keys.due(due, partition);
+        let raw: Vec<(String, i64)> = self
             .call(|mut c| async move {
                 redis::cmd("ZRANGEBYSCORE")
                     .arg(key)
                     .arg("-inf")
                     .arg(before.millis())
+                    .arg("WITHSCORES")
                     .arg("LIMIT")
                     .arg(0)
                     .arg(limit)
@@ -245,8 +246,16 @@ impl Leads for RedisStore {
             })
             .await?;
         raw.into_iter()
-            .map(|id| LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("inactivity index: {e}"))))
+            .map(|(id, at)| {
+                let id = LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("{due:?} index: {e}")))?;
+                Ok((id, Timestamp::from_millis(at)))
+            })
             .collect()
+    }
+
+    async fn due_count(&self, due: &Due, partition: u32) -> Result<u64, StoreError> {
+        let key = self.keys.due(due, partition);
+        self.call(|mut c| async move { redis::cmd("ZCARD").arg(key).query_async(&mut c).await }).await
     }
 
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError> {
@@ -681,8 +690,8 @@ impl RedisStore {
                     member.clone(),
                 ]);
             }
-            for (definition, at) in &change.inactivity {
-                let key = self.keys.inactive(definition, partition);
+            for (due, at) in &change.due {
+                let key = self.keys.due(due, partition);
                 ops.push(match at {
                     Some(at) => vec![b"Z".to_vec(), k(&mut keys, key), text(&at.millis()), member.clone()],
                     None => vec![b"R".to_vec(), k(&mut keys, key), member.clone()],

@@ -8,10 +8,11 @@ use prost::Message;
 use crate::domain::attribution::{Journey, Touch};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
+use crate::domain::sla::Pending;
 use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
 use crate::domain::{
-    AccountId, Cause, FiredTrigger, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange, Timestamp,
-    TypeTally,
+    AccountId, Breach, Cause, FiredTrigger, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange,
+    Timestamp, TypeTally,
 };
 use crate::store::StoreError;
 
@@ -108,6 +109,14 @@ struct LeadRecord {
     /// The journey dropped touches: its credit stays as given.
     #[prost(bool, tag = "35")]
     journey_settled: bool,
+    /// A hand-over waiting for sales: when (absolute milliseconds) and its
+    /// deadline.
+    #[prost(int64, optional, tag = "36")]
+    handed_at: Option<i64>,
+    #[prost(int64, tag = "37")]
+    handover_due: i64,
+    #[prost(bool, tag = "38")]
+    handover_breached: bool,
 }
 
 /// A touch: milliseconds after the lead's `created_at`, and its source,
@@ -308,6 +317,17 @@ struct TriggerRecord {
     grade: u32,
     #[prost(uint32, tag = "10")]
     stage: u32,
+    /// An `sla_breached` trigger's hand-over (tags 11 to 14).
+    #[prost(bool, tag = "11")]
+    breach: bool,
+    #[prost(string, tag = "12")]
+    owner: String,
+    #[prost(int64, tag = "13")]
+    handed_at: i64,
+    #[prost(int64, tag = "14")]
+    due: i64,
+    #[prost(int64, tag = "15")]
+    late_by: i64,
 }
 
 /// A change feed entry's record (protobuf, like the lead's stage history).
@@ -333,6 +353,11 @@ pub fn encode_trigger(t: &FiredTrigger) -> Vec<u8> {
         fit: t.score.fit,
         grade: u32::from(t.score.grade),
         stage: stage_code(t.stage),
+        breach: t.breach.is_some(),
+        owner: t.breach.as_ref().map(|b| b.owner.clone()).unwrap_or_default(),
+        handed_at: t.breach.as_ref().map_or(0, |b| b.handed_at.millis()),
+        due: t.breach.as_ref().map_or(0, |b| b.due.millis()),
+        late_by: t.breach.as_ref().map_or(0, |b| b.late_by_ms),
     }
     .encode_to_vec()
 }
@@ -347,6 +372,12 @@ pub fn decode_trigger(bytes: &[u8]) -> Result<FiredTrigger, String> {
         reason: r.reason,
         score: snapshot(r.total, r.behavior, r.fit, r.grade),
         stage: stage_of(r.stage)?,
+        breach: r.breach.then(|| Breach {
+            owner: r.owner,
+            handed_at: Timestamp::from_millis(r.handed_at),
+            due: Timestamp::from_millis(r.due),
+            late_by_ms: r.late_by,
+        }),
     })
 }
 
@@ -538,6 +569,9 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         deals_won: journey.deals_won,
         credit_half_life_ms: journey.half_life_ms,
         journey_settled: journey.settled,
+        handed_at: state.handover.map(|h| h.handed_at.millis()),
+        handover_due: state.handover.map_or(0, |h| h.due.millis()),
+        handover_breached: state.handover.is_some_and(|h| h.breached),
     };
     record.encode_to_vec()
 }
@@ -698,6 +732,11 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         reached_mql: r.reached_mql,
         untouched_creation,
         score_history,
+        handover: r.handed_at.map(|t| Pending {
+            handed_at: at(t),
+            due: at(r.handover_due),
+            breached: r.handover_breached,
+        }),
     })
 }
 
@@ -769,13 +808,14 @@ mod tests {
     }
 
     proptest! {
-        /// Touches share the property strings; stages reached and deals
-        /// read back as they were.
+        /// Touches share the property strings; stages reached, deals and
+        /// a pending hand-over read back as they were.
         #[test]
         fn journeys_round_trip(
             touches in proptest::collection::vec((-100_000i64..10_000_000_000, 0u8..5, 0u8..3), 0..40),
             reached in proptest::collection::vec(proptest::option::of(-1_000i64..1_000_000), 5),
             deals in proptest::collection::vec((0i64..1_000_000, 0i64..=1_000_000_000_000_000), 0..12),
+            handover in proptest::option::of((-1_000i64..1_000_000, 0i64..1_000_000, any::<bool>())),
         ) {
             let mut state = lead_with(vec![(1, 10, vec![(1, 1)])], Vec::new());
             let created = state.lead.created_at;
@@ -790,6 +830,11 @@ mod tests {
                 state.journey.won(created.plus_millis(at), micros);
             }
             state.journey.half_life_ms = 3 * 86_400_000;
+            state.handover = handover.map(|(handed, within, breached)| Pending {
+                handed_at: created.plus_millis(handed),
+                due: created.plus_millis(handed + within),
+                breached,
+            });
             let back = decode(&state.lead.lead_id, state.version, &encode(&state)).unwrap();
             prop_assert_eq!(back, state);
         }
@@ -840,8 +885,17 @@ mod tests {
             reason: "entered MQL".into(),
             score,
             stage: Stage::Mql,
+            breach: None,
         };
-        assert_eq!(decode_trigger(&encode_trigger(&trigger)), Ok(trigger));
+        assert_eq!(decode_trigger(&encode_trigger(&trigger)), Ok(trigger.clone()));
+        let breach = Breach {
+            owner: "jane@crm".into(),
+            handed_at: Timestamp::from_millis(1_764_000_000_000),
+            due: Timestamp::from_millis(1_764_086_400_000),
+            late_by_ms: 31_000,
+        };
+        let breached = FiredTrigger { breach: Some(breach), ..trigger };
+        assert_eq!(decode_trigger(&encode_trigger(&breached)), Ok(breached));
         assert!(decode_change(b"\xff\xff\xff").is_err());
         assert!(decode_trigger(b"{\"json\": true}").is_err());
     }
