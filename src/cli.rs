@@ -249,12 +249,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             match crate::demo::seed(addr.clone(), leads, seed).await {
                 Ok(seeded) => {
                     println!(
-                        "seeded {} leads in {} accounts, {} signals, {} sales decisions and {} campaign days of \
-                         spend ({}.{:02} in all) into {addr}",
+                        "seeded {} leads in {} accounts, {} signals, {} sales decisions, {} expansion deals and {} \
+                         campaign days of spend ({}.{:02} in all) into {addr}",
                         seeded.leads,
                         seeded.accounts,
                         seeded.signals,
                         seeded.decisions,
+                        seeded.expansion_deals,
                         seeded.spend_entries,
                         seeded.spend / 100,
                         seeded.spend % 100

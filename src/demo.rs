@@ -90,6 +90,41 @@ pub struct Seeded {
     /// Campaign days of spend recorded, and their sum in cents.
     pub spend_entries: usize,
     pub spend: i64,
+    /// Customers' expansion deals recorded (upsells, cross-sells).
+    pub expansion_deals: usize,
+}
+
+/// Account management at work on a new customer: about half get an
+/// upsell, a quarter a cross-sell, each won, lost or still open.
+async fn expand(
+    crm: &mut QualificationClient<crate::client::Connection>,
+    lead_id: &str,
+    rng: &mut Rng,
+) -> Result<usize, tonic::Status> {
+    let mut recorded = 0;
+    for (kind, name, chance) in [(pb::ExpansionKind::Upsell, "upsell", 50), (pb::ExpansionKind::CrossSell, "cross", 25)]
+    {
+        if rng.below(100) >= chance {
+            continue;
+        }
+        let amount = (1 + rng.below(30)) as f64 * 1000.0;
+        let status = match rng.below(100) {
+            0..60 => pb::DealStatus::Won,
+            60..80 => pb::DealStatus::Lost,
+            _ => pb::DealStatus::Open,
+        };
+        crm.record_expansion(pb::RecordExpansionRequest {
+            lead_id: lead_id.to_owned(),
+            deal_id: format!("{lead_id}-{name}"),
+            kind: kind.into(),
+            status: status.into(),
+            amount: Some(amount),
+            actor: "demo-crm".into(),
+        })
+        .await?;
+        recorded += 1;
+    }
+    Ok(recorded)
 }
 
 /// A lead's own draw: the same for the same lead and seed, whatever else
@@ -324,6 +359,12 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             if let Some(q) = response.qualification {
                 stage_of.insert(lead_id.clone(), q.stage().as_str_name().trim_start_matches("STAGE_").to_owned());
             }
+        }
+        if stage_of[&lead_id] == "CUSTOMER" {
+            // A draw of its own: seeding again sends the same deals
+            // (recorded once), whatever the lead's path drew.
+            let mut rng = lead_rng(&format!("{lead_id}/expansion"), seed);
+            seeded.expansion_deals += expand(&mut crm, &lead_id, &mut rng).await?;
         }
     }
     for stage in stage_of.into_values() {

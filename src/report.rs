@@ -111,19 +111,23 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
         total.reopened_leads, total.won_deals, total.won_revenue
     );
     let _ = writeln!(out, "{}", follow_up_line(&total));
+    if let Some(line) = expansion_line(&total) {
+        let _ = writeln!(out, "{line}");
+    }
     if r.groups.is_empty() {
         return out;
     }
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<24} {:>7} {:>7} {:>7} {:>9} {:>12}  {:>9}  {:>8} {:>8}",
+        "{:<24} {:>7} {:>7} {:>7} {:>9} {:>12} {:>12}  {:>9}  {:>8} {:>8}",
         format!("first-touch {group_by}"),
         "leads",
         "MQL",
         "SQL",
         "customers",
         "revenue",
+        "expansion",
         "LEAD→MQL",
         "in time",
         "breaches"
@@ -134,12 +138,13 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
         let name: String = g.value.chars().take(24).collect();
         let _ = writeln!(
             out,
-            "{name:<24} {:>7} {:>7} {:>7} {:>9} {:>12.2}  {:>9}  {:>8} {:>8}",
+            "{name:<24} {:>7} {:>7} {:>7} {:>9} {:>12.2} {:>12.2}  {:>9}  {:>8} {:>8}",
             entered(&f, pb::Stage::Lead),
             entered(&f, pb::Stage::Mql),
             entered(&f, pb::Stage::Sql),
             entered(&f, pb::Stage::Customer),
             f.won_revenue,
+            f.expansion_revenue,
             percent(rate),
             f.sla_attainment.map_or_else(|| "—".to_owned(), percent),
             f.sla_breaches
@@ -162,6 +167,26 @@ fn follow_up_line(f: &pb::Funnel) -> String {
         duration(&f.speed_to_lead_p90),
         f.sla_breaches
     )
+}
+
+/// Customers' expansion deals, per kind, when there were any.
+fn expansion_line(f: &pb::Funnel) -> Option<String> {
+    if f.expansion.is_empty() {
+        return None;
+    }
+    let kinds: Vec<String> = f
+        .expansion
+        .iter()
+        .map(|e| {
+            let kind = match pb::ExpansionKind::try_from(e.kind) {
+                Ok(pb::ExpansionKind::CrossSell) => "cross-sell",
+                Ok(pb::ExpansionKind::Upsell) => "upsell",
+                _ => "other",
+            };
+            format!("{kind} {} opened ({:.2}), {} won ({:.2}), {} lost", e.opened, e.pipeline, e.won, e.revenue, e.lost)
+        })
+        .collect();
+    Some(format!("expansion (apart from new business): {}   revenue {:.2}", kinds.join("; "), f.expansion_revenue))
 }
 
 /// Sales' desk: the hand-overs waiting, longest first.
@@ -214,7 +239,7 @@ pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCa
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<24} {:>12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12} {:>10} {:>10} {:>10} {:>12} {:>8}",
+        "{:<24} {:>12} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12} {:>12} {:>10} {:>10} {:>10} {:>12} {:>8}",
         group_by,
         "spend",
         "leads",
@@ -223,6 +248,7 @@ pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCa
         "opps",
         "customers",
         "revenue",
+        "expansion",
         "per lead",
         "per MQL",
         "per SQL",
@@ -236,7 +262,7 @@ pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCa
         let roi = row.roi.map_or_else(|| "—".to_owned(), percent);
         let _ = writeln!(
             out,
-            "{name:<24} {:>12.2} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12.2} {:>10} {:>10} {:>10} {:>12} {:>8}",
+            "{name:<24} {:>12.2} {:>7} {:>6} {:>6} {:>6} {:>9} {:>12.2} {:>12.2} {:>10} {:>10} {:>10} {:>12} {:>8}",
             row.spend,
             credited(row.leads),
             credited(row.mqls),
@@ -244,6 +270,7 @@ pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCa
             credited(row.opportunities),
             credited(row.customers),
             row.won_revenue,
+            row.expansion_revenue,
             money(row.cost_per_lead),
             money(row.cost_per_mql),
             money(row.cost_per_sql),
@@ -251,7 +278,11 @@ pub fn render_campaigns(period: &str, group_by: &str, model: &str, r: &pb::GetCa
             roi
         );
     }
-    let _ = writeln!(out, "(per stage: spend / leads that reached it in the period; ROI: (revenue - spend) / spend)");
+    let _ = writeln!(
+        out,
+        "(per stage: spend / leads that reached it in the period; revenue: new business; expansion: upsells and \
+         cross-sells won from customers; ROI: (revenue - spend) / spend)"
+    );
     let max = r.rows.iter().map(|row| (row.spend * 100.0).round() as u64).max().unwrap_or(0);
     if max > 0 {
         let _ = writeln!(out);
@@ -415,6 +446,7 @@ mod tests {
             spend,
             leads,
             mqls,
+            expansion_revenue: leads * 10.0,
             cost_per_lead: (leads > 0.0 && spend > 0.0).then(|| spend / leads),
             cost_per_mql: (mqls > 0.0 && spend > 0.0).then(|| spend / mqls),
             roi: (spend > 0.0).then_some(-1.0),
@@ -430,6 +462,7 @@ mod tests {
         assert!(text.contains("linear attribution, in EUR"), "{text}");
         let q4 = text.lines().find(|l| l.starts_with("q4-launch")).unwrap();
         assert!(q4.contains("50.00") && q4.contains("266.67") && q4.contains("7.50"), "{q4}");
+        assert!(q4.contains("0.00       400.00"), "new-business revenue, then expansion: {q4}");
         let none = text.lines().find(|l| l.starts_with("(none)")).unwrap();
         assert!(none.contains('—'), "{none}");
         assert!(text.lines().any(|l| l.starts_with("total")), "{text}");
@@ -498,6 +531,15 @@ mod tests {
             speed_to_lead_median: Some(prost_types::Duration { seconds: 7_200, nanos: 0 }),
             speed_to_lead_p90: Some(prost_types::Duration { seconds: 30 * 3_600, nanos: 0 }),
             sla_breaches: 2,
+            expansion: vec![pb::ExpansionFunnel {
+                kind: pb::ExpansionKind::Upsell.into(),
+                opened: 3,
+                pipeline: 900.0,
+                won: 2,
+                revenue: 700.0,
+                lost: 1,
+            }],
+            expansion_revenue: 700.0,
             ..Default::default()
         };
         let r = pb::GetFunnelResponse {
@@ -516,6 +558,13 @@ mod tests {
             "{text}"
         );
         assert!(text.lines().any(|l| l.starts_with("google") && l.ends_with("75.0%        2")), "{text}");
+        assert!(
+            text.contains(
+                "expansion (apart from new business): upsell 3 opened (900.00), 2 won (700.00), 1 lost   revenue 700.00"
+            ),
+            "{text}"
+        );
+        assert!(text.lines().any(|l| l.starts_with("google") && l.contains("500.00       700.00")), "{text}");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 use std::collections::BTreeSet;
 
 use crate::domain::attribution::{self, Journey, Touch};
+use crate::domain::expansion;
 use crate::domain::ledger::fingerprint;
 use crate::domain::profiles::{
     self, CohortCounter, FunnelCounter, FunnelEntry, ModelScore, Month, QUALIFIED_STAGES, ScoreBucket,
@@ -250,7 +251,7 @@ impl<'r> Builder<'r> {
         if let Some(amount) = change.deal_amount
             && change.to == Stage::Customer
         {
-            self.journey().won(change.at, attribution::micros(amount));
+            self.journey().won(change.at, attribution::micros(amount), false);
         }
         self.state.funnel_reached = self.state.funnel_reached.max(profiles::funnel_rank(change.to));
         let entry = FunnelEntry {
@@ -723,6 +724,47 @@ pub fn set_stage(
     b.apply_changes(vec![change], fires);
     b.touch(None, false);
     Ok(b.finish())
+}
+
+/// Why an expansion deal update is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpansionRefusal {
+    NotFound,
+    Refused(expansion::Refusal),
+}
+
+/// A customer's expansion deal (upsell, cross-sell) as the CRM reports it:
+/// counted in the funnel under the lead's first touch, on the day it is
+/// reported, apart from new business; a won deal's revenue is shared among
+/// the lead's touches like new-business revenue. Answers the change (none
+/// for an update sent again) and the deal as kept.
+pub fn record_expansion(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+    update: expansion::Update,
+) -> Result<(Option<LeadChange>, expansion::Deal), ExpansionRefusal> {
+    let Some(mut stored) = stored else { return Err(ExpansionRefusal::NotFound) };
+    let id = update.id.clone();
+    let events =
+        expansion::apply(&mut stored.expansion, stored.lead.stage, update, now).map_err(ExpansionRefusal::Refused)?;
+    // `apply` keeps the deal it accepts an update of.
+    let deal = stored.expansion.iter().find(|d| d.id == id).cloned().ok_or(ExpansionRefusal::NotFound)?;
+    if events.is_empty() {
+        return Ok((None, deal));
+    }
+    let lead_id = stored.lead.lead_id.clone();
+    let stage = stored.lead.stage;
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
+    let groups = funnel_groups(b.state.first_touch.as_ref().map(|t| &t.values));
+    for event in &events {
+        b.count_counters(&groups, &profiles::expansion_increments(*event), now);
+        if let expansion::Event::Won { micros, .. } = event {
+            b.journey().won(now, *micros, true);
+        }
+    }
+    Ok((Some(b.finish()), deal))
 }
 
 /// Marks a visitor as identified as `lead_id`: its later signals go there.

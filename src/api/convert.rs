@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::error::{self, ApiError, Violations};
 use super::pb;
 use crate::domain::account::AccountProfile;
+use crate::domain::expansion;
 use crate::domain::{
     AccountId, Cause, Contribution, EventId, Grade, IdError, LeadId, LeadProfile, LeadSnapshot, QualificationChange,
     Score, ScoreSnapshot, ScoredSignal, Stage, StageChange, Timestamp, VisitorId,
@@ -390,6 +391,57 @@ pub fn feed_change_to_proto(change: &QualificationChange) -> pb::QualificationCh
         lead_id,
         visitor_id,
         change: Some(stage_change_to_proto(&change.change)),
+    }
+}
+
+pub fn expansion_kind_to_proto(kind: expansion::Kind) -> pb::ExpansionKind {
+    match kind {
+        expansion::Kind::Upsell => pb::ExpansionKind::Upsell,
+        expansion::Kind::CrossSell => pb::ExpansionKind::CrossSell,
+    }
+}
+
+/// The kind asked for; a violation when unset or unknown.
+pub fn expansion_kind_from_proto(value: i32, v: &mut Violations) -> Option<expansion::Kind> {
+    match pb::ExpansionKind::try_from(value) {
+        Ok(pb::ExpansionKind::Upsell) => Some(expansion::Kind::Upsell),
+        Ok(pb::ExpansionKind::CrossSell) => Some(expansion::Kind::CrossSell),
+        _ => {
+            v.add("kind", "EXPANSION_KIND_UPSELL or EXPANSION_KIND_CROSS_SELL");
+            None
+        }
+    }
+}
+
+pub fn deal_status_to_proto(status: expansion::Status) -> pb::DealStatus {
+    match status {
+        expansion::Status::Open => pb::DealStatus::Open,
+        expansion::Status::Won => pb::DealStatus::Won,
+        expansion::Status::Lost => pb::DealStatus::Lost,
+    }
+}
+
+/// The status asked for; a violation when unset or unknown.
+pub fn deal_status_from_proto(value: i32, v: &mut Violations) -> Option<expansion::Status> {
+    match pb::DealStatus::try_from(value) {
+        Ok(pb::DealStatus::Open) => Some(expansion::Status::Open),
+        Ok(pb::DealStatus::Won) => Some(expansion::Status::Won),
+        Ok(pb::DealStatus::Lost) => Some(expansion::Status::Lost),
+        _ => {
+            v.add("status", "DEAL_STATUS_OPEN, DEAL_STATUS_WON or DEAL_STATUS_LOST");
+            None
+        }
+    }
+}
+
+pub fn expansion_deal_to_proto(deal: &expansion::Deal) -> pb::ExpansionDeal {
+    pb::ExpansionDeal {
+        deal_id: deal.id.clone(),
+        kind: expansion_kind_to_proto(deal.kind).into(),
+        status: deal_status_to_proto(deal.status).into(),
+        amount: deal.micros as f64 / 1e6,
+        opened_at: Some(timestamp_to_proto(deal.opened_at)),
+        closed_at: deal.closed_at.map(timestamp_to_proto),
     }
 }
 

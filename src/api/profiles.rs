@@ -211,6 +211,7 @@ fn campaign_row_to_proto(r: &CampaignRow) -> pb::CampaignRow {
         cost_per_opportunity: r.cost_per_opportunity().map(cents),
         cost_per_customer: r.cost_per_customer().map(cents),
         roi: r.roi().map(|x| (x * 10_000.0).round() / 10_000.0),
+        expansion_revenue: cents(r.expansion_revenue),
     }
 }
 
@@ -258,6 +259,20 @@ fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
         speed_to_lead_median: funnel.speed_to_lead(0.5).map(convert::duration_to_proto),
         speed_to_lead_p90: funnel.speed_to_lead(0.9).map(convert::duration_to_proto),
         sla_breaches: funnel.sla_breaches,
+        expansion: funnel
+            .expansion
+            .iter()
+            .filter(|(_, e)| e.opened > 0)
+            .map(|(kind, e)| pb::ExpansionFunnel {
+                kind: convert::expansion_kind_to_proto(*kind).into(),
+                opened: e.opened,
+                pipeline: cents(e.pipeline),
+                won: e.won,
+                revenue: cents(e.revenue),
+                lost: e.lost,
+            })
+            .collect(),
+        expansion_revenue: cents(funnel.expansion_total().revenue),
     }
 }
 

@@ -10,12 +10,13 @@ use super::convert::{self, feed_change_to_proto, qualification_to_proto, timesta
 use super::error::{ApiError, Violations};
 use super::pb::{self, qualification_server::Qualification};
 use super::state::AppState;
+use crate::domain::expansion;
 use crate::domain::state::LeadState;
 use crate::domain::{LeadId, Stage};
 use crate::engine::jobs::JobState;
-use crate::engine::{SetStageError, StoreError, feed, leads};
+use crate::engine::{ExpansionError, SetStageError, StoreError, feed, leads};
 use crate::rules::RuleSet;
-use crate::transition::{StageRefusal, StageRequest};
+use crate::transition::{ExpansionRefusal, StageRefusal, StageRequest};
 use std::sync::atomic::Ordering::Relaxed;
 
 const DEFAULT_HISTORY: u32 = 20;
@@ -24,6 +25,7 @@ const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
 const MAX_ACTOR_BYTES: usize = 256;
 const MAX_REASON_BYTES: usize = 1024;
+const MAX_DEAL_ID_BYTES: usize = 256;
 
 pub struct QualificationService {
     state: Arc<AppState>,
@@ -53,6 +55,33 @@ fn stage_changed(lead_id: &LeadId, expected: &str, current: &str) -> ApiError {
         reason: "STAGE_CHANGED",
         metadata: vec![("expected_stage".into(), expected.into()), ("current_stage".into(), current.into())],
     }
+}
+
+/// Why an expansion deal update was refused, with what the caller can do.
+fn expansion_refused(lead_id: &LeadId, refusal: expansion::Refusal) -> ApiError {
+    let (message, reason, metadata) = match refusal {
+        expansion::Refusal::NotACustomer(stage) => (
+            format!("lead '{lead_id}' is in stage {stage}: only a customer (CUSTOMER, ADVOCATE) opens expansion deals"),
+            "NOT_A_CUSTOMER",
+            vec![("current_stage".to_owned(), stage.as_str().to_owned())],
+        ),
+        expansion::Refusal::Closed { status, at } => (
+            format!("the deal was {} at {at}: a closed deal is final", status.as_str()),
+            "DEAL_CLOSED",
+            vec![("status".to_owned(), status.as_str().to_owned())],
+        ),
+        expansion::Refusal::OtherKind(kind) => (
+            format!("the deal was opened as {}", kind.key()),
+            "DEAL_KIND_CHANGED",
+            vec![("kind".to_owned(), kind.key().to_owned())],
+        ),
+        expansion::Refusal::TooManyOpen => (
+            format!("lead '{lead_id}' has {} expansion deals open: close some first", expansion::MAX_KEPT),
+            "TOO_MANY_OPEN_DEALS",
+            Vec::new(),
+        ),
+    };
+    ApiError::FailedPrecondition { message, reason, metadata }
 }
 
 fn required_lead_id(raw: String, v: &mut Violations) -> Option<LeadId> {
@@ -173,6 +202,58 @@ impl Qualification for QualificationService {
         };
         let state = self.load(&lead.lead_id).await?;
         Ok(Response::new(pb::SetStageResponse { qualification: Some(qualification(&state, DEFAULT_HISTORY)) }))
+    }
+
+    #[tracing::instrument(name = "RecordExpansion", skip_all, fields(lead_id))]
+    async fn record_expansion(
+        &self,
+        request: Request<pb::RecordExpansionRequest>,
+    ) -> Result<Response<pb::RecordExpansionResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = required_lead_id(req.lead_id, &mut v);
+        if req.deal_id.is_empty() || req.deal_id.len() > MAX_DEAL_ID_BYTES || req.deal_id.chars().any(char::is_control)
+        {
+            v.add(
+                "deal_id",
+                format!("the CRM's opportunity id: 1 to {MAX_DEAL_ID_BYTES} bytes without control characters"),
+            );
+        }
+        let kind = convert::expansion_kind_from_proto(req.kind, &mut v);
+        let status = convert::deal_status_from_proto(req.status, &mut v);
+        if let Some(amount) = req.amount
+            && (!amount.is_finite() || !(0.0..=crate::domain::spend::MAX_AMOUNT.units()).contains(&amount))
+        {
+            v.add("amount", "a finite amount from 0 to 1,000,000,000");
+        }
+        if req.actor.trim().is_empty() || req.actor.len() > MAX_ACTOR_BYTES || req.actor.chars().any(char::is_control) {
+            v.add("actor", format!("who reported it: 1 to {MAX_ACTOR_BYTES} bytes without control characters"));
+        }
+        let (Some(lead_id), Some(kind), Some(status)) = v.into_result((lead_id, kind, status))? else {
+            return Err(Status::internal("missing lead id, kind or status"));
+        };
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
+        let update = expansion::Update {
+            id: req.deal_id,
+            kind,
+            status,
+            micros: req.amount.map(crate::domain::attribution::micros),
+        };
+        let rules = self.state.rules();
+        let (deal, changed) = match crate::engine::record_expansion(&self.state, &rules, &lead_id, update).await {
+            Ok(answer) => answer,
+            Err(ExpansionError::Store(e)) => return Err(ApiError::from(e).into()),
+            Err(ExpansionError::Refused(ExpansionRefusal::NotFound)) => {
+                return Err(ApiError::NotFound(format!("lead '{lead_id}' was never seen")).into());
+            }
+            Err(ExpansionError::Refused(ExpansionRefusal::Refused(refusal))) => {
+                return Err(expansion_refused(&lead_id, refusal).into());
+            }
+        };
+        if changed {
+            tracing::info!(lead_id = %lead_id, deal_id = %deal.id, status = deal.status.as_str(), actor = %req.actor.trim(), "expansion deal recorded");
+        }
+        Ok(Response::new(pb::RecordExpansionResponse { deal: Some(convert::expansion_deal_to_proto(&deal)), changed }))
     }
 
     #[tracing::instrument(name = "ListQualificationChanges", skip_all)]

@@ -114,8 +114,27 @@ impl Model {
 pub enum CreditCounter {
     /// Leads that reached a `CREDITED_STAGES` stage (millionths of a lead).
     Reached(Stage),
-    /// Won revenue (micros).
+    /// Won new-business revenue (micros).
     Revenue,
+    /// Won expansion revenue (micros): upsells and cross-sells to
+    /// customers (`expansion`).
+    ExpansionRevenue,
+}
+
+/// A won deal, as attribution credits it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WonDeal {
+    pub at: Timestamp,
+    pub micros: i64,
+    /// An upsell or cross-sell to a customer, not new business.
+    pub expansion: bool,
+}
+
+impl WonDeal {
+    /// What its credit counts.
+    pub fn counter(&self) -> CreditCounter {
+        if self.expansion { CreditCounter::ExpansionRevenue } else { CreditCounter::Revenue }
+    }
 }
 
 /// Everything attribution keeps about one lead.
@@ -126,8 +145,9 @@ pub struct Journey {
     pub touches: Vec<Touch>,
     /// When each of `CREDITED_STAGES` was first reached.
     pub reached: [Option<Timestamp>; 5],
-    /// Won deals (when, micros), newest first, at most `MAX_DEALS`.
-    pub deals: Vec<(Timestamp, i64)>,
+    /// Won deals, new business and expansion, newest first, at most
+    /// `MAX_DEALS`.
+    pub deals: Vec<WonDeal>,
     /// Deals ever won.
     pub deals_won: u64,
     /// The time-decay half-life its credit was shared with (0: the
@@ -213,9 +233,9 @@ impl Journey {
         }
     }
 
-    /// Records a won deal of `micros`.
-    pub fn won(&mut self, at: Timestamp, micros: i64) {
-        self.deals.insert(0, (at, micros.max(0)));
+    /// Records a won deal of `micros` (an expansion or new business).
+    pub fn won(&mut self, at: Timestamp, micros: i64, expansion: bool) {
+        self.deals.insert(0, WonDeal { at, micros: micros.max(0), expansion });
         self.deals.truncate(MAX_DEALS);
         self.deals_won += 1;
     }
@@ -279,8 +299,7 @@ pub fn credit_changes(old: &Journey, new: &Journey) -> Vec<CreditDelta> {
         let at = new.reached[i]?;
         Some((CreditCounter::Reached(*stage), at, WHOLE, old.reached[i].is_some()))
     });
-    let deals =
-        new.deals.iter().enumerate().map(|(i, (at, micros))| (CreditCounter::Revenue, *at, *micros, i >= new_deals));
+    let deals = new.deals.iter().enumerate().map(|(i, d)| (d.counter(), d.at, d.micros, i >= new_deals));
     // Once touches were dropped (before or by this change), what was
     // credited stays as given.
     let settled = old.settled || new.settled;
@@ -555,7 +574,7 @@ mod tests {
     enum Op {
         Touches(Vec<(i64, usize)>),
         Reach(usize, i64),
-        Won(i64, i64),
+        Won(i64, i64, bool),
         HalfLife(i64),
     }
 
@@ -563,7 +582,7 @@ mod tests {
         prop_oneof![
             3 => proptest::collection::vec((0i64..60, 0usize..5), 1..12).prop_map(Op::Touches),
             1 => (0usize..5, 0i64..70).prop_map(|(s, d)| Op::Reach(s, d)),
-            1 => (0i64..70, 0i64..=1_000_000_000_000).prop_map(|(d, m)| Op::Won(d, m)),
+            1 => (0i64..70, 0i64..=1_000_000_000_000, any::<bool>()).prop_map(|(d, m, x)| Op::Won(d, m, x)),
             1 => (1i64..30).prop_map(|d| Op::HalfLife(d * DAY)),
         ]
     }
@@ -596,7 +615,7 @@ mod tests {
                 Op::Reach(s, day) => {
                     j.reach(CREDITED_STAGES[*s], Timestamp::from_millis(day * DAY));
                 }
-                Op::Won(day, micros) => j.won(Timestamp::from_millis(day * DAY), *micros),
+                Op::Won(day, micros, expansion) => j.won(Timestamp::from_millis(day * DAY), *micros, *expansion),
                 Op::HalfLife(ms) => j.half_life_ms = *ms,
             }
             keep(&mut kept, credit_changes(&old, &j));
@@ -647,14 +666,15 @@ mod tests {
             }
             prop_assert!(kept.values().all(|n| *n > 0), "{:?}", kept);
             let reached = j.reached.iter().flatten().count() as i64;
-            let revenue: i64 = j.deals.iter().map(|(_, m)| m).sum();
+            let revenue = |counter: CreditCounter| -> i64 { j.deals.iter().filter(|d| d.counter() == counter).map(|d| d.micros).sum() };
             for model in Model::ALL {
                 for g in FunnelGroupBy::ALL {
                     let sum = |counter: fn(&CreditCounter) -> bool| -> i64 {
                         kept.iter().filter(|((_, m, gb, _, c), _)| *m == model && *gb == g && counter(c)).map(|(_, n)| n).sum()
                     };
                     prop_assert_eq!(sum(|c| matches!(c, CreditCounter::Reached(_))), reached * WHOLE);
-                    prop_assert_eq!(sum(|c| *c == CreditCounter::Revenue), revenue);
+                    prop_assert_eq!(sum(|c| *c == CreditCounter::Revenue), revenue(CreditCounter::Revenue));
+                    prop_assert_eq!(sum(|c| *c == CreditCounter::ExpansionRevenue), revenue(CreditCounter::ExpansionRevenue));
                 }
             }
         }

@@ -5,6 +5,7 @@ pub mod account;
 pub mod attribution;
 pub mod decay;
 pub mod duration;
+pub mod expansion;
 pub mod ids;
 pub mod lead;
 pub mod ledger;

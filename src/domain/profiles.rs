@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use chrono::{Datelike, TimeZone, Utc};
 
+use super::expansion::{Event, Kind};
 use super::{Stage, Timestamp};
 
 /// Stages that count as "reached MQL" for a cohort's MQL rate.
@@ -467,6 +468,71 @@ pub enum FunnelCounter {
     /// Hand-overs whose deadline passed without a decision (on the
     /// deadline's day).
     Breached,
+    /// Customers' expansion deals (`expansion`), by kind.
+    Expansion(Kind, ExpansionCounter),
+}
+
+/// What the funnel counts of expansion deals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExpansionCounter {
+    /// Deals opened.
+    Opened,
+    /// Their amounts when opened (and repriced while open).
+    Pipeline,
+    Won,
+    /// Won amounts.
+    Revenue,
+    Lost,
+}
+
+impl ExpansionCounter {
+    pub const ALL: [ExpansionCounter; 5] = [
+        ExpansionCounter::Opened,
+        ExpansionCounter::Pipeline,
+        ExpansionCounter::Won,
+        ExpansionCounter::Revenue,
+        ExpansionCounter::Lost,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            ExpansionCounter::Opened => "opened",
+            ExpansionCounter::Pipeline => "pipeline",
+            ExpansionCounter::Won => "won",
+            ExpansionCounter::Revenue => "revenue",
+            ExpansionCounter::Lost => "lost",
+        }
+    }
+
+    pub fn parse_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.key() == key)
+    }
+}
+
+/// The funnel counter increments of an expansion deal's event.
+pub fn expansion_increments(event: Event) -> Vec<(FunnelCounter, f64)> {
+    let units = |micros: i64| micros as f64 / 1e6;
+    let c = |kind, counter| FunnelCounter::Expansion(kind, counter);
+    match event {
+        Event::Opened { kind, micros } => {
+            vec![(c(kind, ExpansionCounter::Opened), 1.0), (c(kind, ExpansionCounter::Pipeline), units(micros))]
+        }
+        Event::Repriced { kind, micros } => vec![(c(kind, ExpansionCounter::Pipeline), units(micros))],
+        Event::Won { kind, micros } => {
+            vec![(c(kind, ExpansionCounter::Won), 1.0), (c(kind, ExpansionCounter::Revenue), units(micros))]
+        }
+        Event::Lost { kind } => vec![(c(kind, ExpansionCounter::Lost), 1.0)],
+    }
+}
+
+/// One kind of expansion over a period.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExpansionFigures {
+    pub opened: u64,
+    pub pipeline: f64,
+    pub won: u64,
+    pub revenue: f64,
+    pub lost: u64,
 }
 
 /// The funnel counters of one decided hand-over: in time or late, and its
@@ -511,6 +577,8 @@ pub struct Funnel {
     /// Speed to lead: duration bucket → decided hand-overs.
     pub speed_to_lead: BTreeMap<i64, u64>,
     pub sla_breaches: u64,
+    /// Customers' expansion deals by kind (apart from new business).
+    pub expansion: BTreeMap<Kind, ExpansionFigures>,
 }
 
 /// The `p` quantile (0 < p ≤ 1, nearest rank) of durations kept in
@@ -548,7 +616,20 @@ impl Funnel {
     /// Whether anything was counted (counters moved to another group leave
     /// zeros behind).
     pub fn is_empty(&self) -> bool {
-        self.total_entered() == 0 && self.sla_breaches == 0
+        self.total_entered() == 0 && self.sla_breaches == 0 && self.expansion.values().all(|e| e.opened == 0)
+    }
+
+    /// Expansion of every kind.
+    pub fn expansion_total(&self) -> ExpansionFigures {
+        let mut t = ExpansionFigures::default();
+        for e in self.expansion.values() {
+            t.opened += e.opened;
+            t.pipeline += e.pipeline;
+            t.won += e.won;
+            t.revenue += e.revenue;
+            t.lost += e.lost;
+        }
+        t
     }
 
     /// `passed(to) / passed(from)` between consecutive `FUNNEL_STAGES`:
@@ -580,6 +661,16 @@ impl Funnel {
             FunnelCounter::Decided { on_time: false } => self.handovers_late += count,
             FunnelCounter::SpeedToLead(bucket) => *self.speed_to_lead.entry(bucket).or_default() += count,
             FunnelCounter::Breached => self.sla_breaches += count,
+            FunnelCounter::Expansion(kind, counter) => {
+                let e = self.expansion.entry(kind).or_default();
+                match counter {
+                    ExpansionCounter::Opened => e.opened += count,
+                    ExpansionCounter::Pipeline => e.pipeline += by,
+                    ExpansionCounter::Won => e.won += count,
+                    ExpansionCounter::Revenue => e.revenue += by,
+                    ExpansionCounter::Lost => e.lost += count,
+                }
+            }
         }
     }
 }

@@ -113,7 +113,10 @@ pub struct CampaignRow {
     pub sqls: f64,
     pub opportunities: f64,
     pub customers: f64,
+    /// New business: deals won when leads became customers.
     pub won_revenue: f64,
+    /// Upsells and cross-sells won from customers, apart.
+    pub expansion_revenue: f64,
 }
 
 impl CampaignRow {
@@ -141,7 +144,8 @@ impl CampaignRow {
         self.per(self.customers)
     }
 
-    /// (won revenue − spend) / spend; none without spend.
+    /// (won new-business revenue − spend) / spend; none without spend.
+    /// Expansion revenue is left out: what acquisition spend bought.
     pub fn roi(&self) -> Option<f64> {
         (self.spend.0 > 0).then(|| (self.won_revenue - self.spend.units()) / self.spend.units())
     }
@@ -154,6 +158,7 @@ impl CampaignRow {
         self.opportunities += other.opportunities;
         self.customers += other.customers;
         self.won_revenue += other.won_revenue;
+        self.expansion_revenue += other.expansion_revenue;
     }
 }
 
@@ -185,6 +190,7 @@ pub fn campaign_report(spend: &[SpendEntry], credits: &Credits, group_by: Funnel
         row.opportunities += reached(Stage::Opportunity);
         row.customers += reached(Stage::Customer);
         row.won_revenue += get(CreditCounter::Revenue);
+        row.expansion_revenue += get(CreditCounter::ExpansionRevenue);
     }
     let mut rows: Vec<CampaignRow> = rows
         .into_iter()
@@ -195,7 +201,10 @@ pub fn campaign_report(spend: &[SpendEntry], credits: &Credits, group_by: Funnel
         // A row with nothing in it (spend corrected to 0, counters moved
         // elsewhere) is left out, whatever its name.
         .filter(|r| {
-            r.spend.0 > 0 || r.leads + r.mqls + r.sqls + r.opportunities + r.customers > 0.0 || r.won_revenue != 0.0
+            r.spend.0 > 0
+                || r.leads + r.mqls + r.sqls + r.opportunities + r.customers > 0.0
+                || r.won_revenue != 0.0
+                || r.expansion_revenue != 0.0
         })
         .collect();
     rows.sort_by(|a, b| b.spend.cmp(&a.spend).then(b.leads.total_cmp(&a.leads)).then_with(|| a.value.cmp(&b.value)));
@@ -256,6 +265,8 @@ mod tests {
             funnel.add(group, CreditCounter::Reached(stage), (n * WHOLE as f64) as i64);
         }
         funnel.add("campaign=q4", CreditCounter::Revenue, 9_000 * WHOLE);
+        funnel.add("campaign=q4", CreditCounter::ExpansionRevenue, 4_000 * WHOLE);
+        funnel.add("campaign=upsell-mail", CreditCounter::ExpansionRevenue, 500 * WHOLE);
         let spend = [
             entry("q4", "google", 1, 1_000_000_000),
             entry("q4", "google", 2, 1_000_000_000),
@@ -263,14 +274,15 @@ mod tests {
         ];
         let report = campaign_report(&spend, &funnel, FunnelGroupBy::Campaign);
         let values: Vec<&str> = report.rows.iter().map(|r| r.value.as_str()).collect();
-        assert_eq!(values, ["q4", "webinar", "(none)", "brand"]);
+        assert_eq!(values, ["q4", "webinar", "(none)", "brand", "upsell-mail"], "a row with only expansion shows");
         let q4 = &report.rows[0];
         assert_eq!(
             (q4.cost_per_lead(), q4.cost_per_mql(), q4.cost_per_customer()),
             (Some(50.0), Some(250.0), Some(2000.0))
         );
         assert_eq!(q4.cost_per_sql(), None, "no SQL: no ratio");
-        assert_eq!(q4.roi(), Some(3.5));
+        assert_eq!(q4.roi(), Some(3.5), "new business only");
+        assert_eq!((q4.expansion_revenue, report.total.expansion_revenue), (4_000.0, 4_500.0));
         assert_eq!(report.rows[1].cost_per_lead(), None, "spend without leads: no ratio");
         assert_eq!(report.rows[3].roi(), None, "leads without spend");
         // Spend corrected to nothing, no leads: no row.

@@ -76,6 +76,9 @@ pub struct LeadState {
     /// Handed over to sales (became an MQL under a follow-up agreement)
     /// and not decided on yet.
     pub handover: Option<Pending>,
+    /// The customer's expansion deals, newest first, at most
+    /// `expansion::MAX_KEPT`.
+    pub expansion: Vec<super::expansion::Deal>,
 }
 
 impl LeadState {
@@ -94,6 +97,7 @@ impl LeadState {
             score_history: VecDeque::new(),
             journey: Journey::default(),
             handover: None,
+            expansion: Vec::new(),
         }
     }
 }

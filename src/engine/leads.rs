@@ -1,8 +1,10 @@
-//! Profile upserts (the CRM) and sales decisions (`SetStage`).
+//! Profile upserts (the CRM), sales decisions (`SetStage`) and customers'
+//! expansion deals.
 
 use super::*;
 use crate::domain::LeadProfile;
-use crate::transition::{StageRefusal, StageRequest};
+use crate::domain::expansion;
+use crate::transition::{ExpansionRefusal, StageRefusal, StageRequest};
 
 /// A lead's whole state; `None` for a lead never seen.
 pub async fn load(state: &Core, lead_id: &LeadId) -> Result<Option<LeadState>, StoreError> {
@@ -74,4 +76,34 @@ pub async fn set_stage(
         Ok((_, None)) => Err(StoreError::Internal("a stage change wrote no change".into()).into()),
         Err(refusal) => Err(SetStageError::Refused(refusal)),
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExpansionError {
+    #[error("{0:?}")]
+    Refused(ExpansionRefusal),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Records a customer's expansion deal update; answers the deal as kept and
+/// whether the update changed anything (not when sent again).
+pub async fn record_expansion(
+    state: &Core,
+    rules: &RuleSet,
+    lead_id: &LeadId,
+    update: expansion::Update,
+) -> Result<(expansion::Deal, bool), ExpansionError> {
+    let settings = settings(state);
+    let outcome = change_one(state, lead_id, |stored, now| {
+        match transition::record_expansion(rules, &settings, now, stored, update.clone()) {
+            Ok((change, deal)) => {
+                let changed = change.is_some();
+                Ok((change, Ok((deal, changed))))
+            }
+            Err(refusal) => Ok((None, Err(refusal))),
+        }
+    })
+    .await?;
+    outcome.map_err(ExpansionError::Refused)
 }

@@ -49,7 +49,7 @@ pub use state::{ActiveRules, Core, ProfileLimits};
 /// Why a use case failed: the store could not read or write.
 pub use crate::store::StoreError;
 pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
-pub use leads::{SetStageError, set_stage, upsert_lead};
+pub use leads::{ExpansionError, SetStageError, record_expansion, set_stage, upsert_lead};
 pub use rescore::{
     RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, simulate_now, start_rescore, version_clash,
 };

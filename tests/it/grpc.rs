@@ -274,6 +274,9 @@ async fn demo_seed_loads_a_population_through_the_api() {
     // The same seed again: the same events, all duplicates, nothing moves.
     let again = leadscore::demo::seed(addr, 40, 7).await.unwrap();
     assert_eq!(again.stages, first.stages);
+    // Its expansion deals again: the same ids and outcomes, accepted as
+    // sent before.
+    assert_eq!(again.expansion_deals, first.expansion_deals);
     let mut client = app.client().await;
     let score = score_of(&mut client, "demo-7-00000").await;
     assert_eq!(score.lead_id, "demo-7-00000");

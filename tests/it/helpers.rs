@@ -432,3 +432,50 @@ pub async fn drain(stream: &mut tonic::Streaming<pb::StreamTriggersResponse>) ->
     }
     got
 }
+
+/// A signal carrying a campaign, its source and channel `paid` (none of
+/// them when `campaign` is empty): a touch for attribution.
+pub fn touch(event: &str, lead: &str, t: &str, at: i64, campaign: &str, source: &str) -> pb::Signal {
+    let mut s = signal(event, lead, t, at);
+    if !campaign.is_empty() {
+        s.properties = std::collections::HashMap::from([
+            ("campaign".to_owned(), campaign.to_owned()),
+            ("source".to_owned(), source.to_owned()),
+            ("channel".to_owned(), "paid".to_owned()),
+        ]);
+    }
+    s
+}
+
+/// Moves a lead through sales' stages by `SetStage` (a deal amount with
+/// `CUSTOMER`).
+pub async fn move_through(
+    crm: &mut pb::qualification_client::QualificationClient<Channel>,
+    lead: &str,
+    path: &[(pb::Stage, Option<f64>)],
+) {
+    for (to, amount) in path {
+        let request = pb::SetStageRequest {
+            lead_id: lead.into(),
+            to: (*to).into(),
+            actor: "rep".into(),
+            deal_amount: *amount,
+            ..Default::default()
+        };
+        crm.set_stage(request).await.unwrap();
+    }
+}
+
+/// Creates leads with a VP at a 1,500-person company (they qualify on
+/// engagement alone).
+pub async fn upsert_vps(leads: &mut LeadScoringClient<Channel>, ids: &[&str]) {
+    for id in ids {
+        let attributes = [("seniority", "vp"), ("company_size", "1500")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        leads
+            .upsert_lead(pb::UpsertLeadRequest {
+                lead: Some(pb::Lead { lead_id: (*id).into(), attributes: attributes.into(), ..Default::default() }),
+            })
+            .await
+            .unwrap();
+    }
+}

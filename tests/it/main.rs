@@ -4,6 +4,7 @@
 
 mod cluster;
 mod contract;
+mod expansion;
 mod faults;
 mod grpc;
 mod helpers;

@@ -1,31 +1,20 @@
 //! Marketing spend and the campaign report, through `Profiles` and the
 //! command line, on Redis and on the embedded store.
 
-use std::collections::HashMap;
 use std::process::Command;
 
 use leadscore::api::pb;
 use leadscore::api::pb::profiles_client::ProfilesClient;
 use leadscore::api::pb::qualification_client::QualificationClient;
 
-use crate::helpers::{DAY, ManualClock, RedisServer, TestApp, record, settings, signal, ts, violated_fields};
+use crate::helpers::{
+    DAY, ManualClock, RedisServer, TestApp, move_through, record, settings, touch, ts, upsert_vps, violated_fields,
+};
 
 /// 2026-11-20T12:00:00Z.
 const NOW: i64 = 1_763_640_000_000 + 365 * DAY;
 const TODAY: &str = "2026-11-20";
 const TOMORROW: &str = "2026-11-21";
-
-fn touch(event: &str, lead: &str, t: &str, at: i64, campaign: &str, source: &str) -> pb::Signal {
-    let mut s = signal(event, lead, t, at);
-    if !campaign.is_empty() {
-        s.properties = HashMap::from([
-            ("campaign".to_owned(), campaign.to_owned()),
-            ("source".to_owned(), source.to_owned()),
-            ("channel".to_owned(), "paid".to_owned()),
-        ]);
-    }
-    s
-}
 
 fn spend(campaign: &str, source: &str, day: &str, amount: &str) -> pb::SpendEntry {
     pb::SpendEntry {
@@ -90,15 +79,7 @@ async fn scenario(redis: Option<&RedisServer>) {
     // a and b came from q4 (google): both MQLs; a raised its hand, became
     // an opportunity and bought for 12,000. c came from brand (bing) and
     // stays a lead; d came with no campaign.
-    for id in ["a", "b", "c", "d"] {
-        let attributes = [("seniority", "vp"), ("company_size", "1500")].map(|(k, v)| (k.to_owned(), v.to_owned()));
-        leads
-            .upsert_lead(pb::UpsertLeadRequest {
-                lead: Some(pb::Lead { lead_id: id.into(), attributes: attributes.into(), ..Default::default() }),
-            })
-            .await
-            .unwrap();
-    }
+    upsert_vps(&mut leads, &["a", "b", "c", "d"]).await;
     let burst = |lead: &str| {
         (0..3).map(|k| touch(&format!("{lead}{k}"), lead, "webinar_attended", NOW - DAY, "q4", "google")).collect()
     };
@@ -107,17 +88,7 @@ async fn scenario(redis: Option<&RedisServer>) {
     leads.record_signals(record(vec![touch("c0", "c", "page_view", NOW, "brand", "bing")])).await.unwrap();
     leads.record_signals(record(vec![touch("d0", "d", "page_view", NOW, "", "")])).await.unwrap();
     leads.record_signals(record(vec![touch("a-demo", "a", "demo_requested", NOW, "q4", "google")])).await.unwrap();
-    for (to, amount) in [(pb::Stage::Opportunity, None), (pb::Stage::Customer, Some(12_000.0))] {
-        crm.set_stage(pb::SetStageRequest {
-            lead_id: "a".into(),
-            to: to.into(),
-            actor: "rep".into(),
-            deal_amount: amount,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    }
+    move_through(&mut crm, "a", &[(pb::Stage::Opportunity, None), (pb::Stage::Customer, Some(12_000.0))]).await;
 
     // Spend, then a correction of one day (sent again: replaced).
     let recorded = profiles
@@ -280,17 +251,12 @@ async fn multi_touch(redis: Option<&RedisServer>) {
         .await
         .unwrap();
     leads.record_signals(record(signals)).await.unwrap();
-    for (to, amount) in [(pb::Stage::Sql, None), (pb::Stage::Opportunity, None), (pb::Stage::Customer, Some(10_000.0))]
-    {
-        let request = pb::SetStageRequest {
-            lead_id: "m".into(),
-            to: to.into(),
-            actor: "rep".into(),
-            deal_amount: amount,
-            ..Default::default()
-        };
-        crm.set_stage(request).await.unwrap();
-    }
+    move_through(
+        &mut crm,
+        "m",
+        &[(pb::Stage::Sql, None), (pb::Stage::Opportunity, None), (pb::Stage::Customer, Some(10_000.0))],
+    )
+    .await;
     let spent = [("spring", "linkedin", 14, "100"), ("fall", "google", 7, "200"), ("q4", "google", 0, "300")];
     let entries = spent
         .iter()

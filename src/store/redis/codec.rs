@@ -3,7 +3,8 @@
 
 use crate::domain::Stage;
 use crate::domain::attribution::CreditCounter;
-use crate::domain::profiles::{CohortCounter, FunnelCounter};
+use crate::domain::expansion::Kind;
+use crate::domain::profiles::{CohortCounter, ExpansionCounter, FunnelCounter};
 
 /// Separates the parts of fields and records.
 pub const SEP: char = '\u{1f}';
@@ -24,7 +25,8 @@ pub fn cohort_field(group: &str, counter: CohortCounter) -> String {
 
 /// `group␟e␟STAGE`, `group␟p␟STAGE`, `group␟d␟STAGE␟bucket`, `group␟r`,
 /// `group␟w`, `group␟v`; hand-overs `group␟h␟on_time`, `group␟h␟late`,
-/// `group␟h␟s␟bucket`, `group␟h␟breached`.
+/// `group␟h␟s␟bucket`, `group␟h␟breached`; expansion
+/// `group␟x␟<kind>␟<counter>` (`x␟upsell␟revenue`).
 pub fn funnel_field(group: &str, counter: FunnelCounter) -> String {
     match counter {
         FunnelCounter::Entered(s) => format!("{group}{SEP}e{SEP}{}", s.as_str()),
@@ -37,6 +39,7 @@ pub fn funnel_field(group: &str, counter: FunnelCounter) -> String {
         FunnelCounter::Decided { on_time: false } => format!("{group}{SEP}h{SEP}late"),
         FunnelCounter::SpeedToLead(bucket) => format!("{group}{SEP}h{SEP}s{SEP}{bucket}"),
         FunnelCounter::Breached => format!("{group}{SEP}h{SEP}breached"),
+        FunnelCounter::Expansion(kind, counter) => format!("{group}{SEP}x{SEP}{}{SEP}{}", kind.key(), counter.key()),
     }
 }
 
@@ -55,17 +58,21 @@ pub fn parse_funnel_field(field: &str) -> Option<(&str, FunnelCounter)> {
         [_, "h", "late"] => FunnelCounter::Decided { on_time: false },
         [_, "h", "s", bucket] => FunnelCounter::SpeedToLead(bucket.parse().ok()?),
         [_, "h", "breached"] => FunnelCounter::Breached,
+        [_, "x", kind, counter] => {
+            FunnelCounter::Expansion(Kind::parse_key(kind)?, ExpansionCounter::parse_key(counter)?)
+        }
         _ => return None,
     };
     Some((parts[0], counter))
 }
 
-/// `group␟p␟STAGE` (leads reached, millionths) or `group␟v` (revenue,
-/// micros).
+/// `group␟p␟STAGE` (leads reached, millionths), `group␟v` (revenue,
+/// micros) or `group␟x` (expansion revenue, micros).
 pub fn credit_field(group: &str, counter: CreditCounter) -> String {
     match counter {
         CreditCounter::Reached(s) => format!("{group}{SEP}p{SEP}{}", s.as_str()),
         CreditCounter::Revenue => format!("{group}{SEP}v"),
+        CreditCounter::ExpansionRevenue => format!("{group}{SEP}x"),
     }
 }
 
@@ -75,6 +82,7 @@ pub fn parse_credit_field(field: &str) -> Option<(&str, CreditCounter)> {
     let counter = match parts.as_slice() {
         [_, "p", s] => CreditCounter::Reached(s.parse().ok()?),
         [_, "v"] => CreditCounter::Revenue,
+        [_, "x"] => CreditCounter::ExpansionRevenue,
         _ => return None,
     };
     Some((parts[0], counter))
@@ -122,11 +130,16 @@ mod tests {
             FunnelCounter::Decided { on_time: false },
             FunnelCounter::SpeedToLead(42),
             FunnelCounter::Breached,
+            FunnelCounter::Expansion(Kind::CrossSell, ExpansionCounter::Pipeline),
+            FunnelCounter::Expansion(Kind::Upsell, ExpansionCounter::Lost),
         ] {
             assert_eq!(parse_funnel_field(&funnel_field("source=ads", counter)), Some(("source=ads", counter)));
         }
         assert_eq!(parse_funnel_field("junk"), None);
-        for counter in [CreditCounter::Reached(Stage::Opportunity), CreditCounter::Revenue] {
+        assert_eq!(parse_funnel_field("g\u{1f}x\u{1f}resale\u{1f}won"), None);
+        for counter in
+            [CreditCounter::Reached(Stage::Opportunity), CreditCounter::Revenue, CreditCounter::ExpansionRevenue]
+        {
             assert_eq!(parse_credit_field(&credit_field("campaign=a b", counter)), Some(("campaign=a b", counter)));
         }
         assert_eq!(parse_credit_field("g\u{1f}p\u{1f}NOPE"), None);

@@ -764,6 +764,7 @@ impl Format1Lead {
             untouched_creation,
             score_history,
             handover: None,
+            expansion: Vec::new(),
         })
     }
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::Message;
 
-use crate::domain::attribution::{Journey, Touch};
+use crate::domain::attribution::{Journey, Touch, WonDeal};
+use crate::domain::expansion::{Deal as ExpansionDeal, Kind, Status};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
 use crate::domain::sla::Pending;
@@ -117,6 +118,28 @@ struct LeadRecord {
     handover_due: i64,
     #[prost(bool, tag = "38")]
     handover_breached: bool,
+    /// The customer's expansion deals, newest first.
+    #[prost(message, repeated, tag = "39")]
+    expansion: Vec<ExpansionRecord>,
+}
+
+/// An expansion deal: the CRM's id, kind (1 upsell, 2 cross-sell), status
+/// (1 open, 2 won, 3 lost), amount in micros, and when it opened and
+/// closed (milliseconds after the lead's `created_at`).
+#[derive(Clone, PartialEq, Message)]
+struct ExpansionRecord {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(uint32, tag = "2")]
+    kind: u32,
+    #[prost(uint32, tag = "3")]
+    status: u32,
+    #[prost(int64, tag = "4")]
+    micros: i64,
+    #[prost(sint64, tag = "5")]
+    opened_at: i64,
+    #[prost(sint64, optional, tag = "6")]
+    closed_at: Option<i64>,
 }
 
 /// A touch: milliseconds after the lead's `created_at`, and its source,
@@ -136,6 +159,9 @@ struct DealRecord {
     at: i64,
     #[prost(int64, tag = "2")]
     micros: i64,
+    /// An expansion (upsell, cross-sell), not new business.
+    #[prost(bool, tag = "3")]
+    expansion: bool,
 }
 
 /// A score history entry, in hundredths of a point.
@@ -498,8 +524,30 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         .enumerate()
         .filter_map(|(i, at)| Some((i as u32, at.as_ref()?.millis() - created)))
         .unzip();
-    let deals =
-        journey.deals.iter().map(|(at, micros)| DealRecord { at: at.millis() - created, micros: *micros }).collect();
+    let deals = journey
+        .deals
+        .iter()
+        .map(|d| DealRecord { at: d.at.millis() - created, micros: d.micros, expansion: d.expansion })
+        .collect();
+    let expansion = state
+        .expansion
+        .iter()
+        .map(|d| ExpansionRecord {
+            id: d.id.clone(),
+            kind: match d.kind {
+                Kind::Upsell => 1,
+                Kind::CrossSell => 2,
+            },
+            status: match d.status {
+                Status::Open => 1,
+                Status::Won => 2,
+                Status::Lost => 3,
+            },
+            micros: d.micros,
+            opened_at: d.opened_at.millis() - created,
+            closed_at: d.closed_at.map(|t| t.millis() - created),
+        })
+        .collect();
     let mut score_models: Vec<String> = Vec::new();
     for entry in &state.score_history {
         for s in &entry.scores {
@@ -572,6 +620,7 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         handed_at: state.handover.map(|h| h.handed_at.millis()),
         handover_due: state.handover.map_or(0, |h| h.due.millis()),
         handover_breached: state.handover.is_some_and(|h| h.breached),
+        expansion,
     };
     record.encode_to_vec()
 }
@@ -718,7 +767,33 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         let slot = journey.reached.get_mut(*i as usize).ok_or_else(|| corrupt(format!("credited stage index {i}")))?;
         *slot = Some(at(created.saturating_add(*t)));
     }
-    journey.deals = r.deals.iter().map(|d| (at(created.saturating_add(d.at)), d.micros)).collect();
+    journey.deals = r
+        .deals
+        .iter()
+        .map(|d| WonDeal { at: at(created.saturating_add(d.at)), micros: d.micros, expansion: d.expansion })
+        .collect();
+    let mut expansion = Vec::with_capacity(r.expansion.len());
+    for d in r.expansion {
+        let kind = match d.kind {
+            1 => Kind::Upsell,
+            2 => Kind::CrossSell,
+            k => return Err(corrupt(format!("expansion deal kind {k}"))),
+        };
+        let status = match d.status {
+            1 => Status::Open,
+            2 => Status::Won,
+            3 => Status::Lost,
+            s => return Err(corrupt(format!("expansion deal status {s}"))),
+        };
+        expansion.push(ExpansionDeal {
+            id: d.id,
+            kind,
+            status,
+            micros: d.micros,
+            opened_at: at(created.saturating_add(d.opened_at)),
+            closed_at: d.closed_at.map(|t| at(created.saturating_add(t))),
+        });
+    }
     journey.settled = r.journey_settled;
     Ok(LeadState {
         journey,
@@ -737,6 +812,7 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
             due: at(r.handover_due),
             breached: r.handover_breached,
         }),
+        expansion,
     })
 }
 
@@ -815,6 +891,7 @@ mod tests {
             touches in proptest::collection::vec((-100_000i64..10_000_000_000, 0u8..5, 0u8..3), 0..40),
             reached in proptest::collection::vec(proptest::option::of(-1_000i64..1_000_000), 5),
             deals in proptest::collection::vec((0i64..1_000_000, 0i64..=1_000_000_000_000_000), 0..12),
+            deals_open in proptest::collection::vec((-1_000i64..1_000_000, 0i64..=1_000_000_000_000_000), 0..16),
             handover in proptest::option::of((-1_000i64..1_000_000, 0i64..1_000_000, any::<bool>())),
         ) {
             let mut state = lead_with(vec![(1, 10, vec![(1, 1)])], Vec::new());
@@ -827,7 +904,13 @@ mod tests {
                 *slot = at.map(|at| created.plus_millis(at));
             }
             for (at, micros) in deals {
-                state.journey.won(created.plus_millis(at), micros);
+                state.journey.won(created.plus_millis(at), micros, at % 2 == 0);
+            }
+            for (i, (at, micros)) in deals_open.into_iter().enumerate() {
+                let status = [Status::Open, Status::Won, Status::Lost][i % 3];
+                let kind = if i % 2 == 0 { Kind::Upsell } else { Kind::CrossSell };
+                let closed_at = (status != Status::Open).then(|| created.plus_millis(at + 1000));
+                state.expansion.push(ExpansionDeal { id: format!("opp-{i}"), kind, status, micros, opened_at: created.plus_millis(at), closed_at });
             }
             state.journey.half_life_ms = 3 * 86_400_000;
             state.handover = handover.map(|(handed, within, breached)| Pending {
