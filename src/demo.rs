@@ -94,15 +94,16 @@ pub struct Seeded {
     pub expansion_deals: usize,
 }
 
-/// Account management at work on a new customer: about half get an
-/// upsell, a quarter a cross-sell, each won, lost or still open.
+/// Account management at work on a new customer: an upsell, and for
+/// half of them a cross-sell, each won, lost or still open.
 async fn expand(
     crm: &mut QualificationClient<crate::client::Connection>,
     lead_id: &str,
     rng: &mut Rng,
 ) -> Result<usize, tonic::Status> {
     let mut recorded = 0;
-    for (kind, name, chance) in [(pb::ExpansionKind::Upsell, "upsell", 50), (pb::ExpansionKind::CrossSell, "cross", 25)]
+    for (kind, name, chance) in
+        [(pb::ExpansionKind::Upsell, "upsell", 100), (pb::ExpansionKind::CrossSell, "cross", 50)]
     {
         if rng.below(100) >= chance {
             continue;
