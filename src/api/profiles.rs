@@ -262,7 +262,7 @@ fn funnel_to_proto(funnel: &Funnel) -> pb::Funnel {
         expansion: funnel
             .expansion
             .iter()
-            .filter(|(_, e)| e.opened > 0)
+            .filter(|(_, e)| !e.is_empty())
             .map(|(kind, e)| pb::ExpansionFunnel {
                 kind: convert::expansion_kind_to_proto(*kind).into(),
                 opened: e.opened,

@@ -75,6 +75,9 @@ fn expansion_refused(lead_id: &LeadId, refusal: expansion::Refusal) -> ApiError 
             "DEAL_KIND_CHANGED",
             vec![("kind".to_owned(), kind.key().to_owned())],
         ),
+        expansion::Refusal::AmountRequired => {
+            ("a deal first seen won needs its amount: a closed deal is final".to_owned(), "AMOUNT_REQUIRED", Vec::new())
+        }
         expansion::Refusal::TooManyOpen => (
             format!("lead '{lead_id}' has {} expansion deals open: close some first", expansion::MAX_KEPT),
             "TOO_MANY_OPEN_DEALS",
@@ -212,8 +215,8 @@ impl Qualification for QualificationService {
         let req = request.into_inner();
         let mut v = Violations::default();
         let lead_id = required_lead_id(req.lead_id, &mut v);
-        if req.deal_id.is_empty() || req.deal_id.len() > MAX_DEAL_ID_BYTES || req.deal_id.chars().any(char::is_control)
-        {
+        let deal_id = req.deal_id.trim().to_owned();
+        if deal_id.is_empty() || deal_id.len() > MAX_DEAL_ID_BYTES || deal_id.chars().any(char::is_control) {
             v.add(
                 "deal_id",
                 format!("the CRM's opportunity id: 1 to {MAX_DEAL_ID_BYTES} bytes without control characters"),
@@ -233,12 +236,8 @@ impl Qualification for QualificationService {
             return Err(Status::internal("missing lead id, kind or status"));
         };
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
-        let update = expansion::Update {
-            id: req.deal_id,
-            kind,
-            status,
-            micros: req.amount.map(crate::domain::attribution::micros),
-        };
+        let update =
+            expansion::Update { id: deal_id, kind, status, micros: req.amount.map(crate::domain::attribution::micros) };
         let rules = self.state.rules();
         let (deal, changed) = match crate::engine::record_expansion(&self.state, &rules, &lead_id, update).await {
             Ok(answer) => answer,

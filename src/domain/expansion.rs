@@ -108,6 +108,9 @@ pub enum Refusal {
     OtherKind(Kind),
     /// `MAX_KEPT` deals are open: close some first.
     TooManyOpen,
+    /// A deal first seen won needs the amount it was won with (a closed
+    /// deal is final: a win of 0 could never be corrected).
+    AmountRequired,
 }
 
 /// Whether a lead in `stage` is a customer.
@@ -145,15 +148,27 @@ pub fn apply(deals: &mut Vec<Deal>, stage: Stage, update: Update, now: Timestamp
                 _ => Ok(Vec::new()),
             },
             (Status::Open, _) => {
+                // Won for another amount than the pipeline held: the
+                // pipeline follows, so it holds what the deals came to.
                 let m = micros.unwrap_or(deal.micros);
-                Ok(vec![close(deal, m)])
+                let mut events = Vec::new();
+                if status == Status::Won && m != deal.micros {
+                    events.push(Event::Repriced { kind, micros: m - deal.micros });
+                }
+                events.push(close(deal, m));
+                Ok(events)
             }
+            // Sent again, or the opening retried after the close: done.
             (closed, asked) if closed == asked && micros.is_none_or(|m| m == deal.micros) => Ok(Vec::new()),
+            (_, Status::Open) => Ok(Vec::new()),
             (closed, _) => Err(Refusal::Closed { status: closed, at: deal.closed_at.unwrap_or(deal.opened_at) }),
         };
     }
     if !is_customer(stage) {
         return Err(Refusal::NotACustomer(stage));
+    }
+    if status == Status::Won && micros.is_none() {
+        return Err(Refusal::AmountRequired);
     }
     if deals.len() >= MAX_KEPT {
         let oldest_closed = deals.iter().enumerate().filter(|(_, d)| d.status != Status::Open).min_by_key(|(i, d)| {
@@ -203,23 +218,30 @@ mod tests {
             Ok(vec![Event::Repriced { kind: k, micros: 3 }])
         );
         assert_eq!(
-            apply(&mut deals, c, update("o1", Status::Won, None), at(4)),
-            Ok(vec![Event::Won { kind: k, micros: 8 }])
+            apply(&mut deals, c, update("o1", Status::Won, Some(10)), at(4)),
+            Ok(vec![Event::Repriced { kind: k, micros: 2 }, Event::Won { kind: k, micros: 10 }]),
+            "won for more than the pipeline held: the pipeline follows"
         );
         assert_eq!(apply(&mut deals, c, update("o1", Status::Won, None), at(5)), Ok(vec![]), "sent again");
-        assert_eq!(apply(&mut deals, c, update("o1", Status::Won, Some(8)), at(5)), Ok(vec![]));
+        assert_eq!(apply(&mut deals, c, update("o1", Status::Won, Some(10)), at(5)), Ok(vec![]));
+        assert_eq!(
+            apply(&mut deals, c, update("o1", Status::Open, Some(5)), at(5)),
+            Ok(vec![]),
+            "a late retry of the opening"
+        );
         assert_eq!(
             apply(&mut deals, c, update("o1", Status::Lost, None), at(6)),
             Err(Refusal::Closed { status: Status::Won, at: at(4) })
         );
         assert_eq!(
-            apply(&mut deals, c, update("o1", Status::Won, Some(9)), at(6)),
+            apply(&mut deals, c, update("o1", Status::Won, Some(8)), at(6)),
             Err(Refusal::Closed { status: Status::Won, at: at(4) })
         );
         let cross = Update { kind: Kind::CrossSell, ..update("o1", Status::Won, None) };
         assert_eq!(apply(&mut deals, c, cross, at(6)), Err(Refusal::OtherKind(Kind::Upsell)));
         assert_eq!(deals.len(), 1);
-        assert_eq!((deals[0].status, deals[0].micros, deals[0].closed_at), (Status::Won, 8, Some(at(4))));
+        assert_eq!((deals[0].status, deals[0].micros, deals[0].closed_at), (Status::Won, 10, Some(at(4))));
+        assert_eq!(apply(&mut deals, c, update("o2", Status::Won, None), at(7)), Err(Refusal::AmountRequired));
     }
 
     #[test]
@@ -306,7 +328,10 @@ mod tests {
                 prop_assert_eq!(opened.get(&d.id), Some(&1));
                 match d.status {
                     Status::Open => prop_assert_eq!(pipeline.get(&d.id).copied(), Some(d.micros)),
-                    Status::Won => prop_assert_eq!(closed.get(&d.id), Some(&(Status::Won, d.micros))),
+                    Status::Won => {
+                        prop_assert_eq!(closed.get(&d.id), Some(&(Status::Won, d.micros)));
+                        prop_assert_eq!(pipeline.get(&d.id).copied(), Some(d.micros), "the pipeline follows the win");
+                    }
                     Status::Lost => prop_assert_eq!(closed.get(&d.id).map(|c| c.0), Some(Status::Lost)),
                 }
             }

@@ -535,6 +535,14 @@ pub struct ExpansionFigures {
     pub lost: u64,
 }
 
+impl ExpansionFigures {
+    /// Whether nothing was counted: a deal opened before the period and
+    /// won in it counts (won, revenue) without being opened in it.
+    pub fn is_empty(&self) -> bool {
+        self.opened == 0 && self.won == 0 && self.lost == 0 && self.pipeline == 0.0 && self.revenue == 0.0
+    }
+}
+
 /// The funnel counters of one decided hand-over: in time or late, and its
 /// speed to lead.
 pub fn decision_increments(on_time: bool, waited_ms: i64) -> [(FunnelCounter, f64); 2] {
@@ -616,7 +624,7 @@ impl Funnel {
     /// Whether anything was counted (counters moved to another group leave
     /// zeros behind).
     pub fn is_empty(&self) -> bool {
-        self.total_entered() == 0 && self.sla_breaches == 0 && self.expansion.values().all(|e| e.opened == 0)
+        self.total_entered() == 0 && self.sla_breaches == 0 && self.expansion.values().all(ExpansionFigures::is_empty)
     }
 
     /// Expansion of every kind.

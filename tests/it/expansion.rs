@@ -29,10 +29,15 @@ fn deal(id: &str, kind: pb::ExpansionKind, status: pb::DealStatus, amount: Optio
 
 async fn funnel(profiles: &mut ProfilesClient<Channel>) -> pb::GetFunnelResponse {
     let day = NOW - NOW.rem_euclid(DAY);
+    funnel_of(profiles, day - DAY, day + 7 * DAY).await
+}
+
+/// The funnel of whole UTC days from `from` to `to` (midnights), by source.
+async fn funnel_of(profiles: &mut ProfilesClient<Channel>, from: i64, to: i64) -> pb::GetFunnelResponse {
     profiles
         .get_funnel(pb::GetFunnelRequest {
-            from: Some(ts(day - DAY)),
-            to: Some(ts(day + 7 * DAY)),
+            from: Some(ts(from)),
+            to: Some(ts(to)),
             group_by: pb::FunnelGroupBy::Source.into(),
         })
         .await
@@ -103,7 +108,8 @@ async fn expansion(redis: Option<&RedisServer>) {
             pb::ExpansionFunnel {
                 kind: Upsell.into(),
                 opened: 2,
-                pipeline: 3_500.0,
+                // opp-1 won for 3,000 (opened at 2,500), opp-3 repriced to 1,000.
+                pipeline: 4_000.0,
                 won: 1,
                 revenue: 3_000.0,
                 lost: 0,
@@ -179,9 +185,28 @@ async fn expansion(redis: Option<&RedisServer>) {
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument);
     assert_eq!(violated_fields(&bad), ["deal_id", "kind", "status", "amount", "actor"]);
+    // A first win needs its amount; the opening retried after the close
+    // changes nothing.
+    let unpriced = deal("opp-4", CrossSell, Won, None);
+    assert_eq!(refused(&mut crm, unpriced).await, (Code::FailedPrecondition, s("AMOUNT_REQUIRED")));
+    let late = crm.record_expansion(deal("opp-1", Upsell, Open, Some(2_500.0))).await.unwrap().into_inner();
+    assert!(!late.changed);
+    assert_eq!(late.deal.unwrap().status(), Won);
     let after = funnel(&mut profiles).await;
     check(&after);
     assert_eq!(after, before);
+
+    // The next day, the open upsell is won at its amount: that day's funnel
+    // shows the win, though the deal opened before it.
+    clock.advance(DAY);
+    crm.record_expansion(deal("opp-3", Upsell, Won, None)).await.unwrap();
+    let day = NOW + 2 * DAY - (NOW + 2 * DAY).rem_euclid(DAY);
+    let today = funnel_of(&mut profiles, day, day + DAY).await.total.unwrap();
+    assert_eq!(
+        today.expansion,
+        [pb::ExpansionFunnel { kind: Upsell.into(), opened: 0, pipeline: 0.0, won: 1, revenue: 1_000.0, lost: 0 }]
+    );
+    assert_eq!(today.expansion_revenue, 1_000.0);
     app.stop().await;
 }
 
