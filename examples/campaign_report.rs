@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             event_id: format!("campaign-bench-{i}"),
             lead_id: format!("campaign-bench-lead-{}", i / TOUCHES),
             r#type: "page_view".into(),
-            occurred_at: Some(prost_types::Timestamp {
+            occurred_at: Some(pbjson_types::Timestamp {
                 seconds: now - ((h >> 20) % (30 * DAY as u64)) as i64,
                 nanos: 0,
             }),
@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("recorded {} campaign days of spend", spend.len());
 
-    let at = |day: i64| prost_types::Timestamp { seconds: day * DAY, nanos: 0 };
+    let at = |day: i64| pbjson_types::Timestamp { seconds: day * DAY, nanos: 0 };
     let models = [
         pb::AttributionModel::FirstTouch,
         pb::AttributionModel::LastTouch,

@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             event_id: format!("cohort-bench-{i}"),
             lead_id: format!("cohort-bench-lead-{i}"),
             r#type: TYPES[(h >> 7) as usize % TYPES.len()].into(),
-            occurred_at: Some(prost_types::Timestamp { seconds: now - ((h >> 20) % (60 * 86_400)) as i64, nanos: 0 }),
+            occurred_at: Some(pbjson_types::Timestamp { seconds: now - ((h >> 20) % (60 * 86_400)) as i64, nanos: 0 }),
             ..Default::default()
         }
     })
@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let today = chrono::Utc::now().date_naive();
     let first = chrono::Datelike::with_day(&today, 1).unwrap_or(today);
     let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
-    let at = |d: chrono::NaiveDate| prost_types::Timestamp {
+    let at = |d: chrono::NaiveDate| pbjson_types::Timestamp {
         seconds: d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()),
         nanos: 0,
     };
@@ -104,7 +104,7 @@ async fn rescore_all(addr: String) -> Result<(), Box<dyn std::error::Error>> {
             pb::RescoreState::Superseded => job_id = status.superseded_by.clone(),
             pb::RescoreState::Done => {
                 let seconds =
-                    |t: Option<prost_types::Timestamp>| t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9);
+                    |t: Option<pbjson_types::Timestamp>| t.map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9);
                 let took = seconds(status.finished_at) - seconds(status.started_at);
                 println!(
                     "Rescore of {} leads under {}: {took:.1}s ({:.0} leads/s), {} rebuilt from raw history, {} stage changes",

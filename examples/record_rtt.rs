@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             event_id: format!("rtt-{run}-{i}"),
             lead_id: format!("rtt-lead-{}", i % 1000),
             r#type: "page_view".into(),
-            occurred_at: Some(prost_types::Timestamp { seconds: now.as_secs() as i64, nanos: 0 }),
+            occurred_at: Some(pbjson_types::Timestamp { seconds: now.as_secs() as i64, nanos: 0 }),
             ..Default::default()
         };
         let started = Instant::now();

@@ -168,7 +168,7 @@ fn signal(run: u128, call: u64, index: usize, lead: usize, now_ms: i64) -> pb::S
         event_id: format!("b{run}-{call}-{index}"),
         lead_id: format!("bench-{lead}"),
         r#type: "page_view".into(),
-        occurred_at: Some(prost_types::Timestamp { seconds: now_ms / 1000, nanos: 0 }),
+        occurred_at: Some(pbjson_types::Timestamp { seconds: now_ms / 1000, nanos: 0 }),
         properties: [("url".to_string(), "https://example.com/pricing".to_string())].into(),
         ..Default::default()
     }

@@ -360,7 +360,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Error>> {
     use crate::api::pb;
     use chrono::{Datelike, Months, NaiveDate};
-    let midnight = |d: NaiveDate| prost_types::Timestamp {
+    let midnight = |d: NaiveDate| pbjson_types::Timestamp {
         seconds: d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()),
         nanos: 0,
     };

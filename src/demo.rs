@@ -257,7 +257,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
                     lead_id: lead_id.clone(),
                     account_id: account_id.clone(),
                     attributes,
-                    created_at: Some(prost_types::Timestamp { seconds: created, nanos: 0 }),
+                    created_at: Some(pbjson_types::Timestamp { seconds: created, nanos: 0 }),
                     stage: 0,
                 }),
             })
@@ -303,7 +303,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
                     event_id: format!("{lead_id}-e{i}"),
                     lead_id: lead_id.clone(),
                     r#type: signal_type.to_owned(),
-                    occurred_at: Some(prost_types::Timestamp { seconds: at, nanos: 0 }),
+                    occurred_at: Some(pbjson_types::Timestamp { seconds: at, nanos: 0 }),
                     properties,
                     ..Default::default()
                 }

@@ -32,6 +32,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod connect;
 pub mod demo;
 pub mod domain;
 pub mod engine;

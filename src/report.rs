@@ -157,7 +157,7 @@ pub fn render_funnel(period: &str, group_by: &str, r: &pb::GetFunnelResponse) ->
 /// time and late, attainment, speed to lead, breaches.
 fn follow_up_line(f: &pb::Funnel) -> String {
     let duration =
-        |d: &Option<prost_types::Duration>| d.as_ref().map_or("—".to_owned(), |d| human_duration(d.seconds));
+        |d: &Option<pbjson_types::Duration>| d.as_ref().map_or("—".to_owned(), |d| human_duration(d.seconds));
     format!(
         "follow-up: {} decided in time, {} late ({} in time)   speed to lead: median {}, p90 {}   breaches: {}",
         f.handovers_on_time,
@@ -204,7 +204,7 @@ pub fn render_handovers(r: &pb::ListHandoversResponse, now_seconds: i64) -> Stri
         "lead", "waiting", "counted", "due in", "", "score", "source"
     );
     for h in &r.handovers {
-        let seconds = |d: &Option<prost_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
+        let seconds = |d: &Option<pbjson_types::Duration>| d.as_ref().map_or(0, |d| d.seconds);
         let due = h.due.as_ref().map_or(0, |t| t.seconds) - now_seconds;
         let due_in = if h.overdue { format!("-{}", human_duration(-due.min(0))) } else { human_duration(due.max(0)) };
         let name: String = h.lead_id.chars().take(24).collect();
@@ -515,7 +515,7 @@ mod tests {
                 pb::StageEntries {
                     stage: pb::Stage::Mql.into(),
                     entered: mql,
-                    median_time_to_stage: Some(prost_types::Duration { seconds: 86_400 * 2, nanos: 0 }),
+                    median_time_to_stage: Some(pbjson_types::Duration { seconds: 86_400 * 2, nanos: 0 }),
                     reached: mql,
                 },
             ],
@@ -528,8 +528,8 @@ mod tests {
             handovers_on_time: 3,
             handovers_late: 1,
             sla_attainment: Some(0.75),
-            speed_to_lead_median: Some(prost_types::Duration { seconds: 7_200, nanos: 0 }),
-            speed_to_lead_p90: Some(prost_types::Duration { seconds: 30 * 3_600, nanos: 0 }),
+            speed_to_lead_median: Some(pbjson_types::Duration { seconds: 7_200, nanos: 0 }),
+            speed_to_lead_p90: Some(pbjson_types::Duration { seconds: 30 * 3_600, nanos: 0 }),
             sla_breaches: 2,
             expansion: vec![pb::ExpansionFunnel {
                 kind: pb::ExpansionKind::Upsell.into(),
@@ -572,9 +572,9 @@ mod tests {
         let now = 1_796_396_400;
         let handover = |lead: &str, waited: i64, due_in: i64, owner: &str| pb::Handover {
             lead_id: lead.into(),
-            due: Some(prost_types::Timestamp { seconds: now + due_in, nanos: 0 }),
-            age: Some(prost_types::Duration { seconds: waited.min(8 * 3_600), nanos: 0 }),
-            waiting: Some(prost_types::Duration { seconds: waited, nanos: 0 }),
+            due: Some(pbjson_types::Timestamp { seconds: now + due_in, nanos: 0 }),
+            age: Some(pbjson_types::Duration { seconds: waited.min(8 * 3_600), nanos: 0 }),
+            waiting: Some(pbjson_types::Duration { seconds: waited, nanos: 0 }),
             overdue: due_in < 0,
             owner: owner.into(),
             score: Some(pb::ScoreSnapshot { total: 51.0, ..Default::default() }),

@@ -389,6 +389,9 @@ impl Application {
         // Deadlines are the metrics layer's (it answers DEADLINE_EXCEEDED and
         // counts it); tonic's own timeout would answer CANCELLED uncounted.
         let mut builder = Server::builder()
+            // HTTP/1.1 too: Connect's unary JSON (`curl`) and browsers'
+            // gRPC-Web.
+            .accept_http1(true)
             .max_concurrent_streams(Some(limits.max_concurrent_streams))
             .http2_keepalive_interval(Some(limits.http2_keepalive_interval.duration()))
             .http2_keepalive_timeout(Some(limits.http2_keepalive_timeout.duration()));
@@ -396,6 +399,10 @@ impl Application {
             builder = builder.tls_config(tls)?;
         }
         let router = builder
+            // Connect (unary, JSON or proto) and gRPC-Web become gRPC calls
+            // before anything else looks at them: one stack for all three.
+            .layer(crate::connect::ConnectLayer { methods: pb::METHODS, max_message_size: limits.max_message_size })
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(crate::metrics::MetricsLayer {
                 metrics: self.state.metrics.clone(),
                 request_timeout: limits.request_timeout.duration(),

@@ -83,12 +83,12 @@ fn with_condition(expr: &str) -> String {
         .join("\n")
 }
 
-fn timestamps() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+fn timestamps() -> impl Strategy<Value = Option<pbjson_types::Timestamp>> {
     prop_oneof![
         Just(None),
-        (any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Some(prost_types::Timestamp { seconds, nanos })),
+        (any::<i64>(), any::<i32>()).prop_map(|(seconds, nanos)| Some(pbjson_types::Timestamp { seconds, nanos })),
         (-200 * 86_400i64..10 * 86_400, 0..1_000_000_000i32)
-            .prop_map(|(offset, nanos)| Some(prost_types::Timestamp { seconds: NOW.millis() / 1000 + offset, nanos })),
+            .prop_map(|(offset, nanos)| Some(pbjson_types::Timestamp { seconds: NOW.millis() / 1000 + offset, nanos })),
     ]
 }
 

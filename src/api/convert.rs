@@ -23,7 +23,7 @@ pub const MAX_PROPERTY_VALUE_BYTES: usize = 2048;
 /// 9999-12-31T23:59:59Z, the end of the protobuf Timestamp range.
 const MAX_SECONDS: i64 = 253_402_300_799;
 
-pub fn timestamp_from_proto(ts: &prost_types::Timestamp) -> Result<Timestamp, String> {
+pub fn timestamp_from_proto(ts: &pbjson_types::Timestamp) -> Result<Timestamp, String> {
     if !(0..1_000_000_000).contains(&ts.nanos) {
         return Err("nanos must be within 0..999999999".into());
     }
@@ -33,14 +33,14 @@ pub fn timestamp_from_proto(ts: &prost_types::Timestamp) -> Result<Timestamp, St
     Ok(Timestamp::from_millis(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
 }
 
-pub fn timestamp_to_proto(t: Timestamp) -> prost_types::Timestamp {
+pub fn timestamp_to_proto(t: Timestamp) -> pbjson_types::Timestamp {
     let ms = t.millis();
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    pbjson_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// Milliseconds as a protobuf duration (seconds and nanos of one sign).
-pub fn duration_to_proto(ms: i64) -> prost_types::Duration {
-    prost_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
+pub fn duration_to_proto(ms: i64) -> pbjson_types::Duration {
+    pbjson_types::Duration { seconds: ms / 1000, nanos: ((ms % 1000) * 1_000_000) as i32 }
 }
 
 fn id<T>(parse: fn(String) -> Result<T, IdError>, raw: String, field: &str, v: &mut Violations) -> Option<T> {
@@ -453,9 +453,9 @@ mod tests {
     fn timestamps_round_trip_and_reject_out_of_range() {
         let t = Timestamp::from_millis(1_763_812_345_678);
         assert_eq!(timestamp_from_proto(&timestamp_to_proto(t)), Ok(t));
-        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: -1, nanos: 0 }).is_err());
-        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: 0, nanos: -1 }).is_err());
-        assert!(timestamp_from_proto(&prost_types::Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
+        assert!(timestamp_from_proto(&pbjson_types::Timestamp { seconds: -1, nanos: 0 }).is_err());
+        assert!(timestamp_from_proto(&pbjson_types::Timestamp { seconds: 0, nanos: -1 }).is_err());
+        assert!(timestamp_from_proto(&pbjson_types::Timestamp { seconds: i64::MAX, nanos: 0 }).is_err());
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub use state::{AppState, Limits};
 pub mod pb {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("leadscore.v1");
+    // Proto3 JSON (serde) of every message, for the Connect protocol.
+    include!(concat!(env!("OUT_DIR"), "/leadscore.v1.serde.rs"));
+    include!(concat!(env!("OUT_DIR"), "/leadscore.v1.methods.rs"));
 
     /// Encoded descriptors of `leadscore.v1`, served by reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("leadscore_descriptor");

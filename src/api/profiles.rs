@@ -50,7 +50,7 @@ fn check_model(rules: &RuleSet, model: &str, v: &mut Violations) -> String {
     rules.model(model).map(|m| m.name.clone()).unwrap_or_default()
 }
 
-fn required_time(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Timestamp> {
+fn required_time(ts: Option<&pbjson_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Timestamp> {
     match ts {
         None => {
             v.add(field, "required");
@@ -60,7 +60,7 @@ fn required_time(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Viola
     }
 }
 
-fn required_month(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Month> {
+fn required_month(ts: Option<&pbjson_types::Timestamp>, field: &str, v: &mut Violations) -> Option<Month> {
     let at = required_time(ts, field, v)?;
     let month = Month::starting_at(at);
     if month.is_none() {
@@ -73,7 +73,7 @@ fn required_month(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Viol
     month
 }
 
-fn required_day(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violations) -> Option<i64> {
+fn required_day(ts: Option<&pbjson_types::Timestamp>, field: &str, v: &mut Violations) -> Option<i64> {
     let at = required_time(ts, field, v)?;
     if at.millis().rem_euclid(MILLIS_PER_DAY) != 0 {
         v.add(field, "periods are whole UTC days: give midnight UTC, e.g. 2026-11-01T00:00:00Z");
@@ -84,8 +84,8 @@ fn required_day(ts: Option<&prost_types::Timestamp>, field: &str, v: &mut Violat
 
 /// Whole UTC days `from..to` (at most `MAX_FUNNEL_DAYS`).
 fn days(
-    from: Option<&prost_types::Timestamp>,
-    to: Option<&prost_types::Timestamp>,
+    from: Option<&pbjson_types::Timestamp>,
+    to: Option<&pbjson_types::Timestamp>,
     v: &mut Violations,
 ) -> (Option<i64>, Option<i64>) {
     let from = required_day(from, "from", v);

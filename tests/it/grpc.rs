@@ -347,7 +347,7 @@ async fn raw_call(app: &TestApp, content_type: &str, body: Vec<u8>) -> (u16, Opt
 }
 
 /// A body that is not the method's message is INVALID_ARGUMENT without the
-/// decoder's text; a request that is not gRPC at all gets HTTP 415.
+/// decoder's text; a request in no protocol served gets HTTP 415.
 #[tokio::test]
 async fn malformed_messages_and_non_grpc_requests_get_clear_answers() {
     let (_redis, app) = app().await;
@@ -356,6 +356,10 @@ async fn malformed_messages_and_non_grpc_requests_get_clear_answers() {
     let (status, code, message) = raw_call(&app, "application/grpc", frame.clone()).await;
     assert_eq!((status, code.as_deref()), (200, Some("3")), "{message:?}");
     assert!(!message.unwrap_or_default().contains("decode"), "no decoder text");
-    let (status, code, _) = raw_call(&app, "application/json", frame).await;
+    // JSON that is not the message is Connect's 400; a content type no
+    // protocol here speaks is HTTP 415.
+    let (status, code, _) = raw_call(&app, "application/json", frame.clone()).await;
+    assert_eq!((status, code), (400, None));
+    let (status, code, _) = raw_call(&app, "text/plain", frame).await;
     assert_eq!((status, code), (415, None));
 }

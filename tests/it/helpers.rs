@@ -381,8 +381,8 @@ pub fn now_millis() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-pub fn ts(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+pub fn ts(millis: i64) -> pbjson_types::Timestamp {
+    pbjson_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 pub const DAY: i64 = 86_400_000;

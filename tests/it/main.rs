@@ -3,6 +3,7 @@
 //! client.
 
 mod cluster;
+mod connect;
 mod contract;
 mod expansion;
 mod faults;

@@ -582,12 +582,12 @@ fn jms(v: &Value) -> i64 {
     v.as_str().map_or(0, |t| chrono::DateTime::parse_from_rfc3339(t).unwrap().timestamp_millis())
 }
 
-fn ts_of(v: &Value) -> prost_types::Timestamp {
+fn ts_of(v: &Value) -> pbjson_types::Timestamp {
     let millis = jms(v);
-    prost_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+    pbjson_types::Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-fn ms(t: Option<&prost_types::Timestamp>) -> i64 {
+fn ms(t: Option<&pbjson_types::Timestamp>) -> i64 {
     t.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
@@ -688,7 +688,7 @@ fn change_line_json(c: &Value) -> String {
     )
 }
 
-fn duration_ms(d: Option<&prost_types::Duration>) -> i64 {
+fn duration_ms(d: Option<&pbjson_types::Duration>) -> i64 {
     d.map_or(0, |d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000)
 }
 

@@ -42,11 +42,11 @@ async fn app(redis: Option<&RedisServer>, clock: &std::sync::Arc<ManualClock>) -
     (TestApp::spawn_with_clock(s, clock.clone()).await, dir)
 }
 
-fn millis(d: &Option<prost_types::Duration>) -> i64 {
+fn millis(d: &Option<pbjson_types::Duration>) -> i64 {
     d.as_ref().map(|d| d.seconds * 1000 + i64::from(d.nanos) / 1_000_000).unwrap()
 }
 
-fn at(t: &Option<prost_types::Timestamp>) -> i64 {
+fn at(t: &Option<pbjson_types::Timestamp>) -> i64 {
     t.as_ref().map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000).unwrap()
 }
 
