@@ -1,0 +1,83 @@
+// leadscore from Node over plain HTTP and JSON (the Connect protocol's unary
+// form), with the built-in fetch and no generated code. Run the file for a
+// tour against a local service:
+//
+//     node leadscore_http.js http://127.0.0.1:50051
+
+"use strict";
+
+// Passing conditions: 503 unavailable, 429 resource_exhausted (load shed).
+const RETRYABLE = new Set([429, 503]);
+
+// A Connect error: its code (`invalid_argument`, …), message and details.
+class LeadscoreError extends Error {
+  constructor(status, body) {
+    super(`${body.code}: ${body.message}`);
+    this.status = status;
+    this.code = body.code;
+    this.details = body.details || [];
+  }
+}
+
+// POSTs `body` to `/leadscore.v1.<method>` and resolves with the JSON
+// reply, retrying 429, 503 and refused connections with exponential
+// back-off and full jitter.
+async function call(base, method, body, { token, attempts = 6, timeoutMs = 5000 } = {}) {
+  const headers = { "Content-Type": "application/json", "Connect-Timeout-Ms": String(timeoutMs) };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  for (let attempt = 0; ; attempt++) {
+    let reply;
+    try {
+      reply = await fetch(`${base}/leadscore.v1.${method}`, {
+        method: "POST",
+        headers,
+        body: JSON.stringify(body),
+        signal: AbortSignal.timeout(timeoutMs),
+      });
+    } catch (error) {
+      if (attempt === attempts - 1) throw error;
+    }
+    if (reply) {
+      if (reply.ok) return reply.json();
+      if (!RETRYABLE.has(reply.status) || attempt === attempts - 1) {
+        throw new LeadscoreError(reply.status, await reply.json());
+      }
+    }
+    await new Promise((r) => setTimeout(r, Math.random() * Math.min(5000, 100 * 2 ** attempt)));
+  }
+}
+
+const now = () => new Date().toISOString();
+const recordSignals = (base, signals) => call(base, "LeadScoring/RecordSignals", { signals });
+
+async function scoreLeads(base, leadIds) {
+  const answer = await call(base, "LeadScoring/ScoreLeads", { leadIds });
+  return Object.fromEntries((answer.scores || []).map((s) => [s.leadId, s]));
+}
+
+async function main(base) {
+  await call(base, "LeadScoring/UpsertLead", { lead: { leadId: "node-http-1", attributes: { seniority: "vp" } } });
+  const answer = await recordSignals(base, [
+    { eventId: "nh-1", leadId: "node-http-1", type: "content_download", occurredAt: now() },
+    { eventId: "nh-2", leadId: "node-http-1", type: "content_download", occurredAt: now() },
+    { eventId: "nh-3", leadId: "node-http-1", type: "webinar_attended", occurredAt: now(), properties: { campaign: "q4-launch" } },
+  ]);
+  console.log("recorded:", answer.results.map((r) => r.status));
+  for (const [leadId, score] of Object.entries(await scoreLeads(base, ["node-http-1"]))) {
+    console.log(`${leadId}: ${score.total.toFixed(2)} (${score.stage})`);
+  }
+  try {
+    await recordSignals(base, [{ eventId: "bad", leadId: "x", type: "tiktok_like", occurredAt: now() }]);
+  } catch (error) {
+    console.log("refused:", error.message);
+  }
+}
+
+module.exports = { call, recordSignals, scoreLeads, now, LeadscoreError };
+
+if (require.main === module) {
+  main(process.argv[2] || "http://127.0.0.1:50051").catch((error) => {
+    console.error(error.message);
+    process.exit(1);
+  });
+}
