@@ -2,13 +2,15 @@
 # What HTTP/JSON (Connect) costs against gRPC, for ScoreLead, side by side.
 #
 #   bench/connect.sh [REQUESTS] [ROUNDS]      # defaults: 20000 3
+#   IN_FLIGHT=8 bench/connect.sh              # 8 calls at once per HTTP/2 connection
 #
 # Starts redis-server on a free port and the release service against it,
 # records one lead's signals, then drives ScoreLead for that lead with
-# h2load (Debian nghttp2-client; installed when missing), 16 connections,
+# h2load (Debian nghttp2-client; installed when missing), 16 connections
+# with one call in flight on each (16 at once, whatever the protocol),
 # in ROUNDS rounds of four runs each: gRPC over HTTP/2 (the reference),
 # Connect JSON over HTTP/2, Connect JSON over HTTP/1.1 (what curl and most
-# webhook senders use; one call in flight per connection) and gRPC-Web over
+# webhook senders use) and gRPC-Web over
 # HTTP/1.1. Prints per run throughput and latency p50/p99 (from h2load's
 # per-request log), then the medians over the rounds and each one's ratio
 # to gRPC. Cleans up after itself.
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 source bench/anchor.sh
 requests=${1:-20000}
 rounds=${2:-3}
+in_flight=${IN_FLIGHT:-1}
 if ! command -v h2load >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -45,7 +48,7 @@ run() { # NAME H2LOAD-ARGS...: one run; prints "NAME req/s p50_ms p99_ms"
   shift
   local out
   out=$(h2load -n "$requests" -c 16 --log-file "$dir/$name.log" "$@" "$url" 2>&1)
-  grep -q "succeeded, 0 errored" <<<"$out" || { echo "$name: $out" >&2; exit 1; }
+  grep -q "0 failed, 0 errored" <<<"$out" || { echo "$name: $out" >&2; exit 1; }
   python3 - "$name" "$dir/$name.log" "$(grep -o 'finished in [0-9.]*[a-z]*, [0-9.]* req/s' <<<"$out")" <<'PY'
 import sys
 name, log, summary = sys.argv[1:4]
@@ -57,8 +60,8 @@ PY
 }
 
 for round in $(seq "$rounds"); do
-  run grpc -m 8 -d "$dir/score.grpc" -H 'content-type: application/grpc' -H 'te: trailers'
-  run connect-json-h2 -m 8 -d "$dir/score.json" -H 'content-type: application/json'
+  run grpc -m "$in_flight" -d "$dir/score.grpc" -H 'content-type: application/grpc' -H 'te: trailers'
+  run connect-json-h2 -m "$in_flight" -d "$dir/score.json" -H 'content-type: application/json'
   run connect-json-h1 --h1 -d "$dir/score.json" -H 'content-type: application/json'
   run grpc-web-h1 --h1 -d "$dir/score.grpc" -H 'content-type: application/grpc-web+proto'
 done | tee "$dir/runs" | sed 's/^/run: /'
@@ -74,5 +77,5 @@ print(f"{'ScoreLead over':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'req/s vs g
 for n, (rate, p50, p99) in med.items():
     print(f"{n:<18}{rate:>9.0f}{p50:>9.3f}{p99:>9.3f}{rate / g[0]:>15.2f}{p50 / g[1]:>13.2f}")
 PY
-echo "medians of $rounds rounds of $requests calls, 16 connections (8 calls in flight each over HTTP/2, 1 over HTTP/1.1)"
+echo "medians of $rounds rounds of $requests calls, 16 connections, $in_flight call(s) in flight on each HTTP/2 one, 1 on each HTTP/1.1 one"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), redis $(redis-server --version | grep -o 'v=[0-9.]*')"
