@@ -179,7 +179,7 @@ async fn unary<S, B, R>(
 ) -> Result<http::Response<Body>, Failure<S::Error>>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<R>>,
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
     R: http_body::Body<Data = Bytes>,
     R::Error: Into<BoxError>,
@@ -204,31 +204,17 @@ where
         return Err(tonic::Status::unimplemented("compressed requests are not accepted: send identity").into());
     }
     let (parts, body) = request.into_parts();
-    let body = http_body_util::Limited::new(body, max).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            tonic::Status::resource_exhausted(format!("the request body is larger than {max} bytes"))
-        } else {
-            tonic::Status::unavailable("the request body could not be read")
-        }
-    })?;
-    let body = body.to_bytes();
-    let message = match format {
-        Format::Proto => body.to_vec(),
-        Format::Json => (method.request)(&body).map_err(|e| {
-            tonic::Status::invalid_argument(format!(
-                "the body is not a valid JSON request of {}: {}",
-                method.path,
-                crate::text::bounded(&e, 320)
-            ))
-        })?,
-    };
-    let mut frame = BytesMut::with_capacity(message.len() + 5);
-    frame.put_u8(0);
-    frame.put_u32(u32::try_from(message.len()).map_err(|_| tonic::Status::resource_exhausted("message too large"))?);
-    frame.put_slice(&message);
-
     let headers = grpc_headers(&parts.headers)?;
-    let grpc = grpc_request(parts, headers, Body::new(http_body_util::Full::new(frame.freeze())));
+    // The body is read only when the service reads its message: after
+    // authentication and load shedding, under the call's deadline.
+    let body = UnaryBody {
+        body: Some(Box::pin(http_body_util::Limited::new(body, max))),
+        read: BytesMut::new(),
+        method,
+        format,
+        max,
+    };
+    let grpc = grpc_request(parts, headers, Body::new(body));
 
     std::future::poll_fn(|cx| inner.poll_ready(cx)).await.map_err(Failure::Service)?;
     let response = inner.call(grpc).await.map_err(Failure::Service)?;
@@ -267,27 +253,111 @@ where
     Ok(out)
 }
 
+/// A unary Connect request's body as the gRPC stack reads it: the caller's
+/// body read whole (at most `max` bytes), then one gRPC frame of the
+/// method's message (JSON turned into protobuf). Failures reach the service
+/// as the status it answers with.
+struct UnaryBody<B> {
+    body: Option<Pin<Box<http_body_util::Limited<B>>>>,
+    read: BytesMut,
+    method: &'static Method,
+    format: Format,
+    max: usize,
+}
+
+impl<B> UnaryBody<B> {
+    /// The message read, as one uncompressed gRPC frame.
+    fn grpc_frame(&self) -> Result<Bytes, tonic::Status> {
+        let message = match self.format {
+            Format::Proto => self.read.to_vec(),
+            Format::Json => (self.method.request)(&self.read).map_err(|e| {
+                tonic::Status::invalid_argument(format!(
+                    "the body is not a valid JSON request of {}: {}",
+                    self.method.path,
+                    crate::text::bounded(&e, 320)
+                ))
+            })?,
+        };
+        let length =
+            u32::try_from(message.len()).map_err(|_| tonic::Status::out_of_range("the message is too large"))?;
+        let mut frame = BytesMut::with_capacity(message.len() + 5);
+        frame.put_u8(0);
+        frame.put_u32(length);
+        frame.put_slice(&message);
+        Ok(frame.freeze())
+    }
+}
+
+impl<B> http_body::Body for UnaryBody<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(body) = this.body.as_mut() else { return Poll::Ready(None) };
+            match std::task::ready!(body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.read.put(data);
+                    }
+                }
+                Some(Err(e)) => {
+                    this.body = None;
+                    let status = if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                        // Not worth retrying: the same body is as large.
+                        tonic::Status::out_of_range(format!("the request body is larger than {} bytes", this.max))
+                    } else {
+                        tonic::Status::unavailable("the request body was cut off")
+                    };
+                    return Poll::Ready(Some(Err(status)));
+                }
+                None => {
+                    this.body = None;
+                    let frame = this.grpc_frame();
+                    this.read = BytesMut::new();
+                    return Poll::Ready(Some(frame.map(http_body::Frame::data)));
+                }
+            }
+        }
+    }
+}
+
 /// The headers of the gRPC call a Connect call becomes: the caller's
 /// (authorization, traceparent, metadata) without Connect's own, and its
 /// deadline as `grpc-timeout`.
 fn grpc_headers(connect: &HeaderMap) -> Result<HeaderMap, tonic::Status> {
     let mut headers = HeaderMap::new();
     for (name, value) in connect {
-        if !matches!(
-            name.as_str(),
-            "content-type"
-                | "content-length"
-                | "content-encoding"
-                | "accept-encoding"
-                | "connect-protocol-version"
-                | "connect-timeout-ms"
-                | "connect-content-encoding"
-                | "connect-accept-encoding"
-                | "te"
-                | "host"
-                | "connection"
-                | "transfer-encoding"
-        ) {
+        let name_str = name.as_str();
+        // Connect's own headers become their gRPC equivalents below; the
+        // caller's gRPC headers (a second deadline, an encoding) and
+        // hop-by-hop ones have no place in the call.
+        let dropped = name_str.starts_with("grpc-")
+            || name_str.starts_with("connect-")
+            || matches!(
+                name_str,
+                "content-type"
+                    | "content-length"
+                    | "content-encoding"
+                    | "accept-encoding"
+                    | "te"
+                    | "trailer"
+                    | "host"
+                    | "connection"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "transfer-encoding"
+                    | "upgrade"
+            );
+        if !dropped {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -331,7 +401,9 @@ where
         let status = tonic::Status::unimplemented(
             "Connect streams are served as application/connect+proto; JSON is served for unary calls",
         );
-        return Ok(end_of_stream_only(&status, &HeaderMap::new()));
+        let mut response = error_response(&status);
+        *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+        return Ok(response);
     }
     if let Some(encoding) = request.headers().get("connect-content-encoding")
         && encoding.as_bytes() != b"identity"

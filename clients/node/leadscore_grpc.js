@@ -77,33 +77,35 @@ async function scoreLeads(c, leadIds) {
 // `handle` resolved: at-least-once. A consumer that crashes before the
 // acknowledgement gets the trigger again (deliveryCount raised) once the
 // visibility timeout passed, so `handle` must tolerate a triggerId seen
-// before. The group's position lives in the service: a new stream resumes
-// it. Resolves with the number handled; rejects with what `handle` threw.
-function consumeTriggers(c, group, consumer, handle, seconds) {
-  return new Promise((resolve, reject) => {
-    const stream = c.nurture.StreamTriggers({ group, consumer }, { deadline: Date.now() + seconds * 1000 });
-    let handled = 0;
-    let chain = Promise.resolve();
-    let failed = false;
-    stream.on("data", ({ trigger }) => {
-      chain = chain.then(async () => {
-        if (failed) return;
+// before; after `trigger_max_deliveries` deliveries a trigger becomes a dead
+// letter of the group instead (ListDeadLetters, ReplayDeadLetters). One
+// trigger is handled at a time (the stream waits meanwhile) and at most
+// `maxInFlight` are held unacknowledged. The group's position lives in the
+// service: a new stream resumes it. Resolves with the number handled;
+// rejects with what `handle` or the acknowledgement threw.
+async function consumeTriggers(c, group, consumer, handle, seconds, maxInFlight = 16) {
+  const stream = c.nurture.StreamTriggers({ group, consumer, maxInFlight }, { deadline: Date.now() + seconds * 1000 });
+  let handled = 0;
+  let failure;
+  try {
+    for await (const { trigger } of stream) {
+      try {
         await handle(trigger);
         await withRetries(c.nurture, "AckTriggers", { group, triggerIds: [trigger.triggerId] });
         handled++;
-      }).catch((error) => {
-        failed = true;
-        stream.cancel();
-        reject(error);
-      });
-    });
-    stream.on("error", (error) => {
-      if (failed) return;
-      if (error.code === grpc.status.DEADLINE_EXCEEDED) chain.then(() => resolve(handled));
-      else if (error.code !== grpc.status.CANCELLED) reject(error);
-    });
-    stream.on("end", () => chain.then(() => resolve(handled)));
-  });
+      } catch (error) {
+        failure = error;
+        break;
+      }
+    }
+  } catch (error) {
+    // The time given is up; anything else is the stream's failure.
+    if (error.code !== grpc.status.DEADLINE_EXCEEDED) throw error;
+  } finally {
+    stream.cancel();
+  }
+  if (failure) throw failure;
+  return handled;
 }
 
 // Reads the qualification change feed from the cursor stored in

@@ -20,7 +20,7 @@ class LeadscoreError extends Error {
 }
 
 // POSTs `body` to `/leadscore.v1.<method>` and resolves with the JSON
-// reply, retrying 429, 503 and refused connections with exponential
+// reply, retrying 429, 503 and failed connections with exponential
 // back-off and full jitter.
 async function call(base, method, body, { token, attempts = 6, timeoutMs = 5000 } = {}) {
   const headers = { "Content-Type": "application/json", "Connect-Timeout-Ms": String(timeoutMs) };
@@ -35,12 +35,21 @@ async function call(base, method, body, { token, attempts = 6, timeoutMs = 5000 
         signal: AbortSignal.timeout(timeoutMs),
       });
     } catch (error) {
-      if (attempt === attempts - 1) throw error;
+      // fetch fails with a TypeError when it cannot connect; a timeout is
+      // not retried (the call may have been done).
+      if (!(error instanceof TypeError) || attempt === attempts - 1) throw error;
     }
     if (reply) {
       if (reply.ok) return reply.json();
       if (!RETRYABLE.has(reply.status) || attempt === attempts - 1) {
-        throw new LeadscoreError(reply.status, await reply.json());
+        const text = await reply.text();
+        let body;
+        try {
+          body = JSON.parse(text);
+        } catch {
+          body = { code: "unknown", message: `HTTP ${reply.status}: ${text.slice(0, 200)}` }; // not the service's answer
+        }
+        throw new LeadscoreError(reply.status, body);
       }
     }
     await new Promise((r) => setTimeout(r, Math.random() * Math.min(5000, 100 * 2 ** attempt)));

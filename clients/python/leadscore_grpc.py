@@ -52,25 +52,36 @@ def score_leads(channel, lead_ids):
     return {s.lead_id: s for s in answer.scores}
 
 
-def consume_triggers(channel, group, consumer, handle, seconds):
+def consume_triggers(channel, group, consumer, handle, seconds, max_in_flight=16):
     """Handles the group's triggers for `seconds`, acknowledging each after
     `handle` returned: at-least-once. A consumer that crashes before the
     acknowledgement gets the trigger again (delivery_count raised) once the
     visibility timeout passed, so `handle` must tolerate a trigger_id seen
-    before. Nothing is stored here: the group's position lives in the
-    service, and a new stream resumes it."""
+    before; after `trigger_max_deliveries` deliveries a trigger becomes a
+    dead letter of the group instead (ListDeadLetters, ReplayDeadLetters).
+    At most `max_in_flight` triggers are held unacknowledged. Nothing is
+    stored here: the group's position lives in the service, and a new
+    stream resumes it."""
     stub = rpc.NurtureStub(channel)
-    stream = stub.StreamTriggers(pb.StreamTriggersRequest(group=group, consumer=consumer), timeout=seconds)
+    request = pb.StreamTriggersRequest(group=group, consumer=consumer, max_in_flight=max_in_flight)
+    stream = stub.StreamTriggers(request, timeout=seconds)
     handled = 0
-    try:
-        for message in stream:
+    while True:
+        try:
+            message = next(stream)
+        except StopIteration:
+            return handled
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                return handled  # the time given is up
+            raise
+        try:
             handle(message.trigger)
             with_retries(stub.AckTriggers, pb.AckTriggersRequest(group=group, trigger_ids=[message.trigger.trigger_id]))
-            handled += 1
-    except grpc.RpcError as error:
-        if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+        except BaseException:
+            stream.cancel()
             raise
-    return handled
+        handled += 1
 
 
 def follow_changes(channel, cursor_file, handle):

@@ -43,7 +43,11 @@ def call(base, method, body, token=None, attempts=6, timeout=5.0):
             if reply.status_code == 200:
                 return reply.json()
             if reply.status_code not in RETRYABLE or attempt == attempts - 1:
-                raise LeadscoreError(reply.status_code, reply.json())
+                try:
+                    body = reply.json()
+                except ValueError:  # not the service's answer (a proxy's page)
+                    body = {"code": "unknown", "message": f"HTTP {reply.status_code}: {reply.text[:200]}"}
+                raise LeadscoreError(reply.status_code, body)
         time.sleep(random.uniform(0, min(5.0, 0.1 * 2**attempt)))
 
 
