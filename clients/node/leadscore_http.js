@@ -64,6 +64,29 @@ async function scoreLeads(base, leadIds) {
   return Object.fromEntries((answer.scores || []).map((s) => [s.leadId, s]));
 }
 
+// The change feed from the cursor stored in `cursorFile`, as in
+// leadscore_grpc.js: each change to `handle`, the cursor stored after every
+// page (a temporary file renamed over it). Run again to continue.
+async function followChanges(base, cursorFile, handle) {
+  const fs = require("node:fs");
+  let cursor = fs.existsSync(cursorFile) ? fs.readFileSync(cursorFile, "utf8").trim() : "";
+  let seen = 0;
+  for (;;) {
+    const page = await call(base, "Qualification/ListQualificationChanges", { afterCursor: cursor });
+    const changes = page.changes || [];
+    for (const change of changes) {
+      await handle(change);
+      seen++;
+    }
+    if ((page.nextCursor ?? cursor) !== cursor) {
+      cursor = page.nextCursor;
+      fs.writeFileSync(`${cursorFile}.tmp`, cursor);
+      fs.renameSync(`${cursorFile}.tmp`, cursorFile);
+    }
+    if (changes.length === 0) return seen;
+  }
+}
+
 async function main(base) {
   await call(base, "LeadScoring/UpsertLead", { lead: { leadId: "node-http-1", attributes: { seniority: "vp" } } });
   const answer = await recordSignals(base, [
@@ -80,9 +103,12 @@ async function main(base) {
   } catch (error) {
     console.log("refused:", error.message);
   }
+  await followChanges(base, "changes-http.cursor", (ch) =>
+    console.log("change:", ch.leadId, ch.change.from || "STAGE_UNSPECIFIED", "->", ch.change.to),
+  );
 }
 
-module.exports = { call, recordSignals, scoreLeads, now, LeadscoreError };
+module.exports = { call, recordSignals, scoreLeads, followChanges, now, LeadscoreError };
 
 if (require.main === module) {
   main(process.argv[2] || "http://127.0.0.1:50051").catch((error) => {

@@ -301,7 +301,7 @@ impl Profiles for ProfilesService {
         let ScoreProfile { lead, history, stages } = profiles::score_profile(&self.state, &lead_id, limit)
             .await
             .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("{lead_id} was never seen")))?;
+            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
         let now = self.state.clock.now();
         let m = rules.model(&model).unwrap_or_else(|| rules.primary());
         let score = m.score(&lead, now);

@@ -153,7 +153,7 @@ impl LeadScoring for ScoringService {
         let lead = leads::scored(&self.state, lead_id)
             .await
             .map_err(ApiError::from)?
-            .map_err(|id| ApiError::NotFound(format!("{id} was never seen")))?;
+            .map_err(|id| ApiError::NotFound(format!("lead '{id}' was never seen")))?;
         let score = score(&rules, &req.model, &lead, self.state.clock.now())?;
         Ok(Response::new(pb::ScoreLeadResponse { score: Some(score) }))
     }

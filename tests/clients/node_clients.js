@@ -50,7 +50,7 @@ async function main() {
   assert.equal(Math.round(scores["node-1"].behavior), 31);
 
   // Triggers: handled and acknowledged; a crash before the ack means the
-  // same trigger again, deliveryCount 2, after the visibility timeout.
+  // same trigger again, its deliveryCount raised, after the visibility timeout.
   const handled = [];
   assert.ok((await g.consumeTriggers(c, "automation", "node-worker", (t) => handled.push(t), 2)) >= 1);
   const mql = handled.filter((t) => t.leadId === "node-1" && t.definitionId === "sales_alert_new_mql");
@@ -72,7 +72,7 @@ async function main() {
   }
   const same = redelivered.filter((t) => t.triggerId === crashedOn);
   assert.equal(same.length, 1, JSON.stringify(redelivered));
-  assert.equal(same[0].deliveryCount, "2");
+  assert.ok(Number(same[0].deliveryCount) >= 2, same[0].deliveryCount); // raised: delivered again
 
   // The change feed from a stored cursor.
   const cursor = path.join(work, "changes.cursor");
@@ -80,6 +80,7 @@ async function main() {
   assert.ok((await g.followChanges(c, cursor, (ch) => seen.push(ch))) >= 1);
   assert.ok(seen.some((ch) => ch.leadId === "node-1" && ch.change.to === "STAGE_MQL"));
   assert.equal(await g.followChanges(c, cursor, (ch) => seen.push(ch)), 0);
+  const seenCursor = fs.readFileSync(cursor, "utf8");
   await h.call(base, "LeadScoring/UpsertLead", { lead: { leadId: "node-2", attributes: { seniority: "vp" } } });
   await h.recordSignals(base, ["content_download", "content_download", "webinar_attended"].map((type, i) => ({
     eventId: `n2-${i}`, leadId: "node-2", type, occurredAt: h.now(),
@@ -87,6 +88,13 @@ async function main() {
   const newer = [];
   assert.ok((await g.followChanges(c, cursor, (ch) => newer.push(ch))) >= 1);
   assert.deepEqual([...new Set(newer.map((ch) => ch.leadId))], ["node-2"]);
+  // The same feed over HTTP/JSON, from a copy of the cursor before node-2.
+  const httpCursor = path.join(work, "changes-http.cursor");
+  fs.writeFileSync(httpCursor, seenCursor);
+  const overHttp = [];
+  assert.ok((await h.followChanges(base, httpCursor, (ch) => overHttp.push(ch))) >= 1);
+  assert.deepEqual([...new Set(overHttp.map((ch) => ch.leadId))], ["node-2"]);
+  assert.equal(await h.followChanges(base, httpCursor, (ch) => overHttp.push(ch)), 0);
 
   // HTTP/JSON: the same score as gRPC, errors with their code and details.
   const httpScores = await h.scoreLeads(base, ["node-1"]);
