@@ -123,6 +123,32 @@ async function main() {
   );
   assert.equal(tries, 3);
   await assert.rejects(h.call(`http://${closed}`, "LeadScoring/ScoreLead", { leadId: "x" }, { attempts: 2 }), TypeError);
+  // Retries over HTTP: 503 and 429 are tried again, then the answer is
+  // taken; a 400 is not retried. A stand-in server answers as told.
+  const http = require("node:http");
+  const script = [];
+  const asked = [];
+  const standIn = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      asked.push(req.url);
+      const [status, body] = script.shift();
+      res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
+    });
+  });
+  await new Promise((r) => standIn.listen(0, "127.0.0.1", r));
+  const fake = `http://127.0.0.1:${standIn.address().port}`;
+  script.push([503, { code: "unavailable" }], [429, { code: "resource_exhausted" }], [200, { score: { total: 1 } }]);
+  assert.deepEqual(await h.call(fake, "LeadScoring/ScoreLead", { leadId: "x" }), { score: { total: 1 } });
+  assert.deepEqual(asked, Array(3).fill("/leadscore.v1.LeadScoring/ScoreLead"));
+  script.length = 0;
+  script.push([400, { code: "invalid_argument", message: "no" }], [200, {}]);
+  await assert.rejects(h.call(fake, "LeadScoring/ScoreLead", { leadId: "x" }), (error) => {
+    assert.equal(error.code, "invalid_argument");
+    assert.equal(asked.length, 4, "not retried");
+    return true;
+  });
+  standIn.close();
   for (const client of Object.values(c)) client.close();
   for (const client of Object.values(nowhere)) client.close();
   console.log("node clients: passed");

@@ -118,4 +118,43 @@ try:
     raise AssertionError("a closed port answered over HTTP")
 except Exception as error:  # requests.ConnectionError after 2 attempts
     assert "Connection" in type(error).__name__, error
+# Retries over HTTP: 503 and 429 are tried again, then the answer is taken;
+# a 400 is not retried. A stand-in server answers as told.
+import http.server  # noqa: E402
+import json  # noqa: E402
+import threading  # noqa: E402
+
+script = []
+asked = []
+
+
+class Scripted(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        asked.append(self.path)
+        status, body = script.pop(0)
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+stand_in = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Scripted)
+threading.Thread(target=stand_in.serve_forever, daemon=True).start()
+fake = f"http://127.0.0.1:{stand_in.server_address[1]}"
+script[:] = [(503, {"code": "unavailable"}), (429, {"code": "resource_exhausted"}), (200, {"score": {"total": 1}})]
+assert h.call(fake, "LeadScoring/ScoreLead", {"leadId": "x"}) == {"score": {"total": 1}}
+assert asked == ["/leadscore.v1.LeadScoring/ScoreLead"] * 3, asked
+script[:] = [(400, {"code": "invalid_argument", "message": "no"}), (200, {})]
+try:
+    h.call(fake, "LeadScoring/ScoreLead", {"leadId": "x"})
+    raise AssertionError("a 400 was retried into a success")
+except h.LeadscoreError as error:
+    assert (error.status, error.code, len(asked)) == (400, "invalid_argument", 4), (error, asked)
+stand_in.shutdown()
 print("python clients: passed")
