@@ -248,9 +248,7 @@ where
             ))
         })?,
     };
-    let mut out = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
-    out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    Ok(out)
+    Ok(answer(Body::new(http_body_util::Full::new(Bytes::from(body))), format.content_type()))
 }
 
 /// A unary Connect request's body as the gRPC stack reads it: the caller's
@@ -431,9 +429,7 @@ where
         }
         Err(frame) => frame,
     });
-    let mut out = http::Response::new(Body::new(body));
-    out.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(STREAM_PROTO));
-    Ok(out)
+    Ok(answer(Body::new(body), STREAM_PROTO))
 }
 
 /// Connect's end-of-stream envelope (flag 2): the error, if any, and the
@@ -471,9 +467,7 @@ fn end_of_stream(status: &tonic::Status, trailers: &HeaderMap) -> Bytes {
 /// end-of-stream envelope alone, as Connect streams answer errors.
 fn end_of_stream_only(status: &tonic::Status, headers: &HeaderMap) -> http::Response<Body> {
     let body = end_of_stream(status, headers);
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(body)));
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(STREAM_PROTO));
-    response
+    answer(Body::new(http_body_util::Full::new(body)), STREAM_PROTO)
 }
 
 /// `Connect-Timeout-Ms` (at most 10 digits) as a `grpc-timeout`.
@@ -571,9 +565,15 @@ fn error_body(status: &tonic::Status) -> serde_json::Value {
 
 fn error_response(status: &tonic::Status) -> http::Response<Body> {
     let body = serde_json::to_vec(&error_body(status)).unwrap_or_default();
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(body))));
+    let mut response = answer(Body::new(http_body_util::Full::new(Bytes::from(body))), "application/json");
     *response.status_mut() = code(status.code()).1;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An HTTP 200 answer of `content_type`.
+fn answer(body: Body, content_type: &'static str) -> http::Response<Body> {
+    let mut response = http::Response::new(body);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
 

@@ -1,9 +1,11 @@
 //! Accepting gRPC connections with bounds: at most `max_connections` open
 //! (one more is closed at once, logged and counted), a connection that does
-//! not send its first 24 bytes (the HTTP/2 preface) within
+//! not send its first 24 bytes (the HTTP/2 preface, an HTTP/1.1 request
+//! head or a TLS ClientHello are longer) within
 //! `handshake_timeout` is closed, so is one that sends nothing for
-//! `idle_timeout` (a live client answers the HTTP/2 keepalive
-//! pings, so it is never idle that long), and a failing `accept` (out of
+//! `idle_timeout` (a live HTTP/2 client answers the keepalive pings, so it
+//! is never idle that long; HTTP/1.1 has no pings: a stream that hears
+//! nothing from its client that long is closed), and a failing `accept` (out of
 //! descriptors) backs off instead of spinning.
 
 use std::io;
