@@ -5,9 +5,13 @@
 # answer the README's first calls alike; the Python and Node clients of
 # clients/ (gRPC and HTTP/JSON) record, score, consume and acknowledge
 # triggers (a crash before the ack redelivers), follow the change feed from a
-# stored cursor and retry passing failures. Starts the debug binary (built by
-# scripts/test.sh) on a free port with the embedded store; Python packages in
-# a virtualenv under target/, npm packages under target/ and clients/node.
+# stored cursor and retry passing failures; webhooks reach a receiver that
+# verifies them with the Standard Webhooks reference library, through
+# refusals, time-outs, dropped connections, a receiver down and a killed
+# service (tests/clients/webhooks.py, with its own redis-server). Starts the
+# debug binary (built by scripts/test.sh) on a free port with the embedded
+# store; Python packages in a virtualenv under target/, npm packages under
+# target/ and clients/node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +20,14 @@ scripts/venv.sh "$venv" -r clients/python/requirements.txt
 PYTHON="$venv/bin/python" clients/python/generate.sh
 
 node=target/clients-node
-[ -x "$node/node_modules/.bin/buf" ] || npm install --silent --no-audit --no-fund --prefix "$node" @bufbuild/buf@1.75.0 >/dev/null
-[ -d clients/node/node_modules/@grpc/grpc-js ] || npm ci --silent --no-audit --no-fund --prefix clients/node >/dev/null
+[ -x "$node/node_modules/.bin/protoc-gen-es" ] || npm install --silent --no-audit --no-fund --prefix "$node" \
+  @bufbuild/buf@1.75.0 @bufbuild/protoc-gen-es@2.17.0 >/dev/null
+[ -d clients/node/node_modules/standardwebhooks ] || npm ci --silent --no-audit --no-fund --prefix clients/node >/dev/null
 "$node/node_modules/.bin/buf" lint
+# buf.gen.yaml generates what it promises.
+rm -rf target/buf-gen
+PATH="$PWD/$node/node_modules/.bin:$PATH" buf generate --output target/buf-gen
+grep -q "export const LeadScoring" target/buf-gen/gen/es/leadscore/v1/leadscore_pb.ts
 command -v curl >/dev/null 2>&1 || { echo "curl is missing: apt-get install curl" >&2; exit 1; }
 
 [ -x target/debug/leadscore ] || cargo build --locked
@@ -33,3 +42,4 @@ PYTHONPATH=clients/python/gen "$venv/bin/python" tests/clients/grpcio_errors.py 
 python3 tests/clients/connect_calls.py "$node/node_modules/.bin/buf" "127.0.0.1:$port"
 "$venv/bin/python" tests/clients/python_clients.py "127.0.0.1:$port"
 node tests/clients/node_clients.js "127.0.0.1:$port"
+"$venv/bin/python" tests/clients/webhooks.py target/debug/leadscore

@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 32] = [
+pub const RPCS: [(&str, Option<Scope>); 35] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -63,6 +63,9 @@ pub const RPCS: [(&str, Option<Scope>); 32] = [
     ("/leadscore.v1.Nurture/ListDeadLetters", Some(Scope::Admin)),
     ("/leadscore.v1.Nurture/ReplayDeadLetters", Some(Scope::Admin)),
     ("/leadscore.v1.Nurture/ListTriggerDefinitions", Some(Scope::Qualify)),
+    ("/leadscore.v1.Nurture/GetWebhookStatus", Some(Scope::Admin)),
+    ("/leadscore.v1.Nurture/ListWebhookDeadLetters", Some(Scope::Admin)),
+    ("/leadscore.v1.Nurture/ReplayWebhookDeadLetters", Some(Scope::Admin)),
     ("/leadscore.v1.Profiles/GetScoreProfile", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/GetCohortScoreProfile", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/GetFunnel", Some(Scope::Score)),

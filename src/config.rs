@@ -140,6 +140,96 @@ pub struct Settings {
     /// PEM client certificate and key for Redis servers that require one.
     pub redis_tls_cert: Option<PathBuf>,
     pub redis_tls_key: Option<PathBuf>,
+    /// HTTP endpoints that receive qualification changes and nurture
+    /// triggers, signed (`[[webhooks]]` tables; README, "Webhooks").
+    pub webhooks: Vec<WebhookSettings>,
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// `[a-z0-9_-]`, 1 to 32 characters; names its state, dead letters and
+    /// metrics (renaming starts it afresh).
+    pub name: String,
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// What it receives: `stage_changed`, `stage_changed(MQL)`, `triggers`,
+    /// `trigger(<id>)`, `program(<program>)`.
+    pub events: Vec<String>,
+    /// File holding the signing secret (`whsec_…`), or two while one is
+    /// rotated (each delivery is signed with both).
+    pub secret_file: Option<PathBuf>,
+    /// Environment variable holding the same, instead of a file.
+    pub secret_env: Option<String>,
+    /// Requests per second at most; 0: no limit.
+    pub rate_limit: f64,
+    /// Requests in flight at once (to different leads).
+    pub max_concurrent: usize,
+    /// Longest wait for the receiver's answer.
+    pub timeout: Millis,
+    /// Attempts per event; after the last failed one it is a dead letter.
+    pub max_attempts: u32,
+    /// Wait before the second attempt (at most; doubles each attempt, with
+    /// jitter) and the longest wait, `Retry-After` included.
+    pub retry_backoff: Millis,
+    pub max_backoff: Millis,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            url: String::new(),
+            events: Vec::new(),
+            secret_file: None,
+            secret_env: None,
+            rate_limit: 0.0,
+            max_concurrent: 4,
+            timeout: Millis(10_000),
+            max_attempts: 8,
+            retry_backoff: Millis(1_000),
+            max_backoff: Millis(300_000),
+        }
+    }
+}
+
+impl WebhookSettings {
+    fn validate(&self) -> Result<(), String> {
+        let name_ok = (1..=32).contains(&self.name.len())
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(format!(
+                "name '{}' must be 1 to 32 of a-z, 0-9, _ and -",
+                crate::text::bounded(&self.name, 40)
+            ));
+        }
+        let url: http::Uri =
+            self.url.parse().map_err(|_| format!("url '{}' is not a URL", crate::text::bounded(&self.url, 200)))?;
+        if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
+            return Err(format!(
+                "url '{}' must be http:// or https:// with a host",
+                crate::text::bounded(&self.url, 200)
+            ));
+        }
+        crate::domain::webhook::EventFilter::parse(&self.events)?;
+        if self.secret_file.is_some() == self.secret_env.is_some() {
+            return Err("set one of secret_file or secret_env".into());
+        }
+        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
+            return Err("rate_limit must be 0 (no limit) or a number of requests per second".into());
+        }
+        if !(1..=256).contains(&self.max_concurrent) {
+            return Err("max_concurrent must be 1 to 256".into());
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err("max_attempts must be 1 to 100".into());
+        }
+        if self.timeout.0 <= 0 || self.retry_backoff.0 <= 0 || self.max_backoff.0 < self.retry_backoff.0 {
+            return Err("timeout and retry_backoff must be longer than 0s, max_backoff at least retry_backoff".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for Settings {
@@ -194,12 +284,13 @@ impl Default for Settings {
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
+            webhooks: Vec::new(),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 48] = [
+pub const KEYS: [&str; 49] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -248,6 +339,7 @@ pub const KEYS: [&str; 48] = [
     "redis_tls_ca",
     "redis_tls_cert",
     "redis_tls_key",
+    "webhooks",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -374,6 +466,12 @@ impl Settings {
         if self.redis_partitions == 0 || self.redis_partitions > 16_384 {
             return Err(ConfigError("redis_partitions must be 1 to 16384".into()));
         }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            hook.validate().map_err(|why| ConfigError(format!("webhooks[{i}]: {why}")))?;
+            if self.webhooks[..i].iter().any(|h| h.name == hook.name) {
+                return Err(ConfigError(format!("webhooks[{i}]: name '{}' is used twice", hook.name)));
+            }
+        }
         Ok(())
     }
 }
@@ -471,6 +569,35 @@ mod tests {
         let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("metrics_addr"), "{err}");
         assert_eq!(Settings::default().metrics_addr, "127.0.0.1:9090", "loopback, like gRPC");
+    }
+
+    #[test]
+    fn webhook_tables_are_read_and_checked() {
+        let load = |body: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            write!(file, "{body}").unwrap();
+            Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default())
+        };
+        let ok = "[[webhooks]]\nname = \"crm\"\nurl = \"https://hooks.example.com/x\"\n\
+                  events = [\"stage_changed(MQL)\", \"triggers\"]\nsecret_env = \"HOOK_SECRET\"\n\
+                  rate_limit = 20\ntimeout = \"5s\"\n";
+        let settings = load(ok).unwrap();
+        let hook = &settings.webhooks[0];
+        assert_eq!((hook.name.as_str(), hook.rate_limit, hook.timeout), ("crm", 20.0, Millis(5_000)));
+        assert_eq!((hook.max_attempts, hook.max_concurrent, hook.max_backoff), (8, 4, Millis(300_000)));
+        for (change, bad) in [
+            ("name = \"crm\"", "name = \"CRM hooks\""),
+            ("https://hooks.example.com/x", "ftp://hooks.example.com/x"),
+            ("\"triggers\"", "\"trigers\""),
+            ("secret_env = \"HOOK_SECRET\"", "secret_env = \"A\"\nsecret_file = \"/b\""),
+            ("rate_limit = 20", "rate_limit = -1"),
+            ("rate_limit = 20", "rate_limt = 20"),
+        ] {
+            let err = load(&ok.replace(change, bad)).unwrap_err().to_string();
+            assert!(err.contains("webhooks"), "{bad}: {err}");
+        }
+        let twice = format!("{ok}{ok}");
+        assert!(load(&twice).unwrap_err().to_string().contains("used twice"));
     }
 
     #[test]

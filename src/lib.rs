@@ -48,6 +48,7 @@ pub mod store;
 pub mod telemetry;
 pub mod text;
 pub mod transition;
+pub mod webhook;
 
 /// The rule set shipped with leadscore (`rules/default.toml`), used when no
 /// rule file is configured.

@@ -41,6 +41,12 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Connections closed by the service, and accept errors, by reason.
     pub connections_closed: IntCounterVec,
+    /// Per webhook endpoint, as the store holds them (the same on every replica).
+    webhooks: IntGaugeVec,
+    webhook_oldest: prometheus::GaugeVec,
+    /// From an event (stage change, trigger) to the receiver's 2xx, on the
+    /// replica that delivered it.
+    webhook_latency: HistogramVec,
     /// When each rule's failures were last logged, and how many since.
     rule_error_log: std::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
 }
@@ -153,6 +159,32 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let webhooks = IntGaugeVec::new(
+            Opts::new(
+                "webhook_events",
+                "Webhook endpoints by state: delivered, failed (attempts), retried (attempts), dead_letters (held \
+                 now), replaying, backlog",
+            ),
+            &["endpoint", "state"],
+        )
+        .expect("valid metric");
+        let webhook_oldest = prometheus::GaugeVec::new(
+            Opts::new(
+                "webhook_oldest_pending_seconds",
+                "Age of the oldest change or replayed event waiting for a webhook endpoint (0: none waits)",
+            ),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let webhook_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "webhook_delivery_latency_seconds",
+                "From a stage change or trigger to the webhook receiver's 2xx, retries included",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0]),
+            &["endpoint"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(Opts::new("build_info", "The running build (value 1)"), &["version"])
             .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -169,6 +201,9 @@ impl Metrics {
             Box::new(rule_errors.clone()),
             Box::new(connections_open.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(webhooks.clone()),
+            Box::new(webhook_oldest.clone()),
+            Box::new(webhook_latency.clone()),
             Box::new(build),
         ] {
             registry.register(collector).expect("metric names are unique");
@@ -189,7 +224,23 @@ impl Metrics {
             rule_error_log: Default::default(),
             connections_open,
             connections_closed,
+            webhooks,
+            webhook_oldest,
+            webhook_latency,
         }
+    }
+
+    /// The delivery latency histogram of a webhook endpoint.
+    pub fn webhook_latency(&self, endpoint: &str) -> prometheus::Histogram {
+        self.webhook_latency.with_label_values(&[endpoint])
+    }
+
+    /// Sets a webhook endpoint's figures, read from the store.
+    pub fn set_webhook(&self, endpoint: &str, states: &[(&str, u64)], oldest_pending_seconds: f64) {
+        for (state, value) in states {
+            self.webhooks.with_label_values(&[endpoint, state]).set(i64::try_from(*value).unwrap_or(i64::MAX));
+        }
+        self.webhook_oldest.with_label_values(&[endpoint]).set(oldest_pending_seconds);
     }
 
     /// Counts stage changes that were written.
@@ -257,21 +308,24 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop` completes; trigger
-/// figures are read from the store at each scrape (bounded by a second).
+/// What is read from the store at each scrape (trigger and webhook figures).
+pub type Refresh = Arc<dyn Fn() -> futures::future::BoxFuture<'static, ()> + Send + Sync>;
+
+/// Serves `GET /metrics` on `listener` until `stop` completes; the figures
+/// kept in the store are read at each scrape by `refresh` (bounded by a
+/// second).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    store: Arc<dyn crate::store::LeadStore>,
+    refresh: Refresh,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let (metrics, store) = (metrics.clone(), store.clone());
+            let (metrics, refresh) = (metrics.clone(), refresh.clone());
             async move {
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(1), metrics.refresh_triggers(&*store)).await;
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), refresh()).await;
                 ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render())
             }
         }),

@@ -44,6 +44,8 @@ pub enum StartupError {
     Security(String),
     #[error("{0}")]
     DataFormat(String),
+    #[error("{0}")]
+    Webhook(String),
 }
 
 /// The bytes of a configured file (`key` names the setting in the error).
@@ -198,6 +200,8 @@ pub struct Application {
     security: Security,
     /// The rule set's version was recorded with its digest at start-up.
     version_recorded: bool,
+    /// Webhook endpoints with their secrets.
+    webhooks: Vec<crate::webhook::Endpoint>,
 }
 
 impl Application {
@@ -207,6 +211,7 @@ impl Application {
 
     pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
         let security = load_security(&settings)?;
+        let webhooks = crate::webhook::load_endpoints(&settings.webhooks).map_err(StartupError::Webhook)?;
         let (rules, rules_name) = load_rules(settings.rules.as_deref(), &settings.required_approvers)?;
         tracing::info!(rules = %rules_name, version = %rules.version, digest = %rules.digest.get(..12).unwrap_or_default(), "rule set loaded");
         let metrics = Arc::new(crate::metrics::Metrics::new());
@@ -271,6 +276,7 @@ impl Application {
             metrics,
         );
         core.rescore_on_reload = settings.rescore_on_reload;
+        core.webhooks = webhooks.iter().map(|w| w.spec.clone()).collect();
         core.currency = settings.currency.clone();
         core.delivery = DeliveryPolicy {
             visibility_timeout_ms: settings.trigger_visibility_timeout.0,
@@ -309,7 +315,7 @@ impl Application {
             }
             _ => None,
         };
-        Ok(Self { listener, port, metrics_listener, state, settings, security, version_recorded })
+        Ok(Self { listener, port, metrics_listener, state, settings, security, version_recorded, webhooks })
     }
 
     /// The bound port (useful with port 0).
@@ -370,14 +376,29 @@ impl Application {
             stopping_tx.subscribe(),
         ));
 
+        let webhook_tasks = crate::webhook::spawn(
+            self.state.core().clone(),
+            self.webhooks,
+            &crate::webhook::replica_name(),
+            self.settings.feed_poll_interval.duration(),
+            stopping_tx.subscribe(),
+        );
+
         let metrics_task = self.metrics_listener.map(|listener| {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
             let mut stopping = stopping_tx.subscribe();
+            let core = self.state.core().clone();
             tokio::spawn(crate::metrics::serve(
                 listener,
                 self.state.metrics.clone(),
-                self.state.store.clone(),
+                Arc::new(move || {
+                    let core = core.clone();
+                    Box::pin(async move {
+                        core.metrics.refresh_triggers(&*core.store).await;
+                        crate::webhook::refresh_metrics(&core).await;
+                    })
+                }),
                 async move {
                     let _ = stopping.wait_for(|s| *s).await;
                 },
@@ -461,6 +482,9 @@ impl Application {
             let _ = task.await;
         }
         let _ = sweep_task.await;
+        for task in webhook_tasks {
+            let _ = task.await;
+        }
         if let Some(task) = metrics_task {
             let _ = task.await;
         }

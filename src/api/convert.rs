@@ -394,6 +394,28 @@ pub fn feed_change_to_proto(change: &QualificationChange) -> pb::QualificationCh
     }
 }
 
+/// A trigger as consumers and webhooks see it.
+pub fn trigger_to_proto(d: &crate::domain::Delivery) -> pb::NurtureTrigger {
+    let (lead_id, visitor_id) = subject_ids(&d.lead_id);
+    let t = &d.trigger;
+    pb::NurtureTrigger {
+        trigger_id: d.trigger_id.clone(),
+        definition_id: t.definition_id.clone(),
+        program: t.program.clone(),
+        lead_id,
+        visitor_id,
+        fired_at: Some(timestamp_to_proto(t.fired_at)),
+        reason: t.reason.clone(),
+        score: Some(score_snapshot_to_proto(&t.score)),
+        stage: stage_to_proto(t.stage).into(),
+        delivery_count: d.delivery_count,
+        owner: t.breach.as_ref().map(|b| b.owner.clone()).unwrap_or_default(),
+        handed_over_at: t.breach.as_ref().map(|b| timestamp_to_proto(b.handed_at)),
+        due: t.breach.as_ref().map(|b| timestamp_to_proto(b.due)),
+        late_by: t.breach.as_ref().map(|b| duration_to_proto(b.late_by_ms)),
+    }
+}
+
 pub fn expansion_kind_to_proto(kind: expansion::Kind) -> pb::ExpansionKind {
     match kind {
         expansion::Kind::Upsell => pb::ExpansionKind::Upsell,

@@ -7,12 +7,12 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, timestamp_to_proto};
+use super::convert::{self, timestamp_to_proto, trigger_to_proto};
 use super::error::{ApiError, Violations};
 use super::pb::{self, nurture_server::Nurture};
 use super::state::AppState;
-use crate::domain::Delivery;
-use crate::engine::{StoreError, triggers};
+use crate::domain::webhook::EndpointSpec;
+use crate::engine::{StoreError, triggers, webhooks};
 
 const DEFAULT_IN_FLIGHT: u32 = 100;
 const MAX_IN_FLIGHT: u32 = 10_000;
@@ -49,33 +49,76 @@ fn configured(state: &AppState, group: &str) -> Result<(), Status> {
     .into())
 }
 
-fn ids(raw: &[String], v: &mut Violations) {
+/// 1 to `MAX_IDS` ids, each 1 to `max_len` bytes.
+fn ids(raw: &[String], field: &str, max_len: usize, what: &str, v: &mut Violations) {
     if raw.is_empty() || raw.len() > MAX_IDS {
-        v.add("trigger_ids", format!("send 1 to {MAX_IDS} ids (got {})", raw.len()));
+        v.add(field, format!("send 1 to {MAX_IDS} ids (got {})", raw.len()));
     }
-    if let Some(i) = raw.iter().position(|id| id.is_empty() || id.len() > 128) {
-        v.add(format!("trigger_ids[{i}]"), "not a trigger id");
+    if let Some(i) = raw.iter().position(|id| id.is_empty() || id.len() > max_len) {
+        v.add(format!("{field}[{i}]"), format!("not {what}"));
     }
 }
 
-pub fn trigger_to_proto(d: &Delivery) -> pb::NurtureTrigger {
-    let (lead_id, visitor_id) = convert::subject_ids(&d.lead_id);
-    let t = &d.trigger;
-    pb::NurtureTrigger {
-        trigger_id: d.trigger_id.clone(),
-        definition_id: t.definition_id.clone(),
-        program: t.program.clone(),
-        lead_id,
-        visitor_id,
-        fired_at: Some(timestamp_to_proto(t.fired_at)),
-        reason: t.reason.clone(),
-        score: Some(convert::score_snapshot_to_proto(&t.score)),
-        stage: convert::stage_to_proto(t.stage).into(),
-        delivery_count: d.delivery_count,
-        owner: t.breach.as_ref().map(|b| b.owner.clone()).unwrap_or_default(),
-        handed_over_at: t.breach.as_ref().map(|b| timestamp_to_proto(b.handed_at)),
-        due: t.breach.as_ref().map(|b| timestamp_to_proto(b.due)),
-        late_by: t.breach.as_ref().map(|b| convert::duration_to_proto(b.late_by_ms)),
+/// The `limit` of a listing: 0 for the default of 100, at most 1000.
+fn listing_limit(limit: u32, v: &mut Violations) -> usize {
+    if limit > 1000 {
+        v.add("limit", "at most 1000");
+    }
+    if limit == 0 { 100 } else { limit as usize }
+}
+
+/// A configured webhook endpoint, by name.
+fn endpoint<'a>(state: &'a AppState, name: &str) -> Result<&'a EndpointSpec, Status> {
+    if let Some(spec) = state.webhooks.iter().find(|w| w.name == name) {
+        return Ok(spec);
+    }
+    let known: Vec<&str> = state.webhooks.iter().map(|w| w.name.as_str()).collect();
+    Err(ApiError::NotFound(format!(
+        "no webhook endpoint '{}'; the configured endpoints (webhooks) are: {}",
+        super::error::bounded(name, 64),
+        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+    ))
+    .into())
+}
+
+fn millis_to_proto(ms: i64) -> Option<pbjson_types::Timestamp> {
+    (ms > 0).then(|| timestamp_to_proto(crate::domain::Timestamp::from_millis(ms)))
+}
+
+fn webhook_status_to_proto(
+    spec: &EndpointSpec,
+    s: &webhooks::Status,
+    now: crate::domain::Timestamp,
+) -> pb::WebhookStatus {
+    pb::WebhookStatus {
+        endpoint: spec.name.clone(),
+        url: spec.shown_url(),
+        events: spec.events.clone(),
+        delivered: s.counters.delivered,
+        failed: s.counters.failed,
+        retried: s.counters.retried,
+        dead_letters: s.dead_letters,
+        replaying: s.replaying,
+        backlog: s.backlog,
+        backlog_capped: s.backlog_capped,
+        oldest_pending_age: s.oldest_pending.map(|at| convert::duration_to_proto((now.millis() - at.millis()).max(0))),
+        last_error: s.counters.last_error.clone(),
+        last_error_at: millis_to_proto(s.counters.last_error_at_ms),
+        last_success_at: millis_to_proto(s.counters.last_success_at_ms),
+        max_attempts: spec.retry.max_attempts,
+    }
+}
+
+fn letter_to_proto(l: &crate::store::WebhookLetter) -> pb::WebhookDeadLetter {
+    pb::WebhookDeadLetter {
+        event_id: l.event_id.clone(),
+        lead_id: l.lead_id.clone(),
+        event_type: l.event_type.clone(),
+        occurred_at: millis_to_proto(l.occurred_at_ms),
+        attempts: l.attempts,
+        last_error: l.last_error.clone(),
+        dead_at: millis_to_proto(l.dead_at_ms),
+        body: l.body.clone(),
     }
 }
 
@@ -165,7 +208,7 @@ impl Nurture for NurtureService {
         let req = request.into_inner();
         let mut v = Violations::default();
         name(&req.group, "group", &mut v);
-        ids(&req.trigger_ids, &mut v);
+        ids(&req.trigger_ids, "trigger_ids", 128, "a trigger id", &mut v);
         v.into_result(())?;
         configured(&self.state, &req.group)?;
         let acknowledged = triggers::ack(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
@@ -180,12 +223,9 @@ impl Nurture for NurtureService {
         let req = request.into_inner();
         let mut v = Violations::default();
         name(&req.group, "group", &mut v);
-        if req.limit > 1000 {
-            v.add("limit", "at most 1000");
-        }
+        let limit = listing_limit(req.limit, &mut v);
         v.into_result(())?;
         configured(&self.state, &req.group)?;
-        let limit = if req.limit == 0 { 100 } else { req.limit as usize };
         let dead = triggers::dead_letters(&self.state, &req.group, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListDeadLettersResponse { triggers: dead.iter().map(trigger_to_proto).collect() }))
     }
@@ -198,7 +238,7 @@ impl Nurture for NurtureService {
         let req = request.into_inner();
         let mut v = Violations::default();
         name(&req.group, "group", &mut v);
-        ids(&req.trigger_ids, &mut v);
+        ids(&req.trigger_ids, "trigger_ids", 128, "a trigger id", &mut v);
         v.into_result(())?;
         configured(&self.state, &req.group)?;
         let replayed = triggers::replay(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
@@ -223,5 +263,53 @@ impl Nurture for NurtureService {
             })
             .collect();
         Ok(Response::new(pb::ListTriggerDefinitionsResponse { rule_set_version: rules.version.clone(), definitions }))
+    }
+
+    #[tracing::instrument(name = "GetWebhookStatus", skip_all)]
+    async fn get_webhook_status(
+        &self,
+        request: Request<pb::GetWebhookStatusRequest>,
+    ) -> Result<Response<pb::GetWebhookStatusResponse>, Status> {
+        let req = request.into_inner();
+        let specs: Vec<&EndpointSpec> = if req.endpoint.is_empty() {
+            self.state.webhooks.iter().collect()
+        } else {
+            vec![endpoint(&self.state, &req.endpoint)?]
+        };
+        let now = self.state.clock.now();
+        let mut endpoints = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let status = webhooks::status(&self.state, spec).await.map_err(ApiError::from)?;
+            endpoints.push(webhook_status_to_proto(spec, &status, now));
+        }
+        Ok(Response::new(pb::GetWebhookStatusResponse { endpoints }))
+    }
+
+    #[tracing::instrument(name = "ListWebhookDeadLetters", skip_all, fields(endpoint))]
+    async fn list_webhook_dead_letters(
+        &self,
+        request: Request<pb::ListWebhookDeadLettersRequest>,
+    ) -> Result<Response<pb::ListWebhookDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let limit = listing_limit(req.limit, &mut v);
+        v.into_result(())?;
+        let spec = endpoint(&self.state, &req.endpoint)?;
+        let letters = webhooks::dead_letters(&self.state, &spec.name, limit).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListWebhookDeadLettersResponse { letters: letters.iter().map(letter_to_proto).collect() }))
+    }
+
+    #[tracing::instrument(name = "ReplayWebhookDeadLetters", skip_all, fields(endpoint))]
+    async fn replay_webhook_dead_letters(
+        &self,
+        request: Request<pb::ReplayWebhookDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayWebhookDeadLettersResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        ids(&req.event_ids, "event_ids", 160, "a webhook event id", &mut v);
+        v.into_result(())?;
+        let spec = endpoint(&self.state, &req.endpoint)?;
+        let replayed = webhooks::replay(&self.state, &spec.name, &req.event_ids).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ReplayWebhookDeadLettersResponse { replayed }))
     }
 }

@@ -20,6 +20,7 @@ pub mod spend;
 pub mod stage;
 pub mod state;
 pub mod time;
+pub mod webhook;
 
 pub use decay::{Decay, ModelWeight, TypeTally};
 pub use ids::{AccountId, EventId, IdError, LeadId, VisitorId};

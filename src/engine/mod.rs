@@ -17,6 +17,7 @@
 //! - `spend`      — marketing spend and the campaign report
 //! - `feed`       — reading the qualification change feed
 //! - `triggers`   — delivering, acknowledging and replaying triggers
+//! - `webhooks`   — webhook endpoints' status, dead letters and replays
 //!
 //! The API layer reaches the store only through these.
 
@@ -42,6 +43,7 @@ pub mod spend;
 mod state;
 mod sweeps;
 pub mod triggers;
+pub mod webhooks;
 
 use jobs::{JobState, RescoreJob};
 pub use state::{ActiveRules, Core, ProfileLimits};
@@ -108,6 +110,14 @@ async fn lock_leads<'a>(
 /// were written.
 async fn write(state: &Core, changes: &[LeadChange]) -> Result<Vec<bool>, StoreError> {
     let applied = state.store.apply(changes, &state.feed).await?;
+    let fed = changes
+        .iter()
+        .zip(&applied)
+        .any(|(c, a)| matches!(a, Applied::Written { .. }) && (!c.feed.is_empty() || !c.triggers.is_empty()));
+    if fed {
+        // Wakes this replica's webhook workers at once (others poll).
+        state.fed.send_modify(|n| *n = n.wrapping_add(1));
+    }
     Ok(changes
         .iter()
         .zip(applied)

@@ -60,6 +60,10 @@ pub struct Core {
     /// lead), so they queue instead of retrying.
     pub commit_locks: Vec<tokio::sync::Mutex<()>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bumped whenever this replica writes a stage change or a trigger.
+    pub fed: tokio::sync::watch::Sender<u64>,
+    /// Configured webhook endpoints (`webhooks`), secrets aside.
+    pub webhooks: Vec<crate::domain::webhook::EndpointSpec>,
     /// Accounts whose qualification is being checked, and whether one of
     /// their leads changed since the check started.
     pub account_checks: std::sync::Mutex<std::collections::HashMap<AccountId, bool>>,
@@ -95,6 +99,8 @@ impl Core {
             jobs: Default::default(),
             commit_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             metrics,
+            fed: tokio::sync::watch::channel(0).0,
+            webhooks: Vec::new(),
             account_checks: Default::default(),
             rules: RwLock::new(Arc::new(active)),
         }

@@ -6,8 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions, Spend,
-    StoreError, StoredAccount, TriggerQueue, TriggerStats,
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, LetterLine,
+    RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters, WebhookLetter,
+    WebhookPosition, Webhooks,
 };
 use crate::domain::account::AccountProfile;
 use crate::domain::attribution::{CreditCounter, Credits, Model};
@@ -53,6 +54,18 @@ struct Data {
     spend: BTreeMap<(i64, String, String, String), SpendEntry>,
     /// The currency of the spend.
     currency: Option<String>,
+    /// Webhook endpoint → its delivery state.
+    webhooks: HashMap<String, WebhookData>,
+}
+
+#[derive(Debug, Default)]
+struct WebhookData {
+    lease: Option<(String, std::time::Instant)>,
+    position: Option<WebhookPosition>,
+    /// Dead letters and replayed ones, oldest first.
+    dead: Vec<WebhookLetter>,
+    replay: Vec<WebhookLetter>,
+    counters: WebhookCounters,
 }
 
 impl Data {
@@ -495,4 +508,91 @@ fn memory_delivery(index: usize, trigger: &FiredTrigger, delivery_count: u64) ->
         trigger: trigger.clone(),
         delivery_count,
     })
+}
+
+#[async_trait]
+impl Webhooks for MemoryStore {
+    async fn webhook_lease(&self, endpoint: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        let mut data = self.data();
+        let hook = data.webhooks.entry(endpoint.to_owned()).or_default();
+        let now = std::time::Instant::now();
+        let free = match &hook.lease {
+            Some((owner, until)) => owner == holder || *until <= now,
+            None => true,
+        };
+        if free {
+            hook.lease = Some((holder.to_owned(), now + std::time::Duration::from_millis(ttl_ms.max(0) as u64)));
+        }
+        Ok(free)
+    }
+
+    async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError> {
+        Ok(self.data().webhooks.get(endpoint).and_then(|h| h.position.clone()))
+    }
+
+    async fn set_webhook_position(&self, endpoint: &str, position: &WebhookPosition) -> Result<(), StoreError> {
+        self.data().webhooks.entry(endpoint.to_owned()).or_default().position = Some(position.clone());
+        Ok(())
+    }
+
+    async fn park_webhook_letters(&self, endpoint: &str, letters: &[WebhookLetter]) -> Result<(), StoreError> {
+        let mut data = self.data();
+        let hook = data.webhooks.entry(endpoint.to_owned()).or_default();
+        for letter in letters {
+            hook.replay.retain(|l| l.event_id != letter.event_id);
+            hook.dead.retain(|l| l.event_id != letter.event_id);
+            hook.dead.push(letter.clone());
+        }
+        // Oldest dead letter first, as Redis orders them.
+        hook.dead.sort_by_key(|l| l.dead_at_ms);
+        Ok(())
+    }
+
+    async fn webhook_letters(
+        &self,
+        endpoint: &str,
+        line: LetterLine,
+        limit: usize,
+    ) -> Result<Vec<WebhookLetter>, StoreError> {
+        let data = self.data();
+        let Some(hook) = data.webhooks.get(endpoint) else { return Ok(Vec::new()) };
+        let letters = match line {
+            LetterLine::Dead => &hook.dead,
+            LetterLine::Replay => &hook.replay,
+        };
+        Ok(letters.iter().take(limit).cloned().collect())
+    }
+
+    async fn webhook_letter_counts(&self, endpoint: &str) -> Result<(u64, u64), StoreError> {
+        let data = self.data();
+        Ok(data.webhooks.get(endpoint).map(|h| (h.dead.len() as u64, h.replay.len() as u64)).unwrap_or_default())
+    }
+
+    async fn replay_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<u64, StoreError> {
+        let mut data = self.data();
+        let Some(hook) = data.webhooks.get_mut(endpoint) else { return Ok(0) };
+        let (moved, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut hook.dead).into_iter().partition(|l| event_ids.contains(&l.event_id));
+        hook.dead = kept;
+        let count = moved.len() as u64;
+        hook.replay.extend(moved);
+        hook.replay.sort_by_key(|l| l.dead_at_ms);
+        Ok(count)
+    }
+
+    async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError> {
+        if let Some(hook) = self.data().webhooks.get_mut(endpoint) {
+            hook.replay.retain(|l| !event_ids.contains(&l.event_id));
+        }
+        Ok(())
+    }
+
+    async fn add_webhook_counters(&self, endpoint: &str, delta: &WebhookCounters) -> Result<(), StoreError> {
+        self.data().webhooks.entry(endpoint.to_owned()).or_default().counters.add(delta);
+        Ok(())
+    }
+
+    async fn webhook_counters(&self, endpoint: &str) -> Result<WebhookCounters, StoreError> {
+        Ok(self.data().webhooks.get(endpoint).map(|h| h.counters.clone()).unwrap_or_default())
+    }
 }

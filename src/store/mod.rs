@@ -1,5 +1,5 @@
 //! Where leads live. Role traits — `Leads`, `ChangeFeed`, `TriggerQueue`,
-//! `Aggregates`, `Accounts`, `RuleSetVersions`, `Spend` — each implemented by both
+//! `Aggregates`, `Accounts`, `RuleSetVersions`, `Spend`, `Webhooks` — each implemented by both
 //! stores: Redis (the store of record) and an embedded in-memory store for
 //! trying the service without setup. `LeadStore` is all of them, what the
 //! application holds. Both pass the same contract tests
@@ -275,7 +275,131 @@ pub trait Spend: Send + Sync + 'static {
     async fn spend_currency(&self) -> Result<Option<String>, StoreError>;
 }
 
-/// A whole store: every role. Implemented for anything that plays them all.
-pub trait LeadStore: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend {}
+/// A webhook event given up on after its attempts (a dead letter), or put
+/// back in line by a replay: the body exactly as it was sent.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WebhookLetter {
+    /// The `webhook-id`: `change:<change id>` or `trigger:<trigger id>`.
+    pub event_id: String,
+    pub lead_id: String,
+    /// `lead.stage_changed` or `trigger.fired`.
+    pub event_type: String,
+    /// When the stage changed or the trigger fired (unix ms).
+    pub occurred_at_ms: i64,
+    /// The JSON body as sent.
+    pub body: String,
+    /// Attempts made before it was given up on.
+    pub attempts: u32,
+    /// The last attempt's failure, bounded.
+    pub last_error: String,
+    /// When it became a dead letter (unix ms).
+    pub dead_at_ms: i64,
+}
 
-impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend> LeadStore for T {}
+/// Which line of an endpoint's letters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LetterLine {
+    /// Given up on; waiting for a replay.
+    Dead,
+    /// Replayed; delivered first by the endpoint's next round.
+    Replay,
+}
+
+/// Where a webhook endpoint stands in the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookPosition {
+    /// The change feed cursor after the last change handled.
+    pub cursor: String,
+    /// When the endpoint first started (unix ms): triggers fired before are
+    /// not sent.
+    pub since_ms: i64,
+}
+
+/// An endpoint's delivery counts, across replicas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WebhookCounters {
+    /// Events the receiver accepted (2xx).
+    pub delivered: u64,
+    /// Attempts that failed (refused, timed out, unreachable).
+    pub failed: u64,
+    /// Attempts after an event's first.
+    pub retried: u64,
+    /// Events given up on, ever.
+    pub dead_lettered: u64,
+    /// The newest failure, bounded; `""` for none.
+    pub last_error: String,
+    /// Unix ms of the newest failure and success; 0 for never.
+    pub last_error_at_ms: i64,
+    pub last_success_at_ms: i64,
+}
+
+impl WebhookCounters {
+    /// Adds `delta`'s counts; its newest failure and success replace these
+    /// when set.
+    pub fn add(&mut self, delta: &WebhookCounters) {
+        self.delivered += delta.delivered;
+        self.failed += delta.failed;
+        self.retried += delta.retried;
+        self.dead_lettered += delta.dead_lettered;
+        if delta.last_error_at_ms > 0 {
+            self.last_error.clone_from(&delta.last_error);
+            self.last_error_at_ms = delta.last_error_at_ms;
+        }
+        if delta.last_success_at_ms > 0 {
+            self.last_success_at_ms = delta.last_success_at_ms;
+        }
+    }
+}
+
+/// Webhook endpoints' delivery state: the lease that makes one replica at a
+/// time deliver an endpoint's events, where it stands in the change feed,
+/// its dead letters and its counts.
+#[async_trait]
+pub trait Webhooks: Send + Sync + 'static {
+    /// Takes the endpoint's delivery lease for `holder`, or extends it if
+    /// `holder` has it, for `ttl_ms`; false when another holder has it.
+    async fn webhook_lease(&self, endpoint: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
+
+    /// `None` before the endpoint's first start.
+    async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError>;
+
+    async fn set_webhook_position(&self, endpoint: &str, position: &WebhookPosition) -> Result<(), StoreError>;
+
+    /// Makes events dead letters (a replayed one leaves the replay line).
+    async fn park_webhook_letters(&self, endpoint: &str, letters: &[WebhookLetter]) -> Result<(), StoreError>;
+
+    /// A line's letters, oldest first.
+    async fn webhook_letters(
+        &self,
+        endpoint: &str,
+        line: LetterLine,
+        limit: usize,
+    ) -> Result<Vec<WebhookLetter>, StoreError>;
+
+    /// How many letters each line holds: (dead, replay).
+    async fn webhook_letter_counts(&self, endpoint: &str) -> Result<(u64, u64), StoreError>;
+
+    /// Moves dead letters to the replay line; returns how many were dead
+    /// letters. Unknown ids are ignored.
+    async fn replay_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Forgets replayed letters once delivered.
+    async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError>;
+
+    /// Adds `delta`'s counts; its newest failure and success replace the
+    /// stored ones when set.
+    async fn add_webhook_counters(&self, endpoint: &str, delta: &WebhookCounters) -> Result<(), StoreError>;
+
+    async fn webhook_counters(&self, endpoint: &str) -> Result<WebhookCounters, StoreError>;
+}
+
+/// A whole store: every role. Implemented for anything that plays them all.
+pub trait LeadStore:
+    Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks
+{
+}
+
+impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks> LeadStore
+    for T
+{
+}

@@ -497,6 +497,69 @@ async fn spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period
     assert_eq!(store.spend(20_028, 20_028).await.unwrap(), vec![]);
 }
 
+async fn webhook_state_is_kept_per_endpoint(store: &dyn LeadStore) {
+    use leadscore::store::{LetterLine, WebhookCounters, WebhookLetter, WebhookPosition};
+    // One holder at a time; the holder renews; another takes over once it lapses.
+    assert!(store.webhook_lease("crm", "replica-a", 300).await.unwrap());
+    assert!(!store.webhook_lease("crm", "replica-b", 300).await.unwrap());
+    assert!(store.webhook_lease("crm", "replica-a", 300).await.unwrap());
+    assert!(store.webhook_lease("other", "replica-b", 300).await.unwrap(), "leases are per endpoint");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(store.webhook_lease("crm", "replica-b", 300).await.unwrap());
+    assert!(!store.webhook_lease("crm", "replica-a", 300).await.unwrap());
+
+    assert_eq!(store.webhook_position("crm").await.unwrap(), None);
+    let position = WebhookPosition { cursor: store.feed_end().await.unwrap(), since_ms: 17 };
+    store.set_webhook_position("crm", &position).await.unwrap();
+    assert_eq!(store.webhook_position("crm").await.unwrap(), Some(position));
+    assert_eq!(store.webhook_position("other").await.unwrap(), None);
+
+    let letter = |id: &str, dead_at_ms: i64| WebhookLetter {
+        event_id: id.into(),
+        lead_id: "lead {1}: é".into(),
+        event_type: "trigger.fired".into(),
+        occurred_at_ms: 5,
+        body: r#"{"type":"trigger.fired","data":{"x":"␟,\""}}"#.into(),
+        attempts: 3,
+        last_error: "HTTP 500".into(),
+        dead_at_ms,
+    };
+    store.park_webhook_letters("crm", &[letter("trigger:2/9-0", 20), letter("change:1/7-0", 10)]).await.unwrap();
+    assert_eq!(store.webhook_letter_counts("crm").await.unwrap(), (2, 0));
+    let dead = store.webhook_letters("crm", LetterLine::Dead, 10).await.unwrap();
+    assert_eq!(dead.iter().map(|l| l.event_id.as_str()).collect::<Vec<_>>(), ["change:1/7-0", "trigger:2/9-0"]);
+    assert_eq!(dead[1], letter("trigger:2/9-0", 20), "kept as parked");
+    assert_eq!(store.webhook_letters("crm", LetterLine::Dead, 1).await.unwrap().len(), 1);
+    assert_eq!(store.webhook_letter_counts("other").await.unwrap(), (0, 0));
+
+    // Replay moves dead letters (unknown ids ignored) to the replay line;
+    // delivered, they are dropped; failing again, parked again.
+    let ids = ["trigger:2/9-0".to_owned(), "change:1/7-0".to_owned(), "nope".to_owned()];
+    assert_eq!(store.replay_webhook_letters("crm", &ids).await.unwrap(), 2);
+    assert_eq!(store.replay_webhook_letters("crm", &ids).await.unwrap(), 0);
+    assert_eq!(store.webhook_letter_counts("crm").await.unwrap(), (0, 2));
+    assert_eq!(store.webhook_letters("crm", LetterLine::Replay, 10).await.unwrap().len(), 2);
+    store.drop_webhook_letters("crm", &ids[..1]).await.unwrap();
+    store.park_webhook_letters("crm", &[letter("change:1/7-0", 30)]).await.unwrap();
+    assert_eq!(store.webhook_letter_counts("crm").await.unwrap(), (1, 0));
+    assert_eq!(store.webhook_letters("crm", LetterLine::Dead, 10).await.unwrap(), vec![letter("change:1/7-0", 30)]);
+
+    let delta = |delivered, error: &str, at| WebhookCounters {
+        delivered,
+        failed: 1,
+        retried: 2,
+        dead_lettered: 0,
+        last_error: error.into(),
+        last_error_at_ms: at,
+        last_success_at_ms: at,
+    };
+    store.add_webhook_counters("crm", &delta(3, "HTTP 503", 100)).await.unwrap();
+    store.add_webhook_counters("crm", &delta(1, "", 0)).await.unwrap();
+    let counts = store.webhook_counters("crm").await.unwrap();
+    assert_eq!(counts, WebhookCounters { delivered: 4, failed: 2, retried: 4, ..delta(0, "HTTP 503", 100) });
+    assert_eq!(store.webhook_counters("other").await.unwrap(), WebhookCounters::default());
+}
+
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -537,6 +600,7 @@ contract!(
     the_feed_pages_in_order_and_resumes,
     triggers_are_delivered_at_least_once_per_group,
     spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period,
+    webhook_state_is_kept_per_endpoint,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

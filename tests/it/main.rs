@@ -18,3 +18,4 @@ mod qualification;
 mod security;
 mod sla;
 mod spend;
+mod webhooks;

@@ -137,6 +137,15 @@ impl KeySpace {
         format!("{}:spend:currency", self.prefix)
     }
 
+    /// A webhook endpoint's delivery state, all in the endpoint's own slot
+    /// (endpoint names are `[a-z0-9_-]`): `lease` (string: the holder),
+    /// `position` (hash: `cursor`, `since`), `dead` and `replay` (sorted
+    /// sets of event ids by time), `letters` (hash: event id → letter as
+    /// JSON), `counts` (hash).
+    pub fn webhook(&self, endpoint: &str, part: &str) -> String {
+        format!("{}:webhook:{{{endpoint}}}:{part}", self.prefix)
+    }
+
     /// The layout format of the data under this prefix (`record::FORMAT`).
     pub fn format(&self) -> String {
         format!("{}:format", self.prefix)

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod migrate;
 mod nurture;
 pub mod record;
+mod webhooks;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,8 +25,9 @@ pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, RuleSetVersions, Spend,
-    StoreError, StoredAccount, TriggerQueue, TriggerStats,
+    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, LetterLine,
+    RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters, WebhookLetter,
+    WebhookPosition, Webhooks,
 };
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
@@ -568,6 +570,54 @@ impl RuleSetVersions for RedisStore {
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
         let key = self.keys.rule_set_versions();
         self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
+    }
+}
+
+#[async_trait]
+impl Webhooks for RedisStore {
+    async fn webhook_lease(&self, endpoint: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        self.lease(endpoint, holder, ttl_ms).await
+    }
+
+    async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError> {
+        self.position(endpoint).await
+    }
+
+    async fn set_webhook_position(&self, endpoint: &str, position: &WebhookPosition) -> Result<(), StoreError> {
+        self.set_position(endpoint, position).await
+    }
+
+    async fn park_webhook_letters(&self, endpoint: &str, letters: &[WebhookLetter]) -> Result<(), StoreError> {
+        self.park(endpoint, letters).await
+    }
+
+    async fn webhook_letters(
+        &self,
+        endpoint: &str,
+        line: LetterLine,
+        limit: usize,
+    ) -> Result<Vec<WebhookLetter>, StoreError> {
+        self.letters(endpoint, line, limit).await
+    }
+
+    async fn webhook_letter_counts(&self, endpoint: &str) -> Result<(u64, u64), StoreError> {
+        self.letter_counts(endpoint).await
+    }
+
+    async fn replay_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<u64, StoreError> {
+        self.replay_letters(endpoint, event_ids).await
+    }
+
+    async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError> {
+        self.drop_letters(endpoint, event_ids).await
+    }
+
+    async fn add_webhook_counters(&self, endpoint: &str, delta: &WebhookCounters) -> Result<(), StoreError> {
+        self.add_counts(endpoint, delta).await
+    }
+
+    async fn webhook_counters(&self, endpoint: &str) -> Result<WebhookCounters, StoreError> {
+        self.counts(endpoint).await
     }
 }
 
