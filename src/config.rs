@@ -206,6 +206,9 @@ impl WebhookSettings {
         }
         let url: http::Uri =
             self.url.parse().map_err(|_| format!("url '{}' is not a URL", crate::text::bounded(&self.url, 200)))?;
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("url must not hold credentials (user:password@): put a token in the path or query".into());
+        }
         if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none() {
             return Err(format!(
                 "url '{}' must be http:// or https:// with a host",
@@ -588,6 +591,7 @@ mod tests {
         for (change, bad) in [
             ("name = \"crm\"", "name = \"CRM hooks\""),
             ("https://hooks.example.com/x", "ftp://hooks.example.com/x"),
+            ("https://hooks.example.com/x", "https://me:pw@hooks.example.com/x"),
             ("\"triggers\"", "\"trigers\""),
             ("secret_env = \"HOOK_SECRET\"", "secret_env = \"A\"\nsecret_file = \"/b\""),
             ("rate_limit = 20", "rate_limit = -1"),

@@ -45,6 +45,8 @@ const LEASE_MS: i64 = 10_000;
 const MAX_ANSWER: usize = 64 << 10;
 /// Error messages kept at most.
 const MAX_ERROR: usize = 300;
+/// How long the rest of an answer is read.
+const ANSWER_READ: Duration = Duration::from_secs(1);
 
 /// A configured endpoint with its secrets.
 pub struct Endpoint {
@@ -114,7 +116,15 @@ fn client() -> Client {
         .expect("ring supports the default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .build(https)
@@ -190,25 +200,41 @@ fn replay_event(l: &WebhookLetter) -> Event {
     }
 }
 
-/// A lead's events in the order they happened (a stage change before the
-/// trigger it fired); leads in the order of their first event.
+/// A lead's events in the order they happened: replays first (they are
+/// older), then its changes in feed order and its triggers in stream order,
+/// merged by time (a stage change before the trigger it fired). Neither
+/// feed's own order is ever changed. Leads in the order of their first
+/// event; an event id seen twice in a round is sent once.
 fn chains(events: Vec<Event>) -> Vec<Vec<Event>> {
     let mut order: Vec<String> = Vec::new();
     let mut by_lead: HashMap<String, Vec<Event>> = HashMap::new();
+    let mut ids = std::collections::HashSet::new();
     for e in events {
+        if !ids.insert(e.id.clone()) {
+            continue;
+        }
         if !by_lead.contains_key(&e.lead_id) {
             order.push(e.lead_id.clone());
         }
         by_lead.entry(e.lead_id.clone()).or_default().push(e);
     }
-    order
-        .into_iter()
-        .filter_map(|lead| by_lead.remove(&lead))
-        .map(|mut chain| {
-            chain.sort_by_key(|e| (e.at, e.event_type == TRIGGER_EVENT));
-            chain
-        })
-        .collect()
+    order.into_iter().filter_map(|lead| by_lead.remove(&lead)).map(merge_lead).collect()
+}
+
+fn merge_lead(events: Vec<Event>) -> Vec<Event> {
+    let (mut chain, rest): (Vec<Event>, Vec<Event>) = events.into_iter().partition(|e| e.origin == Origin::Replay);
+    let (changes, triggers): (Vec<Event>, Vec<Event>) = rest.into_iter().partition(|e| e.event_type == CHANGE_EVENT);
+    let mut changes = changes.into_iter().peekable();
+    let mut triggers = triggers.into_iter().peekable();
+    loop {
+        let take_change = match (changes.peek(), triggers.peek()) {
+            (Some(c), Some(t)) => c.at <= t.at,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return chain,
+        };
+        chain.extend(if take_change { changes.next() } else { triggers.next() });
+    }
 }
 
 /// Why an attempt failed.
@@ -243,7 +269,28 @@ pub struct Worker {
     latency: prometheus::Histogram,
     /// How long to wait when nothing waited.
     idle: Duration,
+    /// While this replica holds the lease: what it knows without asking.
+    held: Mutex<Option<Held>>,
 }
+
+/// What the lease holder keeps between rounds: it is the only writer of
+/// the endpoint's position, so its copy is the stored one.
+#[derive(Debug, Clone)]
+struct Held {
+    renewed_at: std::time::Instant,
+    position: WebhookPosition,
+    /// When the replay line was last found empty.
+    replays_checked_at: Option<std::time::Instant>,
+    /// The trigger heads when the group was last found with nothing
+    /// pending and nothing new; `None`: look.
+    quiet_heads: Option<Vec<String>>,
+}
+
+/// How often an empty replay line is looked at again.
+const REPLAY_CHECK: Duration = Duration::from_secs(1);
+/// The one consumer of an endpoint's trigger group: only the lease holder
+/// reads it, and it takes back whatever is pending first, in order.
+const DELIVERER: &str = "deliverer";
 
 /// This replica's name among the holders of webhook leases: the pod's
 /// host name (Kubernetes sets `HOSTNAME`), the process id and a random
@@ -300,6 +347,7 @@ pub fn spawn(
                 counts: Mutex::new(WebhookCounters::default()),
                 latency,
                 idle,
+                held: Mutex::new(None),
             };
             tokio::spawn(worker.run(stopping.clone()))
         })
@@ -326,8 +374,9 @@ impl Worker {
         let mut failures = 0u32;
         let mut fed = self.core.fed.subscribe();
         loop {
-            if *stopping.borrow() {
-                return;
+            // (A dropped sender counts as stopping: never spin on it.)
+            if *stopping.borrow() || stopping.has_changed().is_err() {
+                break;
             }
             let wait = match self.round(&mut stopping).await {
                 Ok(round) => {
@@ -354,10 +403,12 @@ impl Worker {
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = fed.changed(), if woken => {}
-                    _ = stopping.changed() => return,
+                    _ = stopping.changed() => {}
                 }
             }
         }
+        self.flush_counts().await;
+        self.release().await;
     }
 
     /// Writes the counts gathered since the last time; kept for the next
@@ -379,45 +430,126 @@ impl Worker {
         f(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes or renews the lease when due (a third of its time gone), and
+    /// reads the position on taking it (again: another replica may have
+    /// moved it meanwhile); `None` when another replica holds it.
+    async fn hold(&self) -> Result<Option<Held>, StoreError> {
+        let lease = Duration::from_millis(LEASE_MS as u64);
+        let known = self.held().clone().filter(|h| h.renewed_at.elapsed() < lease);
+        if let Some(held) = &known
+            && held.renewed_at.elapsed() < lease / 3
+        {
+            return Ok(known);
+        }
+        let store = &self.core.store;
+        let asked_at = std::time::Instant::now();
+        if !store.webhook_lease(self.name(), &self.replica, LEASE_MS).await? {
+            *self.held() = None;
+            return Ok(None);
+        }
+        let held = match known {
+            Some(held) => Held { renewed_at: asked_at, ..held },
+            None => {
+                let position = match store.webhook_position(self.name()).await? {
+                    Some(p) => p,
+                    None => {
+                        // A new endpoint receives what happens from now on.
+                        let now = self.core.clock.now();
+                        let p = WebhookPosition { cursor: store.feed_end().await?, since_ms: now.millis() };
+                        store.set_webhook_position(self.name(), &p).await?;
+                        tracing::info!(endpoint = self.name(), "webhook endpoint receives events from now on");
+                        p
+                    }
+                };
+                Held { renewed_at: asked_at, position, replays_checked_at: None, quiet_heads: None }
+            }
+        };
+        *self.held() = Some(held.clone());
+        Ok(Some(held))
+    }
+
+    fn update_held(&self, f: impl FnOnce(&mut Held)) {
+        if let Some(held) = self.held().as_mut() {
+            f(held);
+        }
+    }
+
+    async fn move_to(&self, position: WebhookPosition) -> Result<(), StoreError> {
+        self.core.store.set_webhook_position(self.name(), &position).await?;
+        self.update_held(|h| h.position = position);
+        Ok(())
+    }
+
+    /// Triggers for the endpoint: those pending first (held back or cut
+    /// short before), then new ones. `None` when the trigger heads show
+    /// nothing new since the group was last found quiet.
+    async fn read_triggers(
+        &self,
+        held: &Held,
+        now: Timestamp,
+    ) -> Result<Option<(Vec<Delivery>, Vec<String>)>, StoreError> {
+        let store = &self.core.store;
+        let heads = store.trigger_heads().await?;
+        if held.quiet_heads.as_ref() == Some(&heads) {
+            return Ok(None);
+        }
+        // Everything pending is this holder's to send again at once;
+        // dead letters are this module's, after its own attempts.
+        let policy = DeliveryPolicy { visibility_timeout_ms: 0, max_deliveries: u64::MAX };
+        let deliveries =
+            store.deliver_triggers(&self.endpoint.spec.trigger_group(), DELIVERER, BATCH, &policy, now).await?;
+        Ok(Some((deliveries, heads)))
+    }
+
     async fn round(&self, stopping: &mut watch::Receiver<bool>) -> Result<Round, StoreError> {
         let store = &self.core.store;
         let spec = &self.endpoint.spec;
-        if !store.webhook_lease(self.name(), &self.replica, LEASE_MS).await? {
-            return Ok(Round::NotHolder);
-        }
+        let Some(held) = self.hold().await? else { return Ok(Round::NotHolder) };
         let now = self.core.clock.now();
-        let position = match store.webhook_position(self.name()).await? {
-            Some(p) => p,
-            None => {
-                // A new endpoint receives what happens from now on.
-                let p = WebhookPosition { cursor: store.feed_end().await?, since_ms: now.millis() };
-                store.set_webhook_position(self.name(), &p).await?;
-                tracing::info!(endpoint = self.name(), "webhook endpoint receives events from now on");
-                p
-            }
-        };
-        let mut events: Vec<Event> =
-            store.webhook_letters(self.name(), LetterLine::Replay, BATCH).await?.iter().map(replay_event).collect();
+        let position = held.position.clone();
+        // Replays are looked for every round while there are some, else
+        // every REPLAY_CHECK.
+        let mut events: Vec<Event> = Vec::new();
+        if held.replays_checked_at.is_none_or(|at| at.elapsed() >= REPLAY_CHECK) {
+            let checked_at = std::time::Instant::now();
+            let replays = store.webhook_letters(self.name(), LetterLine::Replay, BATCH).await?;
+            self.update_held(|h| h.replays_checked_at = replays.is_empty().then_some(checked_at));
+            events.extend(replays.iter().map(replay_event));
+        }
+        // Triggers before changes: a trigger read now was written with its
+        // change, so the change is in the feed read next.
+        let triggers = if spec.filter.wants_triggers() { self.read_triggers(&held, now).await? } else { None };
         let mut next_cursor = position.cursor.clone();
+        let mut caught_up = true;
         if spec.filter.wants_changes() {
             let page = store.list_changes(&position.cursor, BATCH).await?;
+            caught_up = page.changes.len() < BATCH;
             events.extend(page.changes.iter().filter(|c| spec.filter.takes_change(c.change.to)).map(change_event));
             next_cursor = page.next_cursor;
         }
         let mut skipped = Vec::new();
-        if spec.filter.wants_triggers() {
-            // Redelivery after a crash is by the group's visibility timeout;
-            // dead letters are this module's, after its own attempts.
-            let policy = DeliveryPolicy {
-                visibility_timeout_ms: (spec.timeout_ms * 2).max(LEASE_MS * 3),
-                max_deliveries: u64::MAX,
-            };
-            for d in store.deliver_triggers(&spec.trigger_group(), &self.replica, BATCH, &policy, now).await? {
-                let t = &d.trigger;
-                if t.fired_at.millis() < position.since_ms || !spec.filter.takes_trigger(&t.definition_id, &t.program) {
-                    skipped.push(d.trigger_id.clone());
-                } else {
-                    events.push(trigger_event(&d));
+        let mut sent_triggers = false;
+        if let Some((deliveries, heads)) = triggers {
+            if deliveries.is_empty() {
+                self.update_held(|h| h.quiet_heads = Some(heads));
+            } else if caught_up {
+                // (With changes still to read, the triggers wait for them:
+                // pending, they come first next round.)
+                sent_triggers = true;
+                self.update_held(|h| h.quiet_heads = None);
+                for d in deliveries {
+                    let t = &d.trigger;
+                    if t.fired_at.millis() < position.since_ms
+                        || !spec.filter.takes_trigger(&t.definition_id, &t.program)
+                    {
+                        skipped.push(d.trigger_id.clone());
+                    } else {
+                        events.push(trigger_event(&d));
+                    }
                 }
             }
         }
@@ -426,10 +558,10 @@ impl Worker {
         }
         if events.is_empty() {
             if next_cursor != position.cursor {
-                store.set_webhook_position(self.name(), &WebhookPosition { cursor: next_cursor, ..position }).await?;
+                self.move_to(WebhookPosition { cursor: next_cursor, ..position }).await?;
                 return Ok(Round::Busy);
             }
-            return Ok(if skipped.is_empty() { Round::Idle } else { Round::Busy });
+            return Ok(if sent_triggers || !caught_up { Round::Busy } else { Round::Idle });
         }
 
         let settled: Mutex<Vec<(Event, Outcome)>> = Mutex::new(Vec::with_capacity(events.len()));
@@ -442,41 +574,57 @@ impl Worker {
                 }
             }
         });
-        tokio::select! {
-            () = deliver_all => {}
-            () = self.hold_lease() => {
+        let stopped = tokio::select! {
+            () = deliver_all => false,
+            () = self.hold_lease(held.renewed_at) => {
+                *self.held() = None;
                 tracing::warn!(endpoint = self.name(), "webhook lease lost mid-round; another replica sends the round again");
                 return Ok(Round::NotHolder);
             }
-            _ = stopping.changed() => return Ok(Round::Busy),
-        }
+            _ = stopping.changed() => true,
+        };
         let settled = settled.into_inner().unwrap_or_else(|p| p.into_inner());
+        // Cut short by a shutdown: what was accepted is settled; the
+        // position stays, so the rest (and some of what arrived) is sent again.
         self.settle(settled).await?;
-        if next_cursor != position.cursor {
-            store.set_webhook_position(self.name(), &WebhookPosition { cursor: next_cursor, ..position }).await?;
+        if !stopped && next_cursor != position.cursor {
+            self.move_to(WebhookPosition { cursor: next_cursor, ..position }).await?;
         }
         Ok(Round::Busy)
     }
 
     /// Renews the lease while a round runs, and writes the counts so far
-    /// (status stays current through long retries); returns when the lease
-    /// is lost.
-    async fn hold_lease(&self) {
-        let mut misses = 0;
+    /// (status stays current through long retries). Returns once the lease
+    /// is lost, or no renewal succeeded for 6/10 of its time: before it can
+    /// run out, so no other replica sends while this one does.
+    async fn hold_lease(&self, renewed_at: std::time::Instant) {
+        let lease = Duration::from_millis(LEASE_MS as u64);
+        let mut last_ok = renewed_at;
         loop {
-            tokio::time::sleep(Duration::from_millis(LEASE_MS as u64 / 10)).await;
-            self.flush_counts().await;
-            match self.core.store.webhook_lease(self.name(), &self.replica, LEASE_MS).await {
-                Ok(true) => misses = 0,
-                Ok(false) => return,
-                // The store may answer again before the lease runs out.
-                Err(_) => {
-                    misses += 1;
-                    if misses >= 5 {
-                        return;
-                    }
+            tokio::time::sleep(lease / 10).await;
+            let asked_at = std::time::Instant::now();
+            match tokio::time::timeout(lease / 5, self.core.store.webhook_lease(self.name(), &self.replica, LEASE_MS))
+                .await
+            {
+                Ok(Ok(true)) => {
+                    last_ok = asked_at;
+                    self.update_held(|h| h.renewed_at = asked_at);
                 }
+                Ok(Ok(false)) => return,
+                // The store may answer again before the lease runs out.
+                Ok(Err(_)) | Err(_) => {}
             }
+            if last_ok.elapsed() >= lease * 6 / 10 {
+                return;
+            }
+            let _ = tokio::time::timeout(lease / 10, self.flush_counts()).await;
+        }
+    }
+
+    /// Gives the lease up at shutdown, so another replica takes over at once.
+    async fn release(&self) {
+        if self.held().take().is_some() {
+            let _ = self.core.store.release_webhook_lease(self.name(), &self.replica).await;
         }
     }
 
@@ -547,6 +695,11 @@ impl Worker {
                         c.last_error.clone_from(&failure.error);
                         c.last_error_at_ms = now.millis();
                     });
+                    if let Some(asked) = failure.retry_after_ms {
+                        // The receiver asked every sender to wait, not only this event.
+                        let until = now.millis().saturating_add(asked.min(retry.max_backoff_ms)).saturating_mul(1000);
+                        self.pace.lock().unwrap_or_else(|p| p.into_inner()).pause_until(until);
+                    }
                     if attempt >= retry.max_attempts {
                         return Outcome::Dead { attempts: attempt, error: failure.error };
                     }
@@ -567,7 +720,21 @@ impl Worker {
         }
     }
 
-    /// One signed POST, bounded by the endpoint's timeout (answer included).
+    /// The receiver's answer for a failure message: bounded, and without
+    /// the endpoint's path (it may hold a token, and answers often echo it).
+    fn answer_text(&self, raw: &[u8]) -> String {
+        let mut text = String::from_utf8_lossy(raw).trim().to_owned();
+        if let Some(pq) = self.endpoint.uri.path_and_query().map(|p| p.as_str()).filter(|p| p.len() > 1) {
+            text = text.replace(pq, "/…");
+            if let Some(path) = pq.split('?').next().filter(|p| p.len() > 1) {
+                text = text.replace(path, "/…");
+            }
+        }
+        crate::text::bounded(&text, MAX_ERROR)
+    }
+
+    /// One signed POST, bounded by the endpoint's timeout until the
+    /// answer's status.
     async fn attempt(&self, event: &Event) -> Result<(), Failure> {
         let timestamp = self.core.clock.now().millis().div_euclid(1000);
         let signature = signature_header(&self.endpoint.keys, &event.id, timestamp, &event.body);
@@ -599,23 +766,34 @@ impl Worker {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry_after_ms(v, self.core.clock.now().millis()));
-            // Read (a bounded part of) the answer, so the connection is reused.
-            let answer = http_body_util::Limited::new(response.into_body(), MAX_ANSWER).collect().await;
-            if status.is_success() {
-                return Ok(());
-            }
-            let text = answer.map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned()).unwrap_or_default();
-            let honoured = matches!(status.as_u16(), 429 | 503).then_some(retry_after).flatten();
-            let error = format!("HTTP {status}{}{}", if text.trim().is_empty() { "" } else { ": " }, text.trim());
-            Err(Failure { error: crate::text::bounded(&error, MAX_ERROR), retry_after_ms: honoured })
+            Ok((status, retry_after, response.into_body()))
         };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(Failure {
-                error: format!("no answer within {}", crate::rules::format_duration(self.endpoint.spec.timeout_ms)),
-                retry_after_ms: None,
-            }),
+        let (status, retry_after, body) = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(Failure {
+                    error: format!("no answer within {}", crate::rules::format_duration(self.endpoint.spec.timeout_ms)),
+                    retry_after_ms: None,
+                });
+            }
+        };
+        // The rest of the answer is read (a bounded part, briefly) so the
+        // connection can serve the next delivery; accepted is accepted.
+        let drain = async move {
+            tokio::time::timeout(ANSWER_READ, http_body_util::Limited::new(body, MAX_ANSWER).collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+        };
+        if status.is_success() {
+            tokio::spawn(drain);
+            return Ok(());
         }
+        let text = drain.await.map(|b| self.answer_text(&b)).unwrap_or_default();
+        let honoured = matches!(status.as_u16(), 429 | 503).then_some(retry_after).flatten();
+        let error = format!("HTTP {status}{}{text}", if text.is_empty() { "" } else { ": " });
+        Err(Failure { error: crate::text::bounded(&error, MAX_ERROR), retry_after_ms: honoured })
     }
 }
 
@@ -636,17 +814,33 @@ mod tests {
 
     #[test]
     fn a_leads_events_stay_in_order_and_leads_stay_apart() {
+        let mut replay = event("a", 1, TRIGGER_EVENT);
+        replay.origin = Origin::Replay;
         let chains = chains(vec![
-            event("a", 20, TRIGGER_EVENT),
-            event("b", 5, CHANGE_EVENT),
             event("a", 20, CHANGE_EVENT),
+            event("b", 5, CHANGE_EVENT),
+            // Written later by a replica whose clock is behind: still after.
+            event("a", 15, CHANGE_EVENT),
+            replay.clone(),
             event("a", 10, TRIGGER_EVENT),
+            event("a", 20, TRIGGER_EVENT),
+            event("a", 20, TRIGGER_EVENT),
         ]);
         let shape: Vec<Vec<(i64, &str)>> =
             chains.iter().map(|c| c.iter().map(|e| (e.at.millis(), e.event_type)).collect()).collect();
         assert_eq!(
             shape,
-            [vec![(10, TRIGGER_EVENT), (20, CHANGE_EVENT), (20, TRIGGER_EVENT)], vec![(5, CHANGE_EVENT)]]
+            [
+                vec![
+                    (1, TRIGGER_EVENT),
+                    (10, TRIGGER_EVENT),
+                    (20, CHANGE_EVENT),
+                    (15, CHANGE_EVENT),
+                    (20, TRIGGER_EVENT)
+                ],
+                vec![(5, CHANGE_EVENT)]
+            ],
+            "replays first; each feed's order kept; a change before the trigger of its instant; one of each id"
         );
     }
 

@@ -45,12 +45,12 @@ class Receiver:
         else:
             return 401
         event_id = headers["webhook-id"]
+        # One delivery at a time: a retry that arrives while the first is
+        # still being handled waits, then finds it handled.
         with self.lock:
-            if event_id in self.seen:
-                return 200
-        self.handle(event_id, event)
-        with self.lock:
-            self.seen.add(event_id)
+            if event_id not in self.seen:
+                self.handle(event_id, event)
+                self.seen.add(event_id)
         return 200
 
 

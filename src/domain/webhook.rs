@@ -216,33 +216,35 @@ pub fn retry_after_ms(value: &str, now_ms: i64) -> Option<i64> {
     Some((at.timestamp_millis() - now_ms).max(0))
 }
 
-/// Spaces calls to an endpoint at most `per_second` apart on average,
-/// allowing a burst of up to one second's worth.
+/// Spaces calls to an endpoint evenly, `per_second` at most in any
+/// second, and holds them all while the receiver asked for a pause
+/// (`Retry-After`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pace {
     interval_us: i64,
-    burst_us: i64,
-    /// The theoretical arrival time of the next call (GCRA), in µs.
+    /// When the next call may go, in µs.
     next_us: i64,
+    paused_until_us: i64,
 }
 
 impl Pace {
     /// `per_second` ≤ 0: no limit.
     pub fn new(per_second: f64) -> Self {
         let interval_us = if per_second > 0.0 { (1e6 / per_second).ceil() as i64 } else { 0 };
-        Self { interval_us, burst_us: if per_second > 0.0 { 1_000_000 } else { 0 }, next_us: 0 }
+        Self { interval_us, next_us: 0, paused_until_us: 0 }
     }
 
     /// Takes a slot for a call at `now_us`; returns how long (µs) the
     /// caller must wait before making it.
     pub fn reserve(&mut self, now_us: i64) -> i64 {
-        if self.interval_us == 0 {
-            return 0;
-        }
-        let tat = self.next_us.max(now_us);
-        let send_at = now_us.max(tat - (self.burst_us - self.interval_us));
-        self.next_us = tat.max(send_at) + self.interval_us;
+        let send_at = now_us.max(self.next_us).max(self.paused_until_us);
+        self.next_us = send_at.saturating_add(self.interval_us);
         send_at - now_us
+    }
+
+    /// Holds every call until `until_us`.
+    pub fn pause_until(&mut self, until_us: i64) {
+        self.paused_until_us = self.paused_until_us.max(until_us);
     }
 }
 
@@ -324,12 +326,18 @@ mod tests {
     }
 
     #[test]
-    fn pace_spaces_calls_after_a_burst() {
+    fn pace_spaces_calls_and_pauses() {
         let mut p = Pace::new(2.0);
-        // A second's worth at once, then one every 500 ms.
-        let waits: Vec<i64> = (0..4).map(|_| p.reserve(10_000_000)).collect();
-        assert_eq!(waits, [0, 0, 500_000, 1_000_000]);
-        assert_eq!(Pace::new(0.0).reserve(5), 0);
+        let waits: Vec<i64> = (0..3).map(|_| p.reserve(10_000_000)).collect();
+        assert_eq!(waits, [0, 500_000, 1_000_000]);
+        p.pause_until(20_000_000);
+        assert_eq!(p.reserve(10_000_000), 10_000_000, "a pause holds every call");
+        let mut slow = Pace::new(0.1);
+        assert_eq!((slow.reserve(0), slow.reserve(0)), (0, 10_000_000), "one every 10 s, the first at once");
+        let mut free = Pace::new(0.0);
+        assert_eq!((free.reserve(5), free.reserve(5)), (0, 0));
+        free.pause_until(9);
+        assert_eq!(free.reserve(5), 4);
     }
 
     proptest! {
@@ -348,19 +356,20 @@ mod tests {
         }
 
         #[test]
-        fn pace_never_exceeds_its_rate(rate in 1.0f64..1000.0, gaps in proptest::collection::vec(0i64..50_000, 1..200)) {
+        fn pace_never_exceeds_its_rate(rate in 0.05f64..1000.0, gaps in proptest::collection::vec(0i64..50_000_000, 1..200)) {
             let mut p = Pace::new(rate);
             let mut now = 1_000_000_000i64;
             let mut sends = Vec::new();
             for gap in gaps {
                 now += gap;
-                sends.push(now + p.reserve(now));
+                let wait = p.reserve(now);
+                prop_assert!(wait >= 0);
+                sends.push(now + wait);
             }
-            // Any window of length T holds at most rate·T + burst calls.
+            // Evenly spaced: never two calls closer than 1/rate.
             let interval = (1e6 / rate).ceil() as i64;
-            for (i, a) in sends.iter().enumerate() {
-                let within = sends[i..].iter().take_while(|b| **b - a < 1_000_000).count() as i64;
-                prop_assert!(within <= 1_000_000 / interval + 1_000_000 / interval + 1);
+            for pair in sends.windows(2) {
+                prop_assert!(pair[1] - pair[0] >= interval);
             }
         }
     }

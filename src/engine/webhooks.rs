@@ -5,9 +5,9 @@ use super::*;
 use crate::domain::webhook::EndpointSpec;
 use crate::store::{LetterLine, WebhookCounters, WebhookLetter};
 
-/// Changes counted at most for an endpoint's backlog.
-pub const BACKLOG_CAP: usize = 10_000;
-const PAGE: usize = 1000;
+/// Changes looked at, at most, to count an endpoint's backlog (one page of
+/// the feed: a status is read at every metrics scrape).
+pub const BACKLOG_CAP: usize = 500;
 
 /// An endpoint's delivery status, across replicas.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -40,24 +40,12 @@ pub async fn status(state: &Core, spec: &EndpointSpec) -> Result<Status, StoreEr
     if spec.filter.wants_changes()
         && let Some(position) = store.webhook_position(&spec.name).await?
     {
-        let mut cursor = position.cursor;
-        let mut counted = 0;
-        loop {
-            let page = store.list_changes(&cursor, PAGE).await?;
-            for c in page.changes.iter().filter(|c| spec.filter.takes_change(c.change.to)) {
-                status.backlog += 1;
-                oldest(c.change.at, &mut status);
-            }
-            counted += page.changes.len();
-            if page.changes.len() < PAGE {
-                break;
-            }
-            if counted >= BACKLOG_CAP {
-                status.backlog_capped = true;
-                break;
-            }
-            cursor = page.next_cursor;
+        let page = store.list_changes(&position.cursor, BACKLOG_CAP).await?;
+        for c in page.changes.iter().filter(|c| spec.filter.takes_change(c.change.to)) {
+            status.backlog += 1;
+            oldest(c.change.at, &mut status);
         }
+        status.backlog_capped = page.changes.len() >= BACKLOG_CAP;
     }
     if spec.filter.wants_triggers() {
         let stats = store.trigger_stats(&spec.trigger_group()).await?;

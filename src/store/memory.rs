@@ -526,6 +526,15 @@ impl Webhooks for MemoryStore {
         Ok(free)
     }
 
+    async fn release_webhook_lease(&self, endpoint: &str, holder: &str) -> Result<(), StoreError> {
+        if let Some(hook) = self.data().webhooks.get_mut(endpoint)
+            && hook.lease.as_ref().is_some_and(|(owner, _)| owner == holder)
+        {
+            hook.lease = None;
+        }
+        Ok(())
+    }
+
     async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError> {
         Ok(self.data().webhooks.get(endpoint).and_then(|h| h.position.clone()))
     }

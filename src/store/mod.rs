@@ -360,6 +360,9 @@ pub trait Webhooks: Send + Sync + 'static {
     /// `holder` has it, for `ttl_ms`; false when another holder has it.
     async fn webhook_lease(&self, endpoint: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
 
+    /// Gives the lease up, if `holder` has it.
+    async fn release_webhook_lease(&self, endpoint: &str, holder: &str) -> Result<(), StoreError>;
+
     /// `None` before the endpoint's first start.
     async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError>;
 

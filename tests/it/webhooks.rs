@@ -288,3 +288,83 @@ async fn a_missing_or_malformed_secret_stops_the_start_without_showing_it() {
     let e = leadscore::startup::Application::build(s).await.err().expect("refused").to_string();
     assert!(e.contains("webhook 'crm'") && e.contains("5 bytes") && !e.contains("c2hvcnQ"), "{e}");
 }
+
+/// Makes many leads MQLs in one call: VPs with four downloads each.
+async fn make_mqls(app: &TestApp, leads: &[String]) {
+    let mut client = app.client().await;
+    for lead in leads {
+        let attributes: HashMap<String, String> = [("seniority".to_string(), "vp".to_string())].into();
+        let lead_msg = pb::Lead { lead_id: lead.clone(), attributes, ..Default::default() };
+        client.upsert_lead(pb::UpsertLeadRequest { lead: Some(lead_msg) }).await.unwrap();
+    }
+    let now = now_millis();
+    let signals = leads
+        .iter()
+        .flat_map(|lead| {
+            (0..4).map(move |i| signal(&format!("{lead}-{i}"), lead, "content_download", now - i * 60_000))
+        })
+        .collect();
+    client.record_signals(record(signals)).await.unwrap();
+}
+
+fn ids(got: &[Delivery]) -> Vec<String> {
+    got.iter().map(|d| header(d, "webhook-id").to_owned()).collect()
+}
+
+fn lead_of(d: &Delivery) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&d.body).unwrap();
+    body["data"]["leadId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn more_than_a_batch_arrives_once_each_with_every_change_before_its_trigger() {
+    let redis = RedisServer::start();
+    let (receiver, port) = receiver().await;
+    let hook = WebhookSettings { max_concurrent: 8, ..hook(port, &["stage_changed", "trigger(sales_alert_new_mql)"]) };
+    let app = TestApp::spawn(with_hook(Some(redis.url()), hook)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 150 MQLs at once: 150 changes and 150 triggers, more than a round reads.
+    let leads: Vec<String> = (0..150).map(|i| format!("bulk-{i}")).collect();
+    make_mqls(&app, &leads).await;
+    let got = wait_for(&receiver, 300).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(got.len() >= 300);
+    let got = receiver.deliveries();
+    let all = ids(&got);
+    let unique: std::collections::BTreeSet<&String> = all.iter().collect();
+    assert_eq!((all.len(), unique.len()), (300, 300), "each once");
+    for lead in &leads {
+        let kinds: Vec<&str> = got
+            .iter()
+            .filter(|d| &lead_of(d) == lead)
+            .map(|d| if header(d, "webhook-id").starts_with("change:") { "change" } else { "trigger" })
+            .collect();
+        assert_eq!(kinds, ["change", "trigger"], "{lead}");
+    }
+    got.iter().for_each(verify);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_replica_sends_and_another_takes_over_when_it_stops() {
+    let redis = RedisServer::start();
+    let (receiver, port) = receiver().await;
+    let first = TestApp::spawn(with_hook(Some(redis.url()), hook(port, &["stage_changed(MQL)"]))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = TestApp::spawn(with_hook(Some(redis.url()), hook(port, &["stage_changed(MQL)"]))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Written through both replicas: sent once each.
+    make_mql(&first, "two-1").await;
+    make_mql(&second, "two-2").await;
+    wait_for(&receiver, 2).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.deliveries().len(), 2, "{:?}", ids(&receiver.deliveries()));
+    // The holder stops (it gives the lease up); the other sends what follows.
+    first.stop().await;
+    make_mql(&second, "two-3").await;
+    let got = wait_for(&receiver, 3).await;
+    assert_eq!(lead_of(&got[2]), "two-3");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.deliveries().len(), 3);
+    second.stop().await;
+}

@@ -579,6 +579,10 @@ impl Webhooks for RedisStore {
         self.lease(endpoint, holder, ttl_ms).await
     }
 
+    async fn release_webhook_lease(&self, endpoint: &str, holder: &str) -> Result<(), StoreError> {
+        self.release(endpoint, holder).await
+    }
+
     async fn webhook_position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError> {
         self.position(endpoint).await
     }

@@ -17,6 +17,11 @@ end
 return 0
 ";
 
+/// Deletes the lease if the holder has it.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new("if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0")
+});
+
 fn line_key(line: LetterLine) -> &'static str {
     match line {
         LetterLine::Dead => "dead",
@@ -40,6 +45,13 @@ impl RedisStore {
         let taken: i64 =
             self.call(|mut c| async move { script.key(key).arg(holder).arg(ttl).invoke_async(&mut c).await }).await?;
         Ok(taken == 1)
+    }
+
+    pub(super) async fn release(&self, endpoint: &str, holder: &str) -> Result<(), StoreError> {
+        let key = self.hook(endpoint, "lease");
+        let script = &*RELEASE;
+        self.call(|mut c| async move { script.key(key).arg(holder).invoke_async::<i64>(&mut c).await }).await?;
+        Ok(())
     }
 
     pub(super) async fn position(&self, endpoint: &str) -> Result<Option<WebhookPosition>, StoreError> {
