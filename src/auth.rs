@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 35] = [
+pub const RPCS: [(&str, Option<Scope>); 36] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -74,6 +74,8 @@ pub const RPCS: [(&str, Option<Scope>); 35] = [
     ("/leadscore.v1.Profiles/GetAccountScore", Some(Scope::Score)),
     ("/leadscore.v1.Profiles/RecordSpend", Some(Scope::Ingest)),
     ("/leadscore.v1.Profiles/GetCampaignReport", Some(Scope::Score)),
+    // Personal data, whole: the operator's business, not a scorer's.
+    ("/leadscore.v1.Profiles/ExportLead", Some(Scope::Admin)),
     ("/grpc.health.v1.Health/Check", None),
     ("/grpc.health.v1.Health/Watch", None),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),

@@ -68,6 +68,27 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// One lead's data.
+    Lead {
+        #[command(subcommand)]
+        command: LeadCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeadCommand {
+    /// Prints everything a running service stores about a lead as JSON
+    /// (the right of access; ExportLead, admin scope).
+    Export {
+        /// The lead id (or, with --visitor, the visitor id).
+        id: String,
+        /// ID is an anonymous visitor's id.
+        #[arg(long)]
+        visitor: bool,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -344,6 +365,18 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Lead { command: LeadCommand::Export { id, visitor, addr } } => {
+            match export_lead(&addr, id, visitor).await {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("leadscore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Report { command } => match report(command).await {
             Ok(text) => {
                 print!("{text}");
@@ -355,6 +388,18 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
     }
+}
+
+async fn export_lead(addr: &str, id: String, visitor: bool) -> Result<String, Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    let request = if visitor {
+        pb::ExportLeadRequest { visitor_id: id, ..Default::default() }
+    } else {
+        pb::ExportLeadRequest { lead_id: id, ..Default::default() }
+    };
+    let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(addr).await?);
+    let export = client.export_lead(request).await.map_err(|e| format!("{}: {}", e.code(), e.message()))?.into_inner();
+    Ok(serde_json::to_string_pretty(&export)?)
 }
 
 async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Error>> {

@@ -327,6 +327,25 @@ impl Profiles for ProfilesService {
         }))
     }
 
+    #[tracing::instrument(name = "ExportLead", skip_all, fields(lead_id))]
+    async fn export_lead(
+        &self,
+        request: Request<pb::ExportLeadRequest>,
+    ) -> Result<Response<pb::ExportLeadResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = convert::subject(req.lead_id, req.visitor_id, "", &mut v);
+        let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
+        tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
+        let export = profiles::export(&self.state, &lead_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
+        let rules = self.state.rules();
+        let now = self.state.clock.now();
+        Ok(Response::new(export_to_proto(&export, &rules, now)))
+    }
+
     #[tracing::instrument(name = "GetCohortScoreProfile", skip_all)]
     async fn get_cohort_score_profile(
         &self,
@@ -591,4 +610,75 @@ fn rfc3339(at: Timestamp) -> String {
     chrono::DateTime::from_timestamp_millis(at.millis())
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+/// Everything stored about a lead, as the API shows it.
+fn export_to_proto(export: &profiles::Export, rules: &RuleSet, now: Timestamp) -> pb::ExportLeadResponse {
+    let state = &export.state;
+    let lead = &state.lead;
+    let (_, visitor_id) = convert::subject_ids(&lead.lead_id);
+    let models: Vec<&str> = std::iter::once(rules.primary().name.as_str())
+        .chain(rules.models.keys().map(String::as_str).filter(|m| *m != rules.primary().name))
+        .collect();
+    let scores = models
+        .iter()
+        .filter_map(|m| rules.model(m))
+        .map(|m| score_to_proto(lead, &m.score(lead, now), &rules.version))
+        .collect();
+    let mut histories: Vec<pb::ModelScoreHistory> = Vec::new();
+    for entry in &state.score_history {
+        for s in &entry.scores {
+            let point = pb::ScoreHistoryEntry {
+                at: Some(timestamp_to_proto(entry.at)),
+                total: round_points(s.total()),
+                behavior: round_points(s.behavior),
+                fit: round_points(s.fit),
+                cause: entry.cause.clone(),
+            };
+            match histories.iter_mut().find(|h| h.model == s.model) {
+                Some(h) => h.entries.push(point),
+                None => histories.push(pb::ModelScoreHistory { model: s.model.clone(), entries: vec![point] }),
+            }
+        }
+    }
+    let ms = |ms: i64| Some(timestamp_to_proto(Timestamp::from_millis(ms)));
+    pb::ExportLeadResponse {
+        lead: Some(convert::lead_to_proto(lead)),
+        visitor_id,
+        merged_into_lead_id: lead.merged_into.as_ref().map(|l| l.to_string()).unwrap_or_default(),
+        stage_since: Some(timestamp_to_proto(lead.stage_since)),
+        last_engaged_at: lead.last_engaged_at.map(timestamp_to_proto),
+        scores,
+        signals: state
+            .ledger
+            .history()
+            .map(|h| pb::KeptSignal {
+                r#type: h.signal_type.clone(),
+                occurred_at: ms(h.occurred_at_ms),
+                recorded_at: ms(h.arrived_at_ms),
+                properties: h.properties.clone().into_iter().collect(),
+            })
+            .collect(),
+        signals_recorded: lead.recorded,
+        remembered_event_ids: u32::try_from(state.ledger.seen().len()).unwrap_or(u32::MAX),
+        score_history: histories,
+        stage_history: state.stages.iter().map(stage_change_to_proto).collect(),
+        touches: state
+            .journey
+            .touches
+            .iter()
+            .map(|t| pb::KeptTouch {
+                at: Some(timestamp_to_proto(t.at)),
+                source: t.values[0].clone(),
+                channel: t.values[1].clone(),
+                campaign: t.values[2].clone(),
+            })
+            .collect(),
+        expansion_deals: state.expansion.iter().map(convert::expansion_deal_to_proto).collect(),
+        handed_over_at: state.handover.as_ref().map(|h| timestamp_to_proto(h.handed_at)),
+        follow_up_due: state.handover.as_ref().map(|h| timestamp_to_proto(h.due)),
+        triggers_last_fired: lead.trigger_fired.iter().map(|(k, at)| (k.clone(), timestamp_to_proto(*at))).collect(),
+        triggers: export.triggers.iter().map(convert::trigger_to_proto).collect(),
+        exported_at: Some(timestamp_to_proto(now)),
+    }
 }

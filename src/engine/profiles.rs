@@ -28,6 +28,26 @@ pub async fn score_profile(state: &Core, lead_id: &LeadId, limit: usize) -> Resu
     Ok(Some(ScoreProfile { lead: stored.lead, history, stages }))
 }
 
+/// Everything stored about a lead: its state, and its fired triggers still
+/// kept for delivery.
+pub struct Export {
+    pub state: crate::domain::state::LeadState,
+    pub triggers: Vec<crate::domain::Delivery>,
+}
+
+/// Triggers looked at, at most, for an export (the newest of the lead's
+/// partition).
+pub const EXPORT_TRIGGER_SCAN: usize = 10_000;
+
+/// `None` for a lead never seen.
+pub async fn export(state: &Core, lead_id: &LeadId) -> Result<Option<Export>, StoreError> {
+    let Some(stored) = state.store.load(std::slice::from_ref(lead_id)).await?.pop().flatten() else {
+        return Ok(None);
+    };
+    let triggers = state.store.lead_triggers(lead_id, EXPORT_TRIGGER_SCAN).await?;
+    Ok(Some(Export { state: stored, triggers }))
+}
+
 /// A cohort's score distribution and stages: a few small reads, whatever
 /// the cohort's size.
 pub async fn cohort(state: &Core, query: &CohortQuery) -> Result<CohortProfile, StoreError> {

@@ -320,6 +320,12 @@ impl TriggerQueue for MemoryStore {
         Ok(vec![self.data().triggers.len().to_string()])
     }
 
+    async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
+        let data = self.data();
+        let newest = data.triggers.iter().enumerate().rev().take(scan);
+        newest.filter(|(_, t)| t.lead_id == lead.as_str()).map(|(index, t)| memory_delivery(index, t, 0)).collect()
+    }
+
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let data = self.data();
         let Some(g) = data.groups.get(group) else { return Ok(Vec::new()) };

@@ -196,6 +196,10 @@ pub trait TriggerQueue: Send + Sync + 'static {
     /// consumers of a replica, instead of each polling every partition.
     async fn trigger_heads(&self) -> Result<Vec<String>, StoreError>;
 
+    /// The lead's fired triggers still kept in the trigger stream, newest
+    /// first, among the newest `scan` of its partition (all groups alike).
+    async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError>;
+
     /// The group's dead letters, oldest first.
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError>;
 

@@ -447,3 +447,59 @@ async fn account_scenario(redis: Option<&RedisServer>) {
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
     app.stop().await;
 }
+
+/// What `ExportLead` answers holds what was stored, on either store.
+async fn export_holds_what_was_stored(redis: Option<&RedisServer>) {
+    let (app, _clock) = spawn(redis).await;
+    let mut leads = app.client().await;
+    let attributes: HashMap<String, String> =
+        [("seniority".to_string(), "vp".to_string()), ("email".to_string(), "ada@example.com".to_string())].into();
+    let lead = pb::Lead { lead_id: "export-1".into(), account_id: "acme".into(), attributes, ..Default::default() };
+    leads.upsert_lead(pb::UpsertLeadRequest { lead: Some(lead) }).await.unwrap();
+    let mut signals: Vec<pb::Signal> =
+        (0..4).map(|i| signal(&format!("x-{i}"), "export-1", "content_download", NOW - i * 60_000)).collect();
+    signals[0].properties = [("campaign".to_string(), "q4-launch".to_string())].into();
+    leads.record_signals(record(signals)).await.unwrap();
+    // Another lead's data stays out.
+    leads.record_signals(record(vec![signal("y-1", "export-2", "demo_requested", NOW)])).await.unwrap();
+
+    let mut client = profiles(&app).await;
+    let export = client
+        .export_lead(pb::ExportLeadRequest { lead_id: "export-1".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    let lead = export.lead.unwrap();
+    assert_eq!((lead.lead_id.as_str(), lead.account_id.as_str()), ("export-1", "acme"));
+    assert_eq!(lead.attributes["email"], "ada@example.com");
+    assert_eq!(lead.stage, pb::Stage::Mql as i32);
+    assert_eq!((export.signals.len(), export.signals_recorded, export.remembered_event_ids), (4, 4, 4));
+    assert!(export.signals.iter().any(|s| s.properties.get("campaign").map(String::as_str) == Some("q4-launch")));
+    assert!(export.signals.iter().all(|s| s.r#type == "content_download" && s.recorded_at.is_some()));
+    assert!(!export.scores.is_empty() && export.scores.iter().all(|s| s.lead_id == "export-1"));
+    assert!(export.score_history.iter().any(|h| !h.entries.is_empty()));
+    assert_eq!(export.stage_history[0].to, pb::Stage::Mql as i32);
+    assert!(export.touches.iter().any(|t| t.campaign == "q4-launch"), "{:?}", export.touches);
+    assert!(export.triggers.iter().any(|t| t.definition_id == "sales_alert_new_mql" && t.lead_id == "export-1"));
+    assert!(export.triggers.iter().all(|t| t.lead_id == "export-1"));
+    assert!(export.triggers_last_fired.contains_key("sales_alert_new_mql"));
+    assert!(export.exported_at.is_some());
+
+    let e =
+        client.export_lead(pb::ExportLeadRequest { lead_id: "nobody".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = client.export_lead(pb::ExportLeadRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn export_holds_what_was_stored_on_redis() {
+    let redis = RedisServer::start();
+    export_holds_what_was_stored(Some(&redis)).await;
+}
+
+#[tokio::test]
+async fn export_holds_what_was_stored_in_memory() {
+    export_holds_what_was_stored(None).await;
+}

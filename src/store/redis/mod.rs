@@ -369,6 +369,10 @@ impl TriggerQueue for RedisStore {
         self.heads().await
     }
 
+    async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
+        self.triggers_of(lead, scan).await
+    }
+
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         self.dead(group, limit).await
     }

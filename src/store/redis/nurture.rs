@@ -98,6 +98,26 @@ impl RedisStore {
         }
     }
 
+    /// The lead's triggers among the newest `scan` of its partition's
+    /// stream, newest first.
+    pub(super) async fn triggers_of(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
+        let partition = self.keys.partition(lead);
+        let key = self.keys.triggers(partition);
+        let reply: redis::streams::StreamRangeReply = self
+            .call(|mut c| async move {
+                redis::cmd("XREVRANGE").arg(key).arg("+").arg("-").arg("COUNT").arg(scan).query_async(&mut c).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for entry in &reply.ids {
+            let d = delivery(partition, entry, 0)?;
+            if &d.lead_id == lead {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn deliver(
         &self,
         group: &str,
