@@ -14,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 
+import tomllib
+
 import helm_python as helm
 import yaml
 
@@ -89,6 +91,25 @@ def check_service_monitor(doc):
         fail("ServiceMonitor endpoints must scrape the metrics port at /metrics")
 
 
+def check_webhooks(values, documents, container):
+    """The [[webhooks]] tables the service reads, each secret from its Secret."""
+    config = next(d for _, d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-config"))
+    tables = tomllib.loads(config["data"]["config.toml"])["webhooks"]
+    env = {e["name"]: e for e in container["env"]}
+    if env.get("LEADSCORE_CONFIG", {}).get("value") != "/etc/leadscore/config/config.toml":
+        fail("LEADSCORE_CONFIG must point at the mounted config.toml")
+    for hook, table in zip(values["webhooks"], tables, strict=True):
+        expected = {"name": hook["name"], "url": hook["url"], "events": hook["events"],
+                    "secret_env": "LEADSCORE_WEBHOOK_SECRET_" + hook["name"].upper().replace("-", "_"),
+                    **hook.get("settings", {})}
+        if table != expected:
+            fail(f"webhook {hook['name']}: rendered {table}, expected {expected}")
+        ref = env[expected["secret_env"]]["valueFrom"]["secretKeyRef"]
+        if ref != {"name": hook["secretName"], "key": hook.get("secretKey", "secret")}:
+            fail(f"webhook {hook['name']}: secret from {ref}")
+    print(f"webhooks (full-values): {len(tables)} [[webhooks]] tables, secrets from their Secrets")
+
+
 def refused(name, values, expected):
     try:
         with helm.Chart.load(CHART) as chart:
@@ -114,6 +135,8 @@ def main():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         if not container["securityContext"]["readOnlyRootFilesystem"]:
             fail("the container must have a read-only root filesystem")
+        if name == "full-values":
+            check_webhooks(values, documents, container)
     # Secure by default: no tokens (and not insecure) or no Redis is refused.
     refused("chart defaults", {}, "redis.url")
     refused("no tokens", {"redis": {"url": "redis://r:6379"}}, "auth.tokens")

@@ -39,3 +39,25 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail "tls.enabled needs tls.secretName (a kubernetes.io/tls Secret)" -}}
 {{- end -}}
 {{- end -}}
+
+{{/*
+The service's config file: the webhook endpoints as [[webhooks]] tables,
+each reading its secret from LEADSCORE_WEBHOOK_SECRET_<NAME>.
+*/}}
+{{- define "leadscore.webhooksToml" -}}
+{{- range .Values.webhooks }}
+[[webhooks]]
+name = {{ .name | quote }}
+url = {{ .url | quote }}
+events = [{{ range $i, $e := .events }}{{ if $i }}, {{ end }}{{ $e | quote }}{{ end }}]
+secret_env = {{ include "leadscore.webhookSecretEnv" .name | quote }}
+{{- range $key, $value := .settings }}
+{{ $key }} = {{ if kindIs "string" $value }}{{ $value | quote }}{{ else }}{{ $value }}{{ end }}
+{{- end }}
+{{ end }}
+{{- end }}
+
+{{/* The variable holding a webhook endpoint's secret. */}}
+{{- define "leadscore.webhookSecretEnv" -}}
+LEADSCORE_WEBHOOK_SECRET_{{ . | upper | replace "-" "_" }}
+{{- end }}
