@@ -459,6 +459,9 @@ impl Worker {
                     None => {
                         // A new endpoint receives what happens from now on.
                         let now = self.core.clock.now();
+                        if self.endpoint.spec.filter.wants_triggers() {
+                            store.start_group_at_end(&self.endpoint.spec.trigger_group()).await?;
+                        }
                         let p = WebhookPosition { cursor: store.feed_end().await?, since_ms: now.millis() };
                         store.set_webhook_position(self.name(), &p).await?;
                         tracing::info!(endpoint = self.name(), "webhook endpoint receives events from now on");

@@ -320,6 +320,13 @@ impl TriggerQueue for MemoryStore {
         Ok(vec![self.data().triggers.len().to_string()])
     }
 
+    async fn start_group_at_end(&self, group: &str) -> Result<(), StoreError> {
+        let mut data = self.data();
+        let end = data.triggers.len();
+        data.groups.entry(group.to_owned()).or_default().next = end;
+        Ok(())
+    }
+
     async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
         let data = self.data();
         let newest = data.triggers.iter().enumerate().rev().take(scan);

@@ -196,6 +196,11 @@ pub trait TriggerQueue: Send + Sync + 'static {
     /// consumers of a replica, instead of each polling every partition.
     async fn trigger_heads(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Moves the group (creating it if need be) to the end of the trigger
+    /// stream: it receives only triggers fired from now on. What it had
+    /// pending stays pending.
+    async fn start_group_at_end(&self, group: &str) -> Result<(), StoreError>;
+
     /// The lead's fired triggers still kept in the trigger stream, newest
     /// first, among the newest `scan` of its partition (all groups alike).
     async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError>;

@@ -497,6 +497,25 @@ async fn spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period
     assert_eq!(store.spend(20_028, 20_028).await.unwrap(), vec![]);
 }
 
+async fn a_group_started_at_the_end_gets_only_new_triggers_and_a_leads_own(store: &dyn LeadStore) {
+    fire_triggers(store, "old", 3).await;
+    store.start_group_at_end("late").await.unwrap();
+    let t0 = wall_clock_after(0).await;
+    assert!(store.deliver_triggers("late", "c", 10, &DELIVERY, t0).await.unwrap().is_empty());
+    fire_triggers(store, "new", 2).await;
+    let got = store.deliver_triggers("late", "c", 10, &DELIVERY, t0).await.unwrap();
+    let leads: std::collections::BTreeSet<String> = got.iter().map(|d| d.lead_id.to_string()).collect();
+    assert_eq!(leads, ["new-0", "new-1"].map(String::from).into());
+    // Moved again while one is pending: the pending one stays pending.
+    store.start_group_at_end("late").await.unwrap();
+    assert_eq!(store.triggers_in_flight("late", "c").await.unwrap(), 2);
+    // A lead's own triggers, newest first, whatever the groups did.
+    let own = store.lead_triggers(&id("old-1"), 1000).await.unwrap();
+    assert_eq!(own.len(), 1);
+    assert_eq!((own[0].lead_id.as_str(), own[0].trigger.definition_id.as_str()), ("old-1", "mql_alert"));
+    assert!(store.lead_triggers(&id("nobody"), 1000).await.unwrap().is_empty());
+}
+
 async fn webhook_state_is_kept_per_endpoint(store: &dyn LeadStore) {
     use leadscore::store::{LetterLine, WebhookCounters, WebhookLetter, WebhookPosition};
     // One holder at a time; the holder renews; another takes over once it lapses.
@@ -601,6 +620,7 @@ contract!(
     triggers_are_delivered_at_least_once_per_group,
     spend_is_replaced_by_campaign_source_channel_and_day_and_read_by_period,
     webhook_state_is_kept_per_endpoint,
+    a_group_started_at_the_end_gets_only_new_triggers_and_a_leads_own,
 );
 
 fn redis_store() -> (RedisServer, RedisStore) {

@@ -369,6 +369,10 @@ impl TriggerQueue for RedisStore {
         self.heads().await
     }
 
+    async fn start_group_at_end(&self, group: &str) -> Result<(), StoreError> {
+        self.group_at_end(group).await
+    }
+
     async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
         self.triggers_of(lead, scan).await
     }

@@ -98,6 +98,33 @@ impl RedisStore {
         }
     }
 
+    /// Creates the group at the end of every partition's stream, or moves
+    /// it there.
+    pub(super) async fn group_at_end(&self, group: &str) -> Result<(), StoreError> {
+        let moves = (0..self.keys.partitions()).map(|p| {
+            let key = self.keys.triggers(p);
+            self.call(move |mut c| async move {
+                let created = redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(&key)
+                    .arg(group)
+                    .arg("$")
+                    .arg("MKSTREAM")
+                    .query_async::<()>(&mut c)
+                    .await;
+                match created {
+                    Err(e) if e.code() == Some("BUSYGROUP") => {
+                        redis::cmd("XGROUP").arg("SETID").arg(&key).arg(group).arg("$").query_async::<()>(&mut c).await
+                    }
+                    other => other,
+                }
+            })
+        });
+        futures::future::try_join_all(moves).await?;
+        self.groups.lock().unwrap_or_else(|p| p.into_inner()).insert(group.to_owned());
+        Ok(())
+    }
+
     /// The lead's triggers among the newest `scan` of its partition's
     /// stream, newest first.
     pub(super) async fn triggers_of(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
