@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 36] = [
+pub const RPCS: [(&str, Option<Scope>); 37] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -57,6 +57,7 @@ pub const RPCS: [(&str, Option<Scope>); 36] = [
     ("/leadscore.v1.Qualification/Rescore", Some(Scope::Admin)),
     ("/leadscore.v1.Qualification/GetRescoreJob", Some(Scope::Admin)),
     ("/leadscore.v1.Qualification/IdentifyVisitor", Some(Scope::Ingest)),
+    ("/leadscore.v1.Qualification/ListAuditEvents", Some(Scope::Admin)),
     ("/leadscore.v1.Qualification/RecordExpansion", Some(Scope::Qualify)),
     ("/leadscore.v1.Nurture/StreamTriggers", Some(Scope::Qualify)),
     ("/leadscore.v1.Nurture/AckTriggers", Some(Scope::Qualify)),

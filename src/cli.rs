@@ -68,10 +68,29 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// The audit trail.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// One lead's data.
     Lead {
         #[command(subcommand)]
         command: LeadCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Prints a running service's audit trail as CSV (ListAuditEvents, admin
+    /// scope), oldest first: id, at, action, actor, token, subject, details.
+    Export {
+        /// Only the events after this one (an id of an earlier export).
+        #[arg(long, default_value = "")]
+        after: String,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
     },
 }
 
@@ -365,6 +384,13 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Audit { command: AuditCommand::Export { after, addr } } => match export_audit(&addr, after).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("leadscore: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Lead { command: LeadCommand::Export { id, visitor, addr } } => {
             match export_lead(&addr, id, visitor).await {
                 Ok(json) => {
@@ -387,6 +413,42 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Pages through the audit trail, printing CSV as it goes.
+async fn export_audit(addr: &str, after: String) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    use std::io::Write as _;
+    let mut client = pb::qualification_client::QualificationClient::new(crate::client::connect(addr).await?);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", crate::domain::audit::CSV_HEADER)?;
+    let mut cursor = after;
+    loop {
+        let page = client
+            .list_audit_events(pb::ListAuditEventsRequest { after_cursor: cursor.clone(), limit: 1000 })
+            .await
+            .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+            .into_inner();
+        for e in &page.events {
+            let event = crate::domain::audit::AuditEvent {
+                at: e
+                    .at
+                    .as_ref()
+                    .and_then(|t| crate::api::convert::timestamp_from_proto(t).ok())
+                    .unwrap_or(crate::domain::Timestamp::from_millis(0)),
+                action: e.action.clone(),
+                actor: e.actor.clone(),
+                token: e.token.clone(),
+                subject: e.subject.clone(),
+                details: e.details.clone().into_iter().collect(),
+            };
+            writeln!(out, "{}", crate::domain::audit::csv_row(&e.id, &event))?;
+        }
+        if page.events.is_empty() || page.next_cursor == cursor {
+            return Ok(());
+        }
+        cursor = page.next_cursor;
     }
 }
 

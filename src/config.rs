@@ -140,6 +140,8 @@ pub struct Settings {
     /// PEM client certificate and key for Redis servers that require one.
     pub redis_tls_cert: Option<PathBuf>,
     pub redis_tls_key: Option<PathBuf>,
+    /// How long audit events are kept.
+    pub audit_retention: Millis,
     /// HTTP endpoints that receive qualification changes and nurture
     /// triggers, signed (`[[webhooks]]` tables; README, "Webhooks").
     pub webhooks: Vec<WebhookSettings>,
@@ -287,13 +289,14 @@ impl Default for Settings {
             redis_tls_ca: None,
             redis_tls_cert: None,
             redis_tls_key: None,
+            audit_retention: Millis(400 * DAY),
             webhooks: Vec::new(),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 49] = [
+pub const KEYS: [&str; 50] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -342,6 +345,7 @@ pub const KEYS: [&str; 49] = [
     "redis_tls_ca",
     "redis_tls_cert",
     "redis_tls_key",
+    "audit_retention",
     "webhooks",
 ];
 
@@ -400,6 +404,7 @@ impl Settings {
             ("inactivity_sweep_interval", self.inactivity_sweep_interval),
             ("score_history_age", self.score_history_age),
             ("funnel_retention", self.funnel_retention),
+            ("audit_retention", self.audit_retention),
             ("request_timeout", self.request_timeout),
             ("http2_keepalive_interval", self.http2_keepalive_interval),
             ("http2_keepalive_timeout", self.http2_keepalive_timeout),

@@ -84,9 +84,22 @@ pub async fn reload_once(state: &Arc<Core>, path: &PathBuf, last: &mut u64) -> R
                 return Reload::Refused { errors: 1 };
             }
             let version = rules.version.clone();
-            let previous = state.rules().version.clone();
+            let active = state.rules();
+            let previous = active.version.clone();
+            let details = [
+                ("digest", rules.digest.clone()),
+                ("agreed_by", rules.agreed_by.join(" ")),
+                ("previous_version", previous.clone()),
+                ("previous_digest", active.digest.clone()),
+                ("file", path.display().to_string()),
+                ("diff", crate::domain::audit::line_diff(&active.source, &rules.source, 40).join("\n")),
+            ];
+            let event =
+                crate::engine::audit::event(state, "rule_set.activated", "rule file reload", "", &version, &details);
+            drop(active);
             state.replace_rules(rules, path.display().to_string());
             tracing::info!(path = %path.display(), %version, %previous, "rule set reloaded");
+            crate::engine::audit::record(state, event).await;
             if state.rescore_on_reload {
                 crate::engine::start_rescore(state.clone());
             }

@@ -276,6 +276,7 @@ impl Application {
             metrics,
         );
         core.rescore_on_reload = settings.rescore_on_reload;
+        core.audit_retention_ms = settings.audit_retention.0;
         core.webhooks = webhooks.iter().map(|w| w.spec.clone()).collect();
         core.currency = settings.currency.clone();
         core.delivery = DeliveryPolicy {

@@ -15,7 +15,7 @@ pub use nurture::NurtureService;
 pub use profiles::ProfilesService;
 pub use qualification::QualificationService;
 pub use scoring::ScoringService;
-pub use state::{AppState, Limits};
+pub use state::{AppState, Limits, token_name};
 
 /// Generated protobuf and gRPC code for `leadscore.v1`.
 pub mod pb {

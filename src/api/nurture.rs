@@ -12,7 +12,7 @@ use super::error::{ApiError, Violations};
 use super::pb::{self, nurture_server::Nurture};
 use super::state::AppState;
 use crate::domain::webhook::EndpointSpec;
-use crate::engine::{StoreError, triggers, webhooks};
+use crate::engine::{StoreError, audit, triggers, webhooks};
 
 const DEFAULT_IN_FLIGHT: u32 = 100;
 const MAX_IN_FLIGHT: u32 = 10_000;
@@ -235,6 +235,7 @@ impl Nurture for NurtureService {
         &self,
         request: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        let token = super::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         name(&req.group, "group", &mut v);
@@ -242,6 +243,12 @@ impl Nurture for NurtureService {
         v.into_result(())?;
         configured(&self.state, &req.group)?;
         let replayed = triggers::replay(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
+        let details = [("asked", req.trigger_ids.len().to_string()), ("replayed", replayed.to_string())];
+        audit::record(
+            &self.state,
+            audit::event(&self.state, "dead_letters.replayed", "", &token, &req.group, &details),
+        )
+        .await;
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
     }
 
@@ -304,12 +311,16 @@ impl Nurture for NurtureService {
         &self,
         request: Request<pb::ReplayWebhookDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayWebhookDeadLettersResponse>, Status> {
+        let token = super::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         ids(&req.event_ids, "event_ids", 160, "a webhook event id", &mut v);
         v.into_result(())?;
         let spec = endpoint(&self.state, &req.endpoint)?;
         let replayed = webhooks::replay(&self.state, &spec.name, &req.event_ids).await.map_err(ApiError::from)?;
+        let details = [("asked", req.event_ids.len().to_string()), ("replayed", replayed.to_string())];
+        let event = audit::event(&self.state, "webhook_dead_letters.replayed", "", &token, &spec.name, &details);
+        audit::record(&self.state, event).await;
         Ok(Response::new(pb::ReplayWebhookDeadLettersResponse { replayed }))
     }
 }

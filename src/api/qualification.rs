@@ -1,5 +1,6 @@
 //! `leadscore.v1.Qualification`.
 
+use crate::engine::audit;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -118,6 +119,16 @@ impl super::polling::Poller for FeedPoller {
     }
 }
 
+/// A page's `limit`: 0 for the default, at most `MAX_PAGE`.
+fn page_limit(limit: u32) -> Result<usize, Status> {
+    if limit > MAX_PAGE {
+        let mut v = Violations::default();
+        v.add("limit", format!("at most {MAX_PAGE}"));
+        return Err(v.into_error().into());
+    }
+    Ok(if limit == 0 { DEFAULT_PAGE } else { limit } as usize)
+}
+
 #[tonic::async_trait]
 impl Qualification for QualificationService {
     #[tracing::instrument(name = "GetQualification", skip_all, fields(lead_id))]
@@ -140,6 +151,7 @@ impl Qualification for QualificationService {
 
     #[tracing::instrument(name = "SetStage", skip_all, fields(lead_id))]
     async fn set_stage(&self, request: Request<pb::SetStageRequest>) -> Result<Response<pb::SetStageResponse>, Status> {
+        let token = super::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let lead_id = required_lead_id(req.lead_id, &mut v);
@@ -174,9 +186,20 @@ impl Qualification for QualificationService {
             reason: req.reason,
             deal_amount: req.deal_amount,
         };
+        let actor = request.actor.clone();
         let lead = match crate::engine::set_stage(&self.state, &rules, &lead_id, request).await {
             Ok((lead, change)) => {
                 tracing::info!(lead_id = %lead_id, from = %change.from, to = %change.to, "stage set");
+                let mut details = vec![
+                    ("from", change.from.as_str().to_owned()),
+                    ("to", change.to.as_str().to_owned()),
+                    ("reason", change.reason.clone()),
+                ];
+                if let Some(amount) = change.deal_amount {
+                    details.push(("deal_amount", amount.to_string()));
+                }
+                let event = audit::event(&self.state, "stage.set", &actor, &token, lead_id.as_str(), &details);
+                audit::record(&self.state, event).await;
                 lead
             }
             Err(SetStageError::Store(e)) => return Err(ApiError::from(e).into()),
@@ -212,6 +235,7 @@ impl Qualification for QualificationService {
         &self,
         request: Request<pb::RecordExpansionRequest>,
     ) -> Result<Response<pb::RecordExpansionResponse>, Status> {
+        let token = super::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let lead_id = required_lead_id(req.lead_id, &mut v);
@@ -251,6 +275,15 @@ impl Qualification for QualificationService {
         };
         if changed {
             tracing::info!(lead_id = %lead_id, deal_id = %deal.id, status = deal.status.as_str(), actor = %req.actor.trim(), "expansion deal recorded");
+            let details = [
+                ("deal_id", deal.id.clone()),
+                ("kind", convert::expansion_kind_to_proto(deal.kind).as_str_name().to_owned()),
+                ("status", deal.status.as_str().to_owned()),
+                ("amount", (deal.micros as f64 / 1e6).to_string()),
+            ];
+            let event =
+                audit::event(&self.state, "expansion.recorded", req.actor.trim(), &token, lead_id.as_str(), &details);
+            audit::record(&self.state, event).await;
         }
         Ok(Response::new(pb::RecordExpansionResponse { deal: Some(convert::expansion_deal_to_proto(&deal)), changed }))
     }
@@ -261,17 +294,36 @@ impl Qualification for QualificationService {
         request: Request<pb::ListQualificationChangesRequest>,
     ) -> Result<Response<pb::ListQualificationChangesResponse>, Status> {
         let req = request.into_inner();
-        if req.limit > MAX_PAGE {
-            let mut v = Violations::default();
-            v.add("limit", format!("at most {MAX_PAGE}"));
-            return Err(v.into_error().into());
-        }
-        let limit = if req.limit == 0 { DEFAULT_PAGE } else { req.limit };
-        let page = feed::changes(&self.state, &req.after_cursor, limit as usize).await.map_err(ApiError::from)?;
+        let limit = page_limit(req.limit)?;
+        let page = feed::changes(&self.state, &req.after_cursor, limit).await.map_err(ApiError::from)?;
         Ok(Response::new(pb::ListQualificationChangesResponse {
             changes: page.changes.iter().map(feed_change_to_proto).collect(),
             next_cursor: page.next_cursor,
         }))
+    }
+
+    #[tracing::instrument(name = "ListAuditEvents", skip_all)]
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let req = request.into_inner();
+        let limit = page_limit(req.limit)?;
+        let page = audit::list(&self.state, &req.after_cursor, limit).await.map_err(ApiError::from)?;
+        let events = page
+            .events
+            .into_iter()
+            .map(|(id, e)| pb::AuditEvent {
+                id,
+                at: Some(convert::timestamp_to_proto(e.at)),
+                action: e.action,
+                actor: e.actor,
+                token: e.token,
+                subject: e.subject,
+                details: e.details.into_iter().collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditEventsResponse { events, next_cursor: page.next_cursor }))
     }
 
     type WatchQualificationChangesStream = WatchStream;

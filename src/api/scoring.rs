@@ -1,5 +1,6 @@
 //! `leadscore.v1.LeadScoring`.
 
+use crate::engine::audit;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,10 +47,22 @@ impl LeadScoring for ScoringService {
         &self,
         request: Request<pb::UpsertLeadRequest>,
     ) -> Result<Response<pb::UpsertLeadResponse>, Status> {
+        let token = super::token_name(&request);
         let profile = convert::lead_profile(request.into_inner().lead)?;
         tracing::Span::current().record("lead_id", profile.lead_id.as_str());
         let rules = self.state.rules();
-        let lead = crate::engine::upsert_lead(&self.state, &rules, profile).await.map_err(ApiError::from)?;
+        let upserted = crate::engine::upsert_lead(&self.state, &rules, profile).await.map_err(ApiError::from)?;
+        if upserted.created || upserted.account_changed || !upserted.attributes_changed.is_empty() {
+            let details = [
+                ("created", upserted.created.to_string()),
+                ("attributes_changed", upserted.attributes_changed.join(" ")),
+                ("account_changed", upserted.account_changed.to_string()),
+            ];
+            let event =
+                audit::event(&self.state, "lead.upserted", "", &token, upserted.lead.lead_id.as_str(), &details);
+            audit::record(&self.state, event).await;
+        }
+        let lead = upserted.lead;
         crate::engine::accounts::check_soon(self.state.core(), lead.account_id.clone());
         Ok(Response::new(pb::UpsertLeadResponse { lead: Some(lead_to_proto(&lead)) }))
     }

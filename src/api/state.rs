@@ -37,6 +37,11 @@ impl Deref for AppState {
     }
 }
 
+/// The name of the token a call was authenticated with; `""` without tokens.
+pub fn token_name<T>(request: &tonic::Request<T>) -> String {
+    request.extensions().get::<crate::auth::Caller>().map(|c| c.0.clone()).unwrap_or_default()
+}
+
 impl AppState {
     pub fn new(core: Core, limits: Limits) -> Self {
         Self {

@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod attribution;
+pub mod audit;
 pub mod decay;
 pub mod duration;
 pub mod expansion;

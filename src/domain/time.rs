@@ -38,6 +38,19 @@ impl std::fmt::Display for Timestamp {
     }
 }
 
+/// As unix milliseconds.
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(self.millis())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        i64::deserialize(d).map(Timestamp::from_millis)
+    }
+}
+
 /// Where "now" comes from; tests substitute a controllable clock.
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;

@@ -28,13 +28,31 @@ pub async fn scored(state: &Core, lead_id: LeadId) -> Result<Result<LeadSnapshot
 
 /// Creates the lead or replaces its profile, and applies the qualification
 /// rules, in one write. Returns the lead afterwards.
-pub async fn upsert_lead(state: &Core, rules: &RuleSet, profile: LeadProfile) -> Result<LeadSnapshot, StoreError> {
+/// What an upsert did: the lead as written, whether it was new, and the
+/// names of the attributes it added, removed or changed (for the audit
+/// trail: names, never values).
+pub struct Upserted {
+    pub lead: LeadSnapshot,
+    pub created: bool,
+    pub attributes_changed: Vec<String>,
+    pub account_changed: bool,
+}
+
+pub async fn upsert_lead(state: &Core, rules: &RuleSet, profile: LeadProfile) -> Result<Upserted, StoreError> {
     let settings = settings(state);
     let lead_id = profile.lead_id.clone();
     change_one(state, &lead_id, |stored, now| {
+        let before = stored.as_ref().map(|s| (s.lead.attributes.clone(), s.lead.account_id.clone()));
         let change = transition::upsert_profile(rules, &settings, now, stored, profile.clone());
         let lead = change.state.lead.clone();
-        Ok((Some(change), lead))
+        let (attributes, account) = before.clone().unwrap_or_default();
+        let upserted = Upserted {
+            created: before.is_none(),
+            attributes_changed: crate::domain::audit::changed_attributes(&attributes, &lead.attributes),
+            account_changed: account != lead.account_id,
+            lead,
+        };
+        Ok((Some(change), upserted))
     })
     .await
 }

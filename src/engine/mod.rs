@@ -18,6 +18,7 @@
 //! - `feed`       — reading the qualification change feed
 //! - `triggers`   — delivering, acknowledging and replaying triggers
 //! - `webhooks`   — webhook endpoints' status, dead letters and replays
+//! - `audit`      — the audit trail of changes made by hand
 //!
 //! The API layer reaches the store only through these.
 
@@ -33,6 +34,7 @@ use crate::store::Applied;
 use crate::transition::{self, Settings};
 
 pub mod accounts;
+pub mod audit;
 pub mod feed;
 mod ingest;
 pub mod jobs;
@@ -51,7 +53,7 @@ pub use state::{ActiveRules, Core, ProfileLimits};
 /// Why a use case failed: the store could not read or write.
 pub use crate::store::StoreError;
 pub use ingest::{Identified, LeadBatch, LeadOutcome, identify, record_batches};
-pub use leads::{ExpansionError, SetStageError, record_expansion, set_stage, upsert_lead};
+pub use leads::{ExpansionError, SetStageError, Upserted, record_expansion, set_stage, upsert_lead};
 pub use rescore::{
     RescoreProgress, RuleErrors, Simulation, Transition, rescore, simulate, simulate_now, start_rescore, version_clash,
 };

@@ -60,6 +60,8 @@ pub struct Core {
     /// lead), so they queue instead of retrying.
     pub commit_locks: Vec<tokio::sync::Mutex<()>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long audit events are kept.
+    pub audit_retention_ms: i64,
     /// Bumped whenever this replica writes a stage change or a trigger.
     pub fed: tokio::sync::watch::Sender<u64>,
     /// Configured webhook endpoints (`webhooks`), secrets aside.
@@ -99,6 +101,7 @@ impl Core {
             jobs: Default::default(),
             commit_locks: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             metrics,
+            audit_retention_ms: 400 * 86_400_000,
             fed: tokio::sync::watch::channel(0).0,
             webhooks: Vec::new(),
             account_checks: Default::default(),

@@ -6,9 +6,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, LetterLine,
-    RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters, WebhookLetter,
-    WebhookPosition, Webhooks,
+    Accounts, Aggregates, Applied, AuditLog, AuditPage, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads,
+    LetterLine, RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters,
+    WebhookLetter, WebhookPosition, Webhooks,
 };
 use crate::domain::account::AccountProfile;
 use crate::domain::attribution::{CreditCounter, Credits, Model};
@@ -56,6 +56,10 @@ struct Data {
     currency: Option<String>,
     /// Webhook endpoint → its delivery state.
     webhooks: HashMap<String, WebhookData>,
+    /// The audit trail, with each event's sequence number (its id is
+    /// `a<number>`).
+    audit: std::collections::VecDeque<(u64, crate::domain::audit::AuditEvent)>,
+    audit_next: u64,
 }
 
 #[derive(Debug, Default)]
@@ -616,5 +620,46 @@ impl Webhooks for MemoryStore {
 
     async fn webhook_counters(&self, endpoint: &str) -> Result<WebhookCounters, StoreError> {
         Ok(self.data().webhooks.get(endpoint).map(|h| h.counters.clone()).unwrap_or_default())
+    }
+}
+
+#[async_trait]
+impl AuditLog for MemoryStore {
+    async fn append_audit(
+        &self,
+        events: &[crate::domain::audit::AuditEvent],
+        retention_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut data = self.data();
+        for event in events {
+            data.audit_next += 1;
+            let n = data.audit_next;
+            data.audit.push_back((n, event.clone()));
+        }
+        let oldest = crate::domain::Clock::now(&crate::domain::SystemClock).millis() - retention_ms;
+        while data.audit.front().is_some_and(|(_, e)| e.at.millis() < oldest) {
+            data.audit.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {
+        let after = match cursor {
+            "" => 0,
+            c => c
+                .strip_prefix('a')
+                .and_then(|n| n.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::BadCursor("not an audit cursor of this service".into()))?,
+        };
+        let data = self.data();
+        let events: Vec<(String, crate::domain::audit::AuditEvent)> = data
+            .audit
+            .iter()
+            .filter(|(n, _)| *n > after)
+            .take(limit)
+            .map(|(n, e)| (format!("a{n}"), e.clone()))
+            .collect();
+        let next_cursor = events.last().map_or_else(|| cursor.to_owned(), |(id, _)| id.clone());
+        Ok(AuditPage { events, next_cursor })
     }
 }

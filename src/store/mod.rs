@@ -1,5 +1,5 @@
 //! Where leads live. Role traits — `Leads`, `ChangeFeed`, `TriggerQueue`,
-//! `Aggregates`, `Accounts`, `RuleSetVersions`, `Spend`, `Webhooks` — each implemented by both
+//! `Aggregates`, `Accounts`, `RuleSetVersions`, `Spend`, `Webhooks`, `AuditLog` — each implemented by both
 //! stores: Redis (the store of record) and an embedded in-memory store for
 //! trying the service without setup. `LeadStore` is all of them, what the
 //! application holds. Both pass the same contract tests
@@ -405,13 +405,36 @@ pub trait Webhooks: Send + Sync + 'static {
     async fn webhook_counters(&self, endpoint: &str) -> Result<WebhookCounters, StoreError>;
 }
 
+/// A page of the audit trail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditPage {
+    /// Oldest first, each with its id (a cursor to resume after it).
+    pub events: Vec<(String, crate::domain::audit::AuditEvent)>,
+    /// Where the next page starts; the request's cursor when empty.
+    pub next_cursor: String,
+}
+
+/// The append-only audit trail.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Appends events; drops those older than `retention_ms`.
+    async fn append_audit(
+        &self,
+        events: &[crate::domain::audit::AuditEvent],
+        retention_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Events after `cursor` (empty: from the oldest kept), at most `limit`.
+    async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError>;
+}
+
 /// A whole store: every role. Implemented for anything that plays them all.
 pub trait LeadStore:
-    Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks
+    Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks + AuditLog
 {
 }
 
-impl<T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks> LeadStore
-    for T
+impl<T> LeadStore for T where
+    T: Leads + ChangeFeed + TriggerQueue + Aggregates + Accounts + RuleSetVersions + Spend + Webhooks + AuditLog
 {
 }

@@ -2,6 +2,7 @@
 //! port) and the real gRPC server on port 0, called through the generated
 //! client.
 
+mod audit;
 mod cluster;
 mod connect;
 mod contract;

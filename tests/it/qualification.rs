@@ -386,6 +386,24 @@ async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(active_version(&app).await, "2026.11.2");
     app.client().await.record_signals(record(vec![signal("x", "strict", "page_view", now_millis())])).await.unwrap();
+
+    // The activation is in the audit trail with its digest, approvers and
+    // what changed; the refused file is not.
+    let trail = qualification(&app)
+        .await
+        .list_audit_events(pb::ListAuditEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let activations: Vec<&pb::AuditEvent> = trail.iter().filter(|e| e.action == "rule_set.activated").collect();
+    assert_eq!(activations.len(), 1, "{trail:?}");
+    let a = activations[0];
+    assert_eq!((a.subject.as_str(), a.details["previous_version"].as_str()), ("2026.11.2", "2026.11.1"));
+    assert_eq!(a.details["agreed_by"], "marketing sales");
+    assert_eq!(a.details["digest"].len(), 64);
+    let diff = &a.details["diff"];
+    assert!(diff.contains("-version = \"2026.11.1\"") && diff.contains("score.behavior >= 300.0"), "{diff}");
 }
 
 async fn score(app: &TestApp, lead: &str) -> pb::LeadScore {

@@ -146,6 +146,11 @@ impl KeySpace {
         format!("{}:webhook:{{{endpoint}}}:{part}", self.prefix)
     }
 
+    /// The audit trail (stream: `e` → the event as JSON; ids by time).
+    pub fn audit(&self) -> String {
+        format!("{}:audit", self.prefix)
+    }
+
     /// The layout format of the data under this prefix (`record::FORMAT`).
     pub fn format(&self) -> String {
         format!("{}:format", self.prefix)

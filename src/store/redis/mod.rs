@@ -5,6 +5,7 @@
 //! then the record, feed and trigger entries, score history and aggregate
 //! deltas, all in one atomic step.
 
+mod audit;
 mod codec;
 mod cohort;
 pub mod conn;
@@ -25,9 +26,9 @@ pub use conn::{Conn, RedisTls};
 pub use keys::KeySpace;
 
 use super::{
-    Accounts, Aggregates, Applied, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads, LetterLine,
-    RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters, WebhookLetter,
-    WebhookPosition, Webhooks,
+    Accounts, Aggregates, Applied, AuditLog, AuditPage, ChangeFeed, DeliveryPolicy, FeedPage, FeedPolicy, Leads,
+    LetterLine, RuleSetVersions, Spend, StoreError, StoredAccount, TriggerQueue, TriggerStats, WebhookCounters,
+    WebhookLetter, WebhookPosition, Webhooks,
 };
 use crate::domain::AccountId;
 use crate::domain::account::AccountProfile;
@@ -578,6 +579,21 @@ impl RuleSetVersions for RedisStore {
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
         let key = self.keys.rule_set_versions();
         self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
+    }
+}
+
+#[async_trait]
+impl AuditLog for RedisStore {
+    async fn append_audit(
+        &self,
+        events: &[crate::domain::audit::AuditEvent],
+        retention_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.append(events, retention_ms).await
+    }
+
+    async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {
+        self.list(cursor, limit).await
     }
 }
 

@@ -1,0 +1,39 @@
+//! The audit trail: who changed what by hand (or by a system), read back
+//! with a cursor.
+
+use super::*;
+use crate::domain::audit::AuditEvent;
+use crate::store::AuditPage;
+
+/// An event of now.
+pub fn event(
+    state: &Core,
+    action: &str,
+    actor: &str,
+    token: &str,
+    subject: &str,
+    details: &[(&str, String)],
+) -> AuditEvent {
+    AuditEvent {
+        at: state.clock.now(),
+        action: action.to_owned(),
+        actor: actor.to_owned(),
+        token: token.to_owned(),
+        subject: subject.to_owned(),
+        details: details.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+    }
+}
+
+/// Appends an event after the change it tells of was made. The change
+/// stands if the store cannot take the event: that is logged (ERROR, with
+/// the event, which holds no personal values) instead.
+pub async fn record(state: &Core, event: AuditEvent) {
+    if let Err(e) = state.store.append_audit(std::slice::from_ref(&event), state.audit_retention_ms).await {
+        tracing::error!(error = %e, action = %event.action, subject = %event.subject, actor = %event.actor, token = %event.token, "cannot append to the audit trail");
+    }
+}
+
+/// Events after `cursor`, oldest first.
+pub async fn list(state: &Core, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {
+    state.store.list_audit(cursor, limit).await
+}
