@@ -155,7 +155,9 @@ pub fn subscriber(
     filter: EnvFilter,
 ) -> impl tracing::Subscriber + Send + Sync {
     let otel = provider.map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("leadscore")));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(|| EscapingWriter(std::io::stderr()));
+    // Colours only for a person at a terminal: redirected logs stay plain.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(|| EscapingWriter(std::io::stderr()));
     let logs = if json { fmt.json().with_current_span(false).with_span_list(true).boxed() } else { fmt.boxed() };
     Registry::default().with(filter).with(otel).with(logs)
 }
