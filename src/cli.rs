@@ -420,13 +420,14 @@ pub async fn run(cli: Cli) -> ExitCode {
 async fn export_audit(addr: &str, after: String) -> Result<(), Box<dyn std::error::Error>> {
     use crate::api::pb;
     use std::io::Write as _;
-    let mut client = pb::qualification_client::QualificationClient::new(crate::client::connect(addr).await?);
+    let mut client = pb::qualification_client::QualificationClient::new(crate::client::connect(addr).await?)
+        .max_decoding_message_size(64 << 20);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", crate::domain::audit::CSV_HEADER)?;
     let mut cursor = after;
     loop {
         let page = client
-            .list_audit_events(pb::ListAuditEventsRequest { after_cursor: cursor.clone(), limit: 1000 })
+            .list_audit_events(pb::ListAuditEventsRequest { after_cursor: cursor.clone(), limit: 200 })
             .await
             .map_err(|e| format!("{}: {}", e.code(), e.message()))?
             .into_inner();

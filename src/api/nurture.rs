@@ -243,12 +243,11 @@ impl Nurture for NurtureService {
         v.into_result(())?;
         configured(&self.state, &req.group)?;
         let replayed = triggers::replay(&self.state, &req.group, &req.trigger_ids).await.map_err(ApiError::from)?;
-        let details = [("asked", req.trigger_ids.len().to_string()), ("replayed", replayed.to_string())];
-        audit::record(
-            &self.state,
-            audit::event(&self.state, "dead_letters.replayed", "", &token, &req.group, &details),
-        )
-        .await;
+        if replayed > 0 {
+            let details = [("asked", req.trigger_ids.len().to_string()), ("replayed", replayed.to_string())];
+            let event = audit::event(&self.state, "dead_letters.replayed", "", &token, &req.group, &details);
+            audit::record(&self.state, event).await;
+        }
         Ok(Response::new(pb::ReplayDeadLettersResponse { replayed }))
     }
 
@@ -318,9 +317,11 @@ impl Nurture for NurtureService {
         v.into_result(())?;
         let spec = endpoint(&self.state, &req.endpoint)?;
         let replayed = webhooks::replay(&self.state, &spec.name, &req.event_ids).await.map_err(ApiError::from)?;
-        let details = [("asked", req.event_ids.len().to_string()), ("replayed", replayed.to_string())];
-        let event = audit::event(&self.state, "webhook_dead_letters.replayed", "", &token, &spec.name, &details);
-        audit::record(&self.state, event).await;
+        if replayed > 0 {
+            let details = [("asked", req.event_ids.len().to_string()), ("replayed", replayed.to_string())];
+            let event = audit::event(&self.state, "webhook_dead_letters.replayed", "", &token, &spec.name, &details);
+            audit::record(&self.state, event).await;
+        }
         Ok(Response::new(pb::ReplayWebhookDeadLettersResponse { replayed }))
     }
 }

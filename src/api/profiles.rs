@@ -332,6 +332,7 @@ impl Profiles for ProfilesService {
         &self,
         request: Request<pb::ExportLeadRequest>,
     ) -> Result<Response<pb::ExportLeadResponse>, Status> {
+        let token = crate::api::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let lead_id = convert::subject(req.lead_id, req.visitor_id, "", &mut v);
@@ -343,6 +344,9 @@ impl Profiles for ProfilesService {
             .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
         let rules = self.state.rules();
         let now = self.state.clock.now();
+        // Who read a person's whole record is worth answering for too.
+        let event = crate::engine::audit::event(&self.state, "lead.exported", "", &token, lead_id.as_str(), &[]);
+        crate::engine::audit::record(&self.state, event).await;
         Ok(Response::new(export_to_proto(&export, &rules, now)))
     }
 

@@ -193,7 +193,9 @@ impl Qualification for QualificationService {
                 let mut details = vec![
                     ("from", change.from.as_str().to_owned()),
                     ("to", change.to.as_str().to_owned()),
-                    ("reason", change.reason.clone()),
+                    // The reason is free text about a person: it stays with
+                    // the lead (its stage history), not in the trail.
+                    ("reason_given", (!change.reason.trim().is_empty()).to_string()),
                 ];
                 if let Some(amount) = change.deal_amount {
                     details.push(("deal_amount", amount.to_string()));

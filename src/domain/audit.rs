@@ -39,6 +39,9 @@ pub fn changed_attributes(before: &BTreeMap<String, String>, after: &BTreeMap<St
     names
 }
 
+/// Longest line a diff shows, in bytes.
+const MAX_LINE: usize = 200;
+
 /// Lines of a rule file added and removed against the previous one, as
 /// `+line` / `-line`, at most `max` of them (then a count of the rest).
 /// A line-set difference: enough to see what was edited, cheap on any size.
@@ -47,7 +50,11 @@ pub fn line_diff(before: &str, after: &str, max: usize) -> Vec<String> {
     let new: std::collections::BTreeSet<&str> = after.lines().map(str::trim_end).collect();
     let removed = before.lines().map(str::trim_end).filter(|l| !new.contains(l) && !l.trim().is_empty());
     let added = after.lines().map(str::trim_end).filter(|l| !old.contains(l) && !l.trim().is_empty());
-    let all: Vec<String> = removed.map(|l| format!("-{l}")).chain(added.map(|l| format!("+{l}"))).collect();
+    let cut = |l: &str| {
+        if l.len() > MAX_LINE { format!("{}…", &l[..l.floor_char_boundary(MAX_LINE)]) } else { l.to_owned() }
+    };
+    let all: Vec<String> =
+        removed.map(|l| format!("-{}", cut(l))).chain(added.map(|l| format!("+{}", cut(l)))).collect();
     if all.len() <= max {
         return all;
     }
@@ -66,10 +73,10 @@ pub fn csv_field(value: &str) -> String {
 /// The CSV header of `csv_row`.
 pub const CSV_HEADER: &str = "id,at,action,actor,token,subject,details";
 
-/// One event as a CSV line (details as `key=value; …`).
+/// One event as a CSV line (details as a JSON object).
 pub fn csv_row(id: &str, event: &AuditEvent) -> String {
-    let details: Vec<String> = event.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    [id, &event.at.to_string(), &event.action, &event.actor, &event.token, &event.subject, &details.join("; ")]
+    let details = serde_json::to_string(&event.details).unwrap_or_default();
+    [id, &event.at.to_string(), &event.action, &event.actor, &event.token, &event.subject, &details]
         .iter()
         .map(|f| csv_field(f))
         .collect::<Vec<_>>()
@@ -110,7 +117,7 @@ mod tests {
         };
         assert_eq!(
             csv_row("1-0", &e),
-            "1-0,1970-01-01T00:00:00Z,stage.set,rep@example.com,crm,lead-1,from=MQL; to=SAL"
+            r#"1-0,1970-01-01T00:00:00Z,stage.set,rep@example.com,crm,lead-1,"{""from"":""MQL"",""to"":""SAL""}""#
         );
     }
 
@@ -122,6 +129,8 @@ mod tests {
         let big: String = (0..100).map(|i| format!("line {i}\n")).collect();
         let diff = line_diff("", &big, 5);
         assert_eq!((diff.len(), diff[5].as_str()), (6, "… 95 more lines"));
+        let long = line_diff("", &"é".repeat(500), 5);
+        assert!(long[0].len() <= MAX_LINE + 4 && long[0].ends_with('…'), "{}", long[0]);
     }
 
     proptest! {

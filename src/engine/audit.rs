@@ -24,13 +24,19 @@ pub fn event(
     }
 }
 
-/// Appends an event after the change it tells of was made. The change
-/// stands if the store cannot take the event: that is logged (ERROR, with
-/// the event, which holds no personal values) instead.
+/// Appends an event after the change it tells of was made, on a task of
+/// its own: a caller that goes away (or times out) meanwhile does not lose
+/// it. The change stands if the store cannot take the event: the whole
+/// event (it holds no personal values) is logged at ERROR instead.
 pub async fn record(state: &Core, event: AuditEvent) {
-    if let Err(e) = state.store.append_audit(std::slice::from_ref(&event), state.audit_retention_ms).await {
-        tracing::error!(error = %e, action = %event.action, subject = %event.subject, actor = %event.actor, token = %event.token, "cannot append to the audit trail");
-    }
+    let store = state.store.clone();
+    let keep_after_ms = state.clock.now().millis() - state.audit_retention_ms;
+    tokio::spawn(async move {
+        if let Err(e) = store.append_audit(std::slice::from_ref(&event), keep_after_ms).await {
+            let details = serde_json::to_string(&event.details).unwrap_or_default();
+            tracing::error!(error = %e, action = %event.action, subject = %event.subject, actor = %event.actor, token = %event.token, %details, "cannot append to the audit trail");
+        }
+    });
 }
 
 /// Events after `cursor`, oldest first.

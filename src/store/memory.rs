@@ -628,7 +628,7 @@ impl AuditLog for MemoryStore {
     async fn append_audit(
         &self,
         events: &[crate::domain::audit::AuditEvent],
-        retention_ms: i64,
+        keep_after_ms: i64,
     ) -> Result<(), StoreError> {
         let mut data = self.data();
         for event in events {
@@ -636,8 +636,7 @@ impl AuditLog for MemoryStore {
             let n = data.audit_next;
             data.audit.push_back((n, event.clone()));
         }
-        let oldest = crate::domain::Clock::now(&crate::domain::SystemClock).millis() - retention_ms;
-        while data.audit.front().is_some_and(|(_, e)| e.at.millis() < oldest) {
+        while data.audit.front().is_some_and(|(_, e)| e.at.millis() < keep_after_ms) {
             data.audit.pop_front();
         }
         Ok(())

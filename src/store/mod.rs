@@ -417,11 +417,11 @@ pub struct AuditPage {
 /// The append-only audit trail.
 #[async_trait]
 pub trait AuditLog: Send + Sync + 'static {
-    /// Appends events; drops those older than `retention_ms`.
+    /// Appends events; drops those from before `keep_after_ms` (unix ms).
     async fn append_audit(
         &self,
         events: &[crate::domain::audit::AuditEvent],
-        retention_ms: i64,
+        keep_after_ms: i64,
     ) -> Result<(), StoreError>;
 
     /// Events after `cursor` (empty: from the oldest kept), at most `limit`.

@@ -9,12 +9,12 @@ use crate::domain::audit::AuditEvent;
 use crate::store::{AuditPage, StoreError};
 
 impl RedisStore {
-    pub(super) async fn append(&self, events: &[AuditEvent], retention_ms: i64) -> Result<(), StoreError> {
+    pub(super) async fn append(&self, events: &[AuditEvent], keep_after_ms: i64) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
         let key = self.keys.audit();
-        let oldest = (crate::domain::Clock::now(&crate::domain::SystemClock).millis() - retention_ms).max(0);
+        let oldest = keep_after_ms.max(0);
         let mut pipe = redis::pipe();
         for event in events {
             let json = serde_json::to_string(event)
@@ -41,13 +41,14 @@ impl RedisStore {
             .await?;
         let mut events = Vec::with_capacity(reply.ids.len());
         for entry in &reply.ids {
-            let json: String =
-                entry.get("e").ok_or_else(|| StoreError::Internal(format!("audit entry {} has no event", entry.id)))?;
-            let event = serde_json::from_str(&json)
-                .map_err(|e| StoreError::Internal(format!("audit entry {} is unreadable: {e}", entry.id)))?;
-            events.push((entry.id.clone(), event));
+            // An entry that is not an event (written by hand) is passed
+            // over, so the trail past it stays readable.
+            match entry.get::<String>("e").map(|json| serde_json::from_str::<AuditEvent>(&json)) {
+                Some(Ok(event)) => events.push((entry.id.clone(), event)),
+                _ => tracing::warn!(id = %entry.id, "an audit entry is unreadable; passed over"),
+            }
         }
-        let next_cursor = events.last().map_or_else(|| cursor.to_owned(), |(id, _)| id.clone());
+        let next_cursor = reply.ids.last().map_or_else(|| cursor.to_owned(), |e| e.id.clone());
         Ok(AuditPage { events, next_cursor })
     }
 }

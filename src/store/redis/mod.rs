@@ -587,9 +587,9 @@ impl AuditLog for RedisStore {
     async fn append_audit(
         &self,
         events: &[crate::domain::audit::AuditEvent],
-        retention_ms: i64,
+        keep_after_ms: i64,
     ) -> Result<(), StoreError> {
-        self.append(events, retention_ms).await
+        self.append(events, keep_after_ms).await
     }
 
     async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {

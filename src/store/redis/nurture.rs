@@ -136,8 +136,8 @@ impl RedisStore {
             })
             .await?;
         let mut out = Vec::new();
-        for entry in &reply.ids {
-            let d = delivery(partition, entry, 0)?;
+        // Another lead's entry that does not decode is no reason to fail.
+        for d in reply.ids.iter().filter_map(|entry| delivery(partition, entry, 0).ok()) {
             if &d.lead_id == lead {
                 out.push(d);
             }
