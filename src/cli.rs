@@ -429,7 +429,7 @@ async fn export_audit(addr: &str, after: String) -> Result<(), Box<dyn std::erro
         let page = client
             .list_audit_events(pb::ListAuditEventsRequest { after_cursor: cursor.clone(), limit: 200 })
             .await
-            .map_err(|e| format!("{}: {}", e.code(), e.message()))?
+            .map_err(|e| crate::client::refused(&e))?
             .into_inner();
         for e in &page.events {
             let event = crate::domain::audit::AuditEvent {
@@ -461,7 +461,7 @@ async fn export_lead(addr: &str, id: String, visitor: bool) -> Result<String, Bo
         pb::ExportLeadRequest { lead_id: id, ..Default::default() }
     };
     let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(addr).await?);
-    let export = client.export_lead(request).await.map_err(|e| format!("{}: {}", e.code(), e.message()))?.into_inner();
+    let export = client.export_lead(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
     Ok(serde_json::to_string_pretty(&export)?)
 }
 
@@ -473,7 +473,7 @@ async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Er
         nanos: 0,
     };
     let today = chrono::Utc::now().date_naive();
-    let grpc_error = |e: tonic::Status| format!("{}: {}", e.code(), e.message());
+    let grpc_error = |e: tonic::Status| crate::client::refused(&e);
     match command {
         ReportCommand::Cohort { addr, from, to, model, filter, buckets } => {
             let month = |text: &str| {

@@ -33,6 +33,36 @@ pub async fn connect(addr: &str) -> Result<Connection, Box<dyn std::error::Error
         ),
         _ => None,
     };
-    let channel = Channel::from_shared(addr.to_owned())?.connect().await?;
+    let not_an_address = || format!("'{addr}' is not a service address: write it like http://127.0.0.1:50051");
+    let endpoint = Channel::from_shared(addr.to_owned()).map_err(|_| not_an_address())?;
+    if endpoint.uri().scheme().is_none() {
+        return Err(not_an_address().into());
+    }
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut why = String::new();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            why = s.to_string();
+            source = s.source();
+        }
+        format!(
+            "cannot connect to {addr}: {} — is `leadscore serve` running there?",
+            if why.is_empty() { e.to_string() } else { why }
+        )
+    })?;
     Ok(InterceptedService::new(channel, Bearer(token)))
+}
+
+/// A refused call in words: the code as the API documents it
+/// (`NOT_FOUND`, …) and the service's message.
+pub fn refused(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let mut name = String::new();
+    for (i, c) in code.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    format!("{name}: {}", status.message())
 }

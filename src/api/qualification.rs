@@ -420,8 +420,14 @@ impl Qualification for QualificationService {
     }
 
     #[tracing::instrument(name = "Rescore", skip_all)]
-    async fn rescore(&self, _: Request<pb::RescoreRequest>) -> Result<Response<pb::RescoreResponse>, Status> {
+    async fn rescore(&self, request: Request<pb::RescoreRequest>) -> Result<Response<pb::RescoreResponse>, Status> {
+        let token = super::token_name(&request);
         let (job, started) = crate::engine::start_rescore(self.state.core().clone());
+        if started {
+            let details = [("job_id", job.id.clone())];
+            let event = audit::event(&self.state, "rescore.started", "", &token, &job.rule_set_version, &details);
+            audit::record(&self.state, event).await;
+        }
         Ok(Response::new(pb::RescoreResponse { job_id: job.id.clone(), started }))
     }
 
@@ -465,6 +471,7 @@ impl Qualification for QualificationService {
         &self,
         request: Request<pb::IdentifyVisitorRequest>,
     ) -> Result<Response<pb::IdentifyVisitorResponse>, Status> {
+        let token = super::token_name(&request);
         let req = request.into_inner();
         let mut v = Violations::default();
         let visitor = convert::visitor_id(req.visitor_id, "visitor_id", &mut v);
@@ -476,6 +483,11 @@ impl Qualification for QualificationService {
         let rules = self.state.rules();
         match crate::engine::identify(&self.state, &rules, &visitor, &lead_id).await.map_err(ApiError::from)? {
             crate::engine::Identified::Merged { lead, merged_signals } => {
+                if merged_signals > 0 {
+                    let details = [("visitor_id", visitor.to_string()), ("merged_signals", merged_signals.to_string())];
+                    let event = audit::event(&self.state, "visitor.identified", "", &token, lead_id.as_str(), &details);
+                    audit::record(&self.state, event).await;
+                }
                 let now = self.state.clock.now();
                 let score = convert::score_to_proto(&lead, &rules.primary().score(&lead, now), &rules.version);
                 Ok(Response::new(pb::IdentifyVisitorResponse { score: Some(score), merged_signals }))

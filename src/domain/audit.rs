@@ -10,6 +10,7 @@ use super::Timestamp;
 pub struct AuditEvent {
     pub at: Timestamp,
     /// What happened: `stage.set`, `lead.upserted`, `expansion.recorded`,
+    /// `lead.exported`, `visitor.identified`, `rescore.started`,
     /// `dead_letters.replayed`, `webhook_dead_letters.replayed`,
     /// `rule_set.activated`.
     pub action: String,

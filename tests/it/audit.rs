@@ -103,6 +103,29 @@ async fn trail_tells_who_changed_what(redis: Option<&RedisServer>) {
         .await
         .unwrap_err();
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    // Reading a whole record is in the trail too.
+    let mut profiles = pb::profiles_client::ProfilesClient::new(app.channel().await);
+    profiles
+        .export_lead(with_token(pb::ExportLeadRequest { lead_id: "audit-1".into(), ..Default::default() }))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let later = q
+            .list_audit_events(with_token(pb::ListAuditEventsRequest {
+                after_cursor: page.next_cursor.clone(),
+                limit: 10,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(e) = later.events.first() {
+            assert_eq!((e.action.as_str(), e.token.as_str(), e.subject.as_str()), ("lead.exported", "crm", "audit-1"));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lead.exported event");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Admin only.
     let anonymous = q.list_audit_events(pb::ListAuditEventsRequest::default()).await.unwrap_err();
     assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
