@@ -381,11 +381,8 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let settings: Settings = figment
-            .merge(env)
-            .merge(Serialized::defaults(overrides))
-            .extract()
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings =
+            figment.merge(env).merge(Serialized::defaults(overrides)).extract().map_err(|e| ConfigError(explain(e)))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -507,6 +504,64 @@ pub enum Reflection {
     Off,
 }
 
+/// A configuration error in words: an unknown key names the closest valid
+/// one instead of listing them all.
+fn explain(e: figment::Error) -> String {
+    if let figment::error::Kind::UnknownField(found, expected) = &e.kind {
+        let place = match e.metadata.as_ref() {
+            Some(m) => match &m.source {
+                Some(source) => format!(" in {source}"),
+                None => format!(" in {}", m.name),
+            },
+            None => String::new(),
+        };
+        let hint = match closest(found, expected) {
+            Some(near) => format!(": did you mean `{near}`?"),
+            None => String::new(),
+        };
+        // Where in the file: `webhooks[0]` for a key of the first endpoint.
+        let mut table = String::new();
+        let within = e.path.len().saturating_sub(1);
+        for part in e.path.iter().take(within).filter(|p| *p != "default") {
+            if part.parse::<usize>().is_ok() { table.push_str(&format!("[{part}]")) } else { table.push_str(part) }
+        }
+        let table = if table.is_empty() { table } else { format!(" of {table}") };
+        return format!(
+            "unknown key `{}`{table}{place}{hint} (the README's Configuration lists every key)",
+            crate::text::bounded(found, 64)
+        );
+    }
+    e.to_string()
+}
+
+/// The candidate nearest to `word` by edit distance, if it is near enough
+/// to be a typo of it (at most a third of its length, at least 1).
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, c)| (*d, *c))
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// A Redis URL fit for logs: scheme, host and port, never credentials.
 pub fn redacted_url(url: &str) -> String {
     match url.split_once("://") {
@@ -607,6 +662,29 @@ mod tests {
         }
         let twice = format!("{ok}{ok}");
         assert!(load(&twice).unwrap_err().to_string().contains("used twice"));
+    }
+
+    #[test]
+    fn typos_name_the_closest_key() {
+        assert_eq!(closest("max_batch_sise", &KEYS), Some("max_batch_size"));
+        assert_eq!(closest("redis_urll", &KEYS), Some("redis_url"));
+        assert_eq!(closest("colour", &KEYS), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "max_batch_sise = 50").unwrap();
+        let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("unknown key `max_batch_sise`") && text.contains("did you mean `max_batch_size`?"),
+            "{text}"
+        );
+        assert!(!text.contains("grpc_addr"), "no list of every key: {text}");
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "[[webhooks]]\nname = \"a\"\nurl = \"http://x/\"\nevents = [\"triggers\"]\nsecret_env = \"S\"\nmax_attempt = 3").unwrap();
+        let text = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("did you mean `max_attempts`?"), "{text}");
     }
 
     #[test]
