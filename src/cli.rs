@@ -108,6 +108,25 @@ pub enum LeadCommand {
         #[arg(long, default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
+    /// Erases a lead and everything kept about it, and prints the receipt
+    /// as JSON (the right to erasure; ForgetLead, admin scope). Erasing
+    /// again is harmless.
+    Forget {
+        /// The lead id (or, with --visitor, the visitor id).
+        id: String,
+        /// ID is an anonymous visitor's id.
+        #[arg(long)]
+        visitor: bool,
+        /// Who asks for it (recorded in the audit trail).
+        #[arg(long)]
+        actor: String,
+        /// Why (the audit trail records only that one was given).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -391,8 +410,14 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Lead { command: LeadCommand::Export { id, visitor, addr } } => {
-            match export_lead(&addr, id, visitor).await {
+        Command::Lead { command } => {
+            let printed = match command {
+                LeadCommand::Export { id, visitor, addr } => export_lead(&addr, id, visitor).await,
+                LeadCommand::Forget { id, visitor, actor, reason, addr } => {
+                    forget_lead(&addr, id, visitor, actor, reason).await
+                }
+            };
+            match printed {
                 Ok(json) => {
                     println!("{json}");
                     ExitCode::SUCCESS
@@ -463,6 +488,21 @@ async fn export_lead(addr: &str, id: String, visitor: bool) -> Result<String, Bo
     let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(addr).await?);
     let export = client.export_lead(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
     Ok(serde_json::to_string_pretty(&export)?)
+}
+
+async fn forget_lead(
+    addr: &str,
+    id: String,
+    visitor: bool,
+    actor: String,
+    reason: String,
+) -> Result<String, Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    let (lead_id, visitor_id) = if visitor { (String::new(), id) } else { (id, String::new()) };
+    let request = pb::ForgetLeadRequest { lead_id, visitor_id, actor, reason };
+    let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(addr).await?);
+    let receipt = client.forget_lead(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
+    Ok(serde_json::to_string_pretty(&receipt)?)
 }
 
 async fn report(command: ReportCommand) -> Result<String, Box<dyn std::error::Error>> {

@@ -142,6 +142,10 @@ pub struct Settings {
     pub redis_tls_key: Option<PathBuf>,
     /// How long audit events are kept.
     pub audit_retention: Millis,
+    /// Retention: leads (and anonymous visitors) that never reached MQL
+    /// are erased after this long without a counted signal or a stage
+    /// change; 0 (the default) keeps them.
+    pub erase_unqualified_after: Millis,
     /// HTTP endpoints that receive qualification changes and nurture
     /// triggers, signed (`[[webhooks]]` tables; README, "Webhooks").
     pub webhooks: Vec<WebhookSettings>,
@@ -290,13 +294,14 @@ impl Default for Settings {
             redis_tls_cert: None,
             redis_tls_key: None,
             audit_retention: Millis(400 * DAY),
+            erase_unqualified_after: Millis(0),
             webhooks: Vec::new(),
         }
     }
 }
 
 /// Every settings key, as used in files and after `LEADSCORE_` in the environment.
-pub const KEYS: [&str; 50] = [
+pub const KEYS: [&str; 51] = [
     "grpc_addr",
     "metrics_addr",
     "redis_url",
@@ -346,6 +351,7 @@ pub const KEYS: [&str; 50] = [
     "redis_tls_cert",
     "redis_tls_key",
     "audit_retention",
+    "erase_unqualified_after",
     "webhooks",
 ];
 

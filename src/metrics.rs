@@ -28,6 +28,7 @@ pub struct Metrics {
     transitions: IntCounterVec,
     /// Follow-up deadlines this replica found passed without a decision.
     sla_breaches: IntCounter,
+    erased: IntCounterVec,
     rule_set: IntGaugeVec,
     /// Redis command (or pipeline) latency by operation.
     pub redis_duration: HistogramVec,
@@ -122,6 +123,17 @@ impl Metrics {
              without a decision",
         )
         .expect("valid metric");
+        let erased = IntCounterVec::new(
+            Opts::new(
+                "leads_erased_total",
+                "Leads and visitors this replica erased: by ForgetLead (request) or a retention policy (retention)",
+            ),
+            &["by"],
+        )
+        .expect("valid metric");
+        for by in ["request", "retention"] {
+            erased.with_label_values(&[by]);
+        }
         let rule_set = IntGaugeVec::new(Opts::new("rule_set_info", "The active rule set (value 1)"), &["version"])
             .expect("valid metric");
         let redis_duration = HistogramVec::new(
@@ -195,6 +207,7 @@ impl Metrics {
             Box::new(signals.clone()),
             Box::new(transitions.clone()),
             Box::new(sla_breaches.clone()),
+            Box::new(erased.clone()),
             Box::new(rule_set.clone()),
             Box::new(redis_duration.clone()),
             Box::new(triggers.clone()),
@@ -216,6 +229,7 @@ impl Metrics {
             signals,
             transitions,
             sla_breaches,
+            erased,
             rule_set,
             redis_duration,
             triggers,
@@ -252,6 +266,11 @@ impl Metrics {
             };
             self.transitions.with_label_values(&[c.from.as_str(), c.to.as_str(), by]).inc();
         }
+    }
+
+    /// Counts erased leads and visitors (`by`: request or retention).
+    pub fn erased(&self, by: &str, n: u64) {
+        self.erased.with_label_values(&[by]).inc_by(n);
     }
 
     /// Counts follow-up deadlines found passed.

@@ -277,6 +277,7 @@ impl Application {
         );
         core.rescore_on_reload = settings.rescore_on_reload;
         core.audit_retention_ms = settings.audit_retention.0;
+        core.erase_unqualified_after_ms = settings.erase_unqualified_after.0;
         core.webhooks = webhooks.iter().map(|w| w.spec.clone()).collect();
         core.currency = settings.currency.clone();
         core.delivery = DeliveryPolicy {
@@ -539,6 +540,11 @@ async fn sweep_every(state: Arc<crate::engine::Core>, interval: Duration, mut st
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next round"),
+        }
+        match crate::engine::erasure::sweep_retention(&state).await {
+            Ok(0) => {}
+            Ok(erased) => tracing::info!(erased, "leads erased by the retention policy"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying next round"),
         }
     }
 }

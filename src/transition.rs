@@ -26,7 +26,9 @@ use crate::domain::profiles::{
     ScoreHistoryEntry, funnel_groups,
 };
 use crate::domain::sla::{Agreement, Pending};
-use crate::domain::state::{AggregateDelta, CohortPlace, Due, FirstTouch, LeadChange, LeadState};
+use crate::domain::state::{
+    AggregateDelta, CohortPlace, Due, FirstTouch, LeadChange, LeadState, MAX_VISITORS, day_expires,
+};
 use crate::domain::{
     Breach, Cause, EventId, FiredTrigger, IngestPolicy, LeadId, LeadLedger, LeadProfile, LeadSnapshot, ScoreSnapshot,
     ScoredSignal, SignalStatus, Stage, StageChange, Timestamp, TriggerFire,
@@ -159,6 +161,7 @@ impl<'r> Builder<'r> {
             indexed_at: None,
             due: Vec::new(),
             account: None,
+            erase: None,
         };
         let mut b = Self { rules, settings, now, state, change, journey_before: None };
         if created {
@@ -209,7 +212,7 @@ impl<'r> Builder<'r> {
     /// Adds funnel counter increments for some groups on the day of `at`.
     fn count_counters(&mut self, groups: &[String], increments: &[(FunnelCounter, f64)], at: Timestamp) {
         let day = at.utc_day();
-        let expires = Timestamp::from_millis((day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
+        let expires = day_expires(day, self.settings.funnel_retention_ms);
         for group in groups {
             for &(counter, by) in increments {
                 let group = group.clone();
@@ -391,6 +394,14 @@ impl<'r> Builder<'r> {
     fn touch(&mut self, cause: Option<String>, dedupe: bool) {
         let scores = model_scores(self.rules, &self.state.lead, self.now);
         let place = self.place(&scores);
+        self.move_place(place);
+        let Some(cause) = cause else { return };
+        self.add_history(cause, scores, dedupe);
+    }
+
+    /// Moves the lead's counts in the cohort aggregates to `place` (none:
+    /// it no longer counts).
+    fn move_place(&mut self, place: Option<CohortPlace>) {
         let old = self.state.cohort.take();
         if let Some(old) = &old
             && place.as_ref().is_none_or(|new| !new.same_counters(old))
@@ -430,7 +441,11 @@ impl<'r> Builder<'r> {
             }
         }
         self.state.cohort = place;
-        let Some(cause) = cause else { return };
+    }
+
+    /// A score history entry for `cause` (with `dedupe`, not when the
+    /// scores equal the newest entry's).
+    fn add_history(&mut self, cause: String, scores: Vec<ModelScore>, dedupe: bool) {
         if self.settings.score_history == 0 {
             return;
         }
@@ -484,7 +499,7 @@ impl<'r> Builder<'r> {
     fn finish(mut self) -> LeadChange {
         if let Some(before) = self.journey_before.take() {
             for d in attribution::credit_changes(&before, &self.state.journey) {
-                let expires = Timestamp::from_millis((d.day + 1) * 86_400_000 + self.settings.funnel_retention_ms);
+                let expires = day_expires(d.day, self.settings.funnel_retention_ms);
                 self.change.aggregates.push(AggregateDelta::Credit {
                     day: d.day,
                     model: d.model,
@@ -495,6 +510,10 @@ impl<'r> Builder<'r> {
                 });
             }
         }
+        for delta in &self.change.aggregates {
+            self.state.contributions.add(delta);
+        }
+        self.state.contributions.prune(self.now, self.settings.funnel_retention_ms);
         self.state.version = self.change.expected_version + 1;
         self.change.state = self.state;
         self.change
@@ -814,6 +833,11 @@ pub fn merge_visitor(
     let mut b =
         Builder::begin(rules, settings, now, stored, lead_id, New { stage: Stage::Anonymous, created_at: None, touch });
     let (statuses, counted) = b.record(&signals, &prints);
+    let visitor_id = &visitor.lead.lead_id;
+    if !b.state.visitors.contains(visitor_id) {
+        b.state.visitors.insert(0, visitor_id.clone());
+        b.state.visitors.truncate(MAX_VISITORS);
+    }
     if b.state.lead.stage == Stage::Anonymous {
         let change = StageChange {
             from: Stage::Anonymous,
@@ -833,6 +857,85 @@ pub fn merge_visitor(
     b.touch(cause, false);
     let merged = statuses.iter().filter(|s| **s != SignalStatus::Duplicate).count() as u32;
     Step { change: b.finish(), answer: merged }
+}
+
+/// What erasing a lead removed, for its receipt.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Forgotten {
+    pub attributes: usize,
+    /// Raw signal history entries.
+    pub signals: usize,
+    /// Event-id fingerprints remembered for de-duplication.
+    pub event_ids: usize,
+    pub stage_changes: usize,
+    pub score_history: usize,
+    pub touches: usize,
+    pub expansion_deals: usize,
+    /// Aggregate counters the lead's share was taken out of.
+    pub aggregate_counters: usize,
+    /// Every share the lead ever had in the aggregates was known (not for
+    /// a lead an older release first wrote).
+    pub exact: bool,
+    /// Identified visitors merged into the lead (erased with it).
+    pub visitors: Vec<LeadId>,
+}
+
+/// The retention policy `erase_unqualified_after`: a lead (or anonymous
+/// visitor) that never reached MQL and has been quiet — no counted signal,
+/// no stage change, not created — for `quiet_ms` by `now` is to be
+/// erased. Identified visitors go with their lead, never on their own.
+pub fn retention_expired(state: &LeadState, now: Timestamp, quiet_ms: i64) -> bool {
+    let lead = &state.lead;
+    let last = [Some(lead.created_at), Some(lead.stage_since), lead.last_engaged_at].into_iter().flatten().max();
+    !state.reached_mql
+        && lead.merged_into.is_none()
+        && !QUALIFIED_STAGES.contains(&lead.stage)
+        && last.is_some_and(|at| at.millis() <= now.millis() - quiet_ms)
+}
+
+/// Erases a lead: its record goes, its share of every aggregate is taken
+/// back (its cohort place, and its funnel and credit contributions of the
+/// days still kept), it leaves every index and its account, its feed and
+/// trigger entries are deleted, and a tombstone is appended to the feed.
+/// `None` for a lead never stored (nothing to erase).
+pub fn forget(
+    rules: &RuleSet,
+    settings: &Settings,
+    now: Timestamp,
+    stored: Option<LeadState>,
+) -> Option<Step<Forgotten>> {
+    let stored = stored?;
+    let lead_id = stored.lead.lead_id.clone();
+    let stage = stored.lead.stage;
+    let answer = Forgotten {
+        attributes: stored.lead.attributes.len(),
+        signals: stored.ledger.history().count(),
+        event_ids: stored.ledger.seen().len(),
+        stage_changes: stored.stages.len(),
+        score_history: stored.score_history.len(),
+        touches: stored.journey.touches.len(),
+        expansion_deals: stored.expansion.len(),
+        aggregate_counters: 0,
+        exact: stored.contributions.complete,
+        visitors: stored.visitors.clone(),
+    };
+    let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
+    b.move_place(None);
+    let reversal = b.state.contributions.reversal(now, settings.funnel_retention_ms);
+    b.change.aggregates.extend(reversal);
+    for (def, _) in rules.inactivity_triggers() {
+        b.change.due.push((Due::Inactivity(def.id.clone()), None));
+    }
+    b.change.due.push((Due::Waiting, None));
+    b.change.due.push((Due::Deadline, None));
+    if let Some(account) = b.state.lead.account_id.clone() {
+        b.change.account = Some((Some(account), None));
+    }
+    b.change.erase = Some(crate::domain::Tombstone::new(&lead_id, now));
+    let aggregate_counters = b.change.aggregates.len();
+    let mut change = b.finish();
+    change.state.contributions = Default::default();
+    Some(Step { change, answer: Forgotten { aggregate_counters, ..answer } })
 }
 
 /// A raw history entry as a signal weighed by `rules`; `None` for a type
@@ -1094,6 +1197,7 @@ mod tests {
     type Counts = HashMap<(Month, String, CohortCounter), i64>;
     type Credits = HashMap<(i64, attribution::Model, String, attribution::CreditCounter), i64>;
     type Scores = HashMap<(Month, String, String, ScoreBucket), i64>;
+    type FunnelThousandths = Vec<((String, profiles::FunnelCounter), i64)>;
 
     /// What a store keeps, kept the simplest way: the properties read it.
     #[derive(Default)]
@@ -1147,7 +1251,26 @@ mod tests {
             }
             self.feed.extend(change.feed);
             self.triggers.extend(change.triggers);
-            self.leads.insert(id, change.state);
+            if change.erase.is_some() {
+                self.leads.remove(&id);
+            } else {
+                self.leads.insert(id, change.state);
+            }
+        }
+
+        /// The aggregates as kept, zeros dropped (as the stores do).
+        fn figures(&self) -> (Counts, Scores, Credits, FunnelThousandths) {
+            let counts = self.counts.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
+            let credits = self.credits.iter().filter(|(_, n)| **n != 0).map(|(k, n)| (k.clone(), *n)).collect();
+            // Funnel sums in thousandths (deal amounts are floats).
+            let mut funnel: Vec<_> = self
+                .funnel
+                .iter()
+                .map(|(k, v)| (k.clone(), (v * 1000.0).round() as i64))
+                .filter(|(_, v)| *v != 0)
+                .collect();
+            funnel.sort();
+            (counts, self.scores.clone(), credits, funnel)
         }
 
         fn record(&mut self, rules: &RuleSet, lead: &LeadId, signals: &[ScoredSignal], now: Timestamp) -> Recorded {
@@ -1202,6 +1325,57 @@ mod tests {
 
     fn behavior(state: &LeadState, rules: &RuleSet) -> f64 {
         rules.primary().score(&state.lead, NOW).behavior
+    }
+
+    /// One random operation on a lead: a signal, a profile upsert, a sales
+    /// decision or a rescore.
+    fn play(sim: &mut Sim, rules: &RuleSet, settings: &Settings, n: usize, op: (usize, usize, usize, i64)) {
+        let (kind, lead, x, minutes) = op;
+        let lead = id(&format!("lead-{lead}"));
+        let now = NOW.plus_millis(n as i64 * 60_000);
+        match kind {
+            0 => {
+                let ty = [
+                    "demo_requested",
+                    "webinar_attended",
+                    "form_fill",
+                    "page_view",
+                    "unsubscribe",
+                    "pricing_page_view",
+                    "email_click",
+                    "meeting_scheduled",
+                ][x];
+                let s = signal(rules, &format!("e{n}"), ty, now.plus_millis(-minutes * 60_000));
+                sim.record(rules, &lead, &[s], now);
+            }
+            1 => {
+                let attributes = BTreeMap::from([
+                    ("seniority".to_owned(), ["vp", "director", "manager", "intern"][x % 4].to_owned()),
+                    ("company_size".to_owned(), ["1-10", "51-200", "1000+", "11-50"][x / 2].to_owned()),
+                ]);
+                let profile = LeadProfile { lead_id: lead.clone(), account_id: None, attributes, created_at: None };
+                sim.apply(upsert_profile(rules, settings, now, sim.load(&lead), profile));
+            }
+            2 => {
+                let Some(stored) = sim.load(&lead) else { return };
+                let targets = rules.manual_targets(stored.lead.stage);
+                let Some(to) = targets.get(x % targets.len().max(1)).copied() else { return };
+                let request = StageRequest {
+                    to,
+                    expected: None,
+                    actor: "rep".into(),
+                    reason: String::new(),
+                    deal_amount: (to == Stage::Customer).then_some(1000.0),
+                };
+                sim.apply(set_stage(rules, settings, now, Some(stored), request).unwrap());
+            }
+            _ => {
+                let Some(stored) = sim.load(&lead) else { return };
+                if let Some(step) = rescore(rules, settings, now, stored) {
+                    sim.apply(step.change);
+                }
+            }
+        }
     }
 
     proptest! {
@@ -1260,44 +1434,8 @@ mod tests {
             let rules = rules();
             let settings = settings();
             let mut sim = Sim::default();
-            for (n, (kind, lead, x, minutes)) in ops.into_iter().enumerate() {
-                let lead = id(&format!("lead-{lead}"));
-                let now = NOW.plus_millis(n as i64 * 60_000);
-                match kind {
-                    0 => {
-                        let ty = ["demo_requested", "webinar_attended", "form_fill", "page_view", "unsubscribe",
-                            "pricing_page_view", "email_click", "meeting_scheduled"][x];
-                        let s = signal(&rules, &format!("e{n}"), ty, now.plus_millis(-minutes * 60_000));
-                        sim.record(&rules, &lead, &[s], now);
-                    }
-                    1 => {
-                        let attributes = BTreeMap::from([
-                            ("seniority".to_owned(), ["vp", "director", "manager", "intern"][x % 4].to_owned()),
-                            ("company_size".to_owned(), ["1-10", "51-200", "1000+", "11-50"][x / 2].to_owned()),
-                        ]);
-                        let profile = LeadProfile { lead_id: lead.clone(), account_id: None, attributes, created_at: None };
-                        sim.apply(upsert_profile(&rules, &settings, now, sim.load(&lead), profile));
-                    }
-                    2 => {
-                        let Some(stored) = sim.load(&lead) else { continue };
-                        let targets = rules.manual_targets(stored.lead.stage);
-                        let Some(to) = targets.get(x % targets.len().max(1)).copied() else { continue };
-                        let request = StageRequest {
-                            to,
-                            expected: None,
-                            actor: "rep".into(),
-                            reason: String::new(),
-                            deal_amount: (to == Stage::Customer).then_some(1000.0),
-                        };
-                        sim.apply(set_stage(&rules, &settings, now, Some(stored), request).unwrap());
-                    }
-                    _ => {
-                        let Some(stored) = sim.load(&lead) else { continue };
-                        if let Some(step) = rescore(&rules, &settings, now, stored) {
-                            sim.apply(step.change);
-                        }
-                    }
-                }
+            for (n, op) in ops.into_iter().enumerate() {
+                play(&mut sim, &rules, &settings, n, op);
             }
             for change in &sim.feed {
                 if matches!(change.cause, Cause::Rule { .. }) {
@@ -1338,6 +1476,79 @@ mod tests {
                 .sum();
             prop_assert_eq!(entered as u64, sim.created + sim.feed.len() as u64);
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever a lead went through, erasing it leaves every aggregate
+        /// as if it had never been: equal to a twin that never saw it.
+        #[test]
+        fn erasing_a_lead_leaves_the_aggregates_of_a_world_without_it(
+            ops in proptest::collection::vec((0usize..4, 0usize..3, 0usize..8, 0i64..60 * 24 * 20), 1..40),
+        ) {
+            let rules = rules();
+            let settings = settings();
+            let (mut sim, mut twin) = (Sim::default(), Sim::default());
+            for (n, op) in ops.into_iter().enumerate() {
+                play(&mut sim, &rules, &settings, n, op);
+                if op.1 != 0 {
+                    play(&mut twin, &rules, &settings, n, op);
+                }
+            }
+            let erased = id("lead-0");
+            let now = NOW.plus_millis(50 * 60_000);
+            let stored = sim.load(&erased);
+            let step = forget(&rules, &settings, now, stored.clone());
+            prop_assert_eq!(step.is_some(), stored.is_some());
+            if let Some(step) = step {
+                prop_assert!(step.answer.exact);
+                prop_assert!(step.change.erase.is_some() && step.change.feed.is_empty() && step.change.triggers.is_empty());
+                sim.apply(step.change);
+            }
+            prop_assert!(sim.load(&erased).is_none());
+            prop_assert_eq!(sim.figures(), twin.figures());
+            prop_assert!(forget(&rules, &settings, now, None).is_none(), "nothing left to erase");
+        }
+    }
+
+    #[test]
+    fn contributions_forget_the_days_whose_counters_are_dropped() {
+        let mut c = crate::domain::state::Contributions::default();
+        let retention = 10 * DAY;
+        let delta = |day: i64, by: f64| AggregateDelta::Funnel {
+            day,
+            group: "*".into(),
+            counter: profiles::FunnelCounter::Won,
+            by,
+            expires: crate::domain::state::day_expires(day, retention),
+        };
+        c.add(&delta(100, 1.0));
+        c.add(&delta(105, 2.0));
+        c.add(&delta(105, -2.0));
+        assert_eq!(c.len(), 1, "a share back at zero is no share");
+        // Day 100's counters go at the end of day 110.
+        let day_110_end = Timestamp::from_millis(111 * DAY);
+        assert_eq!(c.reversal(day_110_end.plus_millis(-1), retention).len(), 1);
+        assert!(c.reversal(day_110_end, retention).is_empty(), "an expired day is not taken back (it would come back)");
+        c.prune(day_110_end, retention);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn quiet_unqualified_leads_are_due_for_erasure() {
+        let quiet = 30 * DAY;
+        let mut state = LeadState::new(LeadSnapshot::new(id("q"), NOW));
+        assert!(!retention_expired(&state, NOW.plus_millis(quiet - 1), quiet));
+        assert!(retention_expired(&state, NOW.plus_millis(quiet), quiet));
+        state.lead.last_engaged_at = Some(NOW.plus_millis(DAY));
+        assert!(!retention_expired(&state, NOW.plus_millis(quiet), quiet), "engaged since");
+        state.lead.last_engaged_at = None;
+        state.reached_mql = true;
+        assert!(!retention_expired(&state, NOW.plus_millis(quiet), quiet), "once an MQL, kept");
+        state.reached_mql = false;
+        state.lead.merged_into = Some(id("owner"));
+        assert!(!retention_expired(&state, NOW.plus_millis(quiet), quiet), "goes with its lead");
     }
 
     #[test]

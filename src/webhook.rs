@@ -36,6 +36,7 @@ use crate::store::{DeliveryPolicy, LetterLine, StoreError, WebhookCounters, Webh
 
 pub const CHANGE_EVENT: &str = "lead.stage_changed";
 pub const TRIGGER_EVENT: &str = "trigger.fired";
+pub const ERASED_EVENT: &str = "lead.erased";
 
 /// Events read per round (of each source).
 const BATCH: usize = 100;
@@ -149,7 +150,11 @@ struct Event {
 }
 
 fn event_type_of(name: &str) -> &'static str {
-    if name == TRIGGER_EVENT { TRIGGER_EVENT } else { CHANGE_EVENT }
+    match name {
+        TRIGGER_EVENT => TRIGGER_EVENT,
+        ERASED_EVENT => ERASED_EVENT,
+        _ => CHANGE_EVENT,
+    }
 }
 
 /// `{"type": …, "timestamp": …, "data": <the API's JSON of the change or trigger>}`.
@@ -164,12 +169,16 @@ fn body(event_type: &str, at: Timestamp, data: serde_json::Result<serde_json::Va
 
 fn change_event(c: &QualificationChange) -> Event {
     let data = serde_json::to_value(convert::feed_change_to_proto(c));
+    let event_type = match c.event {
+        crate::domain::FeedEvent::Moved { .. } => CHANGE_EVENT,
+        crate::domain::FeedEvent::Erased(_) => ERASED_EVENT,
+    };
     Event {
         id: format!("change:{}", c.id),
-        lead_id: c.lead_id.to_string(),
-        event_type: CHANGE_EVENT,
-        at: c.change.at,
-        body: body(CHANGE_EVENT, c.change.at, data),
+        lead_id: c.lead_key().to_owned(),
+        event_type,
+        at: c.at(),
+        body: body(event_type, c.at(), data),
         origin: Origin::Change,
     }
 }
@@ -531,7 +540,7 @@ impl Worker {
         if spec.filter.wants_changes() {
             let page = store.list_changes(&position.cursor, BATCH).await?;
             caught_up = page.changes.len() < BATCH;
-            events.extend(page.changes.iter().filter(|c| spec.filter.takes_change(c.change.to)).map(change_event));
+            events.extend(page.changes.iter().filter(|c| spec.filter.takes_feed(&c.event)).map(change_event));
             next_cursor = page.next_cursor;
         }
         let mut skipped = Vec::new();

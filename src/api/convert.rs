@@ -385,12 +385,22 @@ pub fn qualification_to_proto(lead: &LeadSnapshot, history: &[StageChange]) -> p
 }
 
 pub fn feed_change_to_proto(change: &QualificationChange) -> pb::QualificationChange {
-    let (lead_id, visitor_id) = subject_ids(&change.lead_id);
-    pb::QualificationChange {
-        change_id: change.id.clone(),
-        lead_id,
-        visitor_id,
-        change: Some(stage_change_to_proto(&change.change)),
+    match &change.event {
+        crate::domain::FeedEvent::Moved { lead_id, change: moved } => {
+            let (lead_id, visitor_id) = subject_ids(lead_id);
+            pb::QualificationChange {
+                change_id: change.id.clone(),
+                lead_id,
+                visitor_id,
+                change: Some(stage_change_to_proto(moved)),
+                erased: None,
+            }
+        }
+        crate::domain::FeedEvent::Erased(t) => pb::QualificationChange {
+            change_id: change.id.clone(),
+            erased: Some(pb::LeadErased { lead_ref: t.lead_ref.clone(), erased_at: Some(timestamp_to_proto(t.at)) }),
+            ..Default::default()
+        },
     }
 }
 

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, grade_to_proto, round_points, score_to_proto, stage_change_to_proto, timestamp_to_proto};
 use super::error::{self, ApiError, Violations};
 use super::pb::{self, profiles_server::Profiles};
+use super::qualification::{MAX_ACTOR_BYTES, MAX_REASON_BYTES};
 use super::state::AppState;
 use crate::domain::attribution::Model;
 use crate::domain::profiles::{CohortQuery, Funnel, FunnelGroupBy, Month, NO_VALUE};
@@ -348,6 +349,55 @@ impl Profiles for ProfilesService {
         let event = crate::engine::audit::event(&self.state, "lead.exported", "", &token, lead_id.as_str(), &[]);
         crate::engine::audit::record(&self.state, event).await;
         Ok(Response::new(export_to_proto(&export, &rules, now)))
+    }
+
+    #[tracing::instrument(name = "ForgetLead", skip_all)]
+    async fn forget_lead(
+        &self,
+        request: Request<pb::ForgetLeadRequest>,
+    ) -> Result<Response<pb::ForgetLeadResponse>, Status> {
+        let token = crate::api::token_name(&request);
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let lead_id = convert::subject(req.lead_id, req.visitor_id, "", &mut v);
+        let actor = req.actor.trim();
+        if actor.is_empty() || actor.len() > MAX_ACTOR_BYTES || actor.chars().any(char::is_control) {
+            v.add(
+                "actor",
+                format!("who asks for the erasure: 1 to {MAX_ACTOR_BYTES} bytes without control characters"),
+            );
+        }
+        if req.reason.len() > MAX_REASON_BYTES {
+            v.add("reason", format!("at most {MAX_REASON_BYTES} bytes"));
+        }
+        let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
+        let requested = crate::engine::erasure::Requested {
+            by: "request",
+            actor,
+            token: &token,
+            reason_given: !req.reason.trim().is_empty(),
+        };
+        let receipt =
+            crate::engine::erasure::forget(&self.state, &lead_id, &requested).await.map_err(ApiError::from)?;
+        let r = &receipt.removed;
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::ForgetLeadResponse {
+            lead_ref: receipt.lead_ref.clone(),
+            erased_at: Some(convert::timestamp_to_proto(receipt.erased_at)),
+            found: receipt.found,
+            attributes: n(r.attributes),
+            signals: n(r.signals),
+            event_ids: n(r.event_ids),
+            stage_changes: n(r.stage_changes),
+            score_history: n(r.score_history),
+            touches: n(r.touches),
+            expansion_deals: n(r.expansion_deals),
+            visitors: n(r.visitors.len()),
+            aggregate_counters: n(r.aggregate_counters),
+            aggregates_exact: r.exact,
+            webhook_letters: u32::try_from(receipt.webhook_letters).unwrap_or(u32::MAX),
+            audit_events: u32::try_from(receipt.audit_events).unwrap_or(u32::MAX),
+        }))
     }
 
     #[tracing::instrument(name = "GetCohortScoreProfile", skip_all)]

@@ -24,8 +24,8 @@ const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 100;
 const DEFAULT_PAGE: u32 = 100;
 const MAX_PAGE: u32 = 1000;
-const MAX_ACTOR_BYTES: usize = 256;
-const MAX_REASON_BYTES: usize = 1024;
+pub(crate) const MAX_ACTOR_BYTES: usize = 256;
+pub(crate) const MAX_REASON_BYTES: usize = 1024;
 const MAX_DEAL_ID_BYTES: usize = 256;
 
 pub struct QualificationService {

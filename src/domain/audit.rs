@@ -27,6 +27,14 @@ pub struct AuditEvent {
     pub details: BTreeMap<String, String>,
 }
 
+impl AuditEvent {
+    /// Whether the event names `id` (as its subject or a detail's value):
+    /// what erasing that lead or visitor removes.
+    pub fn mentions(&self, id: &str) -> bool {
+        self.subject == id || self.details.values().any(|v| v == id)
+    }
+}
+
 /// The names of the attributes an upsert added, removed or changed, sorted.
 pub fn changed_attributes(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
     let mut names: Vec<String> = before

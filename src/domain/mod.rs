@@ -29,6 +29,6 @@ pub use lead::{LeadProfile, LeadSnapshot};
 pub use ledger::{IngestPolicy, LeadLedger, ScoredSignal, SignalStatus};
 pub use model::{Condition, Contribution, FitRule, Grade, GradeThresholds, Score, ScoringModel};
 pub use nurture::{Breach, Delivery, FiredTrigger, TriggerFire, TriggerOn};
-pub use qualification::{Cause, QualificationChange, ScoreSnapshot, StageChange};
+pub use qualification::{Cause, FeedEvent, QualificationChange, ScoreSnapshot, StageChange, Tombstone, lead_ref};
 pub use stage::Stage;
 pub use time::{Clock, SystemClock, Timestamp};

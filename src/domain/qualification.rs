@@ -46,13 +46,67 @@ pub struct StageChange {
     pub deal_amount: Option<f64>,
 }
 
-/// A stage change as the CRM feed delivers it.
+/// An entry of the change feed as the CRM reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QualificationChange {
-    pub lead_id: LeadId,
-    pub change: StageChange,
-    /// Unique, stable id of this change in the feed (for de-duplication).
+    pub event: FeedEvent,
+    /// Unique, stable id of this entry in the feed (for de-duplication).
     pub id: String,
-    /// Feed position just after this change: resume from here.
+    /// Feed position just after this entry: resume from here.
     pub cursor: String,
+}
+
+/// What a change-feed entry says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FeedEvent {
+    /// A lead moved.
+    Moved { lead_id: LeadId, change: StageChange },
+    /// A lead was erased.
+    Erased(Tombstone),
+}
+
+impl QualificationChange {
+    /// The key a consumer keeps this entry's order under: the lead id, or
+    /// an erased lead's reference.
+    pub fn lead_key(&self) -> &str {
+        match &self.event {
+            FeedEvent::Moved { lead_id, .. } => lead_id.as_str(),
+            FeedEvent::Erased(t) => &t.lead_ref,
+        }
+    }
+
+    pub fn at(&self) -> Timestamp {
+        match &self.event {
+            FeedEvent::Moved { change, .. } => change.at,
+            FeedEvent::Erased(t) => t.at,
+        }
+    }
+}
+
+/// What the feed (and webhooks) say of an erased lead: no personal data,
+/// only a reference the CRM can compute from the id it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tombstone {
+    /// `sha256:` and the lowercase hex SHA-256 of the lead id's UTF-8 bytes.
+    pub lead_ref: String,
+    pub at: Timestamp,
+}
+
+impl Tombstone {
+    /// A visitor is named by its visitor id, as clients know it.
+    pub fn new(lead_id: &LeadId, at: Timestamp) -> Self {
+        Self { lead_ref: lead_ref(lead_id.visitor().unwrap_or(lead_id.as_str())), at }
+    }
+}
+
+/// `sha256:<hex>` of an id: how erased leads are named.
+pub fn lead_ref(id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
 }

@@ -3,12 +3,12 @@
 //! computes both; the stores only keep the state and apply the change
 //! atomically (if the lead is still at the version it was read at).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use super::attribution::{CreditCounter, Journey, Model};
 use super::profiles::{CohortCounter, FunnelCounter, ModelScore, Month, ScoreBucket, ScoreHistoryEntry};
 use super::sla::Pending;
-use super::{AccountId, FiredTrigger, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp};
+use super::{AccountId, FiredTrigger, LeadId, LeadLedger, LeadSnapshot, Stage, StageChange, Timestamp, Tombstone};
 
 /// The earliest signal's `occurred_at` and its source, channel, campaign.
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +79,122 @@ pub struct LeadState {
     /// The customer's expansion deals, newest first, at most
     /// `expansion::MAX_KEPT`.
     pub expansion: Vec<super::expansion::Deal>,
+    /// What the lead added to the day-keyed aggregates: what erasing it
+    /// takes back.
+    pub contributions: Contributions,
+    /// Identified visitors merged into this lead, newest first, at most
+    /// `MAX_VISITORS`: erased with it.
+    pub visitors: Vec<LeadId>,
+}
+
+/// Identified visitors a lead remembers (for erasure).
+pub const MAX_VISITORS: usize = 100;
+
+/// Below this, a funnel counter's float sum is zero.
+const ZERO: f64 = 1e-9;
+
+/// A lead's own net share of the aggregates kept by day — funnel counters
+/// and attribution credits — for as long as those days are kept: erasing
+/// the lead takes exactly this back, so each aggregate equals a recount
+/// without it. (Cohort counters need no such record: a lead counts in
+/// exactly its current `CohortPlace`.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contributions {
+    /// (UTC day, group, counter) → the lead's net increment.
+    pub funnel: BTreeMap<(i64, String, FunnelCounter), f64>,
+    /// (UTC day, model, group, counter) → the lead's net credit.
+    pub credits: BTreeMap<(i64, Model, String, CreditCounter), i64>,
+    /// Kept since the lead was created: `false` for a lead first written
+    /// by a release that did not keep them (its erasure takes back only
+    /// what was kept since).
+    pub complete: bool,
+}
+
+impl Default for Contributions {
+    fn default() -> Self {
+        Self { funnel: BTreeMap::new(), credits: BTreeMap::new(), complete: true }
+    }
+}
+
+impl Contributions {
+    /// Adds a delta the lead makes (cohort deltas are not kept).
+    pub fn add(&mut self, delta: &AggregateDelta) {
+        match delta {
+            AggregateDelta::Funnel { day, group, counter, by, .. } => {
+                let key = (*day, group.clone(), *counter);
+                let sum = self.funnel.get(&key).copied().unwrap_or(0.0) + by;
+                if sum.abs() < ZERO {
+                    self.funnel.remove(&key);
+                } else {
+                    self.funnel.insert(key, sum);
+                }
+            }
+            AggregateDelta::Credit { day, model, group, counter, by, .. } => {
+                let key = (*day, *model, group.clone(), *counter);
+                let sum = self.credits.get(&key).copied().unwrap_or(0).saturating_add(*by);
+                if sum == 0 {
+                    self.credits.remove(&key);
+                } else {
+                    self.credits.insert(key, sum);
+                }
+            }
+            AggregateDelta::CohortCount { .. } | AggregateDelta::CohortScore { .. } => {}
+        }
+    }
+
+    /// Forgets the days whose counters are dropped by `now` (kept
+    /// `retention_ms` after their day).
+    pub fn prune(&mut self, now: Timestamp, retention_ms: i64) {
+        let first_kept = first_kept_day(now, retention_ms);
+        self.funnel.retain(|(day, ..), _| *day >= first_kept);
+        self.credits.retain(|(day, ..), _| *day >= first_kept);
+    }
+
+    /// The deltas that take every kept contribution back.
+    pub fn reversal(&self, now: Timestamp, retention_ms: i64) -> Vec<AggregateDelta> {
+        let first_kept = first_kept_day(now, retention_ms);
+        let funnel =
+            self.funnel.iter().filter(|((day, ..), _)| *day >= first_kept).map(|((day, group, counter), by)| {
+                AggregateDelta::Funnel {
+                    day: *day,
+                    group: group.clone(),
+                    counter: *counter,
+                    by: -by,
+                    expires: day_expires(*day, retention_ms),
+                }
+            });
+        let credits = self.credits.iter().filter(|((day, ..), _)| *day >= first_kept).map(
+            |((day, model, group, counter), by)| AggregateDelta::Credit {
+                day: *day,
+                model: *model,
+                group: group.clone(),
+                counter: *counter,
+                by: -by,
+                expires: day_expires(*day, retention_ms),
+            },
+        );
+        funnel.chain(credits).collect()
+    }
+
+    /// How many counters the lead has a share in.
+    pub fn len(&self) -> usize {
+        self.funnel.len() + self.credits.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// When a UTC day's funnel counters and credits may be dropped.
+pub fn day_expires(day: i64, retention_ms: i64) -> Timestamp {
+    Timestamp::from_millis((day + 1) * 86_400_000 + retention_ms)
+}
+
+/// The oldest UTC day whose counters are still kept at `now`.
+fn first_kept_day(now: Timestamp, retention_ms: i64) -> i64 {
+    // Day d is kept while now < (d + 1) * DAY + retention.
+    (now.millis() - retention_ms).div_euclid(86_400_000)
 }
 
 impl LeadState {
@@ -98,6 +214,8 @@ impl LeadState {
             journey: Journey::default(),
             handover: None,
             expansion: Vec::new(),
+            contributions: Contributions::default(),
+            visitors: Vec::new(),
         }
     }
 }
@@ -150,6 +268,10 @@ pub struct LeadChange {
     /// The account the lead left and the one it joined, when it changed
     /// (or was named again: listing is idempotent).
     pub account: Option<(Option<AccountId>, Option<AccountId>)>,
+    /// The lead is erased: its record, its lead-index entry and its
+    /// entries in the change feed and trigger stream are deleted, and this
+    /// tombstone is appended to the change feed instead of `feed`.
+    pub erase: Option<Tombstone>,
 }
 
 impl LeadChange {

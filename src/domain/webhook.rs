@@ -56,6 +56,9 @@ pub enum Selector {
     Trigger(String),
     /// `program(<nurture program>)`.
     Program(String),
+    /// `lead_erased`: tombstones of erased leads (also sent wherever
+    /// stage changes are).
+    LeadErased,
 }
 
 /// The events an endpoint takes: any selector matching is enough.
@@ -63,7 +66,7 @@ pub enum Selector {
 pub struct EventFilter(pub Vec<Selector>);
 
 pub const FILTER_USAGE: &str =
-    "use stage_changed, stage_changed(<STAGE>), triggers, trigger(<trigger id>) or program(<program>)";
+    "use stage_changed, stage_changed(<STAGE>), triggers, trigger(<trigger id>), program(<program>) or lead_erased";
 
 impl EventFilter {
     /// Parses the configured list; every entry must be understood and the
@@ -76,7 +79,16 @@ impl EventFilter {
     }
 
     pub fn wants_changes(&self) -> bool {
-        self.0.iter().any(|s| matches!(s, Selector::StageChanged | Selector::StageEntered(_)))
+        self.0.iter().any(|s| matches!(s, Selector::StageChanged | Selector::StageEntered(_) | Selector::LeadErased))
+    }
+
+    /// Whether a change-feed entry is sent: a move by its stage, a
+    /// tombstone to every endpoint that reads the feed.
+    pub fn takes_feed(&self, event: &crate::domain::FeedEvent) -> bool {
+        match event {
+            crate::domain::FeedEvent::Moved { change, .. } => self.takes_change(change.to),
+            crate::domain::FeedEvent::Erased(_) => self.wants_changes(),
+        }
     }
 
     pub fn wants_triggers(&self) -> bool {
@@ -108,6 +120,7 @@ fn parse_selector(text: &str) -> Result<Selector, String> {
     match text {
         "stage_changed" => return Ok(Selector::StageChanged),
         "triggers" => return Ok(Selector::Triggers),
+        "lead_erased" => return Ok(Selector::LeadErased),
         _ => {}
     }
     let bad = || format!("events entry '{}': {FILTER_USAGE}", text.escape_debug());

@@ -31,12 +31,21 @@ pub fn event(
 pub async fn record(state: &Core, event: AuditEvent) {
     let store = state.store.clone();
     let keep_after_ms = state.clock.now().millis() - state.audit_retention_ms;
+    let appending = state.audit_gate.clone().read_owned().await;
     tokio::spawn(async move {
+        let _appending = appending;
         if let Err(e) = store.append_audit(std::slice::from_ref(&event), keep_after_ms).await {
             let details = serde_json::to_string(&event.details).unwrap_or_default();
             tracing::error!(error = %e, action = %event.action, subject = %event.subject, actor = %event.actor, token = %event.token, %details, "cannot append to the audit trail");
         }
     });
+}
+
+/// Waits (a little at most) until the events this replica is appending
+/// have landed.
+pub async fn settled(state: &Core) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {
+    let gate = state.audit_gate.clone();
+    tokio::time::timeout(std::time::Duration::from_secs(2), gate.write_owned()).await.ok()
 }
 
 /// Events after `cursor`, oldest first.

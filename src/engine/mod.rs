@@ -35,6 +35,7 @@ use crate::transition::{self, Settings};
 
 pub mod accounts;
 pub mod audit;
+pub mod erasure;
 pub mod feed;
 mod ingest;
 pub mod jobs;

@@ -62,6 +62,13 @@ pub struct Core {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// How long audit events are kept.
     pub audit_retention_ms: i64,
+    /// Retention: erase leads that never reached MQL after this long
+    /// without activity (0: never).
+    pub erase_unqualified_after_ms: i64,
+    /// Where the next retention round goes on: (partition, offset).
+    pub retention_cursor: std::sync::Mutex<(u32, usize)>,
+    /// Held (shared) by every audit append in flight.
+    pub audit_gate: Arc<tokio::sync::RwLock<()>>,
     /// Bumped whenever this replica writes a stage change or a trigger.
     pub fed: tokio::sync::watch::Sender<u64>,
     /// Configured webhook endpoints (`webhooks`), secrets aside.
@@ -104,6 +111,9 @@ impl Core {
             audit_retention_ms: 400 * 86_400_000,
             fed: tokio::sync::watch::channel(0).0,
             webhooks: Vec::new(),
+            audit_gate: Default::default(),
+            erase_unqualified_after_ms: 0,
+            retention_cursor: Default::default(),
             account_checks: Default::default(),
             rules: RwLock::new(Arc::new(active)),
         }

@@ -41,9 +41,9 @@ pub async fn status(state: &Core, spec: &EndpointSpec) -> Result<Status, StoreEr
         && let Some(position) = store.webhook_position(&spec.name).await?
     {
         let page = store.list_changes(&position.cursor, BACKLOG_CAP).await?;
-        for c in page.changes.iter().filter(|c| spec.filter.takes_change(c.change.to)) {
+        for c in page.changes.iter().filter(|c| spec.filter.takes_feed(&c.event)) {
             status.backlog += 1;
-            oldest(c.change.at, &mut status);
+            oldest(c.at(), &mut status);
         }
         status.backlog_capped = page.changes.len() >= BACKLOG_CAP;
     }

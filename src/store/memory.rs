@@ -17,7 +17,7 @@ use crate::domain::profiles::{
 };
 use crate::domain::spend::SpendEntry;
 use crate::domain::state::{AggregateDelta, Due, LeadChange, LeadState};
-use crate::domain::{AccountId, Delivery, FiredTrigger, LeadId, QualificationChange, StageChange, Timestamp};
+use crate::domain::{AccountId, Delivery, FeedEvent, FiredTrigger, LeadId, QualificationChange, Timestamp};
 
 #[derive(Debug, Default)]
 struct StoredAccountData {
@@ -33,10 +33,12 @@ struct Data {
     index: BTreeMap<LeadId, Timestamp>,
     /// Index → lead id → when it falls due.
     due: HashMap<Due, HashMap<LeadId, Timestamp>>,
-    /// The change feed; a cursor is `m<number of changes consumed>`.
-    feed: Vec<(LeadId, StageChange)>,
-    /// Fired triggers; a trigger's id is `t<index>`.
-    triggers: Vec<FiredTrigger>,
+    /// The change feed; a cursor is `m<number of entries consumed>`. An
+    /// erased lead's entries are `None`.
+    feed: Vec<Option<FeedEvent>>,
+    /// Fired triggers; a trigger's id is `t<index>`. An erased lead's are
+    /// `None`.
+    triggers: Vec<Option<FiredTrigger>>,
     /// Rule-set version → content digest.
     rule_set_versions: HashMap<String, String>,
     /// Consumer groups of the trigger log.
@@ -80,36 +82,70 @@ impl Data {
         if version != change.expected_version {
             return Applied::Conflict;
         }
-        self.leads.insert(id.clone(), change.state.clone());
         let mut feed_ids = Vec::new();
+        if let Some(tombstone) = &change.erase {
+            self.erase(id);
+            self.feed.push(Some(FeedEvent::Erased(tombstone.clone())));
+            feed_ids.push(cursor(self.feed.len()));
+        } else {
+            self.leads.insert(id.clone(), change.state.clone());
+        }
         for c in &change.feed {
-            self.feed.push((id.clone(), c.clone()));
+            self.feed.push(Some(FeedEvent::Moved { lead_id: id.clone(), change: c.clone() }));
             feed_ids.push(cursor(self.feed.len()));
         }
         let mut trigger_ids = Vec::new();
         for t in &change.triggers {
-            self.triggers.push(t.clone());
+            self.triggers.push(Some(t.clone()));
             trigger_ids.push(format!("t{}", self.triggers.len() - 1));
         }
         for delta in &change.aggregates {
             match delta {
                 AggregateDelta::Funnel { day, group, counter, by, .. } => {
-                    *self.funnel.entry(*day).or_default().entry((group.clone(), *counter)).or_default() += by;
+                    let day = self.funnel.entry(*day).or_default();
+                    let key = (group.clone(), *counter);
+                    let n = day.get(&key).copied().unwrap_or(0.0) + by;
+                    // A counter at zero is no counter (as on Redis).
+                    if n.abs() < 1e-9 {
+                        day.remove(&key);
+                    } else {
+                        day.insert(key, n);
+                    }
                 }
                 AggregateDelta::Credit { day, model, group, counter, by, .. } => {
-                    let n =
-                        self.credits.entry((*model, *day)).or_default().entry((group.clone(), *counter)).or_default();
-                    *n = n.saturating_add(*by);
+                    let day = self.credits.entry((*model, *day)).or_default();
+                    let key = (group.clone(), *counter);
+                    let n = day.get(&key).copied().unwrap_or(0).saturating_add(*by);
+                    if n == 0 {
+                        day.remove(&key);
+                    } else {
+                        day.insert(key, n);
+                    }
                 }
                 AggregateDelta::CohortCount { month, group, counter, by } => {
-                    *self.cohort_counts.entry(*month).or_default().entry((group.clone(), *counter)).or_default() += by;
+                    let month = self.cohort_counts.entry(*month).or_default();
+                    let key = (group.clone(), *counter);
+                    let n = month.get(&key).copied().unwrap_or(0) + by;
+                    if n == 0 {
+                        month.remove(&key);
+                    } else {
+                        month.insert(key, n);
+                    }
                 }
                 AggregateDelta::CohortScore { month, model, group, bucket, by } => {
-                    self.cohort_scores.entry((*month, model.clone(), group.clone())).or_default().add(*bucket, *by);
+                    let key = (*month, model.clone(), group.clone());
+                    let d = self.cohort_scores.entry(key.clone()).or_default();
+                    d.add(*bucket, *by);
+                    d.0.retain(|_, n| *n != 0);
+                    if d.0.is_empty() {
+                        self.cohort_scores.remove(&key);
+                    }
                 }
             }
         }
-        if let Some(at) = change.indexed_at {
+        if change.erase.is_some() {
+            // Taken off every index below; never listed again.
+        } else if let Some(at) = change.indexed_at {
             self.index.insert(id.clone(), at);
         }
         for (due, at) in &change.due {
@@ -130,6 +166,26 @@ impl Data {
             }
         }
         Applied::Written { feed_ids, trigger_ids }
+    }
+
+    /// Deletes a lead's record, its lead-index entry, and its feed and
+    /// trigger entries (pending ones leave every group).
+    fn erase(&mut self, id: &LeadId) {
+        self.leads.remove(id);
+        self.index.remove(id);
+        for entry in &mut self.feed {
+            if matches!(entry, Some(FeedEvent::Moved { lead_id, .. }) if lead_id == id) {
+                *entry = None;
+            }
+        }
+        for (index, entry) in self.triggers.iter_mut().enumerate() {
+            if entry.as_ref().is_some_and(|t| t.lead_id == id.as_str()) {
+                *entry = None;
+                for g in self.groups.values_mut() {
+                    g.pending.remove(&index);
+                }
+            }
+        }
     }
 }
 
@@ -207,6 +263,20 @@ impl Leads for MemoryStore {
         Ok(ids.into_iter().map(|(_, id)| id).collect())
     }
 
+    async fn leads_created_before(
+        &self,
+        _partition: u32,
+        before: Timestamp,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let data = self.data();
+        let mut ids: Vec<(Timestamp, &LeadId)> =
+            data.index.iter().filter(|(_, at)| **at < before).map(|(id, at)| (*at, id)).collect();
+        ids.sort();
+        Ok(ids.into_iter().skip(offset).take(limit).map(|(_, id)| id.clone()).collect())
+    }
+
     async fn due_leads(
         &self,
         due: &Due,
@@ -239,18 +309,18 @@ impl ChangeFeed for MemoryStore {
         };
         let data = self.data();
         let start = start.min(data.feed.len());
-        let changes: Vec<_> = data.feed[start..]
-            .iter()
-            .take(limit)
-            .enumerate()
-            .map(|(i, (lead_id, change))| QualificationChange {
-                lead_id: lead_id.clone(),
-                change: change.clone(),
-                id: cursor(start + i + 1),
-                cursor: cursor(start + i + 1),
-            })
-            .collect();
-        Ok(FeedPage { next_cursor: cursor(start + changes.len()), changes })
+        let mut changes = Vec::new();
+        let mut end = start;
+        for (i, entry) in data.feed[start..].iter().enumerate() {
+            if changes.len() >= limit {
+                break;
+            }
+            end = start + i + 1;
+            if let Some(event) = entry {
+                changes.push(QualificationChange { event: event.clone(), id: cursor(end), cursor: cursor(end) });
+            }
+        }
+        Ok(FeedPage { next_cursor: cursor(end), changes })
     }
 
     async fn feed_end(&self) -> Result<String, StoreError> {
@@ -292,14 +362,14 @@ impl TriggerQueue for MemoryStore {
             handed.push((*index, p.deliveries));
         }
         while handed.len() < max && g.next < triggers.len() {
-            g.pending.insert(g.next, Pending { consumer: Some(consumer.to_owned()), delivered_at: now, deliveries: 1 });
-            handed.push((g.next, 1));
+            if triggers[g.next].is_some() {
+                let p = Pending { consumer: Some(consumer.to_owned()), delivered_at: now, deliveries: 1 };
+                g.pending.insert(g.next, p);
+                handed.push((g.next, 1));
+            }
             g.next += 1;
         }
-        handed
-            .into_iter()
-            .map(|(index, delivery_count)| memory_delivery(index, &triggers[index], delivery_count))
-            .collect()
+        handed.into_iter().filter_map(|(index, n)| Some(memory_delivery(index, triggers[index].as_ref()?, n))).collect()
     }
 
     async fn ack_triggers(&self, group: &str, trigger_ids: &[String]) -> Result<u64, StoreError> {
@@ -334,7 +404,11 @@ impl TriggerQueue for MemoryStore {
     async fn lead_triggers(&self, lead: &LeadId, scan: usize) -> Result<Vec<Delivery>, StoreError> {
         let data = self.data();
         let newest = data.triggers.iter().enumerate().rev().take(scan);
-        newest.filter(|(_, t)| t.lead_id == lead.as_str()).map(|(index, t)| memory_delivery(index, t, 0)).collect()
+        newest
+            .filter_map(|(index, t)| Some((index, t.as_ref()?)))
+            .filter(|(_, t)| t.lead_id == lead.as_str())
+            .map(|(index, t)| memory_delivery(index, t, 0))
+            .collect()
     }
 
     async fn dead_letters(&self, group: &str, limit: usize) -> Result<Vec<Delivery>, StoreError> {
@@ -343,8 +417,9 @@ impl TriggerQueue for MemoryStore {
         g.pending
             .iter()
             .filter(|(_, p)| p.consumer.is_none())
+            .filter_map(|(index, p)| Some((index, data.triggers[*index].as_ref()?, p)))
             .take(limit)
-            .map(|(index, p)| memory_delivery(*index, &data.triggers[*index], p.deliveries))
+            .map(|(index, t, p)| memory_delivery(*index, t, p.deliveries))
             .collect()
     }
 
@@ -606,6 +681,15 @@ impl Webhooks for MemoryStore {
         Ok(count)
     }
 
+    async fn forget_webhook_letters(&self, endpoint: &str, lead_ids: &[String]) -> Result<u64, StoreError> {
+        let mut data = self.data();
+        let Some(hook) = data.webhooks.get_mut(endpoint) else { return Ok(0) };
+        let before = hook.dead.len() + hook.replay.len();
+        hook.dead.retain(|l| !lead_ids.contains(&l.lead_id));
+        hook.replay.retain(|l| !lead_ids.contains(&l.lead_id));
+        Ok((before - hook.dead.len() - hook.replay.len()) as u64)
+    }
+
     async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError> {
         if let Some(hook) = self.data().webhooks.get_mut(endpoint) {
             hook.replay.retain(|l| !event_ids.contains(&l.event_id));
@@ -640,6 +724,13 @@ impl AuditLog for MemoryStore {
             data.audit.pop_front();
         }
         Ok(())
+    }
+
+    async fn forget_audit(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let mut data = self.data();
+        let before = data.audit.len();
+        data.audit.retain(|(_, e)| !ids.iter().any(|id| e.mentions(id)));
+        Ok((before - data.audit.len()) as u64)
     }
 
     async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {

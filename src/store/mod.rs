@@ -154,6 +154,16 @@ pub trait Leads: Send + Sync + 'static {
 
     /// Every lead id of one partition (for rule simulation and rescoring).
     async fn lead_ids(&self, partition: u32) -> Result<Vec<LeadId>, StoreError>;
+
+    /// A page of one partition's leads created before `before`, oldest
+    /// first: `limit` of them after skipping `offset` (retention sweeps).
+    async fn leads_created_before(
+        &self,
+        partition: u32,
+        before: Timestamp,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError>;
 }
 
 /// The durable, ordered qualification change feed.
@@ -398,6 +408,10 @@ pub trait Webhooks: Send + Sync + 'static {
     /// Forgets replayed letters once delivered.
     async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError>;
 
+    /// Deletes every letter (dead or replayed) of these leads or erased
+    /// leads' references; returns how many.
+    async fn forget_webhook_letters(&self, endpoint: &str, lead_ids: &[String]) -> Result<u64, StoreError>;
+
     /// Adds `delta`'s counts; its newest failure and success replace the
     /// stored ones when set.
     async fn add_webhook_counters(&self, endpoint: &str, delta: &WebhookCounters) -> Result<(), StoreError>;
@@ -426,6 +440,10 @@ pub trait AuditLog: Send + Sync + 'static {
 
     /// Events after `cursor` (empty: from the oldest kept), at most `limit`.
     async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError>;
+
+    /// Deletes every event that mentions one of `ids`
+    /// (`AuditEvent::mentions`); returns how many.
+    async fn forget_audit(&self, ids: &[String]) -> Result<u64, StoreError>;
 }
 
 /// A whole store: every role. Implemented for anything that plays them all.

@@ -123,6 +123,15 @@ fn moved(state: &LeadState, changes: &[StageChange], triggers: Vec<FiredTrigger>
         indexed_at: None,
         due: Vec::new(),
         account: None,
+        erase: None,
+    }
+}
+
+/// A feed entry that is a move: (lead id, change).
+fn as_move(c: leadscore::domain::QualificationChange) -> (String, StageChange) {
+    match c.event {
+        leadscore::domain::FeedEvent::Moved { lead_id, change } => (lead_id.to_string(), change),
+        leadscore::domain::FeedEvent::Erased(t) => panic!("a tombstone: {t:?}"),
     }
 }
 
@@ -350,7 +359,11 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
         }
         assert!(page.changes.len() <= 3);
         assert_eq!(page.changes.last().unwrap().cursor, page.next_cursor);
-        seen.extend(page.changes.into_iter().map(|c| (c.lead_id.to_string(), c.change.to, c.id)));
+        seen.extend(page.changes.into_iter().map(|c| {
+            let id = c.id.clone();
+            let (lead, change) = as_move(c);
+            (lead, change.to, id)
+        }));
         cursor = page.next_cursor;
     }
     assert_eq!(seen.len(), 10, "{seen:?}");
@@ -366,7 +379,7 @@ async fn the_feed_pages_in_order_and_resumes(store: &dyn LeadStore) {
     move_stage(store, &id("late"), &[change(Stage::Lead, Stage::Mql, "a", 9)], Vec::new()).await;
     let page = store.list_changes(&cursor, 100).await.unwrap();
     assert_eq!(page.changes.len(), 1);
-    assert_eq!(page.changes[0].lead_id.as_str(), "late");
+    assert_eq!(page.changes[0].lead_key(), "late");
     assert!(matches!(store.list_changes("garbage", 10).await, Err(leadscore::store::StoreError::BadCursor(_))));
 }
 
@@ -697,12 +710,13 @@ async fn redis_keys_of_a_lead_share_a_slot() {
     // cohort counts and scores, funnel counters, and the day's credits
     // under each of the five attribution models.
     assert_eq!(keys.len(), 11, "{keys:?}");
-    // The partition's feed and trigger stream share the lead's slot too.
+    // The partition's feed and trigger stream, and the list of the lead's
+    // entries in them, share the lead's slot too.
     let change = change(Stage::Lead, Stage::Mql, "r", 0);
     let alert = trigger("a", &lead, &change);
     move_stage(&store, &lead, &[change], vec![alert]).await;
     let keys: Vec<String> = ::redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 13, "{keys:?}");
+    assert_eq!(keys.len(), 14, "{keys:?}");
     // Redis Cluster hashes only the text between the first '{' and the next '}'.
     let tags: std::collections::BTreeSet<&str> = keys
         .iter()
@@ -862,8 +876,7 @@ async fn same_history_same_answers(a: &dyn LeadStore, b: &dyn LeadStore, seed: u
     assert_eq!(a.load(&leads).await.unwrap(), b.load(&leads).await.unwrap());
     // Same feed, in the same order per lead.
     let feed = |page: leadscore::store::FeedPage| {
-        let mut c: Vec<(String, StageChange)> =
-            page.changes.into_iter().map(|c| (c.lead_id.to_string(), c.change)).collect();
+        let mut c: Vec<(String, StageChange)> = page.changes.into_iter().map(as_move).collect();
         c.sort_by(|x, y| x.0.cmp(&y.0).then(x.1.at.cmp(&y.1.at)));
         c
     };

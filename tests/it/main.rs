@@ -6,6 +6,7 @@ mod audit;
 mod cluster;
 mod connect;
 mod contract;
+mod erasure;
 mod expansion;
 mod faults;
 mod grpc;

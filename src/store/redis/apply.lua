@@ -6,16 +6,20 @@
 --
 -- ARGV: number of leads, then per lead:
 --   record key index, the value's expected first 16 bytes (its version; ''
---   for a lead that must not exist), the new value, number of operations,
---   then the operations, each a code and arguments
+--   for a lead that must not exist), the new value ('' deletes the record),
+--   number of operations, then the operations, each a code and arguments
 --   (k = a KEYS index):
---     F k field by          HINCRBYFLOAT
---     I k field by          HINCRBY
+--     F k field by          HINCRBYFLOAT; the field goes when it is 0
+--     I k field by          HINCRBY; the field goes when it is 0
 --     A k unix ms           PEXPIREAT
 --     Z k score member      ZADD
 --     R k member            ZREM
 --     X k keep_ms n f v …   XADD with n field/value pairs, trimming entries
 --                           older than keep_ms by Redis' clock (MINID ~)
+--     L k tag keep_ms       LPUSH tag .. the id the last X added to list k,
+--                           dropping its entries older than keep_ms
+--     E k f t               XDEL every id list k holds from stream f (tag
+--                           'f') or t (tag 't'), then DEL k
 -- Returns per lead: { 0 } the lead changed (nothing of it written), or
 --   { 1, the XADD ids in order }
 -- Redis' clock in unix ms, read once and only by a call that appends.
@@ -32,7 +36,7 @@ end
 local function skip(i)
   local op = ARGV[i]
   if op == 'X' then return i + 4 + 2 * tonumber(ARGV[i + 3]) end
-  if op == 'F' or op == 'I' or op == 'Z' then return i + 4 end
+  if op == 'F' or op == 'I' or op == 'Z' or op == 'L' or op == 'E' then return i + 4 end
   if op == 'A' or op == 'R' then return i + 3 end
   return nil
 end
@@ -69,8 +73,13 @@ for lead = 1, leads do
   local n = tonumber(ARGV[i + 3])
   local ids = { 1 }
   if write then
-    redis.call('SET', KEYS[tonumber(ARGV[i])], ARGV[i + 2])
+    if ARGV[i + 2] == '' then
+      redis.call('DEL', KEYS[tonumber(ARGV[i])])
+    else
+      redis.call('SET', KEYS[tonumber(ARGV[i])], ARGV[i + 2])
+    end
   end
+  local last_id
   i = i + 4
   for _ = 1, n do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
@@ -81,11 +90,45 @@ for lead = 1, leads do
         for p = 1, 2 * tonumber(ARGV[i + 3]) do
           args[#args + 1] = ARGV[i + 3 + p]
         end
-        ids[#ids + 1] = redis.call(unpack(args))
+        last_id = redis.call(unpack(args))
+        ids[#ids + 1] = last_id
       elseif op == 'F' then
-        redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])
+        -- Float sums of whole numbers stay exact; a sum of amounts within
+        -- a billionth of zero is zero.
+        local v = tonumber(redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3]))
+        if math.abs(v) < 1e-9 then redis.call('HDEL', key, ARGV[i + 2]) end
       elseif op == 'I' then
-        redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3])
+        if redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3]) == 0 then
+          redis.call('HDEL', key, ARGV[i + 2])
+        end
+      elseif op == 'L' then
+        redis.call('LPUSH', key, ARGV[i + 2] .. last_id)
+        local oldest = now_ms() - tonumber(ARGV[i + 3])
+        -- A few per call: the list shrinks as fast as it grows.
+        for _ = 1, 4 do
+          local tail = redis.call('LINDEX', key, -1)
+          local ms = tail and tonumber(string.match(tail, '^.(%d+)'))
+          if not ms or ms >= oldest then break end
+          redis.call('RPOP', key)
+        end
+      elseif op == 'E' then
+        local streams = { f = KEYS[tonumber(ARGV[i + 2])], t = KEYS[tonumber(ARGV[i + 3])] }
+        -- Deleted triggers also leave every consumer group's pending list.
+        local groups = redis.pcall('XINFO', 'GROUPS', streams.t)
+        if type(groups) ~= 'table' or groups.err then groups = {} end
+        for _, entry in ipairs(redis.call('LRANGE', key, 0, -1)) do
+          local tag, id = string.sub(entry, 1, 1), string.sub(entry, 2)
+          local stream = streams[tag]
+          if stream then redis.call('XDEL', stream, id) end
+          if tag == 't' then
+            for _, g in ipairs(groups) do
+              for f = 1, #g, 2 do
+                if g[f] == 'name' then redis.call('XACK', streams.t, g[f + 1], id) end
+              end
+            end
+          end
+        end
+        redis.call('DEL', key)
       elseif op == 'Z' then
         redis.call('ZADD', key, ARGV[i + 2], ARGV[i + 3])
       elseif op == 'A' then

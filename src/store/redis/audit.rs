@@ -24,6 +24,45 @@ impl RedisStore {
         self.call(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await
     }
 
+    /// Walks the whole trail (a page at a time) and deletes the events
+    /// that mention one of `ids`.
+    pub(super) async fn forget(&self, ids: &[String]) -> Result<u64, StoreError> {
+        const PAGE: usize = 1000;
+        let key = self.keys.audit();
+        let mut start = "-".to_owned();
+        let mut doomed = Vec::new();
+        loop {
+            let (k, from) = (key.clone(), start.clone());
+            let reply: StreamRangeReply = self
+                .call(|mut c| async move {
+                    redis::cmd("XRANGE").arg(k).arg(from).arg("+").arg("COUNT").arg(PAGE).query_async(&mut c).await
+                })
+                .await?;
+            for entry in &reply.ids {
+                let event = entry.get::<String>("e").and_then(|json| serde_json::from_str::<AuditEvent>(&json).ok());
+                if event.is_some_and(|e| ids.iter().any(|id| e.mentions(id))) {
+                    doomed.push(entry.id.clone());
+                }
+            }
+            let Some(last) = reply.ids.last().and_then(|e| EntryId::parse(&e.id)) else { break };
+            if reply.ids.len() < PAGE {
+                break;
+            }
+            start = last.range_after();
+        }
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let n = doomed.len() as u64;
+        for chunk in doomed.chunks(PAGE) {
+            let (k, chunk) = (key.clone(), chunk.to_vec());
+            let _: u64 = self
+                .call(|mut c| async move { redis::cmd("XDEL").arg(k).arg(chunk).query_async(&mut c).await })
+                .await?;
+        }
+        Ok(n)
+    }
+
     pub(super) async fn list(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {
         let start = match cursor {
             "" => "-".to_owned(),

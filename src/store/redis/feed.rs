@@ -68,8 +68,16 @@ impl FeedCursor {
 pub struct Entry {
     pub partition: usize,
     pub id: EntryId,
-    pub lead_id: String,
-    pub record: Vec<u8>,
+    pub body: Body,
+}
+
+/// A feed entry's fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// `l` (the lead id) and `c` (the stage change record).
+    Moved { lead_id: String, record: Vec<u8> },
+    /// A tombstone: `e` (the erased lead's reference) and `a` (when, unix ms).
+    Erased { lead_ref: String, at: i64 },
 }
 
 /// The oldest `limit` entries of all partitions, in (time, partition)
@@ -93,7 +101,11 @@ mod tests {
     use super::*;
 
     fn entry(partition: usize, ms: u64) -> Entry {
-        Entry { partition, id: EntryId { ms, seq: 0 }, lead_id: format!("l{partition}"), record: Vec::new() }
+        Entry {
+            partition,
+            id: EntryId { ms, seq: 0 },
+            body: Body::Moved { lead_id: format!("l{partition}"), record: Vec::new() },
+        }
     }
 
     #[test]

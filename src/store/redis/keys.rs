@@ -30,6 +30,10 @@ pub struct LeadKeys {
     pub index: String,
     /// Stream: the partition's fired nurture triggers.
     pub triggers: String,
+    /// List: the ids of the lead's own entries in `feed` (`f<id>`) and
+    /// `triggers` (`t<id>`), newest first, for as long as the streams keep
+    /// them: what an erasure deletes.
+    pub entries: String,
 }
 
 /// The keys of one account.
@@ -188,6 +192,7 @@ impl KeySpace {
             feed: self.feed(partition),
             index: self.index(partition),
             triggers: self.triggers(partition),
+            entries: format!("{base}:entries"),
             lead: base,
         }
     }

@@ -752,6 +752,9 @@ impl Format1Lead {
             None => None,
         };
         Ok(LeadState {
+            // Kept only from now on: an erasure takes back what is known.
+            contributions: crate::domain::state::Contributions { complete: false, ..Default::default() },
+            visitors: Vec::new(),
             journey: Default::default(),
             lead,
             version: 1,

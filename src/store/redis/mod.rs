@@ -37,7 +37,7 @@ use crate::domain::profiles::{CohortProfile, CohortQuery, FunnelCounters, Month}
 use crate::domain::spend::SpendEntry;
 use crate::domain::state::{AggregateDelta, Due, LeadChange, LeadState};
 use crate::domain::time::MILLIS_PER_DAY;
-use crate::domain::{Delivery, LeadId, QualificationChange, Timestamp};
+use crate::domain::{Delivery, FeedEvent, LeadId, QualificationChange, Timestamp, Tombstone};
 use codec::{SEP, num};
 use feed::{EntryId, FeedCursor};
 
@@ -210,7 +210,8 @@ impl Leads for RedisStore {
             for (&i, mut ids) in members.iter().zip(reply) {
                 applied[i] = Some(if ids.first().map(String::as_str) == Some("1") {
                     let mut ids: Vec<String> = ids.drain(1..).map(|id| format!("{partition}/{id}")).collect();
-                    let trigger_ids = ids.split_off(changes[i].feed.len().min(ids.len()));
+                    let fed = changes[i].feed.len() + usize::from(changes[i].erase.is_some());
+                    let trigger_ids = ids.split_off(fed.min(ids.len()));
                     Applied::Written { feed_ids: ids, trigger_ids }
                 } else {
                     Applied::Conflict
@@ -256,6 +257,34 @@ impl Leads for RedisStore {
             .collect()
     }
 
+    async fn leads_created_before(
+        &self,
+        partition: u32,
+        before: Timestamp,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<LeadId>, StoreError> {
+        let key = self.keys.index(partition);
+        let raw: Vec<String> = self
+            .call(|mut c| async move {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(key)
+                    .arg("-inf")
+                    .arg(format!("({}", before.millis()))
+                    .arg("LIMIT")
+                    .arg(offset)
+                    .arg(limit)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        raw.into_iter()
+            .map(|id| {
+                LeadId::from_stored(id).map_err(|e| StoreError::Internal(format!("lead index holds a bad id: {e}")))
+            })
+            .collect()
+    }
+
     async fn due_count(&self, due: &Due, partition: u32) -> Result<u64, StoreError> {
         let key = self.keys.due(due, partition);
         self.call(|mut c| async move { redis::cmd("ZCARD").arg(key).query_async(&mut c).await }).await
@@ -297,10 +326,17 @@ impl ChangeFeed for RedisStore {
                     .ids
                     .into_iter()
                     .map(|entry| {
-                        match (EntryId::parse(&entry.id), entry.get::<String>("l"), entry.get::<Vec<u8>>("c")) {
-                            (Some(id), Some(lead_id), Some(record)) => {
-                                Ok(feed::Entry { partition, id, lead_id, record })
-                            }
+                        let id = EntryId::parse(&entry.id);
+                        let body = match (entry.get::<String>("l"), entry.get::<Vec<u8>>("c")) {
+                            (Some(lead_id), Some(record)) => Some(feed::Body::Moved { lead_id, record }),
+                            // A tombstone: the erased lead's reference and when.
+                            _ => match (entry.get::<String>("e"), entry.get::<i64>("a")) {
+                                (Some(lead_ref), Some(at)) => Some(feed::Body::Erased { lead_ref, at }),
+                                _ => None,
+                            },
+                        };
+                        match (id, body) {
+                            (Some(id), Some(body)) => Ok(feed::Entry { partition, id, body }),
                             _ => Err(StoreError::Internal(format!(
                                 "malformed feed entry {} in partition {partition}",
                                 entry.id
@@ -313,15 +349,22 @@ impl ChangeFeed for RedisStore {
         let mut changes = Vec::new();
         let mut next_cursor = cursor.encode();
         for (entry, after) in feed::merge(cursor, per_partition, limit) {
-            let lead_id = LeadId::from_stored(entry.lead_id.clone())
-                .map_err(|e| StoreError::Internal(format!("feed entry {} has a bad lead id: {e}", entry.id)))?;
-            let change = record::decode_change(&entry.record).map_err(|e| StoreError::Corrupt {
-                lead_id: entry.lead_id.clone(),
-                detail: format!("feed entry {}: {e}", entry.id),
-            })?;
+            let event = match entry.body {
+                feed::Body::Moved { lead_id: raw, record } => {
+                    let lead_id = LeadId::from_stored(raw.clone())
+                        .map_err(|e| StoreError::Internal(format!("feed entry {} has a bad lead id: {e}", entry.id)))?;
+                    let change = record::decode_change(&record).map_err(|e| StoreError::Corrupt {
+                        lead_id: raw,
+                        detail: format!("feed entry {}: {e}", entry.id),
+                    })?;
+                    FeedEvent::Moved { lead_id, change }
+                }
+                feed::Body::Erased { lead_ref, at } => {
+                    FeedEvent::Erased(Tombstone { lead_ref, at: Timestamp::from_millis(at) })
+                }
+            };
             changes.push(QualificationChange {
-                lead_id,
-                change,
+                event,
                 id: format!("{}/{}", entry.partition, entry.id),
                 cursor: after.clone(),
             });
@@ -595,6 +638,10 @@ impl AuditLog for RedisStore {
     async fn list_audit(&self, cursor: &str, limit: usize) -> Result<AuditPage, StoreError> {
         self.list(cursor, limit).await
     }
+
+    async fn forget_audit(&self, ids: &[String]) -> Result<u64, StoreError> {
+        self.forget(ids).await
+    }
 }
 
 #[async_trait]
@@ -638,6 +685,10 @@ impl Webhooks for RedisStore {
 
     async fn drop_webhook_letters(&self, endpoint: &str, event_ids: &[String]) -> Result<(), StoreError> {
         self.drop_letters(endpoint, event_ids).await
+    }
+
+    async fn forget_webhook_letters(&self, endpoint: &str, lead_ids: &[String]) -> Result<u64, StoreError> {
+        self.forget_letters(endpoint, lead_ids).await
     }
 
     async fn add_webhook_counters(&self, endpoint: &str, delta: &WebhookCounters) -> Result<(), StoreError> {
@@ -705,6 +756,31 @@ impl RedisStore {
             let mut ops: Vec<Vec<Vec<u8>>> = Vec::new();
             let k = |keys: &mut KeyList, key: String| keys.index(key).to_string().into_bytes();
             let text = |v: &dyn std::fmt::Display| v.to_string().into_bytes();
+            // The lead's own entries are listed by id (oldest dropped with
+            // the streams' retention), so an erasure finds them.
+            let listed_ms = feed.retention_ms.max(feed.trigger_retention_ms);
+            let list = |keys: &mut KeyList, tag: &[u8]| {
+                vec![b"L".to_vec(), k(keys, lead_keys.entries.clone()), tag.to_vec(), text(&listed_ms)]
+            };
+            if let Some(tombstone) = &change.erase {
+                ops.push(vec![
+                    b"E".to_vec(),
+                    k(&mut keys, lead_keys.entries.clone()),
+                    k(&mut keys, lead_keys.feed.clone()),
+                    k(&mut keys, lead_keys.triggers.clone()),
+                ]);
+                ops.push(vec![
+                    b"X".to_vec(),
+                    k(&mut keys, lead_keys.feed.clone()),
+                    text(&feed.retention_ms),
+                    b"2".to_vec(),
+                    b"e".to_vec(),
+                    tombstone.lead_ref.clone().into_bytes(),
+                    b"a".to_vec(),
+                    text(&tombstone.at.millis()),
+                ]);
+                ops.push(vec![b"R".to_vec(), k(&mut keys, lead_keys.index.clone()), member.clone()]);
+            }
             for c in &change.feed {
                 let record = record::encode_change(c);
                 ops.push(vec![
@@ -717,6 +793,7 @@ impl RedisStore {
                     b"c".to_vec(),
                     record,
                 ]);
+                ops.push(list(&mut keys, b"f"));
             }
             for t in &change.triggers {
                 let payload = record::encode_trigger(t);
@@ -728,6 +805,7 @@ impl RedisStore {
                     b"t".to_vec(),
                     payload,
                 ]);
+                ops.push(list(&mut keys, b"t"));
             }
             let mut expiries = std::collections::BTreeMap::new();
             for delta in &change.aggregates {
@@ -760,7 +838,7 @@ impl RedisStore {
             for (key, expires) in expiries {
                 ops.push(vec![b"A".to_vec(), k(&mut keys, key), text(&expires.millis())]);
             }
-            if let Some(at) = change.indexed_at {
+            if let Some(at) = change.indexed_at.filter(|_| change.erase.is_none()) {
                 ops.push(vec![
                     b"Z".to_vec(),
                     k(&mut keys, lead_keys.index.clone()),
@@ -777,8 +855,14 @@ impl RedisStore {
             }
             args.push(keys.index(lead_keys.lead).to_string().into_bytes());
             args.push(record::version_prefix(change.expected_version));
-            let mut value = record::version_prefix(change.state.version);
-            value.extend(record::encode(&change.state));
+            // An empty value deletes the record.
+            let value = if change.erase.is_some() {
+                Vec::new()
+            } else {
+                let mut value = record::version_prefix(change.state.version);
+                value.extend(record::encode(&change.state));
+                value
+            };
             args.push(value);
             args.push(ops.len().to_string().into_bytes());
             args.extend(ops.into_iter().flatten());

@@ -5,12 +5,12 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use prost::Message;
 
-use crate::domain::attribution::{Journey, Touch, WonDeal};
+use crate::domain::attribution::{Journey, Model, Touch, WonDeal};
 use crate::domain::expansion::{Deal as ExpansionDeal, Kind, Status};
 use crate::domain::ledger::HistoryEntry;
 use crate::domain::profiles::{ModelScore, Month, ScoreHistoryEntry};
 use crate::domain::sla::Pending;
-use crate::domain::state::{CohortPlace, FirstTouch, LeadState};
+use crate::domain::state::{CohortPlace, Contributions, FirstTouch, LeadState};
 use crate::domain::{
     AccountId, Breach, Cause, FiredTrigger, LeadId, LeadLedger, LeadSnapshot, ScoreSnapshot, Stage, StageChange,
     Timestamp, TypeTally,
@@ -121,6 +121,43 @@ struct LeadRecord {
     /// The customer's expansion deals, newest first.
     #[prost(message, repeated, tag = "39")]
     expansion: Vec<ExpansionRecord>,
+    /// `funnel_shares` and `credit_shares` hold every share since the lead
+    /// was created (false in records of releases that kept none).
+    #[prost(bool, tag = "40")]
+    contributions_kept: bool,
+    #[prost(message, repeated, tag = "41")]
+    funnel_shares: Vec<FunnelShare>,
+    #[prost(message, repeated, tag = "42")]
+    credit_shares: Vec<CreditShare>,
+    /// Identified visitors merged into the lead, newest first.
+    #[prost(string, repeated, tag = "43")]
+    visitors: Vec<String>,
+}
+
+/// The lead's share of a funnel counter: the UTC day, the counter's field
+/// (`codec::funnel_field`) and the amount.
+#[derive(Clone, PartialEq, Message)]
+struct FunnelShare {
+    #[prost(sint64, tag = "1")]
+    day: i64,
+    #[prost(string, tag = "2")]
+    field: String,
+    #[prost(double, tag = "3")]
+    by: f64,
+}
+
+/// The lead's share of a credit counter: the UTC day, the model's key, the
+/// counter's field (`codec::credit_field`) and the amount.
+#[derive(Clone, PartialEq, Message)]
+struct CreditShare {
+    #[prost(sint64, tag = "1")]
+    day: i64,
+    #[prost(string, tag = "2")]
+    model: String,
+    #[prost(string, tag = "3")]
+    field: String,
+    #[prost(int64, tag = "4")]
+    by: i64,
 }
 
 /// An expansion deal: the CRM's id, kind (1 upsell, 2 cross-sell), status
@@ -621,6 +658,29 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         handover_due: state.handover.map_or(0, |h| h.due.millis()),
         handover_breached: state.handover.is_some_and(|h| h.breached),
         expansion,
+        contributions_kept: state.contributions.complete,
+        funnel_shares: state
+            .contributions
+            .funnel
+            .iter()
+            .map(|((day, group, counter), by)| FunnelShare {
+                day: *day,
+                field: super::codec::funnel_field(group, *counter),
+                by: *by,
+            })
+            .collect(),
+        credit_shares: state
+            .contributions
+            .credits
+            .iter()
+            .map(|((day, model, group, counter), by)| CreditShare {
+                day: *day,
+                model: model.key().to_owned(),
+                field: super::codec::credit_field(group, *counter),
+                by: *by,
+            })
+            .collect(),
+        visitors: state.visitors.iter().map(|v| v.as_str().to_owned()).collect(),
     };
     record.encode_to_vec()
 }
@@ -795,7 +855,26 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         });
     }
     journey.settled = r.journey_settled;
+    let mut contributions = Contributions { complete: r.contributions_kept, ..Default::default() };
+    for share in r.funnel_shares {
+        let (group, counter) = super::codec::parse_funnel_field(&share.field)
+            .ok_or_else(|| corrupt("an unreadable funnel share".into()))?;
+        contributions.funnel.insert((share.day, group.to_owned(), counter), share.by);
+    }
+    for share in r.credit_shares {
+        let model = Model::parse_key(&share.model).ok_or_else(|| corrupt("a credit share's model".into()))?;
+        let (group, counter) = super::codec::parse_credit_field(&share.field)
+            .ok_or_else(|| corrupt("an unreadable credit share".into()))?;
+        contributions.credits.insert((share.day, model, group.to_owned(), counter), share.by);
+    }
+    let visitors = r
+        .visitors
+        .into_iter()
+        .map(|v| LeadId::from_stored(v).map_err(|e| corrupt(format!("a merged visitor's id: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(LeadState {
+        contributions,
+        visitors,
         journey,
         lead,
         version,

@@ -149,6 +149,42 @@ impl RedisStore {
         Ok(moved)
     }
 
+    pub(super) async fn forget_letters(&self, endpoint: &str, lead_ids: &[String]) -> Result<u64, StoreError> {
+        let key = self.hook(endpoint, "letters");
+        let mut cursor = 0u64;
+        let mut doomed = Vec::new();
+        loop {
+            let k = key.clone();
+            let (next, page): (u64, Vec<(String, String)>) = self
+                .call(|mut c| async move {
+                    redis::cmd("HSCAN").arg(k).arg(cursor).arg("COUNT").arg(500).query_async(&mut c).await
+                })
+                .await?;
+            for (id, json) in page {
+                // An unreadable letter is left for an operator to look at.
+                if serde_json::from_str::<WebhookLetter>(&json).is_ok_and(|l| lead_ids.contains(&l.lead_id)) {
+                    doomed.push(id);
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        doomed.sort();
+        doomed.dedup();
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.zrem(self.hook(endpoint, "dead"), &doomed).ignore();
+        pipe.zrem(self.hook(endpoint, "replay"), &doomed).ignore();
+        pipe.hdel(&key, &doomed).ignore();
+        self.call(|mut c| async move { pipe.query_async::<()>(&mut c).await }).await?;
+        Ok(doomed.len() as u64)
+    }
+
     pub(super) async fn drop_letters(&self, endpoint: &str, ids: &[String]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());

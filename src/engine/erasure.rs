@@ -1,0 +1,195 @@
+//! Erasure (the right to be forgotten): a lead, the visitors identified as
+//! it, and everything kept about them, taken out of the store and out of
+//! every aggregate; a tombstone in the change feed (and so in webhooks)
+//! tells the CRM and automation to delete too.
+
+use super::*;
+use crate::transition::Forgotten;
+
+/// What an erasure removed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Receipt {
+    /// What the tombstone names the subject by (`sha256:…` of its id).
+    pub lead_ref: String,
+    pub erased_at: Timestamp,
+    /// Whether a record was there to erase (false for a repeated erasure:
+    /// erasing is idempotent).
+    pub found: bool,
+    /// Of the lead and its visitors together.
+    pub removed: Forgotten,
+    /// Webhook letters (dead or replayed) deleted.
+    pub webhook_letters: u64,
+    /// Audit events that named the lead or its visitors, deleted.
+    pub audit_events: u64,
+}
+
+/// Who erases, for the audit trail and the metrics.
+pub struct Requested<'a> {
+    /// `request` (ForgetLead) or `retention` (a retention policy).
+    pub by: &'a str,
+    pub actor: &'a str,
+    /// The authenticated token's name.
+    pub token: &'a str,
+    pub reason_given: bool,
+}
+
+/// Erases `subject` — a lead, or a visitor (when identified, the lead it
+/// was identified as, with all its visitors) — and records the erasure
+/// in the audit trail under the subject's reference only.
+pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -> Result<Receipt, StoreError> {
+    let by = requested.by;
+    let rules = state.rules();
+    let settings = settings(state);
+    let first = state.store.load(std::slice::from_ref(subject)).await?.pop().flatten();
+    let owner = first.as_ref().and_then(|s| s.lead.merged_into.clone()).unwrap_or_else(|| subject.clone());
+    let mut targets = vec![owner.clone()];
+    if owner != *subject {
+        targets.push(subject.clone());
+    }
+    let now = state.clock.now();
+    let mut receipt = Receipt {
+        lead_ref: crate::domain::Tombstone::new(&owner, now).lead_ref,
+        erased_at: now,
+        found: false,
+        removed: Forgotten { exact: true, ..Default::default() },
+        webhook_letters: 0,
+        audit_events: 0,
+    };
+    let mut erased: Vec<LeadId> = Vec::new();
+    let mut pending = targets.clone();
+    let locked = targets.clone();
+    let _serialised = lock_leads(state, locked.iter()).await;
+    for attempt in 0..MAX_ATTEMPTS {
+        if pending.is_empty() {
+            break;
+        }
+        if attempt > 0 {
+            back_off(attempt).await;
+        }
+        let stored = state.store.load(&pending).await?;
+        // The lead's own visitors go with it.
+        let more: Vec<LeadId> =
+            stored.iter().flatten().flat_map(|s| s.visitors.iter().cloned()).filter(|v| !targets.contains(v)).collect();
+        let mut stored: Vec<Option<LeadState>> = stored;
+        if !more.is_empty() {
+            stored.extend(state.store.load(&more).await?);
+            pending.extend(more.iter().cloned());
+            targets.extend(more);
+        }
+        let now = state.clock.now();
+        let steps: Vec<_> = stored.into_iter().filter_map(|s| transition::forget(&rules, &settings, now, s)).collect();
+        let changes: Vec<LeadChange> = steps.iter().map(|s| s.change.clone()).collect();
+        let written = write(state, &changes).await?;
+        let mut conflicted = Vec::new();
+        for (step, ok) in steps.into_iter().zip(written) {
+            let id = step.change.state.lead.lead_id.clone();
+            if ok {
+                add(&mut receipt.removed, step.answer);
+                erased.push(id);
+            } else {
+                conflicted.push(id);
+            }
+        }
+        pending = conflicted;
+    }
+    if !pending.is_empty() {
+        return Err(kept_changing(&pending[0]));
+    }
+    receipt.found = !erased.is_empty();
+    receipt.removed.visitors = erased.iter().filter(|id| **id != owner).cloned().collect();
+    // Every name the lead and its visitors go by in letters and events.
+    let mut names: Vec<String> = Vec::new();
+    for id in &targets {
+        names.push(id.as_str().to_owned());
+        names.push(id.to_string());
+        names.extend(id.visitor().map(str::to_owned));
+    }
+    names.sort();
+    names.dedup();
+    for endpoint in &state.webhooks {
+        receipt.webhook_letters += state.store.forget_webhook_letters(&endpoint.name, &names).await?;
+    }
+    // Events of this replica still being appended land first.
+    receipt.audit_events = {
+        let _settled = audit::settled(state).await;
+        state.store.forget_audit(&names).await?
+    };
+    state.metrics.erased(by, erased.len() as u64);
+    let r = &receipt.removed;
+    let details = [
+        ("found", receipt.found.to_string()),
+        ("by", by.to_owned()),
+        ("reason_given", requested.reason_given.to_string()),
+        ("visitors", r.visitors.len().to_string()),
+        ("signals", r.signals.to_string()),
+        ("aggregates_exact", r.exact.to_string()),
+    ];
+    let event = audit::event(state, "lead.erased", requested.actor, requested.token, &receipt.lead_ref, &details);
+    audit::record(state, event).await;
+    tracing::info!(lead_ref = %receipt.lead_ref, found = receipt.found, by, "lead erased");
+    Ok(receipt)
+}
+
+/// Leads a retention round looks at, at most.
+const RETENTION_BUDGET: usize = 1000;
+const RETENTION_PAGE: usize = 200;
+
+/// One round of the retention policy `erase_unqualified_after`: looks at
+/// up to `RETENTION_BUDGET` leads created before the cut-off, going on
+/// where the last round stopped (partition by partition, oldest first),
+/// and erases those `transition::retention_expired` says are due. Returns
+/// how many were erased. Safe on several replicas at once (erasing is
+/// idempotent).
+pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
+    let quiet_ms = state.erase_unqualified_after_ms;
+    if quiet_ms <= 0 {
+        return Ok(0);
+    }
+    let store = state.store.as_ref();
+    let partitions = store.partitions();
+    let (mut partition, mut offset) = *state.retention_cursor.lock().unwrap_or_else(|p| p.into_inner());
+    partition %= partitions.max(1);
+    let requested = Requested { by: "retention", actor: "retention", token: "", reason_given: true };
+    let mut budget = RETENTION_BUDGET;
+    let mut finished = 0;
+    let mut erased = 0;
+    while budget > 0 && finished < partitions {
+        let now = state.clock.now();
+        let limit = RETENTION_PAGE.min(budget);
+        let page = store.leads_created_before(partition, now.plus_millis(-quiet_ms), offset, limit).await?;
+        budget -= page.len().max(1);
+        let stored = store.load(&page).await?;
+        let mut kept = 0;
+        for s in stored.iter().flatten() {
+            if transition::retention_expired(s, now, quiet_ms) {
+                forget(state, &s.lead.lead_id, &requested).await?;
+                erased += 1;
+            } else {
+                kept += 1;
+            }
+        }
+        if page.len() < limit {
+            partition = (partition + 1) % partitions;
+            offset = 0;
+            finished += 1;
+        } else {
+            // The erased left the index: only the kept are passed over.
+            offset += kept;
+        }
+    }
+    *state.retention_cursor.lock().unwrap_or_else(|p| p.into_inner()) = (partition, offset);
+    Ok(erased)
+}
+
+fn add(total: &mut Forgotten, one: Forgotten) {
+    total.exact &= one.exact;
+    total.attributes += one.attributes;
+    total.signals += one.signals;
+    total.event_ids += one.event_ids;
+    total.stage_changes += one.stage_changes;
+    total.score_history += one.score_history;
+    total.touches += one.touches;
+    total.expansion_deals += one.expansion_deals;
+    total.aggregate_counters += one.aggregate_counters;
+    total.visitors.extend(one.visitors);
+}
