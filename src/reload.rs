@@ -97,9 +97,13 @@ pub async fn reload_once(state: &Arc<Core>, path: &PathBuf, last: &mut u64) -> R
             let event =
                 crate::engine::audit::event(state, "rule_set.activated", "rule file reload", "", &version, &details);
             drop(active);
+            let digest = rules.digest.clone();
             state.replace_rules(rules, path.display().to_string());
             tracing::info!(path = %path.display(), %version, %previous, "rule set reloaded");
-            crate::engine::audit::record(state, event).await;
+            // Of the replicas reloading the same file, the first records it.
+            if crate::engine::audit::first_to_activate(state, &digest).await {
+                crate::engine::audit::record(state, event).await;
+            }
             if state.rescore_on_reload {
                 crate::engine::start_rescore(state.clone());
             }

@@ -369,7 +369,9 @@ impl Application {
             ))
         });
 
-        if !self.version_recorded {
+        if self.version_recorded {
+            crate::engine::audit::started_with(self.state.core()).await;
+        } else {
             tokio::spawn(record_version_when_possible(self.state.core().clone(), stopping_tx.subscribe()));
         }
         let sweep_task = tokio::spawn(sweep_every(
@@ -589,6 +591,7 @@ async fn record_version_when_possible(state: Arc<crate::engine::Core>, mut stopp
         match crate::reload::claim_version(state.store.as_ref(), &state.rules().set).await {
             Ok(()) => {
                 tracing::info!(version = %state.rules().version, "rule-set version recorded");
+                crate::engine::audit::started_with(&state).await;
                 return;
             }
             Err(Some(why)) => {

@@ -545,6 +545,7 @@ impl Profiles for ProfilesService {
         &self,
         request: Request<pb::RecordSpendRequest>,
     ) -> Result<Response<pb::RecordSpendResponse>, Status> {
+        let token = crate::api::token_name(&request);
         let entries =
             spend_entries(request.into_inner().spend, &self.state.currency, self.state.limits.max_batch_size)?;
         tracing::Span::current().record("entries", entries.len());
@@ -556,6 +557,22 @@ impl Profiles for ProfilesService {
                 metadata: Vec::new(),
             },
         })?;
+        // Spend is business data, not personal: campaigns and days named.
+        let mut campaigns: Vec<&str> = entries.iter().map(|e| e.campaign.as_str()).collect();
+        campaigns.sort_unstable();
+        campaigns.dedup();
+        let (first, last) = (entries.iter().map(|e| e.day).min(), entries.iter().map(|e| e.day).max());
+        let day =
+            |d: Option<i64>| d.map(|d| Timestamp::from_millis(d * MILLIS_PER_DAY).to_string()).unwrap_or_default();
+        let details = [
+            ("entries", entries.len().to_string()),
+            ("campaigns", campaigns.join(" ")),
+            ("from_day", day(first)),
+            ("to_day", day(last)),
+        ];
+        let event =
+            crate::engine::audit::event(&self.state, "spend.recorded", "", &token, &self.state.currency, &details);
+        crate::engine::audit::record(&self.state, event).await;
         Ok(Response::new(pb::RecordSpendResponse { recorded: entries.len() as u32 }))
     }
 
@@ -595,9 +612,21 @@ impl Profiles for ProfilesService {
         &self,
         request: Request<pb::UpsertAccountRequest>,
     ) -> Result<Response<pb::UpsertAccountResponse>, Status> {
+        let token = crate::api::token_name(&request);
         let account = convert::account_profile(request.into_inner().account)?;
         tracing::Span::current().record("account_id", account.account_id.as_str());
         accounts::upsert(self.state.core(), &account).await.map_err(ApiError::from)?;
+        let names: Vec<&str> = account.attributes.keys().map(String::as_str).collect();
+        let details = [("attributes", names.join(" "))];
+        let event = crate::engine::audit::event(
+            &self.state,
+            "account.upserted",
+            "",
+            &token,
+            account.account_id.as_str(),
+            &details,
+        );
+        crate::engine::audit::record(&self.state, event).await;
         Ok(Response::new(pb::UpsertAccountResponse {
             account: Some(pb::Account {
                 account_id: account.account_id.to_string(),
@@ -734,5 +763,6 @@ fn export_to_proto(export: &profiles::Export, rules: &RuleSet, now: Timestamp) -
         triggers_last_fired: lead.trigger_fired.iter().map(|(k, at)| (k.clone(), timestamp_to_proto(*at))).collect(),
         triggers: export.triggers.iter().map(convert::trigger_to_proto).collect(),
         exported_at: Some(timestamp_to_proto(now)),
+        identified_visitor_ids: state.visitors.iter().filter_map(|v| v.visitor()).map(str::to_owned).collect(),
     }
 }

@@ -12,7 +12,8 @@ pub struct AuditEvent {
     /// What happened: `stage.set`, `lead.upserted`, `expansion.recorded`,
     /// `lead.exported`, `visitor.identified`, `rescore.started`,
     /// `dead_letters.replayed`, `webhook_dead_letters.replayed`,
-    /// `rule_set.activated`.
+    /// `rule_set.activated`, `lead.erased`, `account.upserted`,
+    /// `spend.recorded`.
     pub action: String,
     /// The person or system the request named (SetStage's `actor`); `""`
     /// when it names none.

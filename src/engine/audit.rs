@@ -41,6 +41,40 @@ pub async fn record(state: &Core, event: AuditEvent) {
     });
 }
 
+/// Marks `digest` as the active rule set; true when it was not already
+/// (and when the store cannot say: better twice than never).
+pub async fn first_to_activate(state: &Core, digest: &str) -> bool {
+    match state.store.mark_active_rule_set(digest).await {
+        Ok(previous) => previous.as_deref() != Some(digest),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot mark the active rule set");
+            true
+        }
+    }
+}
+
+/// Records a rule set a replica starts with, when it is not the one the
+/// store last saw activated (a restart with a new rule file).
+pub async fn started_with(state: &Core) {
+    let rules = state.rules();
+    let previous = match state.store.mark_active_rule_set(&rules.digest).await {
+        Ok(previous) if previous.as_deref() == Some(rules.digest.as_str()) => return,
+        Ok(previous) => previous.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot mark the active rule set");
+            return;
+        }
+    };
+    let details = [
+        ("digest", rules.digest.clone()),
+        ("agreed_by", rules.agreed_by.join(" ")),
+        ("previous_digest", previous),
+        ("file", rules.origin.clone()),
+    ];
+    let event = self::event(state, "rule_set.activated", "start-up", "", &rules.version, &details);
+    record(state, event).await;
+}
+
 /// Waits (a little at most) until the events this replica is appending
 /// have landed.
 pub async fn settled(state: &Core) -> Option<tokio::sync::OwnedRwLockWriteGuard<()>> {

@@ -41,6 +41,8 @@ struct Data {
     triggers: Vec<Option<FiredTrigger>>,
     /// Rule-set version → content digest.
     rule_set_versions: HashMap<String, String>,
+    /// The digest of the rule set last activated.
+    active_rule_set: Option<String>,
     /// Consumer groups of the trigger log.
     groups: HashMap<String, Group>,
     /// UTC day → (group, counter) → value.
@@ -589,6 +591,10 @@ impl RuleSetVersions for MemoryStore {
 
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError> {
         Ok(self.data().rule_set_versions.get(version).cloned())
+    }
+
+    async fn mark_active_rule_set(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.data().active_rule_set.replace(digest.to_owned()))
     }
 }
 

@@ -273,6 +273,11 @@ pub trait RuleSetVersions: Send + Sync + 'static {
 
     /// The digest recorded for `version`, if any.
     async fn rule_set_version_digest(&self, version: &str) -> Result<Option<String>, StoreError>;
+
+    /// Records `digest` as the rule set the service now runs and returns
+    /// the one recorded before (so of several replicas activating the same
+    /// rules, one sees a change).
+    async fn mark_active_rule_set(&self, digest: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Marketing spend per campaign and UTC day.

@@ -397,8 +397,9 @@ async fn the_rule_file_reloads_and_a_broken_one_is_refused() {
         .into_inner()
         .events;
     let activations: Vec<&pb::AuditEvent> = trail.iter().filter(|e| e.action == "rule_set.activated").collect();
-    assert_eq!(activations.len(), 1, "{trail:?}");
-    let a = activations[0];
+    assert_eq!(activations.len(), 2, "the start-up rules and the reload: {trail:?}");
+    assert_eq!((activations[0].actor.as_str(), activations[0].subject.as_str()), ("start-up", "2026.11.1"));
+    let a = activations[1];
     assert_eq!((a.subject.as_str(), a.details["previous_version"].as_str()), ("2026.11.2", "2026.11.1"));
     assert_eq!(a.details["agreed_by"], "marketing sales");
     assert_eq!(a.details["digest"].len(), 64);

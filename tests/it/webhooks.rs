@@ -368,3 +368,51 @@ async fn one_replica_sends_and_another_takes_over_when_it_stops() {
     assert_eq!(receiver.deliveries().len(), 3);
     second.stop().await;
 }
+
+#[tokio::test]
+async fn an_erased_leads_dead_letters_go_and_its_tombstone_is_posted() {
+    let redis = RedisServer::start();
+    let (receiver, port) = receiver().await;
+    receiver.script.lock().unwrap().extend([(500, None), (500, None), (500, None)]);
+    let events = ["trigger(sales_alert_new_mql)", "lead_erased"];
+    let app = TestApp::spawn(with_hook(Some(redis.url()), hook(port, &events))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    make_mql(&app, "hook-erased").await;
+    wait_for(&receiver, 3).await;
+    let mut nurture = NurtureClient::new(app.channel().await);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nurture
+        .list_webhook_dead_letters(pb::ListWebhookDeadLettersRequest { endpoint: "crm".into(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .letters
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "the trigger became a dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let receipt = pb::profiles_client::ProfilesClient::new(app.channel().await)
+        .forget_lead(pb::ForgetLeadRequest { lead_id: "hook-erased".into(), actor: "dpo".into(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(receipt.webhook_letters, 1);
+    let letters = nurture
+        .list_webhook_dead_letters(pb::ListWebhookDeadLettersRequest { endpoint: "crm".into(), limit: 0 })
+        .await
+        .unwrap()
+        .into_inner()
+        .letters;
+    assert!(letters.is_empty(), "{letters:?}");
+    // The tombstone: signed, naming the lead by its reference only.
+    let got = wait_for(&receiver, 4).await;
+    let tombstone = &got[3];
+    verify(tombstone);
+    let body: serde_json::Value = serde_json::from_slice(&tombstone.body).unwrap();
+    assert_eq!(body["type"], "lead.erased");
+    assert_eq!(body["data"]["erased"]["leadRef"], receipt.lead_ref);
+    assert!(!String::from_utf8_lossy(&tombstone.body).contains("hook-erased"));
+    app.stop().await;
+}

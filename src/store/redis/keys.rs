@@ -165,6 +165,11 @@ impl KeySpace {
         format!("{}:rulesets", self.prefix)
     }
 
+    /// The digest of the rule set last activated (string).
+    pub fn active_rule_set(&self) -> String {
+        format!("{}:rulesets:active", self.prefix)
+    }
+
     /// The ids of a partition's leads, by created_at.
     pub fn index(&self, partition: u32) -> String {
         format!("{}:{{p{partition}}}:leads", self.prefix)

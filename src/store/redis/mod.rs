@@ -623,6 +623,12 @@ impl RuleSetVersions for RedisStore {
         let key = self.keys.rule_set_versions();
         self.call(|mut c| async move { redis::cmd("HGET").arg(key).arg(version).query_async(&mut c).await }).await
     }
+
+    async fn mark_active_rule_set(&self, digest: &str) -> Result<Option<String>, StoreError> {
+        let key = self.keys.active_rule_set();
+        self.call(|mut c| async move { redis::cmd("SET").arg(key).arg(digest).arg("GET").query_async(&mut c).await })
+            .await
+    }
 }
 
 #[async_trait]
