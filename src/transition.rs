@@ -497,6 +497,23 @@ impl<'r> Builder<'r> {
     }
 
     fn finish(mut self) -> LeadChange {
+        if self.state.journey.settled && !self.state.contributions.credits_kept {
+            // From now on the journey's credit stays as given, no longer a
+            // recount of it: its shares are kept, from what it gave so far.
+            let before = self.journey_before.as_ref().unwrap_or(&self.state.journey);
+            for d in attribution::credits_of(before) {
+                self.state.contributions.credits_kept = true;
+                self.state.contributions.add(&AggregateDelta::Credit {
+                    day: d.day,
+                    model: d.model,
+                    group: attribution::credit_group(d.group_by, &d.value),
+                    counter: d.counter,
+                    by: d.by,
+                    expires: day_expires(d.day, self.settings.funnel_retention_ms),
+                });
+            }
+            self.state.contributions.credits_kept = true;
+        }
         if let Some(before) = self.journey_before.take() {
             for d in attribution::credit_changes(&before, &self.state.journey) {
                 let expires = day_expires(d.day, self.settings.funnel_retention_ms);
@@ -921,7 +938,7 @@ pub fn forget(
     };
     let mut b = Builder::begin(rules, settings, now, Some(stored), &lead_id, New::in_stage(stage));
     b.move_place(None);
-    let reversal = b.state.contributions.reversal(now, settings.funnel_retention_ms);
+    let reversal = b.state.contributions.reversal(&b.state.journey, now, settings.funnel_retention_ms);
     b.change.aggregates.extend(reversal);
     for (def, _) in rules.inactivity_triggers() {
         b.change.due.push((Due::Inactivity(def.id.clone()), None));
@@ -1512,6 +1529,31 @@ mod tests {
         }
     }
 
+    /// A journey that dropped touches keeps the credit it gave: its lead
+    /// keeps its credit shares from then on, and erasing it takes exactly
+    /// those back.
+    #[test]
+    fn erasing_a_lead_whose_journey_settled_takes_back_the_credit_it_gave() {
+        let rules = rules();
+        let settings = settings();
+        let (mut sim, mut twin) = (Sim::default(), Sim::default());
+        let touch = |lead: &str, i: usize| {
+            let mut s = signal(&rules, &format!("{lead}-t{i}"), "webinar_attended", NOW.plus_millis(-(i as i64) * DAY));
+            s.properties.insert("campaign".into(), format!("c{i}"));
+            s
+        };
+        for i in 0..attribution::MAX_TOUCHES + 8 {
+            sim.record(&rules, &id("kept"), &[touch("kept", i)], NOW);
+            twin.record(&rules, &id("kept"), &[touch("kept", i)], NOW);
+            sim.record(&rules, &id("gone"), &[touch("gone", i)], NOW);
+        }
+        let gone = sim.load(&id("gone")).unwrap();
+        assert!(gone.journey.settled && gone.contributions.credits_kept);
+        let step = forget(&rules, &settings, NOW, Some(gone)).unwrap();
+        sim.apply(step.change);
+        assert_eq!(sim.figures(), twin.figures());
+    }
+
     #[test]
     fn contributions_forget_the_days_whose_counters_are_dropped() {
         let mut c = crate::domain::state::Contributions::default();
@@ -1529,8 +1571,11 @@ mod tests {
         assert_eq!(c.len(), 1, "a share back at zero is no share");
         // Day 100's counters go at the end of day 110.
         let day_110_end = Timestamp::from_millis(111 * DAY);
-        assert_eq!(c.reversal(day_110_end.plus_millis(-1), retention).len(), 1);
-        assert!(c.reversal(day_110_end, retention).is_empty(), "an expired day is not taken back (it would come back)");
+        assert_eq!(c.reversal(&Journey::default(), day_110_end.plus_millis(-1), retention).len(), 1);
+        assert!(
+            c.reversal(&Journey::default(), day_110_end, retention).is_empty(),
+            "an expired day is not taken back (it would come back)"
+        );
         c.prune(day_110_end, retention);
         assert!(c.is_empty());
     }

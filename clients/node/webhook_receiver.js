@@ -64,6 +64,11 @@ function createReceiver(secrets, handle) {
 
 function describe(id, event) {
   const data = event.data;
+  if (event.type === "lead.erased") {
+    // Delete your copy: the lead is named by sha256(lead id) only.
+    console.log(id, event.type, data.erased.leadRef);
+    return;
+  }
   const what =
     event.type === "lead.stage_changed"
       ? `${(data.change.from || "STAGE_UNSPECIFIED").replace("STAGE_", "")} -> ${data.change.to.replace("STAGE_", "")}`

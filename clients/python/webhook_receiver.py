@@ -80,6 +80,10 @@ def handler_class(receiver, before=None):
 
 def describe(event_id, event):
     data = event["data"]
+    if event["type"] == "lead.erased":
+        # Delete your copy: the lead is named by sha256(lead id) only.
+        print(event_id, event["type"], data["erased"]["leadRef"], flush=True)
+        return
     if event["type"] == "lead.stage_changed":
         change = data["change"]
         what = f"{change.get('from', 'STAGE_UNSPECIFIED').removeprefix('STAGE_')} -> {change['to'].removeprefix('STAGE_')}"

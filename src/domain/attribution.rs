@@ -291,6 +291,13 @@ fn credit(
 /// new, or all of them when the half-life changed) takes back its old
 /// shares and gives its new ones. Deals no longer kept keep their credit.
 /// Zero changes are left out.
+/// All the credit a journey gives: what its lead counts for in the
+/// credits while the journey is not settled.
+pub fn credits_of(journey: &Journey) -> Vec<CreditDelta> {
+    let none = Journey { half_life_ms: journey.half_life_ms, ..Journey::default() };
+    credit_changes(&none, journey)
+}
+
 pub fn credit_changes(old: &Journey, new: &Journey) -> Vec<CreditDelta> {
     let mut out: BTreeMap<CreditKey, i64> = BTreeMap::new();
     let (old_half_life, new_half_life) = (old.half_life(), new.half_life());

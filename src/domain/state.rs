@@ -102,8 +102,11 @@ const ZERO: f64 = 1e-9;
 pub struct Contributions {
     /// (UTC day, group, counter) → the lead's net increment.
     pub funnel: BTreeMap<(i64, String, FunnelCounter), f64>,
-    /// (UTC day, model, group, counter) → the lead's net credit.
+    /// (UTC day, model, group, counter) → the lead's net credit, kept only
+    /// once its journey is settled (`credits_kept`); until then its credit
+    /// is exactly a recount from its journey (`attribution::credits_of`).
     pub credits: BTreeMap<(i64, Model, String, CreditCounter), i64>,
+    pub credits_kept: bool,
     /// Kept since the lead was created: `false` for a lead first written
     /// by a release that did not keep them (its erasure takes back only
     /// what was kept since).
@@ -112,7 +115,7 @@ pub struct Contributions {
 
 impl Default for Contributions {
     fn default() -> Self {
-        Self { funnel: BTreeMap::new(), credits: BTreeMap::new(), complete: true }
+        Self { funnel: BTreeMap::new(), credits: BTreeMap::new(), credits_kept: false, complete: true }
     }
 }
 
@@ -129,6 +132,7 @@ impl Contributions {
                     self.funnel.insert(key, sum);
                 }
             }
+            AggregateDelta::Credit { .. } if !self.credits_kept => {}
             AggregateDelta::Credit { day, model, group, counter, by, .. } => {
                 let key = (*day, *model, group.clone(), *counter);
                 let sum = self.credits.get(&key).copied().unwrap_or(0).saturating_add(*by);
@@ -150,8 +154,10 @@ impl Contributions {
         self.credits.retain(|(day, ..), _| *day >= first_kept);
     }
 
-    /// The deltas that take every kept contribution back.
-    pub fn reversal(&self, now: Timestamp, retention_ms: i64) -> Vec<AggregateDelta> {
+    /// The deltas that take every contribution back: the funnel shares
+    /// kept, and the credit shares kept or, before the journey settled,
+    /// the credit its journey gives.
+    pub fn reversal(&self, journey: &Journey, now: Timestamp, retention_ms: i64) -> Vec<AggregateDelta> {
         let first_kept = first_kept_day(now, retention_ms);
         let funnel =
             self.funnel.iter().filter(|((day, ..), _)| *day >= first_kept).map(|((day, group, counter), by)| {
@@ -163,14 +169,24 @@ impl Contributions {
                     expires: day_expires(*day, retention_ms),
                 }
             });
-        let credits = self.credits.iter().filter(|((day, ..), _)| *day >= first_kept).map(
+        let given: BTreeMap<(i64, Model, String, CreditCounter), i64> = if self.credits_kept {
+            self.credits.clone()
+        } else {
+            let mut given = BTreeMap::new();
+            for d in super::attribution::credits_of(journey) {
+                let group = super::attribution::credit_group(d.group_by, &d.value);
+                *given.entry((d.day, d.model, group, d.counter)).or_insert(0) += d.by;
+            }
+            given
+        };
+        let credits = given.into_iter().filter(|((day, ..), by)| *day >= first_kept && *by != 0).map(
             |((day, model, group, counter), by)| AggregateDelta::Credit {
-                day: *day,
-                model: *model,
-                group: group.clone(),
-                counter: *counter,
+                day,
+                model,
+                group,
+                counter,
                 by: -by,
-                expires: day_expires(*day, retention_ms),
+                expires: day_expires(day, retention_ms),
             },
         );
         funnel.chain(credits).collect()

@@ -125,25 +125,31 @@ struct LeadRecord {
     /// was created (false in records of releases that kept none).
     #[prost(bool, tag = "40")]
     contributions_kept: bool,
-    #[prost(message, repeated, tag = "41")]
-    funnel_shares: Vec<FunnelShare>,
+    /// The lead's shares of funnel counters, one per index of these
+    /// parallel lists: the UTC day (after the day of `created_at`), the
+    /// group and the counter (`codec::funnel_field` of an empty group) as
+    /// indexes into `strings`, and the amount when whole.
+    #[prost(sint64, repeated, tag = "41")]
+    share_days: Vec<i64>,
+    #[prost(uint32, repeated, tag = "44")]
+    share_groups: Vec<u32>,
+    #[prost(uint32, repeated, tag = "45")]
+    share_counters: Vec<u32>,
+    #[prost(sint64, repeated, tag = "46")]
+    share_wholes: Vec<i64>,
+    /// Amounts that are not whole: the share's index and the amount.
+    #[prost(uint32, repeated, tag = "47")]
+    share_fraction_at: Vec<u32>,
+    #[prost(double, repeated, tag = "48")]
+    share_fractions: Vec<f64>,
+    /// Credit shares, kept only once the journey is settled.
     #[prost(message, repeated, tag = "42")]
     credit_shares: Vec<CreditShare>,
+    #[prost(bool, tag = "49")]
+    credits_kept: bool,
     /// Identified visitors merged into the lead, newest first.
     #[prost(string, repeated, tag = "43")]
     visitors: Vec<String>,
-}
-
-/// The lead's share of a funnel counter: the UTC day, the counter's field
-/// (`codec::funnel_field`) and the amount.
-#[derive(Clone, PartialEq, Message)]
-struct FunnelShare {
-    #[prost(sint64, tag = "1")]
-    day: i64,
-    #[prost(string, tag = "2")]
-    field: String,
-    #[prost(double, tag = "3")]
-    by: f64,
 }
 
 /// The lead's share of a credit counter: the UTC day, the model's key, the
@@ -158,6 +164,17 @@ struct CreditShare {
     field: String,
     #[prost(int64, tag = "4")]
     by: i64,
+}
+
+/// The lead's funnel shares as the record keeps them.
+#[derive(Default)]
+struct Shares {
+    days: Vec<i64>,
+    groups: Vec<u32>,
+    counters: Vec<u32>,
+    wholes: Vec<i64>,
+    fraction_at: Vec<u32>,
+    fractions: Vec<f64>,
 }
 
 /// An expansion deal: the CRM's id, kind (1 upsell, 2 cross-sell), status
@@ -546,6 +563,20 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
             property_refs: h.properties.iter().flat_map(|(k, v)| [string_index(k), string_index(v)]).collect(),
         })
         .collect();
+    let created_day = lead.created_at.utc_day();
+    let mut shares = Shares::default();
+    for (i, ((day, group, counter), by)) in state.contributions.funnel.iter().enumerate() {
+        shares.days.push(day - created_day);
+        shares.groups.push(string_index(group));
+        shares.counters.push(string_index(&super::codec::funnel_field("", *counter)));
+        if by.fract() == 0.0 && by.abs() < 9e15 {
+            shares.wholes.push(*by as i64);
+        } else {
+            shares.wholes.push(0);
+            shares.fraction_at.push(i as u32);
+            shares.fractions.push(*by);
+        }
+    }
     let journey = &state.journey;
     let touches: Vec<TouchRecord> = journey
         .touches
@@ -659,16 +690,13 @@ pub fn encode(state: &LeadState) -> Vec<u8> {
         handover_breached: state.handover.is_some_and(|h| h.breached),
         expansion,
         contributions_kept: state.contributions.complete,
-        funnel_shares: state
-            .contributions
-            .funnel
-            .iter()
-            .map(|((day, group, counter), by)| FunnelShare {
-                day: *day,
-                field: super::codec::funnel_field(group, *counter),
-                by: *by,
-            })
-            .collect(),
+        share_days: shares.days,
+        share_groups: shares.groups,
+        share_counters: shares.counters,
+        share_wholes: shares.wholes,
+        share_fraction_at: shares.fraction_at,
+        share_fractions: shares.fractions,
+        credits_kept: state.contributions.credits_kept,
         credit_shares: state
             .contributions
             .credits
@@ -855,11 +883,25 @@ pub fn decode(lead_id: &LeadId, version: u64, bytes: &[u8]) -> Result<LeadState,
         });
     }
     journey.settled = r.journey_settled;
-    let mut contributions = Contributions { complete: r.contributions_kept, ..Default::default() };
-    for share in r.funnel_shares {
-        let (group, counter) = super::codec::parse_funnel_field(&share.field)
-            .ok_or_else(|| corrupt("an unreadable funnel share".into()))?;
-        contributions.funnel.insert((share.day, group.to_owned(), counter), share.by);
+    let mut contributions =
+        Contributions { complete: r.contributions_kept, credits_kept: r.credits_kept, ..Default::default() };
+    let n = r.share_days.len();
+    if [r.share_groups.len(), r.share_counters.len(), r.share_wholes.len()].iter().any(|l| *l != n)
+        || r.share_fraction_at.len() != r.share_fractions.len()
+    {
+        return Err(corrupt("unmatched funnel shares".into()));
+    }
+    let created_day = Timestamp::from_millis(r.created_at).utc_day();
+    let mut amounts: Vec<f64> = r.share_wholes.iter().map(|w| *w as f64).collect();
+    for (i, v) in r.share_fraction_at.iter().zip(&r.share_fractions) {
+        *amounts.get_mut(*i as usize).ok_or_else(|| corrupt("a funnel share's amount".into()))? = *v;
+    }
+    for (i, amount) in amounts.into_iter().enumerate() {
+        let group = string(&r.share_groups[i])?;
+        let counter = string(&r.share_counters[i])?;
+        let (_, counter) =
+            super::codec::parse_funnel_field(&counter).ok_or_else(|| corrupt("an unreadable funnel share".into()))?;
+        contributions.funnel.insert((created_day + r.share_days[i], group, counter), amount);
     }
     for share in r.credit_shares {
         let model = Model::parse_key(&share.model).ok_or_else(|| corrupt("a credit share's model".into()))?;
