@@ -33,6 +33,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod connect;
+pub mod dashboard;
 pub mod demo;
 pub mod domain;
 pub mod engine;

@@ -426,6 +426,8 @@ impl Application {
         let router = builder
             // Connect (unary, JSON or proto) and gRPC-Web become gRPC calls
             // before anything else looks at them: one stack for all three.
+            // The dashboard's files (the data it shows comes through the API).
+            .layer(crate::dashboard::DashboardLayer)
             .layer(crate::connect::ConnectLayer { methods: pb::METHODS, max_message_size: limits.max_message_size })
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(crate::metrics::MetricsLayer {
