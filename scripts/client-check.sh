@@ -2,7 +2,7 @@
 # Checks the service through clients other than our own, each asserting what
 # it answers: grpcio (Python) sees bad requests as INVALID_ARGUMENT with small
 # trailers; `buf curl --protocol connect|grpcweb` and plain `curl` with JSON
-# answer the README's first calls alike; the Python and Node clients of
+# answer the first calls of docs/http-and-clients.md alike; the Python and Node clients of
 # clients/ (gRPC and HTTP/JSON) record, score, consume and acknowledge
 # triggers (a crash before the ack redelivers), follow the change feed from a
 # stored cursor and retry passing failures; webhooks reach a receiver that

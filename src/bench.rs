@@ -48,7 +48,7 @@ pub enum Scenario {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// The service.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     #[arg(long, value_enum, default_value = "record")]
     pub scenario: Scenario,

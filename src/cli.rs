@@ -31,13 +31,13 @@ pub enum Command {
         command: DemoCommand,
     },
     /// Load generator: closed or open loop, HDR latency percentiles (see
-    /// the README's Performance section and bench/run.sh).
+    /// docs/performance.md and bench/run.sh).
     Bench(crate::bench::BenchArgs),
     /// Asks a running service's gRPC health check; exit 0 when SERVING (a
     /// container health probe).
     Health {
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// A service name to check instead of the whole server.
         #[arg(long, default_value = "")]
@@ -78,6 +78,31 @@ pub enum Command {
         #[command(subcommand)]
         command: LeadCommand,
     },
+    /// Nurture triggers, as marketing automation receives them.
+    Triggers {
+        #[command(subcommand)]
+        command: TriggersCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TriggersCommand {
+    /// Consumes a group's triggers as they fire (StreamTriggers, qualify
+    /// scope), prints one line each and acknowledges it, until Ctrl-C.
+    Watch {
+        /// The consumer group (one of the service's `trigger_groups`).
+        #[arg(long, default_value = "automation")]
+        group: String,
+        /// This consumer's name within the group.
+        #[arg(long, default_value = "cli")]
+        consumer: String,
+        /// Stop after this many triggers (0: never).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+        /// The service.
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,7 +114,7 @@ pub enum AuditCommand {
         #[arg(long, default_value = "")]
         after: String,
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
 }
@@ -105,7 +130,7 @@ pub enum LeadCommand {
         #[arg(long)]
         visitor: bool,
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
     /// Erases a lead and everything kept about it, and prints the receipt
@@ -124,7 +149,7 @@ pub enum LeadCommand {
         #[arg(long, default_value = "")]
         reason: String,
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
 }
@@ -135,7 +160,7 @@ pub enum ReportCommand {
     /// percentiles, stages, MQL rate.
     Cohort {
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// First month, YYYY-MM [default: this month].
         #[arg(long)]
@@ -168,7 +193,7 @@ pub enum ReportCommand {
     /// to the deadline, owner.
     Handovers {
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// Leads shown (at most 500).
         #[arg(long, default_value_t = 20)]
@@ -194,7 +219,7 @@ pub enum ReportCommand {
 #[derive(Debug, clap::Args)]
 pub struct DaysArgs {
     /// The service.
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// First day, YYYY-MM-DD [default: 30 days before --to].
     #[arg(long)]
@@ -217,7 +242,7 @@ pub enum SpendCommand {
         /// The CSV file.
         file: PathBuf,
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
 }
@@ -228,7 +253,7 @@ pub enum DemoCommand {
     /// service through its public RPCs.
     Seed {
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// How many leads.
         #[arg(long, default_value_t = 300)]
@@ -242,7 +267,7 @@ pub enum DemoCommand {
     /// are decided late.
     Decide {
         /// The service.
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// Same seed, same decisions.
         #[arg(long, default_value_t = 42)]
@@ -252,7 +277,7 @@ pub enum DemoCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Config file (TOML); keys as in the README's configuration table.
+    /// Config file (TOML); keys as in docs/configuration.md.
     #[arg(long, env = "LEADSCORE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to listen on [default: 127.0.0.1:50051; env LEADSCORE_GRPC_ADDR].
@@ -428,6 +453,15 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Command::Triggers { command: TriggersCommand::Watch { group, consumer, count, addr } } => {
+            match watch_triggers(&addr, group, consumer, count).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("leadscore: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Report { command } => match report(command).await {
             Ok(text) => {
                 print!("{text}");
@@ -488,6 +522,35 @@ async fn export_lead(addr: &str, id: String, visitor: bool) -> Result<String, Bo
     let mut client = pb::profiles_client::ProfilesClient::new(crate::client::connect(addr).await?);
     let export = client.export_lead(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
     Ok(serde_json::to_string_pretty(&export)?)
+}
+
+/// One line per trigger: definition, lead, program, stage, score, why.
+async fn watch_triggers(
+    addr: &str,
+    group: String,
+    consumer: String,
+    count: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    let mut client = pb::nurture_client::NurtureClient::new(crate::client::connect(addr).await?);
+    let request = pb::StreamTriggersRequest { group: group.clone(), consumer, max_in_flight: 0 };
+    let mut stream = client.stream_triggers(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
+    let mut seen = 0;
+    while let Some(message) = stream.message().await.map_err(|e| crate::client::refused(&e))? {
+        let Some(t) = message.trigger else { continue };
+        let subject = if t.lead_id.is_empty() { format!("visitor {}", t.visitor_id) } else { t.lead_id.clone() };
+        let stage = t.stage().as_str_name().trim_start_matches("STAGE_").to_owned();
+        let score = t.score.as_ref().map_or(0.0, |s| s.total);
+        let program = if t.program.is_empty() { "-".to_owned() } else { t.program.clone() };
+        println!("{}  {subject}  program {program}  {stage}  score {score:.1}  ({})", t.definition_id, t.reason);
+        let ack = pb::AckTriggersRequest { group: group.clone(), trigger_ids: vec![t.trigger_id] };
+        client.ack_triggers(ack).await.map_err(|e| crate::client::refused(&e))?;
+        seen += 1;
+        if count > 0 && seen >= count {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn forget_lead(

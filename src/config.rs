@@ -147,7 +147,7 @@ pub struct Settings {
     /// change; 0 (the default) keeps them.
     pub erase_unqualified_after: Millis,
     /// HTTP endpoints that receive qualification changes and nurture
-    /// triggers, signed (`[[webhooks]]` tables; README, "Webhooks").
+    /// triggers, signed (`[[webhooks]]` tables; docs/configuration.md, "Webhooks").
     pub webhooks: Vec<WebhookSettings>,
 }
 
@@ -533,7 +533,7 @@ fn explain(e: figment::Error) -> String {
         }
         let table = if table.is_empty() { table } else { format!(" of {table}") };
         return format!(
-            "unknown key `{}`{table}{place}{hint} (the README's Configuration lists every key)",
+            "unknown key `{}`{table}{place}{hint} (docs/configuration.md lists every key)",
             crate::text::bounded(found, 64)
         );
     }

@@ -290,7 +290,7 @@ impl<'r> Builder<'r> {
                 }
             }
             // Off the desk, even a lead whose hand-over an older release
-            // dropped (see README, Storage).
+            // dropped (see docs/storage.md).
             self.change.due.push((Due::Waiting, None));
             self.change.due.push((Due::Deadline, None));
         }

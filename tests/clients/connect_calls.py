@@ -1,4 +1,4 @@
-"""The README's first calls over every protocol the gRPC port speaks:
+"""The first calls of docs/http-and-clients.md over every protocol the gRPC port speaks:
 `buf curl --protocol connect`, `buf curl --protocol grpcweb` (both through
 reflection, over HTTP/1.1) and plain `curl` with JSON. Each answer is
 checked, and the three must agree on the score.

@@ -186,9 +186,9 @@ async fn migrate_and_compare(url: &str, conn: &mut dyn redis::ConnectionLike, al
     assert!(refused.contains("leadscore migrate"), "{refused}");
 
     let first = migrate(url);
-    // What the README shows it saying over this fixture.
-    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    assert!(readme.contains(first.trim()), "the README does not show: {first}");
+    // What docs/storage.md shows it saying over this fixture.
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/storage.md")).unwrap();
+    assert!(readme.contains(first.trim()), "docs/storage.md does not show: {first}");
     assert!(first.contains("45 leads converted (0 converted by an earlier run)"), "{first}");
     assert!(first.contains("pending trigger deliveries kept"), "{first}");
     let again = migrate(url);

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The docs, tested (tests/docs/check.py): the shell examples of README.md and
+# docs/*.md marked `<!-- docs-test: run -->` run in order against a service
+# started for each file (the debug binary, embedded store, a free port), and
+# the outputs marked `<!-- docs-test: output -->` must still show what the
+# doc says. Needs curl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v curl >/dev/null 2>&1 || { echo "curl is missing: apt-get install curl" >&2; exit 1; }
+[ -x target/debug/leadscore ] || cargo build --locked
+python3 tests/docs/check.py target/debug/leadscore README.md docs/*.md

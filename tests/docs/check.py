@@ -1,0 +1,176 @@
+"""The docs, tested: runs the shell examples of README.md and docs/*.md that
+are marked to run, in order, in one bash per file (variables carry over),
+against a service this starts, and checks the output shown after them.
+
+In a Markdown file:
+
+    <!-- docs-test: run -->
+    ```sh
+    …commands…
+    ```
+
+    <!-- docs-test: output -->
+    ```text
+    …what the commands before print…
+    ```
+
+An output block passes when each of its lines, split at "…", appears in the
+output of the run block before it, fragment after fragment, in order (so a
+doc can elide what varies). `127.0.0.1:50051` becomes the service's address
+(and `LEADSCORE_ADDR` names it to the CLI) and `cargo run --release --` the binary under test. Each file gets a fresh
+service (embedded store) and a scratch directory as its working directory.
+
+    python3 tests/docs/check.py target/debug/leadscore README.md docs/*.md
+"""
+
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+MARK = re.compile(r"^<!-- docs-test: (run|output) -->\s*$")
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def blocks(path):
+    lines = path.read_text().split("\n")
+    out = []
+    i = 0
+    while i < len(lines):
+        m = MARK.match(lines[i])
+        if m:
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            k = j + 1
+            while k < len(lines) and not lines[k].startswith("```"):
+                k += 1
+            out.append((m.group(1), i + 1, "\n".join(lines[j + 1 : k])))
+            i = k
+        i += 1
+    return out
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def matches(expected, actual):
+    at = 0
+    for line in expected.split("\n"):
+        for fragment in (f.strip() for f in line.split("…")):
+            if not fragment:
+                continue
+            found = actual.find(fragment, at)
+            if found < 0:
+                return fragment
+            at = found + len(fragment)
+    return None
+
+
+def read_until(bash, token, seconds):
+    """The output up to the line `token <status>`; status 1 on a time-out."""
+    import selectors
+
+    fd = bash.stdout.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(fd, selectors.EVENT_READ)
+    deadline = time.time() + seconds
+    data = b""
+    marker = token.encode()
+    while time.time() < deadline:
+        at = data.find(marker)
+        if at >= 0:
+            rest = data[at + len(marker):].split(b"\n", 1)[0]
+            if b"\n" in data[at:]:
+                return data[:at].decode(errors="replace"), int(rest.strip() or 1)
+        if not sel.select(timeout=max(0.0, deadline - time.time())):
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data.decode(errors="replace"), 1
+        data += chunk
+    return data.decode(errors="replace") + f"\n(timed out after {seconds} s)", 1
+
+
+def check(binary, path):
+    found = blocks(path)
+    if not found:
+        return 0
+    port = free_port()
+    work = pathlib.Path(tempfile.mkdtemp())
+    shutil.copy(REPO / "rules" / "default.toml", work / "my-rules.toml")
+    log = open(work / "serve.log", "w")
+    service = subprocess.Popen(
+        [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off"],
+        cwd=work,
+        stderr=log,
+        env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
+    )
+    failures = 0
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise SystemExit(f"{path}: the service did not start")
+                time.sleep(0.1)
+        bash = subprocess.Popen(
+            ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cwd=work, text=True, env=dict(os.environ, NO_COLOR="1", LEADSCORE_ADDR=f"http://127.0.0.1:{port}"),
+        )
+        bash.stdin.write("set -o pipefail\ntrap 'failed=1' ERR\n")
+        last = None
+        for n, (kind, line, text) in enumerate(found):
+            text = text.replace("127.0.0.1:50051", f"127.0.0.1:{port}").replace("cargo run --release --", binary)
+            if kind == "run":
+                token = f"@@docs-test-{n}@@"
+                bash.stdin.write(f"failed=0\n{text}\necho; echo \"{token} $failed\"\n")
+                bash.stdin.flush()
+                output, status = read_until(bash, token, 120)
+                if status != 0:
+                    print(f"{path}:{line}: failed:\n{output[-3000:]}")
+                    failures += 1
+                    break
+                last = (line, output)
+            else:
+                if last is None:
+                    print(f"{path}:{line}: an output block with no run block before it")
+                    failures += 1
+                    continue
+                missing = matches(text, last[1])
+                if missing:
+                    print(f"{path}:{line}: the output of line {last[0]} no longer shows {missing!r}:\n{last[1][-3000:]}")
+                    failures += 1
+        bash.stdin.close()
+        bash.kill()
+        print(f"{path}: {len(found)} blocks checked, {failures} failed")
+    finally:
+        service.terminate()
+        service.wait(timeout=10)
+        shutil.rmtree(work, ignore_errors=True)
+    return failures
+
+
+def main():
+    binary = str(pathlib.Path(sys.argv[1]).resolve())
+    failures = sum(check(binary, pathlib.Path(p)) for p in sys.argv[2:])
+    if failures:
+        raise SystemExit(f"docs check: {failures} failed")
+    print("docs check passed")
+
+
+if __name__ == "__main__":
+    main()
