@@ -897,6 +897,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for stray in crate::config::stray_variables(&settings) {
+        tracing::warn!("{stray}");
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

@@ -540,6 +540,36 @@ fn explain(e: figment::Error) -> String {
     e.to_string()
 }
 
+/// `LEADSCORE_…` variables the service reads besides the settings.
+const OTHER_VARIABLES: [&str; 6] = ["config", "token", "addr", "log_format", "otlp_endpoint", "trace_sample_ratio"];
+
+/// A warning for each `LEADSCORE_…` variable in the environment that names
+/// no setting (a typo is otherwise silently ignored), with the closest
+/// name. Webhook secrets (`LEADSCORE_WEBHOOK_SECRET_<NAME>` and any
+/// endpoint's `secret_env`) are not settings and pass.
+pub fn stray_variables(settings: &Settings) -> Vec<String> {
+    let secrets: Vec<&str> = settings.webhooks.iter().filter_map(|w| w.secret_env.as_deref()).collect();
+    let known: Vec<&str> = KEYS.iter().chain(OTHER_VARIABLES.iter()).copied().collect();
+    let mut out = Vec::new();
+    for (name, _) in std::env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        let Some(key) = name.strip_prefix("LEADSCORE_") else { continue };
+        if secrets.contains(&name) || key.starts_with("WEBHOOK_SECRET_") {
+            continue;
+        }
+        let lower = key.to_ascii_lowercase();
+        if known.contains(&lower.as_str()) {
+            continue;
+        }
+        let hint = closest(&lower, &known)
+            .map(|k| format!(" (did you mean LEADSCORE_{}?)", k.to_ascii_uppercase()))
+            .unwrap_or_default();
+        out.push(format!("{} names no setting and is ignored{hint}", crate::text::bounded(name, 100)));
+    }
+    out.sort();
+    out
+}
+
 /// The candidate nearest to `word` by edit distance, if it is near enough
 /// to be a typo of it (at most a third of its length, at least 1).
 pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
@@ -604,6 +634,22 @@ mod tests {
         keys.sort();
         expected.sort();
         assert_eq!(keys, expected);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
+    fn a_misspelled_variable_is_named_with_the_closest_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("LEADSCORE_DEDUPE_WINDOWS", "2d");
+            jail.set_env("LEADSCORE_WEBHOOK_SECRET_CRM", "whsec_x");
+            jail.set_env("LEADSCORE_TOKEN", "t");
+            let stray = stray_variables(&Settings::default());
+            assert_eq!(
+                stray,
+                ["LEADSCORE_DEDUPE_WINDOWS names no setting and is ignored (did you mean LEADSCORE_DEDUPE_WINDOW?)"]
+            );
+            Ok(())
+        });
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl Accept {
                     // Out of descriptors or memory: wait for some to free
                     // instead of spinning on the same error.
                     self.metrics.connections_closed.with_label_values(&["accept_error"]).inc();
-                    self.log(|n| tracing::error!(error = %e, errors = n, backoff = ?backoff, "accepting a connection failed"));
+                    self.log(|n| tracing::error!(error = %e, errors = n, backoff_ms = backoff.as_millis() as u64, "accepting a connection failed"));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -172,7 +172,8 @@ impl Bounded {
                 ("handshake_timeout", "handshake timed out")
             };
             self.metrics.connections_closed.with_label_values(&[reason]).inc();
-            tracing::debug!(peer = ?self.inner.peer_addr().ok(), "{what}");
+            let peer = self.inner.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::debug!(%peer, "{what}");
             return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
         }
     }

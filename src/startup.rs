@@ -217,7 +217,7 @@ impl Application {
         let metrics = Arc::new(crate::metrics::Metrics::new());
         let store: Arc<dyn LeadStore> = match redis_settings(&settings)? {
             Some(redis) => {
-                tracing::info!(redis = %redacted_url(&redis.url), tls = ?redis.tls, "using the Redis store");
+                tracing::info!(redis = %redacted_url(&redis.url), custom_ca = redis.tls.ca.is_some(), client_certificate = redis.tls.client.is_some(), "using the Redis store");
                 let store = RedisStore::connect(&redis)?.with_latency(metrics.redis_duration.clone());
                 match store.check_format().await {
                     Ok(Ok(())) => {}
@@ -389,8 +389,8 @@ impl Application {
         );
 
         let metrics_task = self.metrics_listener.map(|listener| {
-            let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "serving Prometheus metrics at /metrics");
+            let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(%addr, "serving Prometheus metrics at /metrics");
             let mut stopping = stopping_tx.subscribe();
             let core = self.state.core().clone();
             tokio::spawn(crate::metrics::serve(
@@ -479,7 +479,7 @@ impl Application {
             }
             () = shutdown => {}
         }
-        tracing::info!(grace = ?self.settings.shutdown_grace.duration(), "shutting down: draining in-flight calls");
+        tracing::info!(grace_ms = self.settings.shutdown_grace.0, "shutting down: draining in-flight calls");
         let _ = stopping_tx.send(true);
         // Long-lived streams (feed watchers, trigger consumers) end now.
         let _ = self.state.stopping.send(true);

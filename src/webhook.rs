@@ -379,7 +379,7 @@ impl Worker {
     }
 
     async fn run(self, mut stopping: watch::Receiver<bool>) {
-        tracing::info!(endpoint = self.name(), url = %self.endpoint.spec.shown_url(), events = ?self.endpoint.spec.events, "webhook endpoint started");
+        tracing::info!(endpoint = self.name(), url = %self.endpoint.spec.shown_url(), events = %self.endpoint.spec.events.join(", "), "webhook endpoint started");
         let mut failures = 0u32;
         let mut fed = self.core.fed.subscribe();
         loop {

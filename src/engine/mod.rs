@@ -128,7 +128,11 @@ async fn write(state: &Core, changes: &[LeadChange]) -> Result<Vec<bool>, StoreE
             Applied::Written { .. } => {
                 state.metrics.stage_changes(&change.feed);
                 for c in &change.feed {
-                    tracing::info!(lead_id = %change.state.lead.lead_id, from = %c.from, to = %c.to, cause = ?c.cause, "stage changed");
+                    let by = match &c.cause {
+                        crate::domain::Cause::Rule { rule_id } => format!("rule {rule_id}"),
+                        crate::domain::Cause::Manual { actor } => format!("{actor} (SetStage)"),
+                    };
+                    tracing::info!(lead_id = %change.state.lead.lead_id, from = %c.from, to = %c.to, %by, "stage changed");
                 }
                 true
             }
