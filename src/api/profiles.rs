@@ -376,6 +376,7 @@ impl Profiles for ProfilesService {
             actor,
             token: &token,
             reason_given: !req.reason.trim().is_empty(),
+            unless_active_ms: None,
         };
         let receipt =
             crate::engine::erasure::forget(&self.state, &lead_id, &requested).await.map_err(ApiError::from)?;

@@ -31,21 +31,27 @@ pub struct Requested<'a> {
     /// The authenticated token's name.
     pub token: &'a str,
     pub reason_given: bool,
+    /// Only while the lead is still due under the retention policy of
+    /// this quiet time (checked on the state each write is computed from).
+    pub unless_active_ms: Option<i64>,
 }
 
 /// Erases `subject` — a lead, or a visitor (when identified, the lead it
 /// was identified as, with all its visitors) — and records the erasure
-/// in the audit trail under the subject's reference only.
+/// in the audit trail under the subject's reference only. Its webhook
+/// letters and audit events go first, so an erasure that fails half-way
+/// can be asked again: the records, which name the visitors, go last.
 pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -> Result<Receipt, StoreError> {
     let by = requested.by;
     let rules = state.rules();
     let settings = settings(state);
     let first = state.store.load(std::slice::from_ref(subject)).await?.pop().flatten();
     let owner = first.as_ref().and_then(|s| s.lead.merged_into.clone()).unwrap_or_else(|| subject.clone());
-    let mut targets = vec![owner.clone()];
-    if owner != *subject {
-        targets.push(subject.clone());
-    }
+    let owner_state =
+        if owner == *subject { first } else { state.store.load(std::slice::from_ref(&owner)).await?.pop().flatten() };
+    let still_due = |s: &LeadState, now: Timestamp| {
+        requested.unless_active_ms.is_none_or(|quiet| transition::retention_expired(s, now, quiet))
+    };
     let now = state.clock.now();
     let mut receipt = Receipt {
         lead_ref: crate::domain::Tombstone::new(&owner, now).lead_ref,
@@ -55,49 +61,17 @@ pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -
         webhook_letters: 0,
         audit_events: 0,
     };
-    let mut erased: Vec<LeadId> = Vec::new();
-    let mut pending = targets.clone();
-    let locked = targets.clone();
-    let _serialised = lock_leads(state, locked.iter()).await;
-    for attempt in 0..MAX_ATTEMPTS {
-        if pending.is_empty() {
-            break;
-        }
-        if attempt > 0 {
-            back_off(attempt).await;
-        }
-        let stored = state.store.load(&pending).await?;
-        // The lead's own visitors go with it.
-        let more: Vec<LeadId> =
-            stored.iter().flatten().flat_map(|s| s.visitors.iter().cloned()).filter(|v| !targets.contains(v)).collect();
-        let mut stored: Vec<Option<LeadState>> = stored;
-        if !more.is_empty() {
-            stored.extend(state.store.load(&more).await?);
-            pending.extend(more.iter().cloned());
-            targets.extend(more);
-        }
-        let now = state.clock.now();
-        let steps: Vec<_> = stored.into_iter().filter_map(|s| transition::forget(&rules, &settings, now, s)).collect();
-        let changes: Vec<LeadChange> = steps.iter().map(|s| s.change.clone()).collect();
-        let written = write(state, &changes).await?;
-        let mut conflicted = Vec::new();
-        for (step, ok) in steps.into_iter().zip(written) {
-            let id = step.change.state.lead.lead_id.clone();
-            if ok {
-                add(&mut receipt.removed, step.answer);
-                erased.push(id);
-            } else {
-                conflicted.push(id);
-            }
-        }
-        pending = conflicted;
+    if requested.unless_active_ms.is_some() && !owner_state.as_ref().is_some_and(|s| still_due(s, now)) {
+        return Ok(receipt);
     }
-    if !pending.is_empty() {
-        return Err(kept_changing(&pending[0]));
+    // The lead, the visitor asked for, and the visitors identified as it.
+    let mut targets = vec![owner.clone()];
+    for id in std::iter::once(subject).chain(owner_state.iter().flat_map(|s| s.visitors.iter())) {
+        if !targets.contains(id) {
+            targets.push(id.clone());
+        }
     }
-    receipt.found = !erased.is_empty();
-    receipt.removed.visitors = erased.iter().filter(|id| **id != owner).cloned().collect();
-    // Every name the lead and its visitors go by in letters and events.
+    // Every name they go by in letters and events.
     let mut names: Vec<String> = Vec::new();
     for id in &targets {
         names.push(id.as_str().to_owned());
@@ -109,11 +83,51 @@ pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -
     for endpoint in &state.webhooks {
         receipt.webhook_letters += state.store.forget_webhook_letters(&endpoint.name, &names).await?;
     }
-    // Events of this replica still being appended land first.
-    receipt.audit_events = {
-        let _settled = audit::settled(state).await;
-        state.store.forget_audit(&names).await?
-    };
+    // The events this replica is still appending land first (the gate is
+    // held only for that, not for the walk through the trail).
+    drop(audit::settled(state).await);
+    receipt.audit_events = state.store.forget_audit(&names).await?;
+
+    let mut erased: Vec<LeadId> = Vec::new();
+    let mut pending = targets.clone();
+    {
+        let _serialised = lock_leads(state, targets.iter()).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            if pending.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                back_off(attempt).await;
+            }
+            let stored = state.store.load(&pending).await?;
+            let now = state.clock.now();
+            // A lead that came back to life is kept (and its visitors).
+            if stored.iter().flatten().any(|s| s.lead.lead_id == owner && !still_due(s, now)) {
+                pending.clear();
+                break;
+            }
+            let steps: Vec<_> =
+                stored.into_iter().filter_map(|s| transition::forget(&rules, &settings, now, s)).collect();
+            let changes: Vec<LeadChange> = steps.iter().map(|s| s.change.clone()).collect();
+            let written = write(state, &changes).await?;
+            let mut conflicted = Vec::new();
+            for (step, ok) in steps.into_iter().zip(written) {
+                let id = step.change.state.lead.lead_id.clone();
+                if ok {
+                    add(&mut receipt.removed, step.answer);
+                    erased.push(id);
+                } else {
+                    conflicted.push(id);
+                }
+            }
+            pending = conflicted;
+        }
+    }
+    if !pending.is_empty() {
+        return Err(kept_changing(&pending[0]));
+    }
+    receipt.found = !erased.is_empty();
+    receipt.removed.visitors = erased.iter().filter(|id| **id != owner).cloned().collect();
     state.metrics.erased(by, erased.len() as u64);
     let r = &receipt.removed;
     let details = [
@@ -149,7 +163,13 @@ pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
     let partitions = store.partitions();
     let (mut partition, mut offset) = *state.retention_cursor.lock().unwrap_or_else(|p| p.into_inner());
     partition %= partitions.max(1);
-    let requested = Requested { by: "retention", actor: "retention", token: "", reason_given: true };
+    let requested = Requested {
+        by: "retention",
+        actor: "retention",
+        token: "",
+        reason_given: true,
+        unless_active_ms: Some(quiet_ms),
+    };
     let mut budget = RETENTION_BUDGET;
     let mut finished = 0;
     let mut erased = 0;
@@ -158,14 +178,29 @@ pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
         let limit = RETENTION_PAGE.min(budget);
         let page = store.leads_created_before(partition, now.plus_millis(-quiet_ms), offset, limit).await?;
         budget -= page.len().max(1);
-        let stored = store.load(&page).await?;
-        let mut kept = 0;
-        for s in stored.iter().flatten() {
-            if transition::retention_expired(s, now, quiet_ms) {
-                forget(state, &s.lead.lead_id, &requested).await?;
-                erased += 1;
-            } else {
-                kept += 1;
+        let mut gone = 0;
+        for id in &page {
+            // One lead at a time: an unreadable record, or a lead that
+            // cannot be erased now, does not stop the round.
+            let due = match store.load(std::slice::from_ref(id)).await {
+                Ok(mut loaded) => {
+                    loaded.pop().flatten().is_some_and(|s| transition::retention_expired(&s, now, quiet_ms))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "retention: a listed lead cannot be read; passed over");
+                    false
+                }
+            };
+            if !due {
+                continue;
+            }
+            match forget(state, id, &requested).await {
+                Ok(receipt) if receipt.found => {
+                    erased += 1;
+                    gone += 1;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "retention: a lead could not be erased; tried again next round"),
             }
         }
         if page.len() < limit {
@@ -173,8 +208,8 @@ pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
             offset = 0;
             finished += 1;
         } else {
-            // The erased left the index: only the kept are passed over.
-            offset += kept;
+            // The erased left the index: only the rest are passed over.
+            offset += page.len() - gone;
         }
     }
     *state.retention_cursor.lock().unwrap_or_else(|p| p.into_inner()) = (partition, offset);

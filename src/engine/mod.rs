@@ -113,10 +113,9 @@ async fn lock_leads<'a>(
 /// were written.
 async fn write(state: &Core, changes: &[LeadChange]) -> Result<Vec<bool>, StoreError> {
     let applied = state.store.apply(changes, &state.feed).await?;
-    let fed = changes
-        .iter()
-        .zip(&applied)
-        .any(|(c, a)| matches!(a, Applied::Written { .. }) && (!c.feed.is_empty() || !c.triggers.is_empty()));
+    let fed = changes.iter().zip(&applied).any(|(c, a)| {
+        matches!(a, Applied::Written { .. }) && (!c.feed.is_empty() || !c.triggers.is_empty() || c.erase.is_some())
+    });
     if fed {
         // Wakes this replica's webhook workers at once (others poll).
         state.fed.send_modify(|n| *n = n.wrapping_add(1));

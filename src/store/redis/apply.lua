@@ -16,8 +16,9 @@
 --     R k member            ZREM
 --     X k keep_ms n f v …   XADD with n field/value pairs, trimming entries
 --                           older than keep_ms by Redis' clock (MINID ~)
---     L k tag keep_ms       LPUSH tag .. the id the last X added to list k,
---                           dropping its entries older than keep_ms
+--     L k tag keep_ms f t   LPUSH tag .. the id the last X added to list k,
+--                           dropping its entries older than keep_ms that
+--                           stream f (tag 'f') or t (tag 't') no longer holds
 --     E k f t               XDEL every id list k holds from stream f (tag
 --                           'f') or t (tag 't'), then DEL k
 -- Returns per lead: { 0 } the lead changed (nothing of it written), or
@@ -36,7 +37,8 @@ end
 local function skip(i)
   local op = ARGV[i]
   if op == 'X' then return i + 4 + 2 * tonumber(ARGV[i + 3]) end
-  if op == 'F' or op == 'I' or op == 'Z' or op == 'L' or op == 'E' then return i + 4 end
+  if op == 'F' or op == 'I' or op == 'Z' or op == 'E' then return i + 4 end
+  if op == 'L' then return i + 6 end
   if op == 'A' or op == 'R' then return i + 3 end
   return nil
 end
@@ -104,11 +106,16 @@ for lead = 1, leads do
       elseif op == 'L' then
         redis.call('LPUSH', key, ARGV[i + 2] .. last_id)
         local oldest = now_ms() - tonumber(ARGV[i + 3])
-        -- A few per call: the list shrinks as fast as it grows.
+        local streams = { f = KEYS[tonumber(ARGV[i + 4])], t = KEYS[tonumber(ARGV[i + 5])] }
+        -- A few per call: the list shrinks as fast as it grows. An id goes
+        -- only once its stream trimmed it (trimming is approximate).
         for _ = 1, 4 do
           local tail = redis.call('LINDEX', key, -1)
           local ms = tail and tonumber(string.match(tail, '^.(%d+)'))
           if not ms or ms >= oldest then break end
+          local stream = streams[string.sub(tail, 1, 1)]
+          local id = string.sub(tail, 2)
+          if stream and #redis.call('XRANGE', stream, id, id) > 0 then break end
           redis.call('RPOP', key)
         end
       elseif op == 'E' then

@@ -766,7 +766,14 @@ impl RedisStore {
             // the streams' retention), so an erasure finds them.
             let listed_ms = feed.retention_ms.max(feed.trigger_retention_ms);
             let list = |keys: &mut KeyList, tag: &[u8]| {
-                vec![b"L".to_vec(), k(keys, lead_keys.entries.clone()), tag.to_vec(), text(&listed_ms)]
+                vec![
+                    b"L".to_vec(),
+                    k(keys, lead_keys.entries.clone()),
+                    tag.to_vec(),
+                    text(&listed_ms),
+                    k(keys, lead_keys.feed.clone()),
+                    k(keys, lead_keys.triggers.clone()),
+                ]
             };
             if let Some(tombstone) = &change.erase {
                 ops.push(vec![
