@@ -104,35 +104,13 @@ impl Data {
         for delta in &change.aggregates {
             match delta {
                 AggregateDelta::Funnel { day, group, counter, by, .. } => {
-                    let day = self.funnel.entry(*day).or_default();
-                    let key = (group.clone(), *counter);
-                    let n = day.get(&key).copied().unwrap_or(0.0) + by;
-                    // A counter at zero is no counter (as on Redis).
-                    if n.abs() < 1e-9 {
-                        day.remove(&key);
-                    } else {
-                        day.insert(key, n);
-                    }
+                    increment(self.funnel.entry(*day).or_default(), (group.clone(), *counter), *by);
                 }
                 AggregateDelta::Credit { day, model, group, counter, by, .. } => {
-                    let day = self.credits.entry((*model, *day)).or_default();
-                    let key = (group.clone(), *counter);
-                    let n = day.get(&key).copied().unwrap_or(0).saturating_add(*by);
-                    if n == 0 {
-                        day.remove(&key);
-                    } else {
-                        day.insert(key, n);
-                    }
+                    increment(self.credits.entry((*model, *day)).or_default(), (group.clone(), *counter), *by);
                 }
                 AggregateDelta::CohortCount { month, group, counter, by } => {
-                    let month = self.cohort_counts.entry(*month).or_default();
-                    let key = (group.clone(), *counter);
-                    let n = month.get(&key).copied().unwrap_or(0) + by;
-                    if n == 0 {
-                        month.remove(&key);
-                    } else {
-                        month.insert(key, n);
-                    }
+                    increment(self.cohort_counts.entry(*month).or_default(), (group.clone(), *counter), *by);
                 }
                 AggregateDelta::CohortScore { month, model, group, bucket, by } => {
                     let key = (*month, model.clone(), group.clone());
@@ -188,6 +166,20 @@ impl Data {
                 }
             }
         }
+    }
+}
+
+/// Adds to a counter; a counter back at zero is no counter (as on Redis).
+fn increment<K, V>(counters: &mut HashMap<K, V>, key: K, by: V)
+where
+    K: std::hash::Hash + Eq,
+    V: Copy + Default + PartialEq + std::ops::Add<Output = V>,
+{
+    let n = counters.get(&key).copied().unwrap_or_default() + by;
+    if n == V::default() {
+        counters.remove(&key);
+    } else {
+        counters.insert(key, n);
     }
 }
 

@@ -86,21 +86,18 @@ async fn scoring_qualification_and_triggers_work_on_a_redis_cluster() {
     } else {
         Utc.with_ymd_and_hms(today.year(), today.month() + 1, 1, 0, 0, 0).unwrap()
     };
-    let cohort = ProfilesClient::new(app.channel().await)
-        .get_cohort_score_profile(pb::GetCohortScoreProfileRequest {
-            created_from: Some(ts(month.timestamp_millis())),
-            created_to: Some(ts(next.timestamp_millis())),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut profiles = ProfilesClient::new(app.channel().await);
+    let this_month = pb::GetCohortScoreProfileRequest {
+        created_from: Some(ts(month.timestamp_millis())),
+        created_to: Some(ts(next.timestamp_millis())),
+        ..Default::default()
+    };
+    let cohort = profiles.get_cohort_score_profile(this_month.clone()).await.unwrap().into_inner();
     assert_eq!(cohort.lead_count, 61);
     assert!(cluster.keys_per_node().iter().all(|keys| !keys.is_empty()));
 
     // Erasure: the lead's keys, feed entries and cohort share go, in one
     // script in its slot.
-    let mut profiles = ProfilesClient::new(app.channel().await);
     let receipt = profiles
         .forget_lead(pb::ForgetLeadRequest { lead_id: "vip".into(), actor: "dpo".into(), ..Default::default() })
         .await
@@ -115,15 +112,7 @@ async fn scoring_qualification_and_triggers_work_on_a_redis_cluster() {
         .into_inner();
     assert!(feed.changes.iter().all(|c| c.lead_id != "vip"), "{feed:?}");
     assert_eq!(feed.changes.iter().filter(|c| c.erased.is_some()).count(), 1);
-    let cohort = profiles
-        .get_cohort_score_profile(pb::GetCohortScoreProfileRequest {
-            created_from: Some(ts(month.timestamp_millis())),
-            created_to: Some(ts(next.timestamp_millis())),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cohort = profiles.get_cohort_score_profile(this_month).await.unwrap().into_inner();
     assert_eq!(cohort.lead_count, 60);
     app.stop().await;
 }

@@ -9,7 +9,9 @@
 --   for a lead that must not exist), the new value ('' deletes the record),
 --   number of operations, then the operations, each a code and arguments
 --   (k = a KEYS index):
---     F k field by          HINCRBYFLOAT; the field goes when it is 0
+--     F k field by          HINCRBYFLOAT; the field goes when it is 0 (a
+--                           sum of amounts that are not whole may keep a
+--                           float residue instead)
 --     I k field by          HINCRBY; the field goes when it is 0
 --     A k unix ms           PEXPIREAT
 --     Z k score member      ZADD
@@ -31,6 +33,12 @@ local function now_ms()
     redis_now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
   end
   return redis_now
+end
+
+-- Entries older than `keep_ms` by Redis' clock: the unix ms before which
+-- a stream (and a lead's list of its entries) drops them.
+local function cutoff(keep_ms)
+  return now_ms() - tonumber(keep_ms)
 end
 
 -- The index of the argument after the operation at `i`.
@@ -87,7 +95,7 @@ for lead = 1, leads do
     local op, key = ARGV[i], KEYS[tonumber(ARGV[i + 1])]
     if write then
       if op == 'X' then
-        local min = string.format('%d', now_ms() - tonumber(ARGV[i + 2]))
+        local min = string.format('%d', cutoff(ARGV[i + 2]))
         local args = { 'XADD', key, 'MINID', '~', min, '*' }
         for p = 1, 2 * tonumber(ARGV[i + 3]) do
           args[#args + 1] = ARGV[i + 3 + p]
@@ -95,17 +103,16 @@ for lead = 1, leads do
         last_id = redis.call(unpack(args))
         ids[#ids + 1] = last_id
       elseif op == 'F' then
-        -- Float sums of whole numbers stay exact; a sum of amounts within
-        -- a billionth of zero is zero.
-        local v = tonumber(redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3]))
-        if math.abs(v) < 1e-9 then redis.call('HDEL', key, ARGV[i + 2]) end
+        if tonumber(redis.call('HINCRBYFLOAT', key, ARGV[i + 2], ARGV[i + 3])) == 0 then
+          redis.call('HDEL', key, ARGV[i + 2])
+        end
       elseif op == 'I' then
         if redis.call('HINCRBY', key, ARGV[i + 2], ARGV[i + 3]) == 0 then
           redis.call('HDEL', key, ARGV[i + 2])
         end
       elseif op == 'L' then
         redis.call('LPUSH', key, ARGV[i + 2] .. last_id)
-        local oldest = now_ms() - tonumber(ARGV[i + 3])
+        local oldest = cutoff(ARGV[i + 3])
         local streams = { f = KEYS[tonumber(ARGV[i + 4])], t = KEYS[tonumber(ARGV[i + 5])] }
         -- A few per call: the list shrinks as fast as it grows. An id goes
         -- only once its stream trimmed it (trimming is approximate).
