@@ -71,7 +71,7 @@ bench() { # name, then leadscore bench arguments
   shift
   fresh_redis
   local line
-  line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json "$@")
+  line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json --keep "$@")
   echo "{\"name\":\"$name\",\"report\":$line}" >>"$out/results.jsonl"
   python3 -c 'import json, sys; r = json.loads(sys.argv[2]); print("  %s: %.0f calls/s, p99 %.2f ms" % (sys.argv[1], r["calls_per_s"], r["ok_latency"]["p99"] / 1000))' "$name" "$line" >&2
 }
@@ -99,7 +99,7 @@ bench_keep() { # like bench, without emptying Redis first
   local name=$1
   shift
   local line
-  line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json "$@")
+  line=$("$bin" bench --addr "http://127.0.0.1:$grpc_port" --duration "$secs" --json --keep "$@")
   echo "{\"name\":\"$name\",\"report\":$line}" >>"$out/results.jsonl"
   python3 -c 'import json, sys; r = json.loads(sys.argv[2]); print("  %s: %.0f calls/s, p99 %.2f ms" % (sys.argv[1], r["calls_per_s"], r["ok_latency"]["p99"] / 1000))' "$name" "$line" >&2
   echo "$line"
@@ -137,7 +137,7 @@ echo "{\"name\":\"overload_rss\",\"report\":{\"before_kib\":$rss_before,\"after_
 
 echo "memory" >&2
 fresh_redis
-"$bin" bench --addr "http://127.0.0.1:$grpc_port" --scenario record --leads 1 --calls 20 --concurrency 1 --warmup 0 --json >/dev/null
+"$bin" bench --addr "http://127.0.0.1:$grpc_port" --scenario record --leads 1 --calls 20 --concurrency 1 --warmup 0 --json --keep >/dev/null
 bytes=0
 for key in $($redis --scan --pattern '*:lead:bench-0*'); do
   bytes=$((bytes + $($redis memory usage "$key" samples 0)))

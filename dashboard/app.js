@@ -241,7 +241,7 @@ const pages = {
       el("div", {}, el("label", { for: "lead" }, "Lead id"), el("input", { id: "lead", name: "lead", value: id || "", required: true })),
       el("button", { type: "submit" }, "Show"));
     if (!id) return [el("h2", {}, "A lead's story"), form];
-    const p = await call("Profiles/GetScoreProfile", { leadId: id, historyLimit: 50 });
+    const p = await call("Profiles/GetScoreProfile", { leadId: id, historyLimit: 50, signalLimit: 20 });
     const s = p.score || {};
     const contributions = (s.contributions || []).map((c) => el("tr", {},
       el("td", {}, c.signal ? `signal ${c.signal.type} (${num(c.signal.counted)} counted)` : `fit ${c.fitRule.ruleId} (${c.fitRule.attribute})`),
@@ -263,15 +263,10 @@ const pages = {
         el("td", {}, when(c.at)), el("td", {}, stage(c.from)), el("td", {}, stage(c.to)),
         el("td", {}, c.ruleId || c.actor || "—"), el("td", {}, c.reason || "")))),
       el("h3", {}, "Recent signals"),
-    ];
-    try {
-      const x = await call("Profiles/ExportLead", { leadId: id });
-      out.push(table(["occurred", "type", "properties"], (x.signals || []).slice(0, 20).map((sig) => el("tr", {},
+      table(["occurred", "type", "properties"], (p.recentSignals || []).map((sig) => el("tr", {},
         el("td", {}, when(sig.occurredAt)), el("td", {}, sig.type),
-        el("td", {}, Object.entries(sig.properties || {}).map(([k, v]) => `${k}=${v}`).join(", "))))));
-    } catch (e) {
-      out.push(el("p", { class: "muted" }, e.code === "permission_denied" ? "Recent signals need a token with the admin scope." : e.message));
-    }
+        el("td", {}, Object.entries(sig.properties || {}).map(([k, v]) => `${k}=${v}`).join(", "))))),
+    ];
     return out;
   },
 

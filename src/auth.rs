@@ -42,7 +42,7 @@ impl Scope {
 }
 
 /// Every RPC the server answers and the scope it needs (`None`: open).
-pub const RPCS: [(&str, Option<Scope>); 38] = [
+pub const RPCS: [(&str, Option<Scope>); 39] = [
     ("/leadscore.v1.LeadScoring/UpsertLead", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/RecordSignals", Some(Scope::Ingest)),
     ("/leadscore.v1.LeadScoring/ScoreLead", Some(Scope::Score)),
@@ -78,6 +78,7 @@ pub const RPCS: [(&str, Option<Scope>); 38] = [
     // Personal data, whole: the operator's business, not a scorer's.
     ("/leadscore.v1.Profiles/ExportLead", Some(Scope::Admin)),
     ("/leadscore.v1.Profiles/ForgetLead", Some(Scope::Admin)),
+    ("/leadscore.v1.Profiles/ForgetLeads", Some(Scope::Admin)),
     ("/grpc.health.v1.Health/Check", None),
     ("/grpc.health.v1.Health/Watch", None),
     ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", None),

@@ -87,6 +87,13 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Keep the leads the run wrote (`bench-0` … `bench-<leads - 1>`). By
+    /// default they are erased when it ends (ForgetLeads, admin scope), so
+    /// a benchmark leaves no leads in cohorts, funnels and reports.
+    /// store-ingest writes to Redis directly and is never cleaned up: point
+    /// it at a Redis of its own.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +119,11 @@ pub struct Report {
     pub shed_latency: Option<Percentiles>,
     /// The same from when each was sent: how fast the service refuses.
     pub shed_sent_latency: Option<Percentiles>,
+    /// Leads of the run erased when it ended (null with --keep or for
+    /// store-ingest).
+    pub erased: Option<u64>,
+    /// Why the run's leads could not be erased.
+    pub cleanup_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,7 +276,9 @@ async fn prefill(caller: &Caller, args: &BenchArgs, run: u128) -> Result<(), Box
     let mut client = clients[0].0.clone();
     let now_ms = SystemClock.now().millis();
     let leads: Vec<usize> = (0..args.leads).collect();
+    let bar = crate::client::progress(args.leads as u64, "loading the population", "leads");
     for (chunk_index, chunk) in leads.chunks(500).enumerate() {
+        bar.inc(chunk.len() as u64);
         let signals = chunk
             .iter()
             .enumerate()
@@ -272,6 +286,7 @@ async fn prefill(caller: &Caller, args: &BenchArgs, run: u128) -> Result<(), Box
             .collect();
         client.record_signals(pb::RecordSignalsRequest { signals }).await?;
     }
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -319,6 +334,7 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error>> 
     let start = Instant::now();
     let warm = Duration::from_secs_f64(args.warmup.max(0.0));
     let end = warm + Duration::from_secs_f64(args.duration.max(0.1));
+    let ticker = tokio::spawn(show_progress(args.clone(), next.clone(), start, warm, end));
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let (caller, args, next) = (caller.clone(), args.clone(), next.clone());
@@ -381,9 +397,20 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error>> 
             *errors.entry(code).or_default() += count;
         }
     }
+    ticker.abort();
+    let _ = ticker.await;
     let seconds =
         if args.calls > 0 { start.elapsed().saturating_sub(warm).as_secs_f64() } else { args.duration.max(0.1) };
+    let (erased, cleanup_error) = match &caller {
+        Caller::Grpc(_) if !args.keep => match clean_up(&args.addr, args.leads).await {
+            Ok(n) => (Some(n), None),
+            Err(e) => (None, Some(e)),
+        },
+        _ => (None, None),
+    };
     Ok(Report {
+        erased,
+        cleanup_error,
         scenario: args.scenario,
         concurrency: args.concurrency,
         offered_rate: (args.rate > 0.0).then_some(args.rate),
@@ -391,12 +418,81 @@ pub async fn run(args: BenchArgs) -> Result<Report, Box<dyn std::error::Error>> 
         sent,
         ok: ok.len(),
         errors,
-        calls_per_s: ok.len() as f64 / seconds,
-        signals_per_s: signals as f64 / seconds,
+        calls_per_s: per_second(ok.len() as f64, seconds),
+        signals_per_s: per_second(signals as f64, seconds),
         ok_latency: Percentiles::of(&ok).unwrap_or(Percentiles { p50: 0, p90: 0, p99: 0, p999: 0, max: 0 }),
         shed_latency: Percentiles::of(&shed),
         shed_sent_latency: Percentiles::of(&shed_sent),
     })
+}
+
+/// A rate, 0 over no time (a --calls run that ended within its warm-up).
+fn per_second(n: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 { n / seconds } else { 0.0 }
+}
+
+/// Leads erased per ForgetLeads call (within the default `max_batch_size`).
+const CLEANUP_BATCH: usize = 100;
+
+/// Erases the population `bench-0` … `bench-<leads - 1>` (ForgetLeads):
+/// how many were there to erase.
+async fn clean_up(addr: &str, leads: usize) -> Result<u64, String> {
+    use crate::api::pb::profiles_client::ProfilesClient;
+    let connection = crate::client::connect(addr).await.map_err(|e| e.to_string())?;
+    let client = ProfilesClient::new(connection);
+    let bar = crate::client::progress(leads as u64, "erasing the run's leads", "leads");
+    let ids: Vec<String> = (0..leads).map(|n| format!("bench-{n}")).collect();
+    let calls = futures::stream::iter(ids.chunks(CLEANUP_BATCH).map(|chunk| {
+        let mut client = client.clone();
+        let request = pb::ForgetLeadsRequest {
+            lead_ids: chunk.to_vec(),
+            actor: "leadscore bench".into(),
+            reason: "benchmark clean-up".into(),
+            ..Default::default()
+        };
+        async move { client.forget_leads(request).await }
+    }));
+    let mut replies = futures::StreamExt::buffer_unordered(calls, 4);
+    let mut erased = 0;
+    while let Some(reply) = futures::StreamExt::next(&mut replies).await {
+        let reply = reply.map_err(|e| crate::client::refused(&e))?.into_inner();
+        bar.inc(reply.receipts.len() as u64);
+        erased += reply.receipts.iter().filter(|r| r.found).count() as u64;
+    }
+    bar.finish_and_clear();
+    Ok(erased)
+}
+
+/// The run's progress on stderr while it lasts (a terminal only): the
+/// calls sent of `--calls`, or the seconds of warm-up, then of measuring.
+async fn show_progress(args: Arc<BenchArgs>, next: Arc<AtomicU64>, start: Instant, warm: Duration, end: Duration) {
+    let bar = if args.calls > 0 {
+        crate::client::progress(args.calls, "sending", "calls")
+    } else {
+        crate::client::progress(end.as_secs(), "warming up", "s")
+    };
+    let _clear = ClearOnDrop(bar.clone());
+    loop {
+        let elapsed = start.elapsed();
+        if args.calls > 0 {
+            bar.set_position(next.load(Ordering::Relaxed).min(args.calls));
+        } else {
+            bar.set_position(elapsed.as_secs().min(end.as_secs()));
+        }
+        if elapsed >= warm {
+            bar.set_message("measuring");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Takes a progress bar off the terminal when its task ends (or is aborted).
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// The report as a table.
@@ -434,6 +530,9 @@ pub fn table(r: &Report) -> String {
     }
     for (code, count) in &r.errors {
         out.push_str(&format!("  error {code:<20} {count}\n"));
+    }
+    if let Some(n) = r.erased {
+        out.push_str(&format!("  cleaned up      {n} leads of the run erased\n"));
     }
     out
 }

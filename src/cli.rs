@@ -323,12 +323,31 @@ pub enum RulesCommand {
         #[arg(long, default_value_t = 3)]
         examples: usize,
     },
+    /// Asks a running service to rescore every stored lead under its active
+    /// rule set (Rescore, admin scope) and prints the job id; with --follow,
+    /// shows its progress (GetRescoreJob) until it ends.
+    Rescore {
+        /// Wait for the job to end, with a progress bar on a terminal, then
+        /// print what it did; exit 1 when it failed.
+        #[arg(long)]
+        follow: bool,
+        /// The service.
+        #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+    },
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Rules { command: RulesCommand::Check { file } } => check_rules(&file),
+        Command::Rules { command: RulesCommand::Rescore { follow, addr } } => match rescore(&addr, follow).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("leadscore: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { command: DemoCommand::Seed { addr, leads, seed } } => {
             match crate::demo::seed(addr.clone(), leads, seed).await {
                 Ok(seeded) => {
@@ -388,13 +407,22 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Bench(args) => {
             let json = args.json;
             match crate::bench::run(args).await {
-                Ok(report) if json => {
-                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
                 Ok(report) => {
-                    print!("{}", crate::bench::table(&report));
-                    ExitCode::SUCCESS
+                    if json {
+                        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                    } else {
+                        print!("{}", crate::bench::table(&report));
+                    }
+                    match &report.cleanup_error {
+                        None => ExitCode::SUCCESS,
+                        Some(e) => {
+                            eprintln!(
+                                "leadscore: bench: the run's leads were not erased ({e}): erase them with an \
+                                 admin-scope LEADSCORE_TOKEN (run the same bench again), or pass --keep to leave them"
+                            );
+                            ExitCode::FAILURE
+                        }
+                    }
                 }
                 Err(e) => {
                     eprintln!("leadscore: bench failed: {e}");
@@ -551,6 +579,50 @@ async fn watch_triggers(
         }
     }
     Ok(())
+}
+
+/// Starts a rescore (or finds the one running) and, with `follow`, polls
+/// it until it ends.
+async fn rescore(addr: &str, follow: bool) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use crate::api::pb;
+    let mut client = pb::qualification_client::QualificationClient::new(crate::client::connect(addr).await?);
+    let started = client.rescore(pb::RescoreRequest {}).await.map_err(|e| crate::client::refused(&e))?.into_inner();
+    let mut job_id = started.job_id;
+    if !follow {
+        let how = if started.started { "started" } else { "already running" };
+        println!("rescore {job_id} {how}; follow it with: leadscore rules rescore --follow");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let bar = crate::client::progress(0, "rescoring", "leads");
+    loop {
+        let request = pb::GetRescoreJobRequest { job_id: job_id.clone() };
+        let job = client.get_rescore_job(request).await.map_err(|e| crate::client::refused(&e))?.into_inner();
+        bar.set_length(job.total);
+        bar.set_position(job.processed);
+        let summary = format!(
+            "{} leads processed of {}, {} rebuilt from their raw history, {} rewritten, {} stage changes",
+            job.processed, job.total, job.rebuilt, job.rewritten, job.stage_changes
+        );
+        match job.state() {
+            pb::RescoreState::Done => {
+                bar.finish_and_clear();
+                println!("rescore {job_id} under rule set {} done: {summary}", job.rule_set_version);
+                return Ok(ExitCode::SUCCESS);
+            }
+            pb::RescoreState::Failed => {
+                bar.finish_and_clear();
+                eprintln!("leadscore: rescore {job_id} failed: {} ({summary})", job.error);
+                return Ok(ExitCode::FAILURE);
+            }
+            // A newer rule set took over: the job that covers every lead
+            // under it is the one to follow.
+            pb::RescoreState::Superseded if !job.superseded_by.is_empty() => {
+                bar.suspend(|| eprintln!("rescore {job_id} superseded by {} (a newer rule set)", job.superseded_by));
+                job_id = job.superseded_by;
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+        }
+    }
 }
 
 async fn forget_lead(
@@ -773,11 +845,6 @@ struct Bar(indicatif::ProgressBar);
 impl crate::store::redis::migrate::MigrateProgress for Bar {
     fn start(&self, leads: u64) {
         self.0.set_length(leads);
-        self.0.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} leads, {eta} left")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
     }
 
     fn advance(&self, n: u64) {
@@ -820,7 +887,7 @@ async fn migrate(config: Option<&std::path::Path>, redis_url: Option<String>) ->
         Ok(found) => found,
         Err(code) => return code,
     };
-    let bar = Bar(indicatif::ProgressBar::new(0).with_message("migrating"));
+    let bar = Bar(crate::client::progress(0, "migrating", "leads"));
     let result = store.migrate(&bar).await;
     bar.0.finish_and_clear();
     let prefix = &redis.key_prefix;
@@ -972,6 +1039,16 @@ const THREAD_STACK: usize = 8 * 1024 * 1024;
 /// multi-threaded runtime, flushes buffered spans.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A client command whose output is piped into `head` ends quietly, as
+    // other command-line tools do, instead of failing on the closed pipe.
+    // The service keeps SIGPIPE ignored: a closed socket is an error there.
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: before any other thread exists; sets the default action.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(THREAD_STACK).build()
     {
         Ok(runtime) => runtime,

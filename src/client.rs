@@ -66,3 +66,13 @@ pub fn refused(status: &tonic::Status) -> String {
     }
     format!("{name}: {}", status.message())
 }
+
+/// A progress bar on stderr over `len` `unit`s, drawn only when stderr is a
+/// terminal: nothing lands in a pipe, a log file or CI output.
+pub fn progress(len: u64, message: &'static str, unit: &str) -> indicatif::ProgressBar {
+    let template = format!("{{msg}} [{{bar:40}}] {{pos}}/{{len}} {unit}, {{eta}} left");
+    let style = indicatif::ProgressStyle::with_template(&template)
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    indicatif::ProgressBar::new(len).with_style(style).with_message(message)
+}

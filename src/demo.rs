@@ -205,7 +205,9 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
     let day = 86_400;
     let mut seeded = Seeded::default();
     let mut stage_of: HashMap<String, String> = HashMap::new();
+    let bar = crate::client::progress(leads as u64, "seeding", "leads");
     for n in 0..leads {
+        bar.set_position(n as u64);
         let lead_id = format!("demo-{seed}-{n:05}");
         let company = rng.below(leads as u64 / 4 + 1);
         let account_id = format!("acct-{seed}-{company}");
@@ -321,6 +323,7 @@ pub async fn seed(addr: String, leads: usize, seed: u64) -> Result<Seeded, Box<d
             stage_of.insert(score.lead_id, stage);
         }
     }
+    bar.finish_and_clear();
     // The sales side: accept or recycle some MQLs, move SQLs on, win some.
     let mut ids: Vec<String> = stage_of.keys().cloned().collect();
     ids.sort();

@@ -22,6 +22,8 @@ use crate::rules::RuleSet;
 
 const DEFAULT_HISTORY: u32 = 20;
 const MAX_HISTORY: u32 = 1000;
+/// Recent signals a score profile returns, at most.
+const MAX_RECENT_SIGNALS: u32 = 100;
 const DEFAULT_BUCKETS: u32 = 10;
 const MAX_BUCKETS: u32 = 100;
 /// Longest cohort period, in months.
@@ -296,13 +298,18 @@ impl Profiles for ProfilesService {
         if req.history_limit > MAX_HISTORY {
             v.add("history_limit", format!("at most {MAX_HISTORY}"));
         }
+        if req.signal_limit > MAX_RECENT_SIGNALS {
+            v.add("signal_limit", format!("at most {MAX_RECENT_SIGNALS}"));
+        }
         let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
         tracing::Span::current().record("lead_id", tracing::field::display(&lead_id));
         let limit = if req.history_limit == 0 { DEFAULT_HISTORY } else { req.history_limit } as usize;
-        let ScoreProfile { lead, history, stages } = profiles::score_profile(&self.state, &lead_id, limit)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
+        let signal_limit = req.signal_limit as usize;
+        let ScoreProfile { lead, history, stages, signals } =
+            profiles::score_profile(&self.state, &lead_id, limit, signal_limit)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::NotFound(format!("lead '{lead_id}' was never seen")))?;
         let now = self.state.clock.now();
         let m = rules.model(&model).unwrap_or_else(|| rules.primary());
         let score = m.score(&lead, now);
@@ -325,6 +332,7 @@ impl Profiles for ProfilesService {
             score: Some(score_to_proto(&lead, &score, &rules.version)),
             score_history,
             stage_history: stages.iter().map(stage_change_to_proto).collect(),
+            recent_signals: signals.iter().map(kept_signal).collect(),
         }))
     }
 
@@ -360,44 +368,51 @@ impl Profiles for ProfilesService {
         let req = request.into_inner();
         let mut v = Violations::default();
         let lead_id = convert::subject(req.lead_id, req.visitor_id, "", &mut v);
-        let actor = req.actor.trim();
-        if actor.is_empty() || actor.len() > MAX_ACTOR_BYTES || actor.chars().any(char::is_control) {
-            v.add(
-                "actor",
-                format!("who asks for the erasure: 1 to {MAX_ACTOR_BYTES} bytes without control characters"),
-            );
-        }
-        if req.reason.len() > MAX_REASON_BYTES {
-            v.add("reason", format!("at most {MAX_REASON_BYTES} bytes"));
-        }
+        let actor = erasure_actor(&req.actor, &req.reason, &mut v);
         let Some(lead_id) = v.into_result(lead_id)? else { return Err(Status::internal("missing lead id")) };
-        let requested = crate::engine::erasure::Requested {
-            by: "request",
-            actor,
-            token: &token,
-            reason_given: !req.reason.trim().is_empty(),
-            unless_active_ms: None,
-        };
+        let requested = crate::engine::erasure::Requested::by_request(actor, &token, !req.reason.trim().is_empty());
         let receipt =
             crate::engine::erasure::forget(&self.state, &lead_id, &requested).await.map_err(ApiError::from)?;
-        let r = &receipt.removed;
-        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
-        Ok(Response::new(pb::ForgetLeadResponse {
-            lead_ref: receipt.lead_ref.clone(),
-            erased_at: Some(convert::timestamp_to_proto(receipt.erased_at)),
-            found: receipt.found,
-            attributes: n(r.attributes),
-            signals: n(r.signals),
-            event_ids: n(r.event_ids),
-            stage_changes: n(r.stage_changes),
-            score_history: n(r.score_history),
-            touches: n(r.touches),
-            expansion_deals: n(r.expansion_deals),
-            visitors: n(r.visitors.len()),
-            aggregate_counters: n(r.aggregate_counters),
-            aggregates_exact: r.exact,
-            webhook_letters: u32::try_from(receipt.webhook_letters).unwrap_or(u32::MAX),
-            audit_events: u32::try_from(receipt.audit_events).unwrap_or(u32::MAX),
+        Ok(Response::new(receipt_to_proto(&receipt)))
+    }
+
+    #[tracing::instrument(name = "ForgetLeads", skip_all)]
+    async fn forget_leads(
+        &self,
+        request: Request<pb::ForgetLeadsRequest>,
+    ) -> Result<Response<pb::ForgetLeadsResponse>, Status> {
+        let token = crate::api::token_name(&request);
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        let max = self.state.limits.max_batch_size;
+        let asked = req.lead_ids.len() + req.visitor_ids.len();
+        if asked == 0 || asked > max {
+            v.add("lead_ids", format!("1 to {max} leads and visitors per call (got {asked})"));
+        }
+        let mut subjects: Vec<crate::domain::LeadId> = Vec::with_capacity(asked.min(max));
+        if asked <= max {
+            for (i, raw) in req.lead_ids.into_iter().enumerate() {
+                subjects.extend(convert::lead_id(raw, &format!("lead_ids[{i}]"), &mut v));
+            }
+            for (i, raw) in req.visitor_ids.into_iter().enumerate() {
+                let field = format!("visitor_ids[{i}]");
+                let visitor = convert::visitor_id(raw, &field, &mut v);
+                subjects.extend(visitor.map(|id| crate::domain::LeadId::for_visitor(&id)));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = subjects.iter().find(|id| !seen.insert(*id)) {
+            v.add("lead_ids", format!("{} is asked for more than once", crate::text::bounded(&twice.to_string(), 300)));
+        }
+        let actor = erasure_actor(&req.actor, &req.reason, &mut v);
+        let subjects = v.into_result(subjects)?;
+        let requested = crate::engine::erasure::Requested::by_request(actor, &token, !req.reason.trim().is_empty());
+        let batch =
+            crate::engine::erasure::forget_many(&self.state, &subjects, &requested).await.map_err(ApiError::from)?;
+        Ok(Response::new(pb::ForgetLeadsResponse {
+            receipts: batch.receipts.iter().map(receipt_to_proto).collect(),
+            webhook_letters: u32::try_from(batch.webhook_letters).unwrap_or(u32::MAX),
+            audit_events: u32::try_from(batch.audit_events).unwrap_or(u32::MAX),
         }))
     }
 
@@ -725,7 +740,6 @@ fn export_to_proto(export: &profiles::Export, rules: &RuleSet, now: Timestamp) -
             }
         }
     }
-    let ms = |ms: i64| Some(timestamp_to_proto(Timestamp::from_millis(ms)));
     pb::ExportLeadResponse {
         lead: Some(convert::lead_to_proto(lead)),
         visitor_id,
@@ -733,16 +747,7 @@ fn export_to_proto(export: &profiles::Export, rules: &RuleSet, now: Timestamp) -
         stage_since: Some(timestamp_to_proto(lead.stage_since)),
         last_engaged_at: lead.last_engaged_at.map(timestamp_to_proto),
         scores,
-        signals: state
-            .ledger
-            .history()
-            .map(|h| pb::KeptSignal {
-                r#type: h.signal_type.clone(),
-                occurred_at: ms(h.occurred_at_ms),
-                recorded_at: ms(h.arrived_at_ms),
-                properties: h.properties.clone().into_iter().collect(),
-            })
-            .collect(),
+        signals: state.ledger.history().map(kept_signal).collect(),
         signals_recorded: lead.recorded,
         remembered_event_ids: u32::try_from(state.ledger.seen().len()).unwrap_or(u32::MAX),
         score_history: histories,
@@ -765,5 +770,52 @@ fn export_to_proto(export: &profiles::Export, rules: &RuleSet, now: Timestamp) -
         triggers: export.triggers.iter().map(convert::trigger_to_proto).collect(),
         exported_at: Some(timestamp_to_proto(now)),
         identified_visitor_ids: state.visitors.iter().filter_map(|v| v.visitor()).map(str::to_owned).collect(),
+    }
+}
+
+/// The erasure requester's name, trimmed, with a violation when it or the
+/// reason is out of bounds.
+fn erasure_actor<'a>(actor: &'a str, reason: &str, v: &mut Violations) -> &'a str {
+    let actor = actor.trim();
+    if actor.is_empty() || actor.len() > MAX_ACTOR_BYTES || actor.chars().any(char::is_control) {
+        v.add("actor", format!("who asks for the erasure: 1 to {MAX_ACTOR_BYTES} bytes without control characters"));
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        v.add("reason", format!("at most {MAX_REASON_BYTES} bytes"));
+    }
+    actor
+}
+
+/// An erasure's receipt as the API gives it.
+fn receipt_to_proto(receipt: &crate::engine::erasure::Receipt) -> pb::ForgetLeadResponse {
+    let r = &receipt.removed;
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    pb::ForgetLeadResponse {
+        lead_ref: receipt.lead_ref.clone(),
+        erased_at: Some(convert::timestamp_to_proto(receipt.erased_at)),
+        found: receipt.found,
+        attributes: n(r.attributes),
+        signals: n(r.signals),
+        event_ids: n(r.event_ids),
+        stage_changes: n(r.stage_changes),
+        score_history: n(r.score_history),
+        touches: n(r.touches),
+        expansion_deals: n(r.expansion_deals),
+        visitors: n(r.visitors.len()),
+        aggregate_counters: n(r.aggregate_counters),
+        aggregates_exact: r.exact,
+        webhook_letters: u32::try_from(receipt.webhook_letters).unwrap_or(u32::MAX),
+        audit_events: u32::try_from(receipt.audit_events).unwrap_or(u32::MAX),
+    }
+}
+
+/// A signal of a lead's raw history as the API shows it.
+fn kept_signal(h: &crate::domain::ledger::HistoryEntry) -> pb::KeptSignal {
+    let ms = |ms: i64| Some(timestamp_to_proto(Timestamp::from_millis(ms)));
+    pb::KeptSignal {
+        r#type: h.signal_type.clone(),
+        occurred_at: ms(h.occurred_at_ms),
+        recorded_at: ms(h.arrived_at_ms),
+        properties: h.properties.clone().into_iter().collect(),
     }
 }

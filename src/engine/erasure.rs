@@ -36,24 +36,71 @@ pub struct Requested<'a> {
     pub unless_active_ms: Option<i64>,
 }
 
+impl<'a> Requested<'a> {
+    /// An erasure asked for through the API (ForgetLead, ForgetLeads).
+    pub fn by_request(actor: &'a str, token: &'a str, reason_given: bool) -> Self {
+        Self { by: "request", actor, token, reason_given, unless_active_ms: None }
+    }
+}
+
+/// What a batch of erasures removed: a receipt per subject, in the order
+/// asked, and the letters and audit events deleted for all of them (the
+/// receipts' own counts of those are 0 in a batch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    pub receipts: Vec<Receipt>,
+    pub webhook_letters: u64,
+    pub audit_events: u64,
+}
+
 /// Erases `subject` — a lead, or a visitor (when identified, the lead it
 /// was identified as, with all its visitors) — and records the erasure
 /// in the audit trail under the subject's reference only. Its webhook
 /// letters and audit events go first, so an erasure that fails half-way
 /// can be asked again: the records, which name the visitors, go last.
 pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -> Result<Receipt, StoreError> {
-    let by = requested.by;
-    let rules = state.rules();
-    let settings = settings(state);
+    let plan = plan(state, subject, requested).await?;
+    let (webhook_letters, audit_events) = scrub(state, std::slice::from_ref(&plan)).await?;
+    let mut receipt = erase(state, plan, requested).await?;
+    receipt.webhook_letters = webhook_letters;
+    receipt.audit_events = audit_events;
+    Ok(receipt)
+}
+
+/// Erases several subjects as `forget` erases one, with one pass through
+/// the webhook letters and the audit trail for all of them (the cost of
+/// an erasure that grows with the size of those).
+pub async fn forget_many(state: &Core, subjects: &[LeadId], requested: &Requested<'_>) -> Result<Batch, StoreError> {
+    let mut plans = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        plans.push(plan(state, subject, requested).await?);
+    }
+    let (webhook_letters, audit_events) = scrub(state, &plans).await?;
+    let mut receipts = Vec::with_capacity(plans.len());
+    for plan in plans {
+        receipts.push(erase(state, plan, requested).await?);
+    }
+    Ok(Batch { receipts, webhook_letters, audit_events })
+}
+
+/// One subject's erasure, planned: the lead that owns it and every id to
+/// erase with it.
+struct Plan {
+    owner: LeadId,
+    /// The lead, the visitor asked for, and the visitors identified as it.
+    targets: Vec<LeadId>,
+    receipt: Receipt,
+    /// False when a retention erasure finds the lead active again.
+    due: bool,
+}
+
+async fn plan(state: &Core, subject: &LeadId, requested: &Requested<'_>) -> Result<Plan, StoreError> {
     let first = state.store.load(std::slice::from_ref(subject)).await?.pop().flatten();
     let owner = first.as_ref().and_then(|s| s.lead.merged_into.clone()).unwrap_or_else(|| subject.clone());
     let owner_state =
         if owner == *subject { first } else { state.store.load(std::slice::from_ref(&owner)).await?.pop().flatten() };
-    let still_due = |s: &LeadState, now: Timestamp| {
-        requested.unless_active_ms.is_none_or(|quiet| transition::retention_expired(s, now, quiet))
-    };
     let now = state.clock.now();
-    let mut receipt = Receipt {
+    let receipt = Receipt {
         lead_ref: crate::domain::Tombstone::new(&owner, now).lead_ref,
         erased_at: now,
         found: false,
@@ -61,33 +108,57 @@ pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -
         webhook_letters: 0,
         audit_events: 0,
     };
-    if requested.unless_active_ms.is_some() && !owner_state.as_ref().is_some_and(|s| still_due(s, now)) {
-        return Ok(receipt);
-    }
-    // The lead, the visitor asked for, and the visitors identified as it.
+    let due =
+        requested.unless_active_ms.is_none() || owner_state.as_ref().is_some_and(|s| still_due(requested, s, now));
     let mut targets = vec![owner.clone()];
     for id in std::iter::once(subject).chain(owner_state.iter().flat_map(|s| s.visitors.iter())) {
         if !targets.contains(id) {
             targets.push(id.clone());
         }
     }
+    Ok(Plan { owner, targets, receipt, due })
+}
+
+fn still_due(requested: &Requested<'_>, s: &LeadState, now: Timestamp) -> bool {
+    requested.unless_active_ms.is_none_or(|quiet| transition::retention_expired(s, now, quiet))
+}
+
+/// Deletes the webhook letters and audit events that name any of the
+/// plans' ids: (letters, events) deleted.
+async fn scrub(state: &Core, plans: &[Plan]) -> Result<(u64, u64), StoreError> {
     // Every name they go by in letters and events.
     let mut names: Vec<String> = Vec::new();
-    for id in &targets {
+    for id in plans.iter().filter(|p| p.due).flat_map(|p| p.targets.iter()) {
         names.push(id.as_str().to_owned());
         names.push(id.to_string());
         names.extend(id.visitor().map(str::to_owned));
     }
     names.sort();
     names.dedup();
+    if names.is_empty() {
+        return Ok((0, 0));
+    }
+    let mut letters = 0;
     for endpoint in &state.webhooks {
-        receipt.webhook_letters += state.store.forget_webhook_letters(&endpoint.name, &names).await?;
+        letters += state.store.forget_webhook_letters(&endpoint.name, &names).await?;
     }
     // The events this replica is still appending land first (the gate is
     // held only for that, not for the walk through the trail).
     drop(audit::settled(state).await);
-    receipt.audit_events = state.store.forget_audit(&names).await?;
+    let events = state.store.forget_audit(&names).await?;
+    Ok((letters, events))
+}
 
+/// Deletes a planned subject's records (each lead's share of every
+/// aggregate with it) and records the erasure in the audit trail.
+async fn erase(state: &Core, plan: Plan, requested: &Requested<'_>) -> Result<Receipt, StoreError> {
+    let Plan { owner, targets, mut receipt, due } = plan;
+    if !due {
+        return Ok(receipt);
+    }
+    let by = requested.by;
+    let rules = state.rules();
+    let settings = settings(state);
     let mut erased: Vec<LeadId> = Vec::new();
     let mut pending = targets.clone();
     {
@@ -102,7 +173,7 @@ pub async fn forget(state: &Core, subject: &LeadId, requested: &Requested<'_>) -
             let stored = state.store.load(&pending).await?;
             let now = state.clock.now();
             // A lead that came back to life is kept (and its visitors).
-            if stored.iter().flatten().any(|s| s.lead.lead_id == owner && !still_due(s, now)) {
+            if stored.iter().flatten().any(|s| s.lead.lead_id == owner && !still_due(requested, s, now)) {
                 pending.clear();
                 break;
             }
@@ -178,11 +249,11 @@ pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
         let limit = RETENTION_PAGE.min(budget);
         let page = store.leads_created_before(partition, now.plus_millis(-quiet_ms), offset, limit).await?;
         budget -= page.len().max(1);
-        let mut gone = 0;
+        let mut due = Vec::new();
         for id in &page {
             // One lead at a time: an unreadable record, or a lead that
             // cannot be erased now, does not stop the round.
-            let due = match store.load(std::slice::from_ref(id)).await {
+            let is_due = match store.load(std::slice::from_ref(id)).await {
                 Ok(mut loaded) => {
                     loaded.pop().flatten().is_some_and(|s| transition::retention_expired(&s, now, quiet_ms))
                 }
@@ -191,18 +262,18 @@ pub async fn sweep_retention(state: &Core) -> Result<u64, StoreError> {
                     false
                 }
             };
-            if !due {
-                continue;
-            }
-            match forget(state, id, &requested).await {
-                Ok(receipt) if receipt.found => {
-                    erased += 1;
-                    gone += 1;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "retention: a lead could not be erased; tried again next round"),
+            if is_due {
+                due.push(id.clone());
             }
         }
+        // The page's due leads at once: one pass through the letters and
+        // the audit trail for all of them.
+        let mut gone = 0;
+        match forget_many(state, &due, &requested).await {
+            Ok(batch) => gone = batch.receipts.iter().filter(|r| r.found).count(),
+            Err(e) => tracing::warn!(error = %e, "retention: leads could not be erased; tried again next round"),
+        }
+        erased += gone as u64;
         if page.len() < limit {
             partition = (partition + 1) % partitions;
             offset = 0;

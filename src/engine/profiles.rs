@@ -15,17 +15,25 @@ pub struct ScoreProfile {
     pub history: Vec<ScoreHistoryEntry>,
     /// Newest first, at most the asked-for count.
     pub stages: Vec<crate::domain::StageChange>,
+    /// The newest signals of its raw history, at most the asked-for count.
+    pub signals: Vec<crate::domain::ledger::HistoryEntry>,
 }
 
 /// `None` for a lead never seen.
-pub async fn score_profile(state: &Core, lead_id: &LeadId, limit: usize) -> Result<Option<ScoreProfile>, StoreError> {
+pub async fn score_profile(
+    state: &Core,
+    lead_id: &LeadId,
+    limit: usize,
+    signal_limit: usize,
+) -> Result<Option<ScoreProfile>, StoreError> {
     let Some(stored) = state.store.load(std::slice::from_ref(lead_id)).await?.pop().flatten() else {
         return Ok(None);
     };
     let oldest = state.clock.now().millis() - state.profiles.history_age_ms;
     let history = stored.score_history.iter().filter(|e| e.at.millis() >= oldest).take(limit).cloned().collect();
     let stages = stored.stages.iter().take(limit).cloned().collect();
-    Ok(Some(ScoreProfile { lead: stored.lead, history, stages }))
+    let signals = stored.ledger.history().take(signal_limit).cloned().collect();
+    Ok(Some(ScoreProfile { lead: stored.lead, history, stages, signals }))
 }
 
 /// Everything stored about a lead: its state, and its fired triggers still

@@ -201,7 +201,12 @@ def main():
         driver.find_element(By.ID, "token").send_keys(VIEWER)
         driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
         driver.get(f"{base}/dashboard/#lead/dash-1")
+        wait.until(lambda d: "webinar_attended" in d.find_element(By.ID, "page").text)
+        driver.get(f"{base}/dashboard/#delivery")
         wait.until(lambda d: "admin scope" in d.find_element(By.ID, "page").text)
+        # Looking at a lead is no export of its personal data.
+        trail = api("Qualification/ListAuditEvents", {"limit": 1000})
+        assert not [e for e in trail.get("events", []) if e["action"] == "lead.exported"], trail
         print(f"dashboard check passed: 7 pages, screenshots in {shots}")
     finally:
         if driver:

@@ -16,9 +16,20 @@ In a Markdown file:
 
 An output block passes when each of its lines, split at "…", appears in the
 output of the run block before it, fragment after fragment, in order (so a
-doc can elide what varies). `127.0.0.1:50051` becomes the service's address
-(and `LEADSCORE_ADDR` names it to the CLI) and `cargo run --release --` the binary under test. Each file gets a fresh
-service (embedded store) and a scratch directory as its working directory.
+doc can elide what varies). A block marked `<!-- docs-test: run-any -->`
+runs the same, but its commands may fail (a `diff` that finds differences,
+a call that shows an error): only its output is checked.
+
+Each file runs in a scratch directory of its own (with the repository's
+`rules/`, `scripts/`, `clients/` and `examples/` linked in, so commands
+written to run from the repository root do) against a fresh service: by
+default one this starts (embedded store); with `<!-- docs-test: services -->`
+anywhere in the file, the ones the file starts itself (`… serve … &`, a
+`redis-server --port 6390 …`), each waited for before the next command.
+`127.0.0.1:50051` becomes the service's free port (`LEADSCORE_ADDR` and
+`LEADSCORE_GRPC_ADDR` name it to the CLI and to `serve`), Redis port `6390`
+another free port, and `cargo run --release --` and `leadscore` the binary
+under test. Everything started is stopped when the file ends.
 
     python3 tests/docs/check.py target/debug/leadscore README.md docs/*.md
 """
@@ -27,13 +38,17 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-MARK = re.compile(r"^<!-- docs-test: (run|output) -->\s*$")
+MARK = re.compile(r"^<!-- docs-test: (run|run-any|output) -->\s*$")
+SERVICES = "<!-- docs-test: services -->"
+DOC_REDIS_PORT = "6390"
+LINKED = ["rules", "scripts", "clients", "examples"]
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -102,44 +117,88 @@ def read_until(bash, token, seconds):
     return data.decode(errors="replace") + f"\n(timed out after {seconds} s)", 1
 
 
+def wait_for_services(text, binary):
+    """The block with a wait after each line that starts a service in the
+    background, as a reader would wait before going on."""
+    out = []
+    for line in text.split("\n"):
+        out.append(line)
+        stripped = line.split("#")[0].rstrip()
+        if re.search(r"\bserve\b.*&$", stripped):
+            out.append(f"for _ in $(seq 300); do {binary} health >/dev/null 2>&1 && break; sleep 0.1; done")
+        elif re.search(r"\bredis-server\b.*--daemonize yes", stripped):
+            port = re.search(r"--port (\d+)", stripped).group(1)
+            out.append(f"for _ in $(seq 100); do redis-cli -p {port} ping >/dev/null 2>&1 && break; sleep 0.1; done")
+    return "\n".join(out)
+
+
+def wait_for_port(port, path):
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise SystemExit(f"{path}: the service did not start")
+            time.sleep(0.1)
+
+
 def check(binary, path):
     found = blocks(path)
     if not found:
         return 0
-    port = free_port()
+    own_services = SERVICES in path.read_text()
+    port, redis_port = free_port(), free_port()
     work = pathlib.Path(tempfile.mkdtemp())
-    shutil.copy(REPO / "rules" / "default.toml", work / "my-rules.toml")
+    for name in LINKED:
+        (work / name).symlink_to(REPO / name)
+    bin_dir = work / ".bin"
+    bin_dir.mkdir()
+    (bin_dir / "leadscore").symlink_to(binary)
     log = open(work / "serve.log", "w")
-    service = subprocess.Popen(
-        [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off"],
-        cwd=work,
-        stderr=log,
-        env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
-    )
+    service = None
+    if not own_services:
+        shutil.copy(REPO / "rules" / "default.toml", work / "my-rules.toml")
+        service = subprocess.Popen(
+            [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off"],
+            cwd=work,
+            stderr=log,
+            env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
+        )
     failures = 0
+    bash = None
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise SystemExit(f"{path}: the service did not start")
-                time.sleep(0.1)
+        if service:
+            wait_for_port(port, path)
+        env = dict(
+            os.environ,
+            NO_COLOR="1",
+            RUST_LOG="warn",
+            PATH=f"{bin_dir}:{os.environ['PATH']}",
+            LEADSCORE_ADDR=f"http://127.0.0.1:{port}",
+            LEADSCORE_GRPC_ADDR=f"127.0.0.1:{port}",
+            LEADSCORE_METRICS_ADDR="off",
+        )
         bash = subprocess.Popen(
             ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            cwd=work, text=True, env=dict(os.environ, NO_COLOR="1", LEADSCORE_ADDR=f"http://127.0.0.1:{port}"),
+            cwd=work, text=True, env=env, start_new_session=True,
         )
         bash.stdin.write("set -o pipefail\ntrap 'failed=1' ERR\n")
         last = None
         for n, (kind, line, text) in enumerate(found):
-            text = text.replace("127.0.0.1:50051", f"127.0.0.1:{port}").replace("cargo run --release --", binary)
-            if kind == "run":
+            text = (
+                text.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+                .replace("cargo run --release --", binary)
+                .replace(DOC_REDIS_PORT, str(redis_port))
+            )
+            if kind in ("run", "run-any"):
+                text = wait_for_services(text, binary)
                 token = f"@@docs-test-{n}@@"
-                bash.stdin.write(f"failed=0\n{text}\necho; echo \"{token} $failed\"\n")
+                status_of = "$failed" if kind == "run" else "0"
+                bash.stdin.write(f"failed=0\n{text}\necho; echo \"{token} {status_of}\"\n")
                 bash.stdin.flush()
-                output, status = read_until(bash, token, 120)
+                output, status = read_until(bash, token, 180)
                 if status != 0:
                     print(f"{path}:{line}: failed:\n{output[-3000:]}")
                     failures += 1
@@ -154,12 +213,19 @@ def check(binary, path):
                 if missing:
                     print(f"{path}:{line}: the output of line {last[0]} no longer shows {missing!r}:\n{last[1][-3000:]}")
                     failures += 1
-        bash.stdin.close()
-        bash.kill()
         print(f"{path}: {len(found)} blocks checked, {failures} failed")
     finally:
-        service.terminate()
-        service.wait(timeout=10)
+        if bash:
+            bash.stdin.close()
+            try:
+                os.killpg(bash.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            bash.wait(timeout=10)
+        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"], capture_output=True)
+        if service:
+            service.terminate()
+            service.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
     return failures
 

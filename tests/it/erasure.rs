@@ -181,13 +181,20 @@ fn traces(dump: &[(String, String)]) -> Vec<String> {
     found
 }
 
-async fn erasure_leaves_a_recount(redis: Option<(&RedisServer, &RedisServer)>) {
+/// The service that sees the lead to erase, its clock, and its twin that
+/// never does, both fed the scenario.
+async fn twins(redis: Option<(&RedisServer, &RedisServer)>) -> (TestApp, std::sync::Arc<ManualClock>, TestApp) {
     let clock = ManualClock::at(NOW);
     let twin_clock = ManualClock::at(NOW);
     let app = TestApp::spawn_with_clock(settings(redis.map(|r| r.0.url())), clock.clone()).await;
     let twin = TestApp::spawn_with_clock(settings(redis.map(|r| r.1.url())), twin_clock.clone()).await;
     scenario(&app, &clock, true).await;
     scenario(&twin, &twin_clock, false).await;
+    (app, clock, twin)
+}
+
+async fn erasure_leaves_a_recount(redis: Option<(&RedisServer, &RedisServer)>) {
+    let (app, clock, twin) = twins(redis).await;
     let before = figures(&app).await;
     let recount = figures(&twin).await;
     assert_ne!(before, recount, "the lead counts somewhere before it is erased");
@@ -370,4 +377,112 @@ async fn retention_erases_quiet_unqualified_leads_on_redis() {
 #[tokio::test]
 async fn retention_erases_quiet_unqualified_leads_in_memory() {
     retention_erases_quiet_unqualified_leads(None).await;
+}
+
+/// ForgetLeads: a batch erases each lead as ForgetLead would (the figures
+/// equal a twin that erased the other lead alone and never saw the first),
+/// with one receipt per subject and the trail's events counted once.
+async fn batch_erasure_leaves_a_recount(redis: Option<(&RedisServer, &RedisServer)>) {
+    let (app, _, twin) = twins(redis).await;
+    forget(&twin, "l2", "").await.unwrap();
+    let mut profiles = ProfilesClient::new(app.channel().await);
+    let request = pb::ForgetLeadsRequest {
+        lead_ids: vec![ERASED.into(), "l2".into(), "never-seen".into()],
+        actor: "dpo@example.com".into(),
+        ..Default::default()
+    };
+    let batch = profiles.forget_leads(request).await.unwrap().into_inner();
+    let found: Vec<bool> = batch.receipts.iter().map(|r| r.found).collect();
+    assert_eq!(found, [true, true, false]);
+    assert_eq!(batch.receipts[0].lead_ref, leadscore::domain::lead_ref(ERASED));
+    assert!(batch.receipts.iter().all(|r| r.aggregates_exact && r.audit_events == 0));
+    assert!(batch.audit_events >= 3, "the upserts and the identification were in the trail: {batch:?}");
+    assert_eq!(figures(&app).await, figures(&twin).await);
+    if let Some((redis, _)) = redis {
+        assert_eq!(traces(&dump(redis)), Vec::<String>::new());
+    }
+    app.stop().await;
+    twin.stop().await;
+}
+
+#[tokio::test]
+async fn batch_erasure_leaves_a_recount_in_memory() {
+    batch_erasure_leaves_a_recount(None).await;
+}
+
+#[tokio::test]
+async fn batch_erasure_leaves_a_recount_on_redis() {
+    let (redis, twin) = (RedisServer::start(), RedisServer::start());
+    batch_erasure_leaves_a_recount(Some((&redis, &twin))).await;
+}
+
+#[tokio::test]
+async fn batch_erasure_refuses_bad_requests_and_erases_nothing() {
+    let app = TestApp::spawn(settings(None)).await;
+    app.client().await.upsert_lead(lead("kept", &[("industry", "software")], NOW)).await.unwrap();
+    let mut profiles: ProfilesClient<Channel> = ProfilesClient::new(app.channel().await);
+    let ids = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let bad = [
+        pb::ForgetLeadsRequest { actor: "dpo".into(), ..Default::default() },
+        pb::ForgetLeadsRequest { lead_ids: ids(&["kept", "kept"]), actor: "dpo".into(), ..Default::default() },
+        pb::ForgetLeadsRequest { lead_ids: ids(&["kept", ""]), actor: "dpo".into(), ..Default::default() },
+        pb::ForgetLeadsRequest { lead_ids: ids(&["kept"]), ..Default::default() },
+        pb::ForgetLeadsRequest {
+            lead_ids: (0..5000).map(|n| format!("l{n}")).chain(["kept".to_owned()]).collect(),
+            actor: "dpo".into(),
+            ..Default::default()
+        },
+    ];
+    for request in bad {
+        let e = profiles.forget_leads(request.clone()).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{:?}", request.lead_ids.len());
+        assert!(e.message().len() < 2000, "a bounded message: {}", e.message().len());
+    }
+    let kept = profiles.export_lead(pb::ExportLeadRequest { lead_id: "kept".into(), ..Default::default() }).await;
+    assert!(kept.is_ok(), "nothing was erased");
+    app.stop().await;
+}
+
+/// `leadscore bench` erases the leads it wrote when it ends: the funnel,
+/// cohort, campaign and account figures are what they were before.
+#[tokio::test]
+async fn bench_leaves_no_leads_behind() {
+    use clap::Parser as _;
+    // A clock that stands still (the figures carry an as-of time); the
+    // bench's signals are sent at the wall-clock time.
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let app = TestApp::spawn_with_clock(settings(None), ManualClock::at(wall)).await;
+    app.client().await.upsert_lead(lead("l1", &[("industry", "software")], wall)).await.unwrap();
+    let before = figures(&app).await;
+    assert!(
+        before.iter().any(|f| f.starts_with("cohort : ") && f.contains("lead_count: 1,")),
+        "today is in the window"
+    );
+    let addr = format!("http://127.0.0.1:{}", app.port);
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(flatten)]
+        bench: leadscore::bench::BenchArgs,
+    }
+    let args = Args::parse_from([
+        "bench",
+        "--addr",
+        &addr,
+        "--scenario",
+        "mixed",
+        "--leads",
+        "300",
+        "--calls",
+        "400",
+        "--warmup",
+        "0",
+    ]);
+    let report = leadscore::bench::run(args.bench).await.unwrap();
+    assert!(report.ok > 0 && report.cleanup_error.is_none(), "{report:?}");
+    assert_eq!(report.erased, Some(300), "the population, loaded for the score calls");
+    assert_eq!(figures(&app).await, before);
+    let mut leads = app.client().await;
+    let gone = leads.score_lead(pb::ScoreLeadRequest { lead_id: "bench-7".into(), ..Default::default() }).await;
+    assert_eq!(gone.unwrap_err().code(), tonic::Code::NotFound);
+    app.stop().await;
 }

@@ -329,6 +329,7 @@ async fn migrate_and_compare(url: &str, conn: &mut dyn redis::ConnectionLike, al
                     .get_score_profile(pb::GetScoreProfileRequest {
                         lead_id: text("leadId"),
                         model: String::new(),
+                        signal_limit: 0,
                         history_limit: 1000,
                     })
                     .await

@@ -347,6 +347,25 @@ async fn score_profile_scenario(redis: Option<&RedisServer>) {
     assert_eq!(profile.stage(), pb::Stage::Sql);
     let moves: Vec<(pb::Stage, pb::Stage)> = profile.stage_history.iter().map(|c| (c.from(), c.to())).collect();
     assert_eq!(moves, [(pb::Stage::Mql, pb::Stage::Sql), (pb::Stage::Lead, pb::Stage::Mql)]);
+    assert!(profile.recent_signals.is_empty(), "no signals unless asked for");
+    // The newest signals, as the dashboard's lead page shows them.
+    let recent = profiles(&app)
+        .await
+        .get_score_profile(pb::GetScoreProfileRequest { lead_id: "h".into(), signal_limit: 2, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner()
+        .recent_signals;
+    let mut types: Vec<&str> = recent.iter().map(|k| k.r#type.as_str()).collect();
+    types.sort();
+    assert_eq!(types, ["email_click", "page_view"], "the two newest of three");
+    assert!(recent.iter().all(|k| k.recorded_at.unwrap().seconds == (NOW + 120_000) / 1000));
+    let too_many = profiles(&app)
+        .await
+        .get_score_profile(pb::GetScoreProfileRequest { lead_id: "h".into(), signal_limit: 101, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&too_many), ["signal_limit"]);
     let missing = profiles(&app)
         .await
         .get_score_profile(pb::GetScoreProfileRequest { lead_id: "nobody".into(), ..Default::default() })
