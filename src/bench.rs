@@ -50,6 +50,7 @@ pub struct BenchArgs {
     /// The service.
     #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// What to send.
     #[arg(long, value_enum, default_value = "record")]
     pub scenario: Scenario,
     /// Calls in flight at most (callers).
@@ -73,12 +74,13 @@ pub struct BenchArgs {
     /// Signals per call (record-batch).
     #[arg(long, default_value_t = 500)]
     pub batch: usize,
-    /// Redis for store-ingest.
+    /// The Redis store-ingest writes to (a Redis of its own).
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// Key prefix and partitions of the store (store-ingest).
+    /// Key prefix of the store (store-ingest).
     #[arg(long, default_value = "ls")]
     pub redis_key_prefix: String,
+    /// Key partitions of the store (store-ingest).
     #[arg(long, default_value_t = 64)]
     pub redis_partitions: u32,
     /// Stop after this many calls (0: run for --duration).

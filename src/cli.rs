@@ -40,7 +40,7 @@ pub enum Command {
         #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
         /// A service name to check instead of the whole server.
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         service: String,
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
@@ -54,7 +54,7 @@ pub enum Command {
         /// Config file, for the Redis URL, key prefix and partitions.
         #[arg(long, env = "LEADSCORE_CONFIG")]
         config: Option<PathBuf>,
-        /// The Redis the service stores leads in [env LEADSCORE_REDIS_URL].
+        /// The Redis the service stores leads in [env: LEADSCORE_REDIS_URL=].
         #[arg(long)]
         redis_url: Option<String>,
     },
@@ -111,7 +111,7 @@ pub enum AuditCommand {
     /// scope), oldest first: id, at, action, actor, token, subject, details.
     Export {
         /// Only the events after this one (an id of an earlier export).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         after: String,
         /// The service.
         #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
@@ -146,7 +146,7 @@ pub enum LeadCommand {
         #[arg(long)]
         actor: String,
         /// Why (the audit trail records only that one was given).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         reason: String,
         /// The service.
         #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
@@ -169,11 +169,11 @@ pub enum ReportCommand {
         #[arg(long)]
         to: Option<String>,
         /// Scoring model [default: the primary model].
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         model: String,
         /// Only leads with this attribute value, name=value (a cohort
         /// attribute of the rule set).
-        #[arg(long, default_value = "")]
+        #[arg(long, default_value = "", hide_default_value = true)]
         filter: String,
         /// Histogram buckets.
         #[arg(long, default_value_t = 10)]
@@ -280,22 +280,22 @@ pub struct ServeArgs {
     /// Config file (TOML); keys as in docs/configuration.md.
     #[arg(long, env = "LEADSCORE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:50051; env LEADSCORE_GRPC_ADDR].
+    /// Address to listen on [env: LEADSCORE_GRPC_ADDR=] [default: 127.0.0.1:50051].
     #[arg(long)]
     pub grpc_addr: Option<std::net::SocketAddr>,
-    /// Prometheus metrics endpoint, host:port or `off` [default:
-    /// 127.0.0.1:9090; env LEADSCORE_METRICS_ADDR].
+    /// Prometheus metrics endpoint, host:port or `off` [env:
+    /// LEADSCORE_METRICS_ADDR=] [default: 127.0.0.1:9090].
     #[arg(long)]
     pub metrics_addr: Option<String>,
     /// Redis URL; without one the embedded in-memory store is used
-    /// [env LEADSCORE_REDIS_URL].
+    /// [env: LEADSCORE_REDIS_URL=].
     #[arg(long)]
     pub redis_url: Option<String>,
-    /// Rule-set file [default: the built-in rules/default.toml; env LEADSCORE_RULES].
+    /// Rule-set file [env: LEADSCORE_RULES=] [default: the built-in rules/default.toml].
     #[arg(long)]
     pub rules: Option<PathBuf>,
     /// Serve without bearer tokens on a non-loopback address (refused
-    /// otherwise) [env LEADSCORE_INSECURE=true].
+    /// otherwise) [env: LEADSCORE_INSECURE=true].
     #[arg(long)]
     pub insecure: bool,
 }
@@ -316,7 +316,7 @@ pub enum RulesCommand {
         /// Config file, for the Redis key prefix and partitions.
         #[arg(long, env = "LEADSCORE_CONFIG")]
         config: Option<PathBuf>,
-        /// The Redis the service stores leads in [env LEADSCORE_REDIS_URL].
+        /// The Redis the service stores leads in [env: LEADSCORE_REDIS_URL=].
         #[arg(long)]
         redis_url: Option<String>,
         /// Example lead ids shown per transition.
