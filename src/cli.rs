@@ -575,10 +575,14 @@ async fn watch_triggers(
         client.ack_triggers(ack).await.map_err(|e| crate::client::refused(&e))?;
         seen += 1;
         if count > 0 && seen >= count {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
+    Err(format!(
+        "the service ended the trigger stream after {seen} triggers (it shut down or restarted): run the command again \
+         to go on; unacknowledged triggers are delivered again"
+    )
+    .into())
 }
 
 /// Starts a rescore (or finds the one running) and, with `follow`, polls

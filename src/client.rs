@@ -64,7 +64,20 @@ pub fn refused(status: &tonic::Status) -> String {
         }
         name.push(c.to_ascii_uppercase());
     }
-    format!("{name}: {}", status.message())
+    let message = status.message();
+    let hint = match status.code() {
+        tonic::Code::Unauthenticated if std::env::var_os("LEADSCORE_TOKEN").is_none() => {
+            " — set LEADSCORE_TOKEN to one of the service's tokens"
+        }
+        tonic::Code::Unauthenticated => " — LEADSCORE_TOKEN is not one of the service's tokens",
+        // An answer that is HTTP, not gRPC: another kind of server.
+        _ if message.contains("grpc-status header missing") => {
+            " — that address answers HTTP but is no gRPC service: is it the metrics port instead of the API's?"
+        }
+        tonic::Code::Unavailable => " — is `leadscore serve` still running there?",
+        _ => "",
+    };
+    format!("{name}: {message}{hint}")
 }
 
 /// A progress bar on stderr over `len` `unit`s, drawn only when stderr is a
