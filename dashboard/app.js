@@ -275,7 +275,7 @@ const pages = {
     const body = el("tbody", {});
     const rows = el("table", { "data-test": "feed" },
       el("thead", {}, el("tr", {}, ["when", "lead", "from", "to", "by"].map((h) => el("th", { scope: "col" }, h)))), body);
-    const status = el("p", { class: "muted" }, "Waiting for qualification changes…");
+    const status = el("p", { class: "muted" }, "Waiting for qualification changes (those made from now on)…");
     let cursor = start.nextCursor;
     const poll = async () => {
       if (!document.body.contains(rows)) return;
@@ -334,7 +334,12 @@ function showSignIn(message) {
   document.getElementById("token").focus();
 }
 
+// Renders can overlap (a sign-in, then a click before its page came back):
+// only the newest one is shown.
+let rendering = 0;
+
 async function render() {
+  const mine = ++rendering;
   const [path, query] = (location.hash.slice(1) || "funnel").split("?");
   const [name, ...rest] = path.split("/");
   const page = pages[name] ? name : "funnel";
@@ -347,17 +352,19 @@ async function render() {
   target.setAttribute("aria-busy", "true");
   try {
     const nodes = await pages[page](new URLSearchParams(query || ""), rest.length ? decodeURIComponent(rest.join("/")) : "");
+    if (mine !== rendering) return;
     document.getElementById("sign-in").hidden = true;
     target.replaceChildren(...nodes);
     document.title = `leadscore — ${page}`;
   } catch (e) {
+    if (mine !== rendering) return;
     if (e.code === "unauthenticated") {
       showSignIn(token() ? "That token was refused." : "");
     } else {
       target.replaceChildren(el("p", { class: "error", role: "alert" }, `${e.code || "error"}: ${e.message}`));
     }
   } finally {
-    target.removeAttribute("aria-busy");
+    if (mine === rendering) target.removeAttribute("aria-busy");
   }
 }
 

@@ -114,6 +114,13 @@ def main():
         def text(css):
             return shown(css).text
 
+        def page_shows(words):
+            """Waits for the page to show `words`; says what it shows instead."""
+            try:
+                wait.until(lambda d: words in d.find_element(By.ID, "page").text)
+            except Exception:
+                raise AssertionError(f"the page never showed {words!r}; it shows: {driver.find_element(By.ID, 'page').text[:2000]!r}")
+
         def errors():
             return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
@@ -200,10 +207,9 @@ def main():
         shown("#sign-in")
         driver.find_element(By.ID, "token").send_keys(VIEWER)
         driver.find_element(By.CSS_SELECTOR, "#sign-in button").click()
+        page_shows("admin scope")  # the delivery page, where it signed in
         driver.get(f"{base}/dashboard/#lead/dash-1")
-        wait.until(lambda d: "webinar_attended" in d.find_element(By.ID, "page").text)
-        driver.get(f"{base}/dashboard/#delivery")
-        wait.until(lambda d: "admin scope" in d.find_element(By.ID, "page").text)
+        page_shows("webinar_attended")
         # Looking at a lead is no export of its personal data.
         trail = api("Qualification/ListAuditEvents", {"limit": 1000})
         assert not [e for e in trail.get("events", []) if e["action"] == "lead.exported"], trail
