@@ -28,8 +28,9 @@ anywhere in the file, the ones the file starts itself (`… serve … &`, a
 `redis-server --port 6390 …`), each waited for before the next command.
 `127.0.0.1:50051` becomes the service's free port (`LEADSCORE_ADDR` and
 `LEADSCORE_GRPC_ADDR` name it to the CLI and to `serve`), Redis port `6390`
-another free port, and `cargo run --release --` and `leadscore` the binary
-under test. Everything started is stopped when the file ends.
+another free port, `cargo run --release --` and `leadscore` the binary
+under test, and `npx buf` the buf that scripts/client-check.sh installed
+(when it did). Everything started is stopped when the file ends.
 
     python3 tests/docs/check.py target/debug/leadscore README.md docs/*.md
 """
@@ -50,6 +51,8 @@ SERVICES = "<!-- docs-test: services -->"
 DOC_REDIS_PORT = "6390"
 LINKED = ["rules", "scripts", "clients", "examples"]
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# buf as scripts/client-check.sh installs it (CI runs that first); else npx fetches it.
+BUF = REPO / "target" / "clients-node" / "node_modules" / ".bin" / "buf"
 
 
 def blocks(path):
@@ -184,7 +187,7 @@ def check(binary, path):
             ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=work, text=True, env=env, start_new_session=True,
         )
-        bash.stdin.write("set -o pipefail\ntrap 'failed=1' ERR\n")
+        bash.stdin.write("set -o pipefail\nshopt -s expand_aliases\ntrap 'failed=1' ERR\n")
         last = None
         for n, (kind, line, text) in enumerate(found):
             text = (
@@ -192,6 +195,8 @@ def check(binary, path):
                 .replace("cargo run --release --", binary)
                 .replace(DOC_REDIS_PORT, str(redis_port))
             )
+            if BUF.exists():
+                text = text.replace("npx buf ", f"{BUF} ")
             if kind in ("run", "run-any"):
                 text = wait_for_services(text, binary)
                 token = f"@@docs-test-{n}@@"
