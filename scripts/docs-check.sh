@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The docs, tested (tests/docs/check.py): the shell examples of README.md and
-# docs/*.md marked `<!-- docs-test: run -->` run in order against a service
-# started for each file (the debug binary, embedded store, a free port), and
-# the outputs marked `<!-- docs-test: output -->` must still show what the
-# doc says. Needs curl.
+# docs/*.md marked `<!-- docs-test: run -->` run in order, one bash per file,
+# against a fresh service on free ports (the debug binary on the embedded
+# store, or the services and Redis the file starts itself), and the outputs
+# marked `<!-- docs-test: output -->` must still show what the doc says.
+# Needs curl and redis-server; the buf examples use the buf that
+# scripts/client-check.sh installs (else npx fetches it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v curl >/dev/null 2>&1 || { echo "curl is missing: apt-get install curl" >&2; exit 1; }

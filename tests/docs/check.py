@@ -27,7 +27,8 @@ default one this starts (embedded store); with `<!-- docs-test: services -->`
 anywhere in the file, the ones the file starts itself (`… serve … &`, a
 `redis-server --port 6390 …`), each waited for before the next command.
 `127.0.0.1:50051` becomes the service's free port (`LEADSCORE_ADDR` and
-`LEADSCORE_GRPC_ADDR` name it to the CLI and to `serve`), Redis port `6390`
+`LEADSCORE_GRPC_ADDR` name it to the CLI and to `serve`), `127.0.0.1:9090`
+its metrics port (`LEADSCORE_METRICS_ADDR`), Redis port `6390`
 another free port, `cargo run --release --` and `leadscore` the binary
 under test, and `npx buf` the buf that scripts/client-check.sh installed
 (when it did). Everything started is stopped when the file ends.
@@ -152,7 +153,7 @@ def check(binary, path):
     if not found:
         return 0
     own_services = SERVICES in path.read_text()
-    port, redis_port = free_port(), free_port()
+    port, redis_port, metrics_port = free_port(), free_port(), free_port()
     work = pathlib.Path(tempfile.mkdtemp())
     for name in LINKED:
         (work / name).symlink_to(REPO / name)
@@ -164,7 +165,7 @@ def check(binary, path):
     if not own_services:
         shutil.copy(REPO / "rules" / "default.toml", work / "my-rules.toml")
         service = subprocess.Popen(
-            [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off"],
+            [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}"],
             cwd=work,
             stderr=log,
             env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
@@ -181,7 +182,7 @@ def check(binary, path):
             PATH=f"{bin_dir}:{os.environ['PATH']}",
             LEADSCORE_ADDR=f"http://127.0.0.1:{port}",
             LEADSCORE_GRPC_ADDR=f"127.0.0.1:{port}",
-            LEADSCORE_METRICS_ADDR="off",
+            LEADSCORE_METRICS_ADDR=f"127.0.0.1:{metrics_port}",
         )
         bash = subprocess.Popen(
             ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -192,6 +193,7 @@ def check(binary, path):
         for n, (kind, line, text) in enumerate(found):
             text = (
                 text.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
+                .replace("127.0.0.1:9090", f"127.0.0.1:{metrics_port}")
                 .replace("cargo run --release --", binary)
                 .replace(DOC_REDIS_PORT, str(redis_port))
             )
