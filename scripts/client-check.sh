@@ -20,8 +20,7 @@ scripts/venv.sh "$venv" -r clients/python/requirements.txt
 PYTHON="$venv/bin/python" clients/python/generate.sh
 
 node=target/clients-node
-[ -x "$node/node_modules/.bin/protoc-gen-es" ] || npm install --silent --no-audit --no-fund --prefix "$node" \
-  @bufbuild/buf@1.75.0 @bufbuild/protoc-gen-es@2.17.0 >/dev/null
+scripts/node-tools.sh
 [ -d clients/node/node_modules/standardwebhooks ] || npm ci --silent --no-audit --no-fund --prefix clients/node >/dev/null
 "$node/node_modules/.bin/buf" lint
 # buf.gen.yaml generates what it promises.

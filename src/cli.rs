@@ -45,6 +45,11 @@ pub enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
+        /// Ask again every 100 ms until SERVING or the time-out, for a
+        /// script that starts the service and goes on (e.g. `serve &` then
+        /// `health --wait --timeout-ms 30000`).
+        #[arg(long)]
+        wait: bool,
     },
     /// Converts the data under the Redis key prefix from the layout of
     /// earlier releases (format 1) to this build's, in place; run with the
@@ -430,29 +435,46 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Health { addr, service, timeout_ms } => {
-            let check = async {
+        Command::Health { addr, service, timeout_ms, wait } => {
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let check = || async {
                 let mut client =
                     tonic_health::pb::health_client::HealthClient::new(crate::client::connect(&addr).await?);
-                let reply = client.check(tonic_health::pb::HealthCheckRequest { service }).await?;
+                let reply = client.check(tonic_health::pb::HealthCheckRequest { service: service.clone() }).await?;
                 Ok::<_, Box<dyn std::error::Error>>(reply.into_inner().status())
             };
-            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms), check).await {
-                Ok(Ok(status)) => {
-                    println!("{}", status.as_str_name());
-                    if status == tonic_health::pb::health_check_response::ServingStatus::Serving {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::FAILURE
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+            let mut last = None;
+            loop {
+                match tokio::time::timeout_at(deadline, check()).await {
+                    Ok(Ok(ServingStatus::Serving)) => {
+                        println!("{}", ServingStatus::Serving.as_str_name());
+                        break ExitCode::SUCCESS;
                     }
-                }
-                Ok(Err(e)) => {
-                    eprintln!("leadscore: health check of {addr} failed: {e}");
-                    ExitCode::FAILURE
-                }
-                Err(_) => {
-                    eprintln!("leadscore: health check of {addr} timed out after {timeout_ms} ms");
-                    ExitCode::FAILURE
+                    Ok(outcome) if wait && tokio::time::Instant::now() < deadline => {
+                        last = Some(outcome);
+                        tokio::time::sleep_until(
+                            deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(100)),
+                        )
+                        .await;
+                    }
+                    Ok(Ok(status)) => {
+                        println!("{}", status.as_str_name());
+                        break ExitCode::FAILURE;
+                    }
+                    Ok(Err(e)) => {
+                        eprintln!("leadscore: health check of {addr} failed: {e}");
+                        break ExitCode::FAILURE;
+                    }
+                    Err(_) => {
+                        match last {
+                            Some(Ok(status)) => println!("{}", status.as_str_name()),
+                            Some(Err(e)) => eprintln!("leadscore: health check of {addr} failed: {e}"),
+                            None => {}
+                        }
+                        eprintln!("leadscore: health check of {addr} timed out after {timeout_ms} ms");
+                        break ExitCode::FAILURE;
+                    }
                 }
             }
         }

@@ -1,37 +1,36 @@
-"""The docs, tested: runs the shell examples of README.md and docs/*.md that
-are marked to run, in order, in one bash per file (variables carry over),
-against a service this starts, and checks the output shown after them.
+"""The docs, tested: runs the shell examples of README.md and docs/*.md in
+order, in one bash per file (variables carry over), against a service this
+starts, and checks the output shown after them.
 
-In a Markdown file:
+Every shell block (```sh, bash, shell, console) carries a mark on the line
+before it, or the check fails:
 
-    <!-- docs-test: run -->
-    ```sh
-    …commands…
-    ```
-
-    <!-- docs-test: output -->
-    ```text
-    …what the commands before print…
-    ```
+    <!-- docs-test: run -->              runs; a failing command fails the check
+    <!-- docs-test: run-any -->          runs; its commands may fail (a `diff`
+                                         that finds differences, a call that
+                                         shows an error): only its output counts
+    <!-- docs-test: skip: <why> -->      not run, for the reason given
+    <!-- docs-test: output -->           (on a text block) what the run block
+                                         before it must still print
 
 An output block passes when each of its lines, split at "…", appears in the
-output of the run block before it, fragment after fragment, in order (so a
-doc can elide what varies). A block marked `<!-- docs-test: run-any -->`
-runs the same, but its commands may fail (a `diff` that finds differences,
-a call that shows an error): only its output is checked.
+output of the run block before it (commands and whatever the services it
+started in the background printed meanwhile), fragment after fragment, in
+order, so a doc can elide what varies.
 
 Each file runs in a scratch directory of its own (with the repository's
 `rules/`, `scripts/`, `clients/` and `examples/` linked in, so commands
 written to run from the repository root do) against a fresh service: by
 default one this starts (embedded store); with `<!-- docs-test: services -->`
 anywhere in the file, the ones the file starts itself (`… serve … &`, a
-`redis-server --port 6390 …`), each waited for before the next command.
-`127.0.0.1:50051` becomes the service's free port (`LEADSCORE_ADDR` and
-`LEADSCORE_GRPC_ADDR` name it to the CLI and to `serve`), `127.0.0.1:9090`
-its metrics port (`LEADSCORE_METRICS_ADDR`), Redis port `6390`
-another free port, `cargo run --release --` and `leadscore` the binary
-under test, and `npx buf` the buf that scripts/client-check.sh installed
-(when it did). Everything started is stopped when the file ends.
+`redis-server … --daemonize yes`), each waited for before the next command.
+The ports the docs name (DOC_PORTS: 50051 the service, 9090 its metrics,
+50052 a second service, 6390 a Redis, 7000-7002 a Redis Cluster, 8000 a
+webhook receiver) become free ports (`LEADSCORE_ADDR` and
+`LEADSCORE_GRPC_ADDR` name the first to the CLI and to `serve`),
+`cargo run --release --` and `leadscore` the binary under test, and
+`npx buf` the buf scripts/node-tools.sh installed. Everything started is
+stopped when the file ends.
 
     python3 tests/docs/check.py target/debug/leadscore README.md docs/*.md
 """
@@ -47,20 +46,29 @@ import sys
 import tempfile
 import time
 
-MARK = re.compile(r"^<!-- docs-test: (run|run-any|output) -->\s*$")
+MARK = re.compile(r"^<!-- docs-test: (run|run-any|output|skip: .+?) -->\s*$")
+SHELL = re.compile(r"^```(sh|bash|shell|console)\s*$")
 SERVICES = "<!-- docs-test: services -->"
-DOC_REDIS_PORT = "6390"
+# The ports the docs name (the service's gRPC and metrics ports, a second
+# service, the doc's own Redis and Redis Cluster, a webhook receiver): each
+# becomes a free port of the run.
+DOC_PORTS = ["50051", "50052", "9090", "6390", "7000", "7001", "7002", "8000"]
 LINKED = ["rules", "scripts", "clients", "examples"]
 REPO = pathlib.Path(__file__).resolve().parents[2]
-# buf as scripts/client-check.sh installs it (CI runs that first); else npx fetches it.
+# buf as scripts/node-tools.sh installs it (scripts/docs-check.sh runs it first).
 BUF = REPO / "target" / "clients-node" / "node_modules" / ".bin" / "buf"
 
 
 def blocks(path):
+    """The marked blocks as (kind, line, text), and the line numbers of the
+    shell blocks that carry no mark (every one must run or say why not)."""
     lines = path.read_text().split("\n")
     out = []
+    unmarked = []
     i = 0
     while i < len(lines):
+        if SHELL.match(lines[i]):
+            unmarked.append(i + 1)
         m = MARK.match(lines[i])
         if m:
             j = i + 1
@@ -69,18 +77,29 @@ def blocks(path):
             k = j + 1
             while k < len(lines) and not lines[k].startswith("```"):
                 k += 1
-            out.append((m.group(1), i + 1, "\n".join(lines[j + 1 : k])))
+            kind = "skip" if m.group(1).startswith("skip:") else m.group(1)
+            out.append((kind, i + 1, "\n".join(lines[j + 1 : k])))
             i = k
         i += 1
-    return out
+    return out, unmarked
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def free_port(taken=()):
+    """A port free now, below 55536 with port + 10000 free too (a Redis
+    Cluster node's bus port), and not one handed out before."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 55536)
+        if port in taken or port + 10000 in taken:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
 
 
 def matches(expected, actual):
@@ -129,11 +148,24 @@ def wait_for_services(text, binary):
         out.append(line)
         stripped = line.split("#")[0].rstrip()
         if re.search(r"\bserve\b.*&$", stripped):
-            out.append(f"for _ in $(seq 300); do {binary} health >/dev/null 2>&1 && break; sleep 0.1; done")
+            addr = re.search(r"--grpc-addr[ =](\S+)", stripped)
+            target = f" --addr http://{addr.group(1)}" if addr else ""
+            out.append(f"for _ in $(seq 300); do {binary} health{target} >/dev/null 2>&1 && break; sleep 0.1; done")
         elif re.search(r"\bredis-server\b.*--daemonize yes", stripped):
-            port = re.search(r"--port (\d+)", stripped).group(1)
-            out.append(f"for _ in $(seq 100); do redis-cli -p {port} ping >/dev/null 2>&1 && break; sleep 0.1; done")
+            port = re.search(r"--port (\d+)", stripped)
+            if port:  # (a port in a variable: the doc waits itself)
+                out.append(f"for _ in $(seq 100); do redis-cli -p {port.group(1)} ping >/dev/null 2>&1 && break; sleep 0.1; done")
     return "\n".join(out)
+
+
+def substitute(text, ports, binary):
+    """The doc's ports, binary and buf as this run has them."""
+    for doc_port, port in ports.items():
+        text = re.sub(rf"(?<![\d.]){doc_port}(?!\d|\.\d)", str(port), text)
+    text = text.replace("cargo run --release --", binary)
+    if BUF.exists():
+        text = text.replace("npx buf ", f"{BUF} ")
+    return text
 
 
 def wait_for_port(port, path):
@@ -149,11 +181,22 @@ def wait_for_port(port, path):
 
 
 def check(binary, path):
-    found = blocks(path)
+    found, unmarked = blocks(path)
+    failures = 0
+    for line in unmarked:
+        print(f"{path}:{line}: a shell example with no docs-test mark: mark it run, run-any or skip: <why>")
+        failures += 1
+    skipped = [line for kind, line, _ in found if kind == "skip"]
+    found = [block for block in found if block[0] != "skip"]
     if not found:
-        return 0
+        if skipped:
+            print(f"{path}: {len(skipped)} examples skipped, none to run")
+        return failures
     own_services = SERVICES in path.read_text()
-    port, redis_port, metrics_port = free_port(), free_port(), free_port()
+    ports = {}
+    for doc_port in DOC_PORTS:
+        ports[doc_port] = free_port(set(ports.values()))
+    port, metrics_port = ports["50051"], ports["9090"]
     work = pathlib.Path(tempfile.mkdtemp())
     for name in LINKED:
         (work / name).symlink_to(REPO / name)
@@ -170,8 +213,8 @@ def check(binary, path):
             stderr=log,
             env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
         )
-    failures = 0
     bash = None
+    started = time.time()
     try:
         if service:
             wait_for_port(port, path)
@@ -190,15 +233,9 @@ def check(binary, path):
         )
         bash.stdin.write("set -o pipefail\nshopt -s expand_aliases\ntrap 'failed=1' ERR\n")
         last = None
+        ran = checked = 0
         for n, (kind, line, text) in enumerate(found):
-            text = (
-                text.replace("127.0.0.1:50051", f"127.0.0.1:{port}")
-                .replace("127.0.0.1:9090", f"127.0.0.1:{metrics_port}")
-                .replace("cargo run --release --", binary)
-                .replace(DOC_REDIS_PORT, str(redis_port))
-            )
-            if BUF.exists():
-                text = text.replace("npx buf ", f"{BUF} ")
+            text = substitute(text, ports, binary)
             if kind in ("run", "run-any"):
                 text = wait_for_services(text, binary)
                 token = f"@@docs-test-{n}@@"
@@ -211,6 +248,7 @@ def check(binary, path):
                     failures += 1
                     break
                 last = (line, output)
+                ran += 1
             else:
                 if last is None:
                     print(f"{path}:{line}: an output block with no run block before it")
@@ -220,7 +258,11 @@ def check(binary, path):
                 if missing:
                     print(f"{path}:{line}: the output of line {last[0]} no longer shows {missing!r}:\n{last[1][-3000:]}")
                     failures += 1
-        print(f"{path}: {len(found)} blocks checked, {failures} failed")
+                checked += 1
+        print(
+            f"{path}: {ran} examples run, {checked} outputs checked, {len(skipped)} skipped, "
+            f"{failures} failed ({time.time() - started:.0f} s)"
+        )
     finally:
         if bash:
             bash.stdin.close()
@@ -229,7 +271,8 @@ def check(binary, path):
             except ProcessLookupError:
                 pass
             bash.wait(timeout=10)
-        subprocess.run(["redis-cli", "-p", str(redis_port), "shutdown", "nosave"], capture_output=True)
+        for doc_port in ("6390", "7000", "7001", "7002"):
+            subprocess.run(["redis-cli", "-p", str(ports[doc_port]), "shutdown", "nosave"], capture_output=True)
         if service:
             service.terminate()
             service.wait(timeout=10)

@@ -68,6 +68,44 @@ async fn health_waits_for_the_store() {
     app.wait_health(ServingStatus::Serving).await;
 }
 
+/// `leadscore health` once answers the status as it is; with `--wait` it
+/// keeps asking until SERVING (Redis back), or gives up at its time-out.
+#[tokio::test]
+async fn the_health_command_waits_for_serving_when_asked() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let app = TestApp::spawn(settings(Some(redis.url()))).await;
+    app.wait_health(ServingStatus::NotServing).await;
+    let addr = format!("http://127.0.0.1:{}", app.port);
+    let health = |extra: &[&str]| {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_leadscore"))
+            .args(["health", "--addr", &addr])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Waited for off the runtime: the service answers on it meanwhile.
+        tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+    };
+
+    let once = health(&[]).await.unwrap();
+    assert!(!once.status.success());
+    assert_eq!(String::from_utf8_lossy(&once.stdout).trim(), "NOT_SERVING");
+
+    let timed_out = health(&["--wait", "--timeout-ms", "600"]).await.unwrap();
+    assert!(!timed_out.status.success());
+    assert_eq!(String::from_utf8_lossy(&timed_out.stdout).trim(), "NOT_SERVING");
+    assert!(String::from_utf8_lossy(&timed_out.stderr).contains("timed out after 600 ms"), "{timed_out:?}");
+
+    let waiting = health(&["--wait", "--timeout-ms", "30000"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    let served = waiting.await.unwrap();
+    assert!(served.status.success(), "{served:?}");
+    assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), "SERVING");
+}
+
 #[tokio::test]
 async fn shutdown_finishes_promptly() {
     let redis = RedisServer::start();
