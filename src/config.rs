@@ -510,34 +510,65 @@ pub enum Reflection {
     Off,
 }
 
-/// A configuration error in words: an unknown key names the closest valid
-/// one instead of listing them all.
+/// A configuration error in words: the key as written in the file
+/// (`webhooks[0].url`, without figment's profile), where it came from, and
+/// what is wrong, with type names a reader knows ("a whole number", not
+/// `usize`); an unknown key names the closest valid one instead of listing
+/// them all.
 fn explain(e: figment::Error) -> String {
-    if let figment::error::Kind::UnknownField(found, expected) = &e.kind {
-        let place = match e.metadata.as_ref() {
-            Some(m) => match &m.source {
-                Some(source) => format!(" in {source}"),
-                None => format!(" in {}", m.name),
-            },
-            None => String::new(),
-        };
-        let hint = match closest(found, expected) {
-            Some(near) => format!(": did you mean `{near}`?"),
-            None => String::new(),
-        };
-        // Where in the file: `webhooks[0]` for a key of the first endpoint.
-        let mut table = String::new();
-        let within = e.path.len().saturating_sub(1);
-        for part in e.path.iter().take(within).filter(|p| *p != "default") {
-            if part.parse::<usize>().is_ok() { table.push_str(&format!("[{part}]")) } else { table.push_str(part) }
+    use figment::error::Kind;
+    let place = match e.metadata.as_ref() {
+        Some(m) => match &m.source {
+            Some(source) => format!(" in {source}"),
+            None => format!(" in {}", m.name),
+        },
+        None => String::new(),
+    };
+    let mut key = String::new();
+    for part in e.path.iter().filter(|p| *p != "default") {
+        if part.parse::<usize>().is_ok() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(&crate::text::bounded(part, 64));
         }
-        let table = if table.is_empty() { table } else { format!(" of {table}") };
-        return format!(
-            "unknown key `{}`{table}{place}{hint} (docs/configuration.md lists every key)",
-            crate::text::bounded(found, 64)
-        );
     }
-    e.to_string()
+    match &e.kind {
+        Kind::UnknownField(found, expected) => {
+            let hint = match closest(found, expected) {
+                Some(near) => format!(": did you mean `{near}`?"),
+                None => String::new(),
+            };
+            // Where in the file: `webhooks[0]` for a key of the first endpoint.
+            let table = key.rsplit_once(['.', '[']).map_or(String::new(), |(table, _)| format!(" of {table}"));
+            let table = table.trim_end_matches('.').to_string();
+            format!(
+                "unknown key `{}`{table}{place}{hint} (docs/configuration.md lists every key)",
+                crate::text::bounded(found, 64)
+            )
+        }
+        Kind::InvalidType(actual, expected) | Kind::InvalidValue(actual, expected) if !key.is_empty() => {
+            format!("`{key}`{place}: expected {}, found {actual}", plain_type(expected))
+        }
+        Kind::UnknownVariant(found, expected) if !key.is_empty() => {
+            format!("`{key}`{place}: `{}` is not one of {}", crate::text::bounded(found, 64), expected.join(", "))
+        }
+        Kind::Message(message) if !key.is_empty() => format!("`{key}`{place}: {message}"),
+        Kind::MissingField(field) => format!("`{key}`{place}: `{field}` is missing"),
+        _ => e.to_string(),
+    }
+}
+
+/// serde's name of an expected type as a reader would say it.
+fn plain_type(expected: &str) -> String {
+    match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".into(),
+        "f32" | "f64" => "a number".into(),
+        other => other.into(),
+    }
 }
 
 /// `LEADSCORE_…` variables the service reads besides the settings.
@@ -678,6 +709,22 @@ mod tests {
         writeln!(file, "dedupe_window = \"soon\"").unwrap();
         let err = Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("invalid duration"), "{err}");
+        // Type errors name the key as written and the type in words.
+        let load = |body: &str| {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            writeln!(file, "{body}").unwrap();
+            Settings::load_from(Some(file.path()), Env::raw().only(&[]), &Overrides::default()).unwrap_err().to_string()
+        };
+        let err = load("max_in_flight = \"x\"");
+        assert!(err.starts_with("configuration: `max_in_flight` in "), "{err}");
+        assert!(err.ends_with(": expected a whole number (0 or more), found string \"x\""), "{err}");
+        let err = load("reflection = \"maybe\"");
+        assert!(err.ends_with(": `maybe` is not one of open, authenticated, off"), "{err}");
+        let err = load("[[webhooks]]\nname = \"a\"\nurl = 5");
+        assert!(err.starts_with("configuration: `webhooks[0].url` in "), "{err}");
+        for err in [load("max_in_flight = -3"), load("insecure = \"yes\"")] {
+            assert!(!err.contains("default.") && !err.contains("usize"), "{err}");
+        }
         // An empty metrics address is a mistake, not a way to turn metrics off.
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(file, "metrics_addr = \"\"").unwrap();
