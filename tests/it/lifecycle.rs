@@ -58,20 +58,11 @@ async fn redis_outage_is_unavailable_and_recovers_by_itself() {
     assert_eq!(response.results[0].status(), pb::SignalStatus::Accepted);
 }
 
+/// Health follows the store. `leadscore health` once answers the status as
+/// it is; with `--wait` it keeps asking until SERVING (Redis back), or
+/// gives up at its time-out.
 #[tokio::test]
 async fn health_waits_for_the_store() {
-    let mut redis = RedisServer::start();
-    redis.stop();
-    let app = TestApp::spawn(settings(Some(redis.url()))).await;
-    app.wait_health(ServingStatus::NotServing).await;
-    redis.restart();
-    app.wait_health(ServingStatus::Serving).await;
-}
-
-/// `leadscore health` once answers the status as it is; with `--wait` it
-/// keeps asking until SERVING (Redis back), or gives up at its time-out.
-#[tokio::test]
-async fn the_health_command_waits_for_serving_when_asked() {
     let mut redis = RedisServer::start();
     redis.stop();
     let app = TestApp::spawn(settings(Some(redis.url()))).await;
@@ -104,6 +95,7 @@ async fn the_health_command_waits_for_serving_when_asked() {
     let served = waiting.await.unwrap();
     assert!(served.status.success(), "{served:?}");
     assert_eq!(String::from_utf8_lossy(&served.stdout).trim(), "SERVING");
+    app.wait_health(ServingStatus::Serving).await;
 }
 
 #[tokio::test]
