@@ -572,7 +572,8 @@ fn plain_type(expected: &str) -> String {
 }
 
 /// `LEADSCORE_…` variables the service reads besides the settings.
-const OTHER_VARIABLES: [&str; 6] = ["config", "token", "addr", "log_format", "otlp_endpoint", "trace_sample_ratio"];
+const OTHER_VARIABLES: [&str; 7] =
+    ["config", "token", "addr", "auth_tokens", "log_format", "otlp_endpoint", "trace_sample_ratio"];
 
 /// A warning for each `LEADSCORE_…` variable in the environment that names
 /// no setting (a typo is otherwise silently ignored), with the closest
@@ -674,6 +675,7 @@ mod tests {
             jail.set_env("LEADSCORE_DEDUPE_WINDOWS", "2d");
             jail.set_env("LEADSCORE_WEBHOOK_SECRET_CRM", "whsec_x");
             jail.set_env("LEADSCORE_TOKEN", "t");
+            jail.set_env("LEADSCORE_AUTH_TOKENS", "t reader");
             let stray = stray_variables(&Settings::default());
             assert_eq!(
                 stray,
