@@ -10,7 +10,12 @@ use crate::rules::RuleSet;
 use crate::startup::Application;
 
 #[derive(Debug, Parser)]
-#[command(name = "leadscore", version, about = "Real-time lead scoring gRPC service")]
+#[command(
+    name = "leadscore",
+    version,
+    about = "Real-time lead scoring gRPC service",
+    after_help = "Commands that talk to a running service (--addr) send the bearer token of\nLEADSCORE_TOKEN when it is set. docs/cli.md describes every command."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,7 +38,7 @@ pub enum Command {
     /// Load generator: closed or open loop, HDR latency percentiles (see
     /// docs/performance.md and bench/run.sh).
     Bench(crate::bench::BenchArgs),
-    /// Asks a running service's gRPC health check; exit 0 when SERVING (a
+    /// Ask a running service's gRPC health check; exit 0 when SERVING (a
     /// container health probe).
     Health {
         /// The service.
@@ -51,7 +56,7 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
-    /// Converts the data under the Redis key prefix from the layout of
+    /// Convert the data under the Redis key prefix from the layout of
     /// earlier releases (format 1) to this build's, in place; run with the
     /// service stopped. Idempotent and resumable: run it again after an
     /// interruption. Does nothing on data already converted.
@@ -92,8 +97,9 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TriggersCommand {
-    /// Consumes a group's triggers as they fire (StreamTriggers, qualify
-    /// scope), prints one line each and acknowledges it, until Ctrl-C.
+    /// Consume a group's triggers as they fire (StreamTriggers, qualify
+    /// scope), print one line each and acknowledge it, until Ctrl-C or
+    /// --count.
     Watch {
         /// The consumer group (one of the service's `trigger_groups`).
         #[arg(long, default_value = "automation")]
@@ -112,7 +118,7 @@ pub enum TriggersCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Prints a running service's audit trail as CSV (ListAuditEvents, admin
+    /// Print a running service's audit trail as CSV (ListAuditEvents, admin
     /// scope), oldest first: id, at, action, actor, token, subject, details.
     Export {
         /// Only the events after this one (an id of an earlier export).
@@ -126,7 +132,7 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum LeadCommand {
-    /// Prints everything a running service stores about a lead as JSON
+    /// Print everything a running service stores about a lead as JSON
     /// (the right of access; ExportLead, admin scope).
     Export {
         /// The lead id (or, with --visitor, the visitor id).
@@ -138,7 +144,7 @@ pub enum LeadCommand {
         #[arg(long, env = "LEADSCORE_ADDR", default_value = "http://127.0.0.1:50051")]
         addr: String,
     },
-    /// Erases a lead and everything kept about it, and prints the receipt
+    /// Erase a lead and everything kept about it, and print the receipt
     /// as JSON (the right to erasure; ForgetLead, admin scope). Erasing
     /// again is harmless.
     Forget {
@@ -236,7 +242,7 @@ pub struct DaysArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum SpendCommand {
-    /// Sends the spend in a CSV file (an ad platform's export) to a running
+    /// Send the spend in a CSV file (an ad platform's export) to a running
     /// service with `RecordSpend`, in calls of up to 500 rows. Columns, by
     /// their header (any order, case ignored): `day` (or `date`),
     /// `campaign`, `amount` (or `cost`, `spend`), and optionally `source`,
@@ -328,9 +334,9 @@ pub enum RulesCommand {
         #[arg(long, default_value_t = 3)]
         examples: usize,
     },
-    /// Asks a running service to rescore every stored lead under its active
-    /// rule set (Rescore, admin scope) and prints the job id; with --follow,
-    /// shows its progress (GetRescoreJob) until it ends.
+    /// Ask a running service to rescore every stored lead under its active
+    /// rule set (Rescore, admin scope) and print the job id; with --follow,
+    /// show its progress (GetRescoreJob) until it ends.
     Rescore {
         /// Wait for the job to end, with a progress bar on a terminal, then
         /// print what it did; exit 1 when it failed.
