@@ -16,7 +16,9 @@ before it, or the check fails:
 An output block passes when each of its lines, split at "…", appears in the
 output of the run block before it (commands and whatever the services it
 started in the background printed meanwhile), fragment after fragment, in
-order, so a doc can elide what varies.
+order, so a doc can elide what varies. A line's first fragment starts at a
+word's start (unless the line starts with "…"): a shown `SERVING` is not
+found in `NOT_SERVING`; a doc may still wrap a long output line.
 
 Each file runs in a scratch directory of its own (with the repository's
 `rules/`, `scripts/`, `clients/` and `examples/` linked in, so commands
@@ -85,13 +87,15 @@ def blocks(path):
 
 
 def free_port(taken=()):
-    """A port free now, below 55536 with port + 10000 free too (a Redis
-    Cluster node's bus port), and not one handed out before."""
+    """A port free now with port + 10000 free too (a Redis Cluster node's bus
+    port), both below Linux's ephemeral range (32768 on) so no outgoing
+    connection takes one meanwhile, clear of the doc's own ports (all
+    outside 20000-22767) and of the ports and bus ports handed out before."""
     import random
 
     while True:
-        port = random.randrange(20000, 55536)
-        if port in taken or port + 10000 in taken:
+        port = random.randrange(20000, 22768)
+        if {port, port + 10000, port - 10000} & set(taken):
             continue
         try:
             for candidate in (port, port + 10000):
@@ -102,42 +106,60 @@ def free_port(taken=()):
         return port
 
 
+def in_word(char):
+    return char.isalnum() or char == "_"
+
+
 def matches(expected, actual):
+    """None when `actual` shows every line of `expected`, else the first
+    fragment it does not show."""
     at = 0
     for line in expected.split("\n"):
+        anchored = not line.lstrip().startswith("…")
         for fragment in (f.strip() for f in line.split("…")):
             if not fragment:
                 continue
             found = actual.find(fragment, at)
+            while anchored and found > 0 and in_word(fragment[0]) and in_word(actual[found - 1]):
+                found = actual.find(fragment, found + 1)
             if found < 0:
                 return fragment
             at = found + len(fragment)
+            anchored = False
     return None
 
 
-def read_until(bash, token, seconds):
-    """The output up to the line `token <status>`; status 1 on a time-out."""
-    import selectors
+class Output:
+    """What the file's bash prints, read block by block: what arrives after
+    a block's end line (a background service's late output) opens the next
+    block's."""
 
-    fd = bash.stdout.fileno()
-    sel = selectors.DefaultSelector()
-    sel.register(fd, selectors.EVENT_READ)
-    deadline = time.time() + seconds
-    data = b""
-    marker = token.encode()
-    while time.time() < deadline:
-        at = data.find(marker)
-        if at >= 0:
-            rest = data[at + len(marker):].split(b"\n", 1)[0]
-            if b"\n" in data[at:]:
-                return data[:at].decode(errors="replace"), int(rest.strip() or 1)
-        if not sel.select(timeout=max(0.0, deadline - time.time())):
-            break
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return data.decode(errors="replace"), 1
-        data += chunk
-    return data.decode(errors="replace") + f"\n(timed out after {seconds} s)", 1
+    def __init__(self, bash):
+        import selectors
+
+        self.fd = bash.stdout.fileno()
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.fd, selectors.EVENT_READ)
+        self.data = b""
+
+    def until(self, token, seconds):
+        """The output up to the line `token <status>`; status 1 on a time-out."""
+        deadline = time.time() + seconds
+        marker = token.encode()
+        while time.time() < deadline:
+            at = self.data.find(marker)
+            end = self.data.find(b"\n", at) if at >= 0 else -1
+            if end >= 0:
+                status = self.data[at + len(marker) : end].strip()
+                output, self.data = self.data[:at], self.data[end + 1 :]
+                return output.decode(errors="replace"), int(status or 1)
+            if not self.sel.select(timeout=max(0.0, deadline - time.time())):
+                break
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return self.data.decode(errors="replace"), 1
+            self.data += chunk
+        return self.data.decode(errors="replace") + f"\n(timed out after {seconds} s)", 1
 
 
 def wait_for_services(text, binary):
@@ -206,12 +228,11 @@ def check(binary, path):
     log = open(work / "serve.log", "w")
     service = None
     if not own_services:
-        shutil.copy(REPO / "rules" / "default.toml", work / "my-rules.toml")
         service = subprocess.Popen(
             [binary, "serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", f"127.0.0.1:{metrics_port}"],
             cwd=work,
             stderr=log,
-            env=dict(os.environ, RUST_LOG="warn", NO_COLOR="1"),
+            env=dict(os.environ, RUST_LOG="warn"),
         )
     bash = None
     started = time.time()
@@ -220,7 +241,6 @@ def check(binary, path):
             wait_for_port(port, path)
         env = dict(
             os.environ,
-            NO_COLOR="1",
             RUST_LOG="warn",
             PATH=f"{bin_dir}:{os.environ['PATH']}",
             LEADSCORE_ADDR=f"http://127.0.0.1:{port}",
@@ -231,7 +251,8 @@ def check(binary, path):
             ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             cwd=work, text=True, env=env, start_new_session=True,
         )
-        bash.stdin.write("set -o pipefail\nshopt -s expand_aliases\ntrap 'failed=1' ERR\n")
+        bash.stdin.write("set -o pipefail -o errtrace\nshopt -s expand_aliases\ntrap 'failed=1' ERR\n")
+        output_of = Output(bash)
         last = None
         ran = checked = 0
         for n, (kind, line, text) in enumerate(found):
@@ -242,7 +263,7 @@ def check(binary, path):
                 status_of = "$failed" if kind == "run" else "0"
                 bash.stdin.write(f"failed=0\n{text}\necho; echo \"{token} {status_of}\"\n")
                 bash.stdin.flush()
-                output, status = read_until(bash, token, 180)
+                output, status = output_of.until(token, 180)
                 if status != 0:
                     print(f"{path}:{line}: failed:\n{output[-3000:]}")
                     failures += 1
